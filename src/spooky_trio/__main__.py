@@ -1,0 +1,3 @@
+from spooky_trio.cli import main
+
+raise SystemExit(main())
