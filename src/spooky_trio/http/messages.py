@@ -7,6 +7,7 @@ Header names are lowercase ``bytes``; values are ``bytes``. Pseudo-headers never
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from typing import Protocol
 
 import attrs
 
@@ -34,3 +35,67 @@ class UpstreamRequest:
     body: Body | None = None
     content_length: int | None = None
     scheme: bytes = b"https"
+
+
+class RequestBodyError(Exception):
+    """The client's request body failed: the stream was reset, or it broke framing rules."""
+
+
+class RequestBodyTooLarge(RequestBodyError):
+    """The client sent more than ``max_request_body_bytes``."""
+
+
+class RequestBodyTimeout(RequestBodyError):
+    """The client paused longer than ``client_body_idle_timeout_ms`` between body chunks."""
+
+
+class DownstreamBody(Protocol):
+    """Interface of a client's request body as the pipeline reads it."""
+
+    async def receive(self) -> bytes:
+        """Next non-empty chunk, or b"" at the end. Raises :class:`RequestBodyError`."""
+
+
+@attrs.define(slots=True, eq=False)
+class DownstreamRequest:
+    """A client request as every ingress protocol hands it to the proxy pipeline.
+
+    ``path`` is the request target (path plus query). ``authority`` is ``:authority`` (or the
+    ``Host`` header on HTTP/1.1); ``host_header`` is a separate ``Host`` field when the client
+    sent one next to ``:authority``. ``body`` is None when the request ended with its headers.
+    """
+
+    method: bytes
+    scheme: bytes
+    authority: bytes
+    path: bytes
+    headers: Headers
+    protocol: str
+    client_address: tuple[str, int]
+    body: DownstreamBody | None = None
+    content_length: int | None = None
+    host_header: bytes | None = None
+    #: original destination connection ID of the client's QUIC connection (HTTP/3 only)
+    quic_connection_id: bytes | None = None
+
+
+class ResponseSink(Protocol):
+    """Interface the pipeline writes a response to; each ingress protocol implements it.
+
+    ``send_data`` returns only once the data was accepted within the protocol's flow-control
+    and buffer bounds, which is how a slow client slows the backend read down.
+    """
+
+    headers_sent: bool
+
+    async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
+        """Send the response head; ``end_stream`` when there is no body."""
+
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
+        """Send body bytes, waiting while the client's window or our send buffer is full."""
+
+    async def send_trailers(self, trailers: Headers) -> None:
+        """Send trailers and end the response."""
+
+    def reset(self, reason: str) -> None:
+        """Abort the response stream (after headers were sent, the only honest error signal)."""

@@ -1,0 +1,97 @@
+"""Command line: ``spooky-trio [run] --config FILE``, ``check``, ``request``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spooky_trio import __version__
+
+DEFAULT_CONFIG = "/etc/spooky/config.yaml"
+
+
+def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
+    return parser
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    """Load and fully check a config; print every problem and return None on failure."""
+    from spooky_trio.config import ConfigError, check_files, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"{path}: {issue}", file=sys.stderr)
+        return None
+    problems = check_files(config)
+    for issue in problems:
+        print(f"{path}: {issue}", file=sys.stderr)
+    return None if problems else config
+
+
+def cmd_check(argv: list[str]) -> int:
+    args = _config_parser("spooky-trio check", "Validate a configuration file and the files it names.").parse_args(argv)
+    if _load(args.config) is None:
+        return 1
+    print("config OK")
+    return 0
+
+
+def cmd_run(argv: list[str]) -> int:
+    args = _config_parser("spooky-trio run", "Run the proxy.").parse_args(argv)
+    config = _load(args.config)
+    if config is None:
+        return 1
+    import trio
+
+    from spooky_trio.observability.logging import configure_logging
+    from spooky_trio.server import EXIT_FORCED, Server, StartupError
+
+    try:
+        configure_logging(config.log)
+    except OSError as exc:
+        print(f"spooky-trio: cannot open log file: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server = Server(config)
+        trio.run(server.run)
+    except StartupError as exc:
+        print(f"spooky-trio: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a signal before the handler was installed
+        return EXIT_FORCED
+    return EXIT_FORCED if server.forced else 0
+
+
+def cmd_request(argv: list[str]) -> int:
+    from spooky_trio.clients.request_cmd import main as request_main
+
+    return request_main(argv)
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "request": cmd_request}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"spooky-trio {__version__}")
+        return 0
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            "usage: spooky-trio [run] [--config FILE]\n"
+            "       spooky-trio check [--config FILE]\n"
+            "       spooky-trio request URL [-X METHOD] [-d DATA|@file] [-H 'k: v'] [--http 3|2|1.1] [--cacert FILE|-k] [-i]\n"
+            "\n`spooky-trio --config FILE` runs the proxy, as Spooky does."
+        )
+        return 0
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return cmd_run(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

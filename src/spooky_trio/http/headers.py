@@ -1,0 +1,121 @@
+"""Header policy: hop-by-hop removal, Host/authority policy and X-Forwarded-* handling.
+
+Pure functions over ``Headers`` lists (lowercase ``bytes`` names), shared by every ingress
+protocol so HTTP/3 and the bootstrap listener behave identically.
+"""
+
+from __future__ import annotations
+
+from spooky_trio.http.messages import Headers
+
+#: RFC 9110 section 7.6.1 connection-specific fields, plus the legacy ones proxies strip.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: Headers the proxy itself sets on the upstream request; client copies are replaced.
+_PROXY_SET: frozenset[bytes] = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    tokens.add(token)
+    return tokens
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Drop hop-by-hop headers and every header named in ``Connection`` (RFC 9110 7.6.1).
+
+    ``te: trailers`` is the one hop-by-hop value HTTP/2 allows end to end; it is kept.
+    """
+    named = _connection_tokens(headers)
+    out: Headers = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in named:
+            if name == b"te" and value.strip().lower() == b"trailers":
+                out.append((name, value))
+            continue
+        out.append((name, value))
+    return out
+
+
+def strip_response_hop_by_hop(headers: Headers) -> Headers:
+    """Like :func:`strip_hop_by_hop` for responses (no ``te`` exception)."""
+    named = _connection_tokens(headers)
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+
+
+def upstream_authority(
+    mode: str, *, client_authority: bytes, rewrite_host: str | None, backend_authority: bytes
+) -> bytes:
+    """The authority sent to the backend for ``host_policy.mode``.
+
+    ``pass-through`` keeps the client's, ``rewrite`` uses the configured host and ``upstream``
+    uses the backend's own ``host[:port]``.
+    """
+    if mode == "rewrite" and rewrite_host:
+        return rewrite_host.encode("ascii")
+    if mode == "upstream":
+        return backend_authority
+    return client_authority
+
+
+def forwarded_for(mode: str, existing: list[bytes], client_ip: str) -> bytes | None:
+    """The X-Forwarded-For value for ``forwarded_headers.mode``; None means send none."""
+    ip = client_ip.encode("ascii")
+    if mode == "preserve":
+        return b", ".join(existing) if existing else None
+    if mode == "append" and existing:
+        return b", ".join([*existing, ip])
+    return ip
+
+
+def build_upstream_headers(
+    headers: Headers,
+    *,
+    forwarded_mode: str,
+    client_ip: str,
+    scheme: bytes,
+    client_authority: bytes,
+) -> Headers:
+    """Request headers as sent upstream: hop-by-hop removed, X-Forwarded-* applied.
+
+    ``Host`` is removed here; the upstream client sends the chosen authority itself.
+    """
+    cleaned = strip_hop_by_hop(headers)
+    existing_xff = [v for n, v in cleaned if n == b"x-forwarded-for"]
+    out: Headers = [(n, v) for n, v in cleaned if n not in _PROXY_SET and n != b"x-forwarded-for"]
+    xff = forwarded_for(forwarded_mode, existing_xff, client_ip)
+    if xff is not None:
+        out.append((b"x-forwarded-for", xff))
+    out.append((b"x-forwarded-proto", scheme))
+    if client_authority:
+        out.append((b"x-forwarded-host", client_authority))
+    return out
+
+
+def host_without_port(authority: bytes) -> bytes:
+    """``example.com:443`` -> ``example.com``; ``[::1]:443`` -> ``[::1]``; lowercased."""
+    authority = authority.strip().lower()
+    if authority.startswith(b"["):
+        end = authority.find(b"]")
+        return authority[: end + 1] if end != -1 else authority
+    head, sep, tail = authority.rpartition(b":")
+    if sep and tail.isdigit():
+        return head
+    return authority

@@ -1,0 +1,57 @@
+"""Logging set-up from ``log.*``: levels (with Spooky's names), plain or JSON lines, file output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS = {
+    "off": logging.CRITICAL + 10,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg (+ exc when there is a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_config: Any) -> None:
+    """Install one handler on the root logger per ``log_config`` (replacing earlier ones)."""
+    if log_config.file.enabled:
+        handler: logging.Handler = logging.FileHandler(log_config.file.path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    if log_config.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS.get(log_config.level, logging.INFO))
+    # library chatter stays at warning unless we trace
+    level = TRACE if log_config.level == "trace" else logging.WARNING
+    for noisy in ("quic", "aioquic", "hpack", "h2", "hypercorn"):
+        logging.getLogger(noisy).setLevel(level)

@@ -1,0 +1,83 @@
+"""The one place that maps failures to client-facing HTTP statuses."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from spooky_trio.http.messages import RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge
+from spooky_trio.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamTLSError,
+)
+
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+@attrs.frozen
+class ErrorResponse:
+    """A short plain-text error answer: status, machine-readable reason, human message."""
+
+    status: int
+    reason: str
+    message: str
+
+    def body(self) -> bytes:
+        phrase = _PHRASES.get(self.status, "Error")
+        return f"{self.status} {phrase}: {self.message} ({self.reason})\n".encode()
+
+
+class ProxyError(Exception):
+    """Raised inside the pipeline to answer the client with an error response."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.response = ErrorResponse(status, reason, message)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The single leaf of nested exception groups (Trio nurseries wrap errors in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def error_response_for(exc: BaseException) -> ErrorResponse | None:
+    """The error response for a failure, or None when the only answer is a stream reset."""
+    exc = unwrap(exc)
+    if isinstance(exc, ProxyError):
+        return exc.response
+    if isinstance(exc, UpstreamTLSError):
+        return ErrorResponse(502, exc.reason, "TLS handshake with the backend failed")
+    if isinstance(exc, UpstreamConnectError):
+        return ErrorResponse(502, exc.reason, "could not connect to the backend")
+    if isinstance(exc, UpstreamTimeout):
+        return ErrorResponse(504, exc.reason, "the backend did not answer in time")
+    if isinstance(exc, UpstreamProtocolError):
+        return ErrorResponse(502, exc.reason, "the backend broke the HTTP exchange")
+    if isinstance(exc, UpstreamError):
+        return ErrorResponse(502, exc.reason, "the backend exchange failed")
+    if isinstance(exc, trio.TooSlowError):
+        return ErrorResponse(504, "total_timeout", "the request exceeded the total time allowed")
+    if isinstance(exc, RequestBodyTooLarge):
+        return ErrorResponse(413, "request_body_too_large", str(exc))
+    if isinstance(exc, RequestBodyTimeout):
+        return ErrorResponse(408, "client_body_timeout", str(exc))
+    if isinstance(exc, RequestBodyError):
+        return None
+    return None

@@ -1,0 +1,203 @@
+"""The proxy pipeline: validate -> route -> pick backend -> forward -> respond.
+
+Protocol-neutral: every ingress hands a :class:`DownstreamRequest` and a
+:class:`ResponseSink`; the pipeline never knows whether the client spoke HTTP/3 or HTTP/2.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+
+from spooky_trio.http.headers import (
+    build_upstream_headers,
+    host_without_port,
+    strip_response_hop_by_hop,
+    upstream_authority,
+)
+from spooky_trio.http.messages import (
+    DownstreamBody,
+    DownstreamRequest,
+    Headers,
+    RequestBodyError,
+    RequestBodyTimeout,
+    RequestBodyTooLarge,
+    ResponseSink,
+    UpstreamRequest,
+)
+from spooky_trio.proxy.errors import ErrorResponse, ProxyError, error_response_for, unwrap
+from spooky_trio.runtime.generation import BackendRuntime, Generation
+from spooky_trio.upstream import UpstreamPool
+from spooky_trio.upstream.errors import UpstreamError
+
+log = logging.getLogger("spooky.proxy")
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class ResponseTooLarge(Exception):
+    """The backend's body passed ``max_response_body_bytes`` after headers were sent."""
+
+
+async def _limited_body(body: DownstreamBody, *, limit: int, declared: int | None, idle_timeout: float) -> AsyncIterator[bytes]:
+    """Client body with the size limit, the declared length and the idle gap enforced."""
+    total = 0
+    while True:
+        with trio.move_on_after(idle_timeout) as scope:
+            chunk = await body.receive()
+        if scope.cancelled_caught:
+            raise RequestBodyTimeout(f"no request body bytes for {idle_timeout:g}s")
+        if not chunk:
+            if declared is not None and total != declared:
+                raise RequestBodyError(f"request body ended at {total} of {declared} declared bytes")
+            return
+        total += len(chunk)
+        if total > limit:
+            raise RequestBodyTooLarge(f"request body exceeds {limit} bytes")
+        if declared is not None and total > declared:
+            raise RequestBodyError("request body longer than its content-length")
+        yield chunk
+
+
+async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: Headers = ()) -> None:  # type: ignore[assignment]
+    body = error.body()
+    headers: Headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    await sink.send_headers(error.status, headers)
+    await sink.send_data(body, end_stream=True)
+
+
+class Proxy:
+    """Serves requests against whatever generation ``current_generation()`` returns."""
+
+    def __init__(self, current_generation: Callable[[], Generation], upstream: UpstreamPool) -> None:
+        self._current_generation = current_generation
+        self._upstream = upstream
+
+    async def handle(self, request: DownstreamRequest, sink: ResponseSink) -> None:
+        """Serve one request to completion. Never raises for request or backend failures."""
+        generation = self._current_generation()
+        backend: BackendRuntime | None = None
+        try:
+            backend = await self._forward(generation, request, sink)
+        except Exception as exc:
+            failure = unwrap(exc)
+            error = error_response_for(failure)
+            where = f"{backend.pool}/{backend.id}" if backend is not None else "-"
+            if isinstance(failure, UpstreamError):
+                log.warning("upstream %s failed for %s %s: %s: %s", where, request.method.decode(), request.path.decode("latin-1"), failure.reason, failure)
+            elif error is None and not isinstance(failure, (RequestBodyError, ResponseTooLarge, trio.BrokenResourceError)):
+                raise
+            if sink.headers_sent or error is None:
+                sink.reset(error.reason if error else type(failure).__name__)
+                return
+            await send_error(sink, error)
+
+    def _route(self, generation: Generation, request: DownstreamRequest) -> tuple[str, str]:
+        """Validate the request's authority and pick its pool. Returns (pool name, authority)."""
+        protocol = generation.config.resilience.protocol
+        authority = request.authority or request.host_header or b""
+        if not authority:
+            raise ProxyError(400, "missing_authority", "the request names no host")
+        if (
+            protocol.enforce_authority_host_match
+            and request.authority
+            and request.host_header is not None
+            and host_without_port(request.authority) != host_without_port(request.host_header)
+        ):
+            raise ProxyError(400, "authority_host_mismatch", ":authority and Host name different hosts")
+        if request.method == b"CONNECT":
+            raise ProxyError(405, "connect_not_allowed", "CONNECT is not allowed")
+        path = request.path.split(b"?", 1)[0].decode("latin-1")
+        host = host_without_port(authority).decode("latin-1")
+        entry = generation.routing.match(host, path, request.method.decode("latin-1").upper())
+        if entry is None:
+            raise ProxyError(404, "no_route", "no route matches this request")
+        return entry.pool, authority.decode("latin-1")
+
+    async def _forward(self, generation: Generation, request: DownstreamRequest, sink: ResponseSink) -> BackendRuntime:
+        perf = generation.config.performance
+        pool_name, authority = self._route(generation, request)
+        pool = generation.pools[pool_name]
+        if request.content_length is not None and request.content_length > perf.max_request_body_bytes:
+            raise ProxyError(413, "request_body_too_large", f"request body exceeds {perf.max_request_body_bytes} bytes")
+        backend = pool.pick()
+        upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"))
+        with trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
+            async with self._upstream.exchange(
+                backend.target,
+                upstream_request,
+                connect_timeout=perf.backend_connect_timeout_ms / 1000,
+                response_timeout=perf.backend_timeout_ms / 1000,
+            ) as response:
+                await self._relay_response(perf, request, response, sink)
+        return backend
+
+    def _upstream_request(self, generation: Generation, pool: Any, backend: BackendRuntime, request: DownstreamRequest, authority: bytes) -> UpstreamRequest:
+        perf = generation.config.performance
+        headers = build_upstream_headers(
+            request.headers,
+            forwarded_mode=pool.forwarded_headers.mode,
+            client_ip=request.client_address[0],
+            scheme=request.scheme or b"https",
+            client_authority=authority,
+        )
+        headers = [(n, v) for n, v in headers if n != b"content-length"]
+        body = None
+        if request.body is not None:
+            body = _limited_body(
+                request.body,
+                limit=perf.max_request_body_bytes,
+                declared=request.content_length,
+                idle_timeout=perf.client_body_idle_timeout_ms / 1000,
+            )
+        return UpstreamRequest(
+            method=request.method,
+            target=request.path,
+            authority=upstream_authority(
+                pool.host_policy.mode,
+                client_authority=authority,
+                rewrite_host=pool.host_policy.host,
+                backend_authority=backend.authority,
+            ),
+            headers=headers,
+            body=body,
+            content_length=request.content_length if body is not None else None,
+            scheme=backend.target.scheme.encode("ascii"),
+        )
+
+    async def _relay_response(self, perf: Any, request: DownstreamRequest, response: Any, sink: ResponseSink) -> None:
+        limit = perf.max_response_body_bytes
+        headers = strip_response_hop_by_hop(response.headers)
+        declared = next((v for n, v in headers if n == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ProxyError(503, "response_body_too_large", f"the backend's response exceeds {limit} bytes")
+        if request.method == b"HEAD" or response.status in _NO_BODY_STATUSES:
+            await sink.send_headers(response.status, headers, end_stream=True)
+            return
+        await sink.send_headers(response.status, headers)
+        total = 0
+        timeout = perf.backend_body_total_timeout_ms / 1000
+        idle = perf.backend_body_idle_timeout_ms / 1000
+        while True:
+            with trio.move_on_after(timeout) as scope:
+                chunk = await response.receive()
+            if scope.cancelled_caught:
+                raise UpstreamError("backend response body stalled", reason="body_timeout")
+            timeout = idle
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise ResponseTooLarge(f"backend response body exceeds {limit} bytes")
+            await sink.send_data(chunk)
+        if response.trailers:
+            await sink.send_trailers(response.trailers)
+        else:
+            await sink.send_data(b"", end_stream=True)

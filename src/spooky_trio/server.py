@@ -1,0 +1,152 @@
+"""The root task tree: listeners, the upstream pool, signals and graceful drain.
+
+```
+Server.run
+├─ upstream pool (h2 connection readers, idle reaper)
+├─ listener nursery: one QuicListener per listener block
+└─ signal watcher: TERM/INT -> drain, a second one -> stop at once
+```
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import signal
+from typing import Any
+
+import trio
+
+from spooky_trio.ingress.identities import IdentityStore
+from spooky_trio.ingress.quic import Activity, QuicListener
+from spooky_trio.proxy.pipeline import Proxy
+from spooky_trio.runtime.generation import Generation
+from spooky_trio.upstream import UpstreamPool
+
+log = logging.getLogger("spooky.server")
+
+#: exit status after a second signal cut the drain short
+EXIT_FORCED = 1
+
+
+class StartupError(Exception):
+    """The server cannot start (bind failure, unreadable certificate...); one-line message."""
+
+
+class Server:
+    """One serving process. ``run`` returns when the server stopped; see module docstring."""
+
+    def __init__(self, config: Any) -> None:
+        self.generation = Generation.build(config, number=1)
+        perf = config.performance
+        self.activity = Activity()
+        self.upstream = UpstreamPool(
+            idle_timeout=perf.h2_pool_idle_timeout_ms / 1000,
+            max_idle_per_backend=perf.h2_pool_max_idle_per_backend,
+        )
+        self.proxy = Proxy(lambda: self.generation, self.upstream)
+        self.listeners: list[QuicListener] = []
+        self.draining = False
+        self.forced = False
+        self._drain_requested = trio.Event()
+        #: set once run() has returned or failed: every task below it has ended
+        self.stopped = trio.Event()
+        for listener in config.effective_listeners():
+            try:
+                identities = IdentityStore.from_config(listener.tls)
+            except Exception as exc:
+                raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
+            self.listeners.append(
+                QuicListener(
+                    address=listener.address,
+                    port=listener.port,
+                    identities=identities,
+                    performance=perf,
+                    handler=self.proxy.handle,
+                    activity=self.activity,
+                )
+            )
+
+    @property
+    def config(self) -> Any:
+        return self.generation.config
+
+    def bind(self) -> None:
+        """Bind every listener socket; raises :class:`StartupError` naming the address."""
+        for listener in self.listeners:
+            try:
+                listener.bind()
+            except OSError as exc:
+                raise StartupError(f"cannot bind UDP {listener.address}:{listener.port}: {exc.strerror or exc}") from exc
+
+    async def run(self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until drained. ``task_status.started(self)`` once every listener is bound."""
+        try:
+            self.bind()
+            drop_privileges(self.config.security.privileges)
+            await self._serve(handle_signals, task_status)
+        finally:
+            self.stopped.set()
+
+    async def _serve(self, handle_signals: bool, task_status: trio.TaskStatus[Server]) -> None:
+        async with trio.open_nursery() as root:
+            await root.start(self.upstream.run)
+            for listener in self.listeners:
+                await root.start(listener.serve)
+                log.info("listening for HTTP/3 on udp %s:%d", listener.address, listener.port)
+            if handle_signals:
+                root.start_soon(self._watch_signals, root.cancel_scope)
+            task_status.started(self)
+            await self._drain_requested.wait()
+            await self._drain()
+            root.cancel_scope.cancel()
+
+    def request_drain(self) -> None:
+        """Begin graceful shutdown (idempotent)."""
+        self._drain_requested.set()
+
+    async def _drain(self) -> None:
+        self.draining = True
+        timeout = self.config.performance.shutdown_drain_timeout_ms / 1000
+        log.info("draining: %d request(s) in flight, up to %.1fs", self.activity.count, timeout)
+        for listener in self.listeners:
+            listener.begin_drain()
+        with trio.move_on_after(timeout) as scope:
+            await self.activity.wait_idle()
+        if scope.cancelled_caught:
+            log.warning("drain deadline passed with %d request(s) in flight; cancelling them", self.activity.count)
+        for listener in self.listeners:
+            listener._flush()
+        log.info("stopped")
+
+    async def _watch_signals(self, root_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if not self._drain_requested.is_set():
+                    log.info("received %s: graceful drain", signal.Signals(signum).name)
+                    self.request_drain()
+                else:
+                    log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                    self.forced = True
+                    root_scope.cancel()
+                    return
+
+
+def drop_privileges(privileges: Any) -> None:
+    """After binding: a root process switches to ``user``/``group``; others log and skip."""
+    if not privileges.enabled:
+        return
+    if os.geteuid() != 0:
+        log.debug("not started as root: privilege drop skipped")
+        return
+    try:
+        gid = grp.getgrnam(privileges.group).gr_gid
+        uid = pwd.getpwnam(privileges.user).pw_uid
+    except KeyError as exc:
+        raise StartupError(f"security.privileges: unknown user or group {exc}") from exc
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    log.info("dropped privileges to %s:%s", privileges.user, privileges.group)
