@@ -1,0 +1,42 @@
+"""Value normalizers used as attrs converters and by the enum structuring hook.
+
+Converters here never raise: type checking happens earlier (in the cattrs hooks), and an
+attrs converter that raised would escape cattrs' per-field error collection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Spooky's log level names (and ``warning``) mapped to spooky-trio's canonical levels.
+LOG_LEVEL_ALIASES: dict[str, str] = {
+    "silence": "off",
+    "poltergeist": "error",
+    "scream": "warn",
+    "spooky": "info",
+    "haunt": "debug",
+    "whisper": "trace",
+    "warning": "warn",
+}
+
+
+def normalize_enum_spelling(value: str) -> str:
+    """Canonical spelling of an enumerated value: lower case, ``_`` replaced by ``-``, trimmed."""
+    return value.strip().lower().replace("_", "-")
+
+
+def upper_list(value: Any) -> Any:
+    """Upper-case every string of a list (HTTP method lists); other values pass unchanged."""
+    if isinstance(value, list):
+        return [item.upper() if isinstance(item, str) else item for item in value]
+    return value
+
+
+def upper_optional(value: Any) -> Any:
+    """Upper-case a string (an HTTP method); ``None`` and non-strings pass unchanged."""
+    return value.upper() if isinstance(value, str) else value
+
+
+def empty_to_none(value: Any) -> Any:
+    """Treat ``""`` like an omitted optional path (Spooky configs write ``cert: ""``)."""
+    return None if value == "" else value

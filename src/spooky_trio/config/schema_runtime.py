@@ -1,0 +1,258 @@
+"""Schema of the tuning sections: ``performance``, ``resilience``, ``observability``, ``security``.
+
+Every class is a frozen attrs class whose field names are exactly the YAML keys and whose
+defaults are the ones in ``spec/config.md``. Range and cross-field rules live in
+:mod:`spooky_trio.config.validate_runtime`; these classes only describe shape and defaults.
+Durations are integer milliseconds unless the key name says otherwise.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from spooky_trio.config.normalize import upper_list
+
+_MIB = 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class PerformanceConfig:
+    """``performance``: workers, inflight limits, timeouts, buffers and connection-flood guards."""
+
+    worker_threads: int = 1
+    control_plane_threads: int = 2
+    reuseport: bool = True
+    pin_workers: bool = False
+    packet_shards_per_worker: int = 1
+    packet_shard_queue_capacity: int = 2048
+    packet_shard_queue_max_bytes: int = 64 * _MIB
+    global_inflight_limit: int = 4096
+    per_upstream_inflight_limit: int = 1024
+    per_backend_inflight_limit: int = 64
+    inflight_acquire_wait_ms: int = 0
+    backend_connect_timeout_ms: int = 500
+    backend_timeout_ms: int = 2000
+    backend_body_idle_timeout_ms: int = 2000
+    backend_body_total_timeout_ms: int = 30000
+    backend_total_request_timeout_ms: int = 35000
+    client_body_idle_timeout_ms: int = 10000
+    shutdown_drain_timeout_ms: int = 5000
+    udp_recv_buffer_bytes: int = 8 * _MIB
+    udp_send_buffer_bytes: int = 8 * _MIB
+    h2_pool_max_idle_per_backend: int = 256
+    h2_pool_idle_timeout_ms: int = 90000
+    backend_dns_refresh_enabled: bool = False
+    backend_dns_refresh_interval_ms: int = 30000
+    #: (ext) resolvers as ``ip``, ``ip:port`` or ``[ipv6]:port``; empty means the system ones.
+    backend_dns_nameservers: list[str] = attrs.field(factory=list)
+    new_connections_per_sec: int = 2000
+    new_connections_burst: int = 500
+    max_active_connections: int = 20000
+    quic_max_idle_timeout_ms: int = 5000
+    quic_initial_max_data: int = 10_000_000
+    quic_initial_max_stream_data: int = 1_000_000
+    quic_initial_max_streams_bidi: int = 100
+    quic_initial_max_streams_uni: int = 100
+    max_request_body_bytes: int = 1_000_000
+    max_response_body_bytes: int = 100 * _MIB
+    request_buffer_global_cap_bytes: int = 64 * _MIB
+    unknown_length_response_prebuffer_bytes: int = 2 * _MIB
+
+
+@attrs.frozen(kw_only=True)
+class AdaptiveAdmissionConfig:
+    """Latency-driven global limit moving between ``min_limit`` and ``max_limit``.
+
+    ``max_limit`` is ``None`` only in the raw schema; the loader replaces an omitted value
+    with ``performance.global_inflight_limit``, so a loaded config always has an int here.
+    """
+
+    enabled: bool = True
+    min_limit: int = 64
+    max_limit: int | None = None
+    decrease_step: int = 16
+    increase_step: int = 16
+    high_latency_ms: int = 500
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerConfig:
+    """Per-backend breaker: opens after ``failure_threshold`` consecutive failures."""
+
+    enabled: bool = True
+    failure_threshold: int = 3
+    open_ms: int = 30000
+    half_open_max_probes: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class RetryBudgetConfig:
+    """Retries allowed per 100 primary requests, globally and per path prefix."""
+
+    enabled: bool = True
+    ratio_percent: int = 10
+    per_route_ratio_percent: dict[str, int] = attrs.field(factory=dict)
+
+
+def _default_safe_methods() -> list[str]:
+    return ["GET", "HEAD"]
+
+
+@attrs.frozen(kw_only=True)
+class HedgingConfig:
+    """Send a second attempt after ``delay_ms`` for safe methods (``route_allowlist`` empty = all)."""
+
+    enabled: bool = False
+    delay_ms: int = 100
+    safe_methods: list[str] = attrs.field(factory=_default_safe_methods, converter=upper_list)
+    route_allowlist: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class BrownoutConfig:
+    """Shed non-core pools with 503 while inflight is above the trigger percentage."""
+
+    enabled: bool = True
+    trigger_inflight_percent: int = 90
+    recover_inflight_percent: int = 60
+    core_routes: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class RouteQueueConfig:
+    """Queue caps: per path prefix (``caps``), default per route, and global."""
+
+    default_cap: int = 512
+    global_cap: int = 2048
+    shed_retry_after_seconds: int = 1
+    caps: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ProtocolConfig:
+    """Request-level protocol policy (0-RTT, header limits, CONNECT, method/path filters)."""
+
+    allow_0rtt: bool = False
+    early_data_safe_methods: list[str] = attrs.field(factory=_default_safe_methods, converter=upper_list)
+    max_headers_count: int = 128
+    max_headers_bytes: int = 16384
+    enforce_authority_host_match: bool = True
+    allow_connect: bool = False
+    connect_allowed_ports: list[int] = attrs.field(factory=list)
+    connect_allowed_authorities: list[str] = attrs.field(factory=list)
+    #: empty means every method is allowed
+    allowed_methods: list[str] = attrs.field(factory=list, converter=upper_list)
+    #: requests whose path starts with one of these get 403
+    denied_path_prefixes: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class WatchdogConfig:
+    """Self-health watchdog; ``restart_command`` is an argv list run without a shell.
+
+    Spooky's ``restart_hook`` (a shell string) is deliberately not part of the schema and is
+    rejected by the loader with a dedicated message.
+    """
+
+    enabled: bool = False
+    check_interval_ms: int = 1000
+    poll_stall_timeout_ms: int = 5000
+    timeout_error_rate_percent: int = 60
+    min_requests_per_window: int = 20
+    overload_inflight_percent: int = 95
+    unhealthy_consecutive_windows: int = 3
+    drain_grace_ms: int = 8000
+    restart_cooldown_ms: int = 120000
+    restart_command: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class ResilienceConfig:
+    """``resilience``: admission, breaker, retries, hedging, brownout, queues, protocol, watchdog."""
+
+    adaptive_admission: AdaptiveAdmissionConfig = attrs.field(factory=AdaptiveAdmissionConfig)
+    circuit_breaker: CircuitBreakerConfig = attrs.field(factory=CircuitBreakerConfig)
+    retry_budget: RetryBudgetConfig = attrs.field(factory=RetryBudgetConfig)
+    hedging: HedgingConfig = attrs.field(factory=HedgingConfig)
+    brownout: BrownoutConfig = attrs.field(factory=BrownoutConfig)
+    route_queue: RouteQueueConfig = attrs.field(factory=RouteQueueConfig)
+    protocol: ProtocolConfig = attrs.field(factory=ProtocolConfig)
+    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """Prometheus endpoint (``required``: failing to bind it is fatal instead of logged)."""
+
+    enabled: bool = False
+    required: bool = False
+    address: str = "127.0.0.1"
+    port: int = 9901
+    path: str = "/metrics"
+    max_connections: int = 512
+    connection_timeout_ms: int = 30000
+
+
+@attrs.frozen(kw_only=True)
+class ControlApiConfig:
+    """Control API; ``auth_token`` (bearer) is mandatory when ``address`` is not loopback."""
+
+    enabled: bool = False
+    required: bool = False
+    address: str = "127.0.0.1"
+    port: int = 9902
+    health_path: str = "/health"
+    ready_path: str = "/ready"
+    runtime_path: str = "/admin/runtime"
+    restart_path: str = "/admin/runtime/restart"
+    reload_path: str = "/admin/runtime/reload"
+    reload_certs_path: str = "/admin/runtime/reload-certs"
+    auth_token: str | None = None
+    max_connections: int = 256
+    connection_timeout_ms: int = 30000
+
+
+@attrs.frozen(kw_only=True)
+class RoutingDecisionConfig:
+    """``observability.routing``: log (and optionally expose) each route decision."""
+
+    enabled: bool = False
+    include_reason: bool = True
+    expose_header: bool = False
+    header_name: str = "x-spooky-route-decision"
+
+
+@attrs.frozen(kw_only=True)
+class TracingConfig:
+    """Tracing export; ``sample_ratio`` is 0..1."""
+
+    enabled: bool = False
+    service_name: str = "spooky"
+    otlp_endpoint: str | None = None
+    sample_ratio: float = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class ObservabilityConfig:
+    """``observability``: metrics, control API, routing transparency, tracing."""
+
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
+    control_api: ControlApiConfig = attrs.field(factory=ControlApiConfig)
+    routing: RoutingDecisionConfig = attrs.field(factory=RoutingDecisionConfig)
+    tracing: TracingConfig = attrs.field(factory=TracingConfig)
+
+
+@attrs.frozen(kw_only=True)
+class PrivilegesConfig:
+    """Drop to ``user``/``group`` after binding when started as root."""
+
+    enabled: bool = True
+    user: str = "nobody"
+    group: str = "nogroup"
+
+
+@attrs.frozen(kw_only=True)
+class SecurityConfig:
+    """``security``."""
+
+    privileges: PrivilegesConfig = attrs.field(factory=PrivilegesConfig)
