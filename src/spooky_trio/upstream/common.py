@@ -1,0 +1,202 @@
+"""Types and helpers shared by the HTTP/1.1 and HTTP/2 upstream engines.
+
+* :class:`BackendTarget` names one backend and is the pool key.
+* :class:`UpstreamResponse` is what :meth:`UpstreamPool.exchange` yields.
+* :class:`ExchangeControl` and :func:`pump_body` implement the request-body pump that runs
+  concurrently with the response inside one exchange.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import attrs
+import trio
+
+from spooky_trio.http.messages import Body, Headers, RequestBodyError
+from spooky_trio.upstream.errors import UpstreamError
+
+#: bytes read from a backend socket per receive call (h1) and the unit of body chunking
+READ_CHUNK = 64 * 1024
+
+
+def _check_scheme(instance: BackendTarget, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("http", "https"):
+        raise ValueError(f"BackendTarget.scheme must be 'http' or 'https', not {value!r}")
+
+
+@attrs.frozen
+class BackendTarget:
+    """One backend: the pool key (hashable; the SSL context hashes by identity).
+
+    ``scheme`` "http" speaks HTTP/1.1 in cleartext (h11); "https" speaks HTTP/2 over TLS (h2)
+    and requires ``ssl_context``. ``host`` is a hostname or an IP literal (IPv6 without
+    brackets). ``server_name`` is the SNI to send (None: send none). Whenever the context
+    verifies certificates, the certificate identity is checked against ``host``.
+    """
+
+    scheme: str = attrs.field(validator=_check_scheme)
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+    server_name: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.scheme == "https" and self.ssl_context is None:
+            raise ValueError("an https BackendTarget needs an ssl_context")
+
+    def __str__(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{shown}:{self.port}"
+
+
+class UpstreamResponse(abc.ABC):
+    """A backend's response as :meth:`UpstreamPool.exchange` yields it.
+
+    ``headers`` have lowercase names and no pseudo-headers; hop-by-hop headers are kept (the
+    pipeline strips them). ``http_version`` is "1.1" or "2". ``trailers`` is valid once
+    :meth:`receive` returned b"". The object is only usable inside the exchange block.
+    """
+
+    status: int
+    headers: Headers
+    http_version: str
+    trailers: Headers
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes:
+        """Return the next non-empty body chunk, or b"" at the end of the body.
+
+        Reads from the backend only when called (backpressure). Raises
+        :class:`~spooky_trio.upstream.errors.UpstreamProtocolError` if the backend aborts
+        mid-body; calling again after b"" returns b"" again.
+        """
+
+    @property
+    @abc.abstractmethod
+    def complete(self) -> bool:
+        """True once the whole body (and trailers) were received."""
+
+    @property
+    @abc.abstractmethod
+    def buffered_bytes(self) -> int:
+        """Response body bytes received from the backend but not yet returned by receive().
+
+        Diagnostic: it stays bounded (one read chunk for HTTP/1.1, the stream flow-control
+        window for HTTP/2) however slowly the consumer reads.
+        """
+
+
+class ExchangeControl:
+    """State shared by an exchange's owner and its request-body pump.
+
+    ``head_scope`` bounds the wait for response headers: its deadline is infinite until the
+    request has been sent completely (or the pump gave up), then ``response_timeout`` from
+    that moment. ``client_error`` records an exception raised by the request body; recording
+    it cancels ``abort_scope`` (the exchange's nursery) so the owner stops and re-raises it.
+    """
+
+    def __init__(self, abort_scope: trio.CancelScope, response_timeout: float) -> None:
+        self.abort_scope = abort_scope
+        self.response_timeout = response_timeout
+        self.head_scope = trio.CancelScope()
+        self.client_error: BaseException | None = None
+        self.request_finished = False
+        self.request_complete = False
+
+    def restart(self) -> None:
+        """Reset the request state for a retry of a bodiless request on another connection."""
+        self.head_scope = trio.CancelScope()
+        self.request_finished = False
+        self.request_complete = False
+
+    def request_done(self, *, complete: bool) -> None:
+        """The pump stopped; ``complete`` when the whole request went out. Starts the head timer."""
+        if self.request_finished:
+            return
+        self.request_finished = True
+        self.request_complete = complete
+        self.head_scope.deadline = min(self.head_scope.deadline, trio.current_time() + self.response_timeout)
+
+    def fail_client(self, exc: BaseException) -> None:
+        """The request body raised ``exc``: abort the whole exchange and re-raise it later."""
+        if self.client_error is None:
+            self.client_error = exc
+        self.abort_scope.cancel()
+
+
+def check_body_length(sent: int, declared: int | None, *, final: bool) -> None:
+    """Raise :class:`RequestBodyError` when ``sent`` bytes disagree with ``declared``."""
+    if declared is None:
+        return
+    if sent > declared or (final and sent != declared):
+        raise RequestBodyError(f"request body of {sent}{'' if final else '+'} bytes disagrees with content-length {declared}")
+
+
+async def pump_body(
+    body: Body,
+    declared: int | None,
+    control: ExchangeControl,
+    send_chunk: Callable[[bytes], Awaitable[None]],
+    send_end: Callable[[], Awaitable[None]],
+) -> None:
+    """Copy ``body`` to the backend with ``send_chunk`` then ``send_end``; never raises.
+
+    Contract: an exception from ``body`` (or a length mismatch with ``declared``) goes to
+    :meth:`ExchangeControl.fail_client`. An :class:`UpstreamError` from the send functions
+    means the backend side is gone or refused the rest of the body: the pump stops quietly
+    and the response side reports what happened (a server may answer before reading all of
+    the body). Cancellation propagates. In every case :meth:`ExchangeControl.request_done`
+    is called so that the response-header timer starts.
+    """
+    complete = False
+    try:
+        iterator = aiter(body)
+        async with contextlib.AsyncExitStack() as stack:
+            if hasattr(iterator, "aclose"):
+                stack.push_async_callback(iterator.aclose)
+            sent = 0
+            while True:
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                if not chunk:
+                    continue
+                sent += len(chunk)
+                check_body_length(sent, declared, final=False)
+                await send_chunk(chunk)
+            check_body_length(sent, declared, final=True)
+        await send_end()
+        complete = True
+    except UpstreamError:
+        pass
+    except Exception as exc:  # the client's body failed: the exchange re-raises it unchanged
+        control.fail_client(exc)
+    finally:
+        control.request_done(complete=complete)
+
+
+@contextlib.asynccontextmanager
+async def exchange_scope(response_timeout: float) -> AsyncIterator[tuple[trio.Nursery, ExchangeControl]]:
+    """A nursery for one exchange's body pump, with exceptions re-raised unwrapped.
+
+    Yields ``(nursery, control)``. On exit the nursery is cancelled (stopping the pump). If
+    the pump recorded a client body failure that exception is raised; otherwise whatever the
+    block raised propagates as itself (never wrapped in an ExceptionGroup).
+    """
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        control = ExchangeControl(nursery.cancel_scope, response_timeout)
+        try:
+            yield nursery, control
+        except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if control.client_error is not None:
+        raise control.client_error
+    if failure is not None:
+        raise failure

@@ -1,0 +1,242 @@
+"""HTTP/1.1 upstream engine: h11 driven by a Trio stream, one exchange at a time.
+
+An :class:`H1Connection` carries one request/response cycle at a time. The pool checks it
+out, calls :meth:`H1Connection.start` (request head, body pump in the exchange nursery,
+response head), hands the :class:`H1Response` to the caller and afterwards either returns
+the connection to the idle list (:attr:`H1Connection.reusable`) or closes it.
+
+Backpressure: the socket is read only while a response head is awaited or when the consumer
+calls :meth:`H1Response.receive`, one :data:`READ_CHUNK` at a time, so at most one read's
+worth of body is ever buffered here.
+"""
+
+from __future__ import annotations
+
+import select
+
+import h11
+import trio
+
+from spooky_trio.http.messages import Headers, UpstreamRequest
+from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, pump_body
+from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
+
+#: request headers the engine owns (framing and Host are derived from the request)
+_ENGINE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+#: methods whose bodiless requests still announce ``content-length: 0``
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_MAX_HEAD_BYTES = 64 * 1024
+
+
+class StaleConnection(UpstreamProtocolError):
+    """A reused idle connection turned out closed before any response byte arrived.
+
+    Raised only while the request can be replayed (no body, or the body not yet read), so the
+    pool may safely retry it once on a fresh connection.
+    """
+
+
+class H1Connection:
+    """One HTTP/1.1 connection to ``target`` (owned by the pool or by the current exchange)."""
+
+    def __init__(self, target: BackendTarget, stream: trio.abc.Stream) -> None:
+        self.target = target
+        self._stream = stream
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BYTES)
+        #: trio time the connection last became idle
+        self.idle_since = trio.current_time()
+        #: completed exchanges; a connection with ``cycles > 0`` is a reused one
+        self.cycles = 0
+        self._broken = False
+        self._closed = False
+        self._sending = False  # a send_all is in flight (the body pump may still be writing)
+        self._received_this_cycle = 0
+
+    @property
+    def reusable(self) -> bool:
+        """Both sides finished cleanly and keep-alive is possible."""
+        return (
+            not self._broken
+            and not self._closed
+            and not self._sending
+            and self._h11.our_state is h11.DONE
+            and self._h11.their_state is h11.DONE
+            and not self._h11.trailing_data[0]
+        )
+
+    def prepare_reuse(self) -> None:
+        """Start the next h11 cycle; only valid when :attr:`reusable`."""
+        self._h11.start_next_cycle()
+        self.cycles += 1
+        self.idle_since = trio.current_time()
+
+    def looks_alive(self) -> bool:
+        """False if the idle connection is readable (EOF, reset or unsolicited bytes) or closed.
+
+        An idle HTTP/1.1 connection must be silent; a readable socket means the server closed
+        it (or broke the protocol), so it must not be reused.
+        """
+        if self._closed or self._broken:
+            return False
+        socket = getattr(self._stream, "socket", None)
+        if socket is None:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(socket.fileno(), select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
+
+    async def aclose(self) -> None:
+        """Close at once (no graceful shutdown needed for HTTP/1.1); safe under cancellation."""
+        if not self._closed:
+            self._closed = True
+            await trio.aclose_forcefully(self._stream)
+
+    # -- I/O helpers: any failure or cancellation mid-I/O leaves the connection unusable --
+
+    async def _send(self, data: bytes) -> None:
+        self._sending = True
+        try:
+            await self._stream.send_all(data)
+            self._sending = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._broken = True
+            raise UpstreamProtocolError(f"sending to {self.target} failed: {exc or type(exc).__name__}") from exc
+        except BaseException:
+            self._broken = True
+            raise
+
+    async def next_event(self, *, retryable: bool = False) -> h11.Event:
+        """The next h11 event, reading from the socket as needed (one chunk per read)."""
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._broken = True
+                raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.target}: {exc}") from exc
+            if event is h11.NEED_DATA:
+                try:
+                    data = await self._stream.receive_some(READ_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._broken = True
+                    if retryable and self._received_this_cycle == 0:
+                        raise StaleConnection(f"reused connection to {self.target} was reset") from exc
+                    raise UpstreamProtocolError(f"connection to {self.target} lost: {exc or type(exc).__name__}") from exc
+                except BaseException:
+                    self._broken = True
+                    raise
+                if not data and retryable and self._received_this_cycle == 0:
+                    self._broken = True
+                    raise StaleConnection(f"reused connection to {self.target} was closed by the backend")
+                self._received_this_cycle += len(data)
+                self._h11.receive_data(data)
+                continue
+            if event is h11.PAUSED:
+                self._broken = True
+                raise UpstreamProtocolError(f"{self.target} sent data after the response")
+            if isinstance(event, h11.ConnectionClosed):
+                self._broken = True
+                raise UpstreamProtocolError(f"{self.target} closed the connection before the response ended")
+            return event
+
+    def _request_head(self, request: UpstreamRequest) -> h11.Request:
+        headers: Headers = [(b"host", request.authority)]
+        headers.extend((name, value) for name, value in request.headers if name.lower() not in _ENGINE_HEADERS)
+        if request.body is None:
+            if request.method.upper() in _BODY_METHODS:
+                headers.append((b"content-length", b"0"))
+        elif request.content_length is not None:
+            headers.append((b"content-length", str(request.content_length).encode("ascii")))
+        else:
+            headers.append((b"transfer-encoding", b"chunked"))
+        return h11.Request(method=request.method, target=request.target, headers=headers)
+
+    async def start(self, request: UpstreamRequest, *, nursery: trio.Nursery, control: ExchangeControl) -> H1Response:
+        """Send the request head, start the body pump in ``nursery``, return the response head.
+
+        Informational (1xx) responses are skipped. Raises :class:`StaleConnection` (reused
+        connection, no body, nothing received), :class:`UpstreamTimeout` (no head within the
+        response timeout after the request was sent) or :class:`UpstreamProtocolError`.
+        """
+        retryable = self.cycles > 0 and request.body is None
+        self._received_this_cycle = 0
+        try:
+            head = self._h11.send(self._request_head(request))
+        except h11.LocalProtocolError as exc:
+            raise UpstreamProtocolError(f"cannot send this request over HTTP/1.1: {exc}") from exc
+        if request.body is None:
+            data = head + self._h11.send(h11.EndOfMessage())
+            try:
+                await self._send(data)
+            except UpstreamProtocolError as exc:
+                if retryable:
+                    raise StaleConnection(str(exc)) from exc
+                raise
+            control.request_done(complete=True)
+        else:
+            try:
+                await self._send(head)
+            except UpstreamProtocolError as exc:
+                if self.cycles > 0:  # the body was not touched yet: a retry is still safe
+                    raise StaleConnection(str(exc)) from exc
+                raise
+            nursery.start_soon(pump_body, request.body, request.content_length, control, self._send_chunk, self._send_end)
+        with control.head_scope:
+            while True:
+                event = await self.next_event(retryable=retryable)
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    return H1Response(self, event)
+                self._broken = True
+                raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.target} before the response head")
+        self._broken = True
+        raise UpstreamTimeout(f"{self.target} sent no response headers within {control.response_timeout:g}s")
+
+    async def _send_chunk(self, chunk: bytes) -> None:
+        if self._broken:
+            raise UpstreamProtocolError("connection unusable")
+        await self._send(self._h11.send(h11.Data(data=chunk)))
+
+    async def _send_end(self) -> None:
+        if self._broken:
+            raise UpstreamProtocolError("connection unusable")
+        await self._send(self._h11.send(h11.EndOfMessage()))
+
+
+class H1Response(UpstreamResponse):
+    """The response of one HTTP/1.1 exchange; reads its body from the connection on demand."""
+
+    http_version = "1.1"
+
+    def __init__(self, connection: H1Connection, head: h11.Response) -> None:
+        self._connection = connection
+        self.status = head.status_code
+        self.headers = [(bytes(name), bytes(value)) for name, value in head.headers]
+        self.trailers: Headers = []
+        self._done = False  # h11 knows from the request method when there is no body (HEAD)
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._connection._h11.trailing_data[0])
+
+    async def receive(self) -> bytes:
+        """Next body chunk or b"" at the end; see :meth:`UpstreamResponse.receive`."""
+        while not self._done:
+            event = await self._connection.next_event()
+            if isinstance(event, h11.Data):
+                if event.data:
+                    return bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.trailers = [(bytes(name), bytes(value)) for name, value in event.headers]
+                self._done = True
+            else:
+                self._connection._broken = True
+                raise UpstreamProtocolError(f"unexpected {type(event).__name__} in the response body")
+        return b""

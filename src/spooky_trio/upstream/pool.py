@@ -1,0 +1,247 @@
+"""The upstream connection pool: one per process, keyed by :class:`BackendTarget`.
+
+HTTP/1.1 (``http`` targets): a LIFO list of idle keep-alive connections per target; an
+exchange checks one out (discarding any that the server closed meanwhile) or dials a new
+one, and returns it after a clean cycle. HTTP/2 (``https`` targets): a list of multiplexed
+connections per target; a new one is dialled only when every existing one is at the
+server's MAX_CONCURRENT_STREAMS, and concurrent requests share a single dial in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+
+from spooky_trio.http.messages import UpstreamRequest
+from spooky_trio.upstream.common import BackendTarget, ExchangeControl, UpstreamResponse, exchange_scope
+from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
+from spooky_trio.upstream.h1 import H1Connection, H1Response, StaleConnection
+from spooky_trio.upstream.h2 import H2Connection, H2Stream
+from spooky_trio.upstream.tls import open_backend_stream
+
+
+@attrs.define(eq=False)
+class _PendingDial:
+    """An HTTP/2 dial in progress that other requests for the same target wait for."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: UpstreamError | None = None
+
+
+class UpstreamPool:
+    """Connections to every backend, keyed by BackendTarget. One per process; survives config reloads.
+
+    ``idle_timeout``: seconds an idle connection is kept. ``max_idle_per_backend``: idle
+    connections kept per target (per protocol). :meth:`run` must be running for HTTP/2
+    targets (it owns their reader/writer tasks) and for idle reaping.
+    """
+
+    def __init__(self, *, idle_timeout: float = 90.0, max_idle_per_backend: int = 256) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_idle_per_backend = max_idle_per_backend
+        self._nursery: trio.Nursery | None = None
+        self._h1_idle: dict[BackendTarget, list[H1Connection]] = {}
+        self._h2_conns: dict[BackendTarget, list[H2Connection]] = {}
+        self._h2_dialing: dict[BackendTarget, _PendingDial] = {}
+
+    # -- introspection (tests, metrics) --
+
+    def idle_h1_connections(self, target: BackendTarget) -> int:
+        """Idle HTTP/1.1 connections currently pooled for ``target``."""
+        return len(self._h1_idle.get(target, ()))
+
+    def h2_connections(self, target: BackendTarget) -> list[H2Connection]:
+        """Open HTTP/2 connections for ``target`` (a copy of the list)."""
+        return list(self._h2_conns.get(target, ()))
+
+    # -- lifecycle --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the HTTP/2 connection tasks and the idle reaper until cancelled.
+
+        Calls ``task_status.started()`` once ready. On exit every connection is closed and
+        in-flight HTTP/2 streams fail with UpstreamProtocolError.
+        """
+        if self._nursery is not None:
+            raise RuntimeError("UpstreamPool.run() is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reaper)
+                task_status.started()
+        finally:
+            self._nursery = None
+            idle = [conn for conns in self._h1_idle.values() for conn in conns]
+            self._h1_idle.clear()
+            for conn in idle:
+                await conn.aclose()
+            for conns in list(self._h2_conns.values()):
+                for h2conn in list(conns):
+                    h2conn.abort()
+
+    async def _reaper(self) -> None:
+        interval = min(max(self.idle_timeout / 4, 0.05), 5.0)
+        while True:
+            await trio.sleep(interval)
+            cutoff = trio.current_time() - self.idle_timeout
+            for target, conns in list(self._h1_idle.items()):
+                expired = [conn for conn in conns if conn.idle_since <= cutoff or not conn.looks_alive()]
+                if expired:
+                    conns[:] = [conn for conn in conns if conn not in expired]
+                    if not conns:
+                        del self._h1_idle[target]
+                    for conn in expired:
+                        await conn.aclose()
+            for conns in list(self._h2_conns.values()):
+                for h2conn in list(conns):
+                    if h2conn.active_streams == 0 and h2conn.idle_since <= cutoff:
+                        h2conn.close()
+
+    # -- the exchange --
+
+    @contextlib.asynccontextmanager
+    async def exchange(
+        self,
+        target: BackendTarget,
+        request: UpstreamRequest,
+        *,
+        connect_timeout: float,
+        response_timeout: float,
+    ) -> AsyncIterator[UpstreamResponse]:
+        """Send ``request`` to ``target`` and yield the response once its head arrived.
+
+        The request body is pumped concurrently in a nursery inside this block. Leaving the
+        block before the response body ended aborts the exchange (HTTP/2: RST_STREAM CANCEL;
+        HTTP/1.1: the connection is closed); leaving after it returns an HTTP/1.1 connection
+        to the pool when keep-alive is possible. An exception from ``request.body`` is raised
+        unchanged after aborting. Raises UpstreamConnectError, UpstreamTLSError,
+        UpstreamTimeout or UpstreamProtocolError (see ``upstream.errors``).
+        """
+        async with exchange_scope(response_timeout) as (nursery, control):
+            if target.scheme == "http":
+                connection, response = await self._start_h1(target, request, nursery, control, connect_timeout)
+                try:
+                    yield response
+                finally:
+                    nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
+                    await self._finish_h1(connection, response)
+            else:
+                h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
+                try:
+                    await h2conn.start(stream, request, nursery=nursery, control=control)
+                    yield stream
+                finally:
+                    nursery.cancel_scope.cancel()
+                    h2conn.release(stream)
+
+    # -- HTTP/1.1 --
+
+    async def _start_h1(
+        self,
+        target: BackendTarget,
+        request: UpstreamRequest,
+        nursery: trio.Nursery,
+        control: ExchangeControl,
+        connect_timeout: float,
+    ) -> tuple[H1Connection, H1Response]:
+        for attempt in range(2):
+            connection = await self._checkout_h1(target, connect_timeout, fresh=attempt > 0)
+            try:
+                return connection, await connection.start(request, nursery=nursery, control=control)
+            except StaleConnection:
+                await connection.aclose()
+                control.restart()  # bodiless request, nothing received: safe to retry once
+            except BaseException:
+                await connection.aclose()
+                raise
+        raise AssertionError("unreachable: a fresh connection never reports a stale one")
+
+    async def _checkout_h1(self, target: BackendTarget, connect_timeout: float, *, fresh: bool) -> H1Connection:
+        idle = self._h1_idle.get(target)
+        cutoff = trio.current_time() - self.idle_timeout
+        while idle and not fresh:
+            connection = idle.pop()
+            if not idle:
+                del self._h1_idle[target]
+            if connection.idle_since > cutoff and connection.looks_alive():
+                return connection
+            await connection.aclose()
+        stream = await open_backend_stream(target, timeout=connect_timeout, require_alpn=None)
+        return H1Connection(target, stream)
+
+    async def _finish_h1(self, connection: H1Connection, response: H1Response) -> None:
+        if not (response.complete and connection.reusable):
+            await connection.aclose()
+            return
+        connection.prepare_reuse()
+        idle = self._h1_idle.setdefault(connection.target, [])
+        idle.append(connection)
+        while len(idle) > self.max_idle_per_backend:
+            await idle.pop(0).aclose()
+
+    # -- HTTP/2 --
+
+    async def _open_h2_stream(self, target: BackendTarget, request: UpstreamRequest, connect_timeout: float) -> tuple[H2Connection, H2Stream]:
+        deadline = trio.current_time() + connect_timeout
+        while True:
+            for h2conn in self._h2_conns.get(target, ()):
+                stream = h2conn.try_open_stream(request)
+                if stream is not None:
+                    return h2conn, stream
+            pending = self._h2_dialing.get(target)
+            if pending is None:
+                await self._dial_h2(target, deadline)
+                continue
+            with trio.move_on_at(deadline):
+                await pending.done.wait()
+            if not pending.done.is_set():
+                raise UpstreamConnectError(f"connect to {target} timed out after {connect_timeout:g}s")
+            if pending.error is not None:
+                raise type(pending.error)(str(pending.error), reason=pending.error.reason)
+
+    async def _dial_h2(self, target: BackendTarget, deadline: float) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError("UpstreamPool.run() must be running for HTTP/2 backends")
+        pending = _PendingDial()
+        self._h2_dialing[target] = pending
+        h2conn: H2Connection | None = None
+        try:
+            stream = await open_backend_stream(target, timeout=max(0.0, deadline - trio.current_time()), require_alpn="h2")
+            h2conn = H2Connection(target, stream, on_idle=self._h2_idle, on_closed=self._h2_closed)
+            await nursery.start(h2conn.run)
+            with trio.move_on_at(deadline):
+                await h2conn.ready.wait()
+            if h2conn.failure is not None:
+                raise UpstreamConnectError(f"HTTP/2 session with {target} failed to start: {h2conn.failure}")
+            if not h2conn.ready.is_set():
+                raise UpstreamConnectError(f"{target} sent no HTTP/2 SETTINGS before the connect timeout")
+            self._h2_conns.setdefault(target, []).append(h2conn)
+        except UpstreamError as exc:
+            pending.error = exc
+            if h2conn is not None:
+                h2conn.abort()
+            raise
+        except BaseException:
+            if h2conn is not None:
+                h2conn.abort()
+            raise
+        finally:
+            pending.done.set()
+            if self._h2_dialing.get(target) is pending:
+                del self._h2_dialing[target]
+
+    def _h2_idle(self, h2conn: H2Connection) -> None:
+        idle = [c for c in self._h2_conns.get(h2conn.target, ()) if c.active_streams == 0 and c.can_open_stream]
+        if len(idle) > self.max_idle_per_backend:
+            h2conn.close()
+
+    def _h2_closed(self, h2conn: H2Connection) -> None:
+        conns = self._h2_conns.get(h2conn.target)
+        if conns is not None and h2conn in conns:
+            conns.remove(h2conn)
+            if not conns:
+                del self._h2_conns[h2conn.target]

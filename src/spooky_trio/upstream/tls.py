@@ -1,0 +1,184 @@
+"""Client TLS for backends: context construction, connecting, and identity verification.
+
+Identity rule: whenever a context verifies certificates, the peer certificate must be valid
+for ``BackendTarget.host`` (a DNS name, wildcard allowed in the leftmost label, or an IP
+address), whether or not SNI is sent. When ``server_name`` equals ``host`` the ssl module
+checks it during the handshake; otherwise (no SNI, or an SNI different from the host) the
+handshake runs without ssl's hostname check and :func:`verify_identity` checks the
+certificate against ``host`` right after it.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import ssl
+import weakref
+from collections.abc import Sequence
+
+import trio
+from cryptography import x509
+
+from spooky_trio.upstream.common import BackendTarget
+from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamTLSError
+
+#: contexts built by make_client_ssl_context -> an equivalent one with check_hostname off
+_UNCHECKED_TWINS: weakref.WeakKeyDictionary[ssl.SSLContext, ssl.SSLContext] = weakref.WeakKeyDictionary()
+
+
+def make_client_ssl_context(
+    *,
+    verify: bool = True,
+    ca_file: str | None = None,
+    ca_dir: str | None = None,
+    alpn: Sequence[str] = ("h2",),
+) -> ssl.SSLContext:
+    """A client context for backends; identical arguments return the same (cached) object.
+
+    ``verify=True``: CERT_REQUIRED with hostname checking, trusting the system default CAs
+    plus ``ca_file``/``ca_dir``. ``verify=False``: CERT_NONE (no verification at all).
+    ``alpn`` lists the protocols offered (default: h2 only). Callers must not mutate it.
+    """
+    return _build_context(verify, ca_file, ca_dir, tuple(alpn))
+
+
+@functools.lru_cache(maxsize=128)
+def _build_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    context = _new_context(verify, ca_file, ca_dir, alpn, check_hostname=verify)
+    if verify:
+        _UNCHECKED_TWINS[context] = _new_context(verify, ca_file, ca_dir, alpn, check_hostname=False)
+    return context
+
+
+def _new_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tuple[str, ...], *, check_hostname: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if verify:
+        if ca_file is not None or ca_dir is not None:
+            context.load_verify_locations(cafile=ca_file, capath=ca_dir)
+        context.check_hostname = check_hostname
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def _ssl_stream(tcp: trio.SocketStream, context: ssl.SSLContext, sni: str | None, *, builtin_check: bool) -> trio.SSLStream[trio.SocketStream]:
+    """Wrap ``tcp``; with ``builtin_check`` False the ssl module does no hostname check."""
+    if builtin_check or not context.check_hostname:
+        return trio.SSLStream(tcp, context, server_hostname=sni, https_compatible=True)
+    twin = _UNCHECKED_TWINS.get(context)
+    if twin is not None:
+        return trio.SSLStream(tcp, twin, server_hostname=sni, https_compatible=True)
+    # A context we did not build: the SSL object snapshots the hostname check when it is
+    # created, so switching it off only for this synchronous construction affects nothing else.
+    context.check_hostname = False
+    try:
+        return trio.SSLStream(tcp, context, server_hostname=sni, https_compatible=True)
+    finally:
+        context.check_hostname = True
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _dns_matches(pattern: str, host: str) -> bool:
+    pattern = pattern.rstrip(".").lower()
+    if pattern == host:
+        return True
+    if not pattern.startswith("*."):
+        return False
+    # "*" stands for exactly one whole leftmost label (no partial wildcards, as in ssl)
+    head, dot, rest = host.partition(".")
+    return bool(head) and bool(dot) and rest == pattern[2:] and "*" not in rest
+
+
+def verify_identity(der: bytes, host: str) -> None:
+    """Raise :class:`UpstreamTLSError` unless the DER certificate is valid for ``host``.
+
+    DNS hosts match DNS SANs (a ``*.`` wildcard covers one leftmost label); IP literals
+    match IP SANs. The subject CN is never consulted (as in the ssl module).
+    """
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = x509.SubjectAlternativeName([])
+    if _is_ip(host):
+        address = ipaddress.ip_address(host)
+        if any(address == ip for ip in san.get_values_for_type(x509.IPAddress)):
+            return
+        raise UpstreamTLSError(f"certificate verify failed: IP address mismatch, certificate is not valid for '{host}'.")
+    try:
+        wanted = host.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        wanted = host.rstrip(".").lower()
+    if any(_dns_matches(name, wanted) for name in san.get_values_for_type(x509.DNSName)):
+        return
+    raise UpstreamTLSError(f"certificate verify failed: Hostname mismatch, certificate is not valid for '{host}'.")
+
+
+def _handshake_failure(target: BackendTarget, exc: BaseException) -> UpstreamTLSError:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = f"certificate verify failed: {cause.verify_message}"
+    elif isinstance(cause, ssl.SSLError):
+        detail = f"{cause.reason or 'ssl error'}: {cause}"
+    else:
+        detail = f"connection lost during the handshake ({cause!r})"
+    return UpstreamTLSError(f"TLS handshake with {target} failed: {detail}")
+
+
+async def _tls_handshake(tcp: trio.SocketStream, target: BackendTarget, *, require_alpn: str | None) -> trio.SSLStream[trio.SocketStream]:
+    context = target.ssl_context
+    assert context is not None  # BackendTarget enforces it for https
+    verifying = context.verify_mode != ssl.CERT_NONE
+    host_is_sni = target.server_name is not None and target.server_name.rstrip(".").lower() == target.host.rstrip(".").lower()
+    builtin_check = host_is_sni and context.check_hostname
+    stream = _ssl_stream(tcp, context, target.server_name, builtin_check=builtin_check)
+    try:
+        await stream.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+        raise _handshake_failure(target, exc) from exc
+    if verifying and not builtin_check:
+        der = stream.getpeercert(binary_form=True)
+        if not der:
+            raise UpstreamTLSError(f"TLS handshake with {target} failed: the backend sent no certificate")
+        try:
+            verify_identity(der, target.host)
+        except UpstreamTLSError as exc:
+            raise UpstreamTLSError(f"TLS handshake with {target} failed: {exc}") from None
+    if require_alpn is not None and stream.selected_alpn_protocol() != require_alpn:
+        got = stream.selected_alpn_protocol()
+        raise UpstreamTLSError(f"TLS handshake with {target} failed: ALPN negotiated {got!r}, {require_alpn!r} is required")
+    return stream
+
+
+async def open_backend_stream(target: BackendTarget, *, timeout: float, require_alpn: str | None = "h2") -> trio.abc.Stream:
+    """Connect to ``target`` (TCP, plus TLS for https) within ``timeout`` seconds in total.
+
+    Returns a :class:`trio.SocketStream` for http and a handshaken :class:`trio.SSLStream`
+    for https whose ALPN protocol is ``require_alpn`` (when not None). Raises
+    :class:`UpstreamConnectError` (refused, unreachable, DNS failure, timeout) or
+    :class:`UpstreamTLSError` (handshake, verification, ALPN); nothing is left open then.
+    """
+    with trio.move_on_after(timeout):
+        try:
+            tcp = await trio.open_tcp_stream(target.host, target.port)
+        except OSError as exc:
+            raise UpstreamConnectError(f"connect to {target} failed: {exc}") from exc
+        if target.scheme == "http":
+            return tcp
+        try:
+            return await _tls_handshake(tcp, target, require_alpn=require_alpn)
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+    raise UpstreamConnectError(f"connect to {target} timed out after {timeout:g}s")

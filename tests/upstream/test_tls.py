@@ -1,0 +1,51 @@
+"""Client TLS helpers: context caching and certificate identity checks."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from spooky_trio.upstream import BackendTarget, UpstreamTLSError, make_client_ssl_context
+from spooky_trio.upstream.tls import verify_identity
+
+
+def der_for(ca: trustme.CA, *identities: str) -> bytes:
+    pem = ca.issue_cert(*identities).cert_chain_pems[0].bytes()
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+def test_context_is_cached_per_policy(tmp_path, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    a = make_client_ssl_context(ca_file=str(tmp_path / "ca.pem"))
+    assert a is make_client_ssl_context(ca_file=str(tmp_path / "ca.pem"), alpn=["h2"])
+    assert a.verify_mode == ssl.CERT_REQUIRED and a.check_hostname
+    loose = make_client_ssl_context(verify=False)
+    assert loose is make_client_ssl_context(verify=False) and loose is not a
+    assert loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
+
+
+def test_identity_dns_wildcard_and_ip(ca: trustme.CA) -> None:
+    der = der_for(ca, "api.example.com", "*.svc.example.com", "10.0.0.7", "::1")
+    for good in ("api.example.com", "API.Example.com.", "a.svc.example.com", "10.0.0.7", "::1"):
+        verify_identity(der, good)
+    for bad, reason in [
+        ("example.com", "Hostname mismatch"),
+        ("a.b.svc.example.com", "Hostname mismatch"),
+        ("svc.example.com", "Hostname mismatch"),
+        ("10.0.0.8", "IP address mismatch"),
+    ]:
+        with pytest.raises(UpstreamTLSError, match=reason):
+            verify_identity(der, bad)
+
+
+def test_https_target_needs_a_context() -> None:
+    with pytest.raises(ValueError):
+        BackendTarget(scheme="https", host="localhost", port=443)
+    with pytest.raises(ValueError):
+        BackendTarget(scheme="ftp", host="localhost", port=21)
+    target = BackendTarget(scheme="http", host="::1", port=8080)
+    assert str(target) == "http://[::1]:8080" and hash(target) == hash(BackendTarget("http", "::1", 8080))
