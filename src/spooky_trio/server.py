@@ -118,7 +118,11 @@ class Server:
         if scope.cancelled_caught:
             log.warning("drain deadline passed with %d request(s) in flight; cancelling them", self.activity.count)
         for listener in self.listeners:
-            listener._flush()
+            listener.close_all()
+        # let CONNECTION_CLOSE reach the clients and the last response bytes be acknowledged
+        with trio.move_on_after(min(1.0, max(0.0, scope.deadline - trio.current_time()) + 0.2)):
+            for listener in self.listeners:
+                await listener.wait_closed()
         log.info("stopped")
 
     async def _watch_signals(self, root_scope: trio.CancelScope) -> None:

@@ -417,6 +417,11 @@ class QuicListener:
             max_data=p.quic_initial_max_data,
             max_stream_data=p.quic_initial_max_stream_data,
         )
+        # aioquic insists on a certificate up front; _SniContext swaps it per handshake
+        primary = identities.primary
+        self.configuration.certificate = primary.certificate
+        self.configuration.certificate_chain = list(primary.chain)
+        self.configuration.private_key = primary.private_key
 
     def bind(self) -> None:
         """Bind the UDP socket now, so bind errors surface before the server reports ready."""
@@ -463,16 +468,27 @@ class QuicListener:
                 except OSError as exc:  # e.g. ICMP port unreachable surfacing on the socket
                     log.debug("recvfrom failed: %s", exc)
                     continue
-                conn = self._route(data, addr)
-                if conn is None:
-                    continue
-                if conn._nursery is None:
-                    await self._nursery.start(conn.run)
-                conn.quic.receive_datagram(data, addr, now)
-                touched.add(conn)
                 self.stats["datagrams"] += 1
+                try:
+                    conn = self._route(data, addr)
+                    if conn is None:
+                        continue
+                    if conn._nursery is None:
+                        await self._nursery.start(conn.run)
+                    conn.quic.receive_datagram(data, addr, now)
+                except Exception:
+                    # one bad datagram or connection must never stop the listener
+                    self.stats["panics"] += 1
+                    log.exception("error handling a datagram from %s", addr)
+                    continue
+                touched.add(conn)
             for conn in touched:
-                conn.process_events()
+                try:
+                    conn.process_events()
+                except Exception:
+                    self.stats["panics"] += 1
+                    log.exception("error processing events of connection from %s", conn.addr)
+                    conn.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
             self._dirty |= touched
             self._flush()
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -558,6 +574,18 @@ class QuicListener:
             # let the other tasks woken in this batch write too, then send once
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._flush()
+
+    def close_all(self) -> None:
+        """Close every connection now (end of drain) and transmit the closes."""
+        for conn in list(self.connections):
+            conn.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="shutting down")
+            self._dirty.add(conn)
+        self._flush()
+
+    async def wait_closed(self) -> None:
+        """Wait until every connection task has ended."""
+        for conn in list(self.connections):
+            await conn.closed.wait()
 
     def begin_drain(self) -> None:
         """Refuse new connections and send GOAWAY on every open one."""

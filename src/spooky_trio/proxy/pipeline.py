@@ -29,7 +29,7 @@ from spooky_trio.http.messages import (
     UpstreamRequest,
 )
 from spooky_trio.proxy.errors import ErrorResponse, ProxyError, error_response_for, unwrap
-from spooky_trio.runtime.generation import BackendRuntime, Generation
+from spooky_trio.runtime.generation import BackendRuntime, Generation, PoolRuntime
 from spooky_trio.upstream import UpstreamPool
 from spooky_trio.upstream.errors import UpstreamError
 
@@ -85,7 +85,10 @@ class Proxy:
         generation = self._current_generation()
         backend: BackendRuntime | None = None
         try:
-            backend = await self._forward(generation, request, sink)
+            pool_name, authority = self._route(generation, request)
+            pool = generation.pools[pool_name]
+            backend = pool.pick()
+            await self._forward(generation, pool, backend, request, authority, sink)
         except Exception as exc:
             failure = unwrap(exc)
             error = error_response_for(failure)
@@ -121,13 +124,12 @@ class Proxy:
             raise ProxyError(404, "no_route", "no route matches this request")
         return entry.pool, authority.decode("latin-1")
 
-    async def _forward(self, generation: Generation, request: DownstreamRequest, sink: ResponseSink) -> BackendRuntime:
+    async def _forward(
+        self, generation: Generation, pool: PoolRuntime, backend: BackendRuntime, request: DownstreamRequest, authority: str, sink: ResponseSink
+    ) -> None:
         perf = generation.config.performance
-        pool_name, authority = self._route(generation, request)
-        pool = generation.pools[pool_name]
         if request.content_length is not None and request.content_length > perf.max_request_body_bytes:
             raise ProxyError(413, "request_body_too_large", f"request body exceeds {perf.max_request_body_bytes} bytes")
-        backend = pool.pick()
         upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"))
         with trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
             async with self._upstream.exchange(
@@ -137,7 +139,6 @@ class Proxy:
                 response_timeout=perf.backend_timeout_ms / 1000,
             ) as response:
                 await self._relay_response(perf, request, response, sink)
-        return backend
 
     def _upstream_request(self, generation: Generation, pool: Any, backend: BackendRuntime, request: DownstreamRequest, authority: bytes) -> UpstreamRequest:
         perf = generation.config.performance
