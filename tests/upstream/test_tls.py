@@ -49,3 +49,15 @@ def test_https_target_needs_a_context() -> None:
         BackendTarget(scheme="ftp", host="localhost", port=21)
     target = BackendTarget(scheme="http", host="::1", port=8080)
     assert str(target) == "http://[::1]:8080" and hash(target) == hash(BackendTarget("http", "::1", 8080))
+
+
+def test_ca_dir_loads_every_pem_bundle_without_hashed_names(tmp_path, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
+    other = trustme.CA()
+    (tmp_path / "bundles").mkdir()
+    ca.cert_pem.write_to_path(str(tmp_path / "bundles" / "internal.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "bundles" / "partner.crt"))
+    (tmp_path / "bundles" / "README").write_text("not a certificate")
+    ctx = make_client_ssl_context(ca_dir=str(tmp_path / "bundles"))
+    loaded = {int(c["serialNumber"], 16) for c in ctx.get_ca_certs()}
+    for authority in (ca, other):
+        assert x509.load_pem_x509_certificate(authority.cert_pem.bytes()).serial_number in loaded

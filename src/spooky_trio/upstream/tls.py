@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import ssl
 import weakref
 from collections.abc import Sequence
@@ -53,8 +54,10 @@ def _build_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: 
 def _new_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tuple[str, ...], *, check_hostname: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if verify:
-        if ca_file is not None or ca_dir is not None:
-            context.load_verify_locations(cafile=ca_file, capath=ca_dir)
+        if ca_file is not None:
+            context.load_verify_locations(cafile=ca_file)
+        for bundle in _pem_bundles(ca_dir):
+            context.load_verify_locations(cafile=bundle)
         context.check_hostname = check_hostname
     else:
         context.check_hostname = False
@@ -63,6 +66,23 @@ def _new_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tu
     if alpn:
         context.set_alpn_protocols(list(alpn))
     return context
+
+
+def _pem_bundles(ca_dir: str | None) -> list[str]:
+    """Every PEM bundle in ``ca_dir`` (the schema's "directory of PEM bundles").
+
+    OpenSSL's own ``capath`` only finds files named by subject hash (c_rehash), which
+    operators rarely prepare; loading each bundle matches what ``check_files`` accepts.
+    """
+    if ca_dir is None:
+        return []
+    bundles = []
+    for entry in sorted(os.scandir(ca_dir), key=lambda e: e.name):
+        if entry.is_file():
+            with open(entry.path, "rb") as fh:
+                if b"-----BEGIN CERTIFICATE-----" in fh.read():
+                    bundles.append(entry.path)
+    return bundles
 
 
 def _ssl_stream(tcp: trio.SocketStream, context: ssl.SSLContext, sni: str | None, *, builtin_check: bool) -> trio.SSLStream[trio.SocketStream]:
