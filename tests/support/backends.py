@@ -10,6 +10,7 @@ Usage::
 
 Routes (any method unless noted):
 
+* ``/hold``: reads nothing until ``Backend.release_holds()``, then counts the body and answers its length.
 * ``/echo``: 200 JSON ``{backend, method, path, query, headers: [[name, value], ...],
   body_len, body_sha256, http_version, client: [host, port]}``. ``POST /echo?raw=1``
   streams the request body back byte-exact instead (no content-length).
@@ -67,6 +68,11 @@ class Backend:
     tls: bool
     requests: list[dict[str, Any]] = attrs.Factory(list)
     _changed: trio.Event = attrs.Factory(trio.Event)
+    _holds_released: trio.Event = attrs.Factory(trio.Event)
+
+    def release_holds(self) -> None:
+        """Let every ``/hold`` request start reading its body."""
+        self._holds_released.set()
 
     @property
     def url(self) -> str:
@@ -115,14 +121,19 @@ async def _json(send: Send, data: Any) -> None:
     await _respond(send, 200, json.dumps(data).encode(), b"application/json")
 
 
-async def _send_pattern(send: Send, n: int, *, with_length: bool) -> None:
+async def _send_pattern(send: Send, n: int, *, with_length: bool, record: dict[str, Any]) -> None:
+    """Stream n pattern bytes; ``record["sent"]`` counts what the server has accepted so far
+    (hypercorn's send waits for the socket, so it shows how far backpressure let us go)."""
     headers = [(b"content-type", b"application/octet-stream")]
     if with_length:
         headers.append((b"content-length", str(n).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    payload = pattern_bytes(n)
+    chunk = pattern_bytes(_CHUNK)  # _CHUNK is a multiple of 256: every chunk starts the pattern afresh
+    record["sent"] = 0
     for offset in range(0, n, _CHUNK):
-        await send({"type": "http.response.body", "body": payload[offset : offset + _CHUNK], "more_body": True})
+        piece = chunk[: min(_CHUNK, n - offset)]
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+        record["sent"] += len(piece)
     await send({"type": "http.response.body", "body": b""})
 
 
@@ -174,7 +185,7 @@ def _make_app(backend: Backend) -> Callable[[Scope, Receive, Send], Awaitable[No
     return app
 
 
-_ROUTES = frozenset({"echo", "bytes", "chunked", "slow", "slowbody", "trailers", "status", "health", "headers"})
+_ROUTES = frozenset({"hold", "echo", "bytes", "chunked", "slow", "slowbody", "trailers", "status", "health", "headers"})
 
 
 def _route_path(path: str) -> str:
@@ -191,6 +202,20 @@ async def _route(backend: Backend, scope: Scope, receive: Receive, send: Send, r
     head, _, arg = path.lstrip("/").partition("/")
     if path == "/echo" and scope["method"] == "POST" and "raw=1" in record["query"].split("&"):
         await _raw_echo(receive, send, record)
+        return
+    if head == "hold":
+        # read nothing until the test releases us, then count the body without keeping it
+        await backend._holds_released.wait()
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            total += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        record["body_len"] = total
+        await _respond(send, 200, str(total).encode())
         return
     body = await _read_body(receive, record)
     if path == "/echo":
@@ -209,9 +234,9 @@ async def _route(backend: Backend, scope: Scope, receive: Receive, send: Send, r
             },
         )
     elif head == "bytes" and arg.isdigit():
-        await _send_pattern(send, int(arg), with_length=True)
+        await _send_pattern(send, int(arg), with_length=True, record=record)
     elif head == "chunked" and arg.isdigit():
-        await _send_pattern(send, int(arg), with_length=False)
+        await _send_pattern(send, int(arg), with_length=False, record=record)
     elif head == "slow" and arg.isdigit():
         await trio.sleep(int(arg) / 1000)
         await _respond(send, 200, b"slow ok")

@@ -1,0 +1,65 @@
+"""Run the real proxy in-process for integration tests.
+
+``running_proxy(yaml_text)`` loads the text through the real config loader, binds real
+sockets on 127.0.0.1 and yields the :class:`Server`; leaving the block drains it.
+"""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from spooky_trio.config import load_config_text
+from spooky_trio.server import Server
+
+
+def free_udp_port() -> int:
+    """A UDP port that was free a moment ago (the proxy binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proxy_yaml(upstream: str, *, certs_dir: Path, port: int | None = None, extra: str = "") -> str:
+    """A complete config: one loopback listener with the test certificate plus ``upstream``.
+
+    ``upstream`` is the YAML body of the ``upstream:`` map (any indentation; it is re-indented).
+    ``extra`` adds top-level sections (performance, resilience, ...).
+    """
+    port = port or free_udp_port()
+    return (
+        "version: 1\n"
+        "listen:\n"
+        "  address: 127.0.0.1\n"
+        f"  port: {port}\n"
+        "  tls:\n"
+        f"    cert: {certs_dir / 'localhost.pem'}\n"
+        f"    key: {certs_dir / 'localhost.key'}\n"
+        "upstream:\n"
+        + textwrap.indent(textwrap.dedent(upstream).strip("\n"), "  ")
+        + "\n"
+        "security:\n"
+        "  privileges:\n"
+        "    enabled: false\n"
+        + textwrap.dedent(extra)
+    )
+
+
+@asynccontextmanager
+async def running_proxy(yaml_text: str) -> AsyncIterator[Server]:
+    config = load_config_text(yaml_text)
+    server = Server(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: server.run(handle_signals=False, task_status=task_status))
+        try:
+            yield server
+        finally:
+            server.request_drain()
+            with trio.move_on_after(10):
+                await server.stopped.wait()
+            nursery.cancel_scope.cancel()
