@@ -1,0 +1,236 @@
+"""The connection machinery under :class:`~spooky_trio.clients.h3.H3Client`.
+
+:class:`H3Transport` owns the UDP socket and the aioquic objects and runs the driver task
+(receive burst -> process events -> transmit once; aioquic timers as the deadline of the
+cancel scope the driver sleeps in). The request API lives in :mod:`spooky_trio.clients.h3`.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any
+
+import trio
+from cryptography import x509
+from aioquic.h3.connection import ErrorCode
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StopSendingReceived, StreamReset
+
+from spooky_trio.clients._quic import FlowControlledQuicConnection, GoawayAwareH3Connection
+from spooky_trio.clients.errors import H3ConnectError, H3ConnectionLost
+from spooky_trio.clients.h3_stream import StreamState
+
+MAX_BURST = 256  #: datagrams read before the driver processes events and transmits
+
+
+class H3Transport:
+    """One QUIC connection driven on a connected, non-blocking UDP socket.
+
+    Shared-state rules: aioquic is only touched synchronously (no await in between), and
+    every transmit goes through :meth:`_transmit`, which a lock serialises.
+    """
+
+    def __init__(self, sock: socket.socket, peer: tuple[Any, ...], quic: FlowControlledQuicConnection, target: str, authority: str) -> None:
+        self._sock = sock
+        self._peer = peer
+        self._quic = quic
+        self._h3 = GoawayAwareH3Connection(quic)
+        self._target = target
+        self._authority = authority
+        self._streams: dict[int, StreamState] = {}
+        self._send_lock = trio.Lock()
+        self._progress = trio.Event()  # set and replaced after every transmit
+        self._handshake_event = trio.Event()
+        self._handshake_complete = False
+        self._error: H3ConnectError | None = None
+        self._closing = False
+        self._drive_scope = trio.CancelScope()
+        self._timer_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self.alpn_protocol: str | None = None
+        #: Set when the server sent an HTTP/3 GOAWAY; new ``request()`` calls then fail.
+        self.goaway_received = trio.Event()
+
+    async def _wait_handshake(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._handshake_event.wait()
+        if self._error is not None:
+            raise self._fresh_error()
+        if not self._handshake_complete:
+            self._fail(H3ConnectError(f"timed out after {timeout:g}s waiting for the QUIC handshake with {self._target}"))
+            raise self._fresh_error()
+
+    async def aclose(self) -> None:
+        """Close the connection (CONNECTION_CLOSE with H3_NO_ERROR); pending requests fail."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._error is None:
+            self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="client closing")
+            with trio.move_on_after(1.0):
+                await self._transmit()
+        self._fail(H3ConnectionLost(f"connection to {self._target} closed by the client"))
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def connection_id(self) -> bytes:
+        """This client's current source connection ID."""
+        return self._quic.host_cid
+
+    @property
+    def peer_connection_id(self) -> bytes:
+        """The destination connection ID packets currently carry (issued by the server)."""
+        return self._quic.peer_cid
+
+    @property
+    def original_destination_connection_id(self) -> bytes:
+        """The random destination connection ID of the client's first Initial packet."""
+        return self._quic.original_destination_connection_id
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The server's leaf certificate from the handshake (None before it completed)."""
+        tls = getattr(self._quic, "tls", None)  # aioquic creates it when the handshake starts
+        return tls._peer_certificate if tls is not None else None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is established and not closed or failed."""
+        return self._handshake_complete and self._error is None
+    async def _consumed(self, state: StreamState) -> None:
+        """The application read from ``state``: return receive credit if enough is due."""
+        self._quic.set_backlog(state.stream_id, state.buffered)
+        if self._error is None and self._quic.credit_due(state.stream_id):
+            await self._transmit()
+
+    # -- the driver ----------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        """Receive, process, transmit; sleep until readable or aioquic's next timer."""
+        with self._drive_scope:
+            try:
+                await self._transmit()  # the first Initial
+                while self._error is None:
+                    with trio.CancelScope(deadline=self._timer_deadline()) as timer_scope:
+                        self._timer_scope = timer_scope
+                        await trio.lowlevel.wait_readable(self._sock)
+                    self._timer_scope = None
+                    now = trio.current_time()
+                    timer = self._quic.get_timer()
+                    if timer is not None and timer <= now:
+                        self._quic.handle_timer(now=now)
+                    for _ in range(MAX_BURST):
+                        try:
+                            data = self._sock.recv(65536)
+                        except BlockingIOError:
+                            break
+                        self._quic.receive_datagram(data, self._peer, now=now)
+                    self._process_events()
+                    await self._transmit()
+            except OSError as exc:
+                self._fail(self._connection_error(f"socket error: {exc.strerror or exc}"))
+            except Exception as exc:  # noqa: BLE001 - never crash the caller's nursery
+                self._fail(self._connection_error(f"internal error: {exc!r}"))
+
+    def _timer_deadline(self) -> float:
+        timer = self._quic.get_timer()
+        return math.inf if timer is None else timer
+
+    def _wake_driver(self) -> None:
+        """Make the driver run a cycle (and transmit) now, e.g. after queuing an abort."""
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = -math.inf
+
+    async def _transmit(self) -> None:
+        """Send everything aioquic has queued, then re-arm the driver's timer deadline."""
+        async with self._send_lock:
+            if self._error is not None:
+                return
+            try:
+                for data, _addr in self._quic.datagrams_to_send(now=trio.current_time()):
+                    while True:
+                        try:
+                            self._sock.send(data)
+                            break
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_writable(self._sock)
+            except OSError as exc:
+                self._fail(self._connection_error(f"socket error: {exc.strerror or exc}"))
+                return
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = self._timer_deadline()
+            progress, self._progress = self._progress, trio.Event()
+            progress.set()
+            close = self._quic.close_event
+            if close is not None:
+                self._fail(self._terminated_error(close))
+
+    def _process_events(self) -> None:
+        while (event := self._quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self._handshake_complete = True
+                self.alpn_protocol = event.alpn_protocol
+                self._handshake_event.set()
+            elif isinstance(event, ConnectionTerminated):
+                self._fail(self._terminated_error(event))
+                return
+            elif isinstance(event, (StreamReset, StopSendingReceived)):
+                state = self._streams.get(event.stream_id)
+                if state is not None:
+                    if isinstance(event, StreamReset):
+                        state.reset_code = event.error_code
+                    else:
+                        state.stop_sending_code = event.error_code
+                    state.notify()
+            for h3_event in self._h3.handle_event(event):
+                self._dispatch(h3_event)
+        if self._h3.goaway_seen and not self.goaway_received.is_set():
+            self.goaway_received.set()
+
+    def _dispatch(self, event: H3Event) -> None:
+        if not isinstance(event, (HeadersReceived, DataReceived)) or event.push_id is not None:
+            return
+        state = self._streams.get(event.stream_id)
+        if state is None:
+            return  # a stream the application already gave up on
+        if isinstance(event, HeadersReceived):
+            state.on_headers(event.headers, event.stream_ended)
+        else:
+            state.on_data(event.data, event.stream_ended)
+            self._quic.set_backlog(state.stream_id, state.buffered)
+        state.notify()
+
+    # -- failure -------------------------------------------------------------------------------
+
+    def _connection_error(self, detail: str) -> H3ConnectError:
+        if self._handshake_complete:
+            return H3ConnectionLost(f"connection to {self._target} failed: {detail}")
+        if "refused" in detail.lower():
+            detail = f"connection refused (nothing listening on UDP {self._target}?)"
+        return H3ConnectError(f"cannot connect to {self._target}: {detail}")
+
+    def _terminated_error(self, event: ConnectionTerminated) -> H3ConnectError:
+        reason = event.reason_phrase or "no reason given"
+        detail = f"{reason} (error 0x{event.error_code:x})"
+        if self._handshake_complete:
+            return H3ConnectionLost(f"connection to {self._target} closed: {detail}")
+        return H3ConnectError(f"QUIC handshake with {self._target} failed: {detail}")
+
+    def _fail(self, error: H3ConnectError) -> None:
+        """Mark the connection dead: wake every waiter and stop the driver (idempotent)."""
+        if self._error is not None:
+            return
+        self._error = error
+        for state in self._streams.values():
+            state.error = error
+            state.notify()
+        self._handshake_event.set()
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+        self._drive_scope.cancel()
+
+    def _fresh_error(self) -> H3ConnectError:
+        error = self._error or H3ConnectionLost(f"connection to {self._target} is closed")
+        return type(error)(*error.args)
