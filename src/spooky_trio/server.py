@@ -117,10 +117,13 @@ class Server:
             await self.activity.wait_idle()
         if scope.cancelled_caught:
             log.warning("drain deadline passed with %d request(s) in flight; cancelling them", self.activity.count)
+        # the last response bytes must be acknowledged before CONNECTION_CLOSE discards them
+        with trio.move_on_after(1.0):
+            for listener in self.listeners:
+                await listener.wait_acked()
         for listener in self.listeners:
             listener.close_all()
-        # let CONNECTION_CLOSE reach the clients and the last response bytes be acknowledged
-        with trio.move_on_after(min(1.0, max(0.0, scope.deadline - trio.current_time()) + 0.2)):
+        with trio.move_on_after(1.0):
             for listener in self.listeners:
                 await listener.wait_closed()
         log.info("stopped")

@@ -247,3 +247,23 @@ async def test_response_reading_helper_consumes_everything(pool: UpstreamPool) -
         async with pool.exchange(h1_target(backend.port), request("GET", "/health"), connect_timeout=1, response_timeout=1) as response:
             assert await read_all(response) == b"ok"
             assert await response.receive() == b""
+
+
+class _CallerError(Exception):
+    pass
+
+
+async def test_caller_exception_inside_exchange_propagates_unchanged(pool: UpstreamPool) -> None:
+    """Leaving the block with an error mid-body must re-raise that error, not swallow it
+    (the connection clean-up runs in the cancelled pump scope)."""
+    async with run_backend() as backend:
+        target = h1_target(backend.port)
+        with pytest.raises(_CallerError):
+            async with pool.exchange(target, request("GET", "/bytes/300000"), connect_timeout=2, response_timeout=2) as response:
+                assert response.status == 200
+                raise _CallerError
+        with pytest.raises(_CallerError):
+            async with pool.exchange(target, request("POST", "/echo", body=chunks(b"x" * 100_000, 1000)), connect_timeout=2, response_timeout=2):
+                raise _CallerError
+        # the aborted connections were closed, not pooled; the next request works
+        assert (await fetch(pool, target, request("GET", "/echo"))).status == 200

@@ -147,6 +147,7 @@ class QuicConnectionTask:
         self._progress = trio.lowlevel.ParkingLot()
         self._goaway_sent = False
         self._goaway_stream_id: int | None = None
+        self._close_when_acked = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connection until it terminates: timers, then the stream tasks' nursery."""
@@ -185,6 +186,7 @@ class QuicConnectionTask:
                 self._client_aborted(event.stream_id)
             for h3_event in self.h3.handle_event(event):
                 self._on_h3_event(h3_event)
+        self._close_if_drained()
         self._progress.unpark_all()
 
     def _on_h3_event(self, event: Any) -> None:
@@ -280,7 +282,7 @@ class QuicConnectionTask:
             except ValueError:
                 pass
         if self._goaway_sent and not self.streams:
-            self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="draining")
+            self._close_when_acked = True
         self.schedule_transmit()
 
     def _client_aborted(self, stream_id: int) -> None:
@@ -354,8 +356,25 @@ class QuicConnectionTask:
         self._goaway_stream_id = self.h3.max_request_stream_id + 4
         self.h3.send_goaway()
         if not self.streams:
-            self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="draining")
+            self._close_when_acked = True
         self.schedule_transmit()
+
+    def all_sent_data_acked(self) -> bool:
+        """True when the peer acknowledged every byte we sent on every stream."""
+        return all(s.sender._buffer_start == s.sender._buffer_stop for s in self.quic._streams.values())
+
+    async def wait_acked(self) -> None:
+        """Wait until all sent data is acknowledged or the connection ended."""
+        while not self.closed.is_set() and not self.all_sent_data_acked():
+            await self._progress.park()
+
+    def _close_if_drained(self) -> None:
+        # aioquic's close() discards unsent stream data, so close only once the response
+        # bytes (and the GOAWAY) were acknowledged
+        if self._close_when_acked and not self.closed.is_set() and self.all_sent_data_acked():
+            self._close_when_acked = False
+            self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="draining")
+            self.schedule_transmit()
 
 
 class Activity:
@@ -574,6 +593,11 @@ class QuicListener:
             # let the other tasks woken in this batch write too, then send once
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._flush()
+
+    async def wait_acked(self) -> None:
+        """Wait until every connection's sent data was acknowledged (or it ended)."""
+        for conn in list(self.connections):
+            await conn.wait_acked()
 
     def close_all(self) -> None:
         """Close every connection now (end of drain) and transmit the closes."""

@@ -98,6 +98,7 @@ class Proxy:
             elif error is None and not isinstance(failure, (RequestBodyError, ResponseTooLarge, trio.BrokenResourceError)):
                 raise
             if sink.headers_sent or error is None:
+                log.debug("resetting stream of %s %s: %r", request.method.decode(), request.path.decode("latin-1"), failure)
                 sink.reset(error.reason if error else type(failure).__name__)
                 return
             await send_error(sink, error)

@@ -127,7 +127,10 @@ class UpstreamPool:
                     yield response
                 finally:
                     nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
-                    await self._finish_h1(connection, response)
+                    # shielded: in the cancelled scope the close would raise Cancelled and
+                    # replace the caller's exception (it never blocks: plain TCP close)
+                    with trio.CancelScope(shield=True):
+                        await self._finish_h1(connection, response)
             else:
                 h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
                 try:
@@ -155,7 +158,8 @@ class UpstreamPool:
                 await connection.aclose()
                 control.restart()  # bodiless request, nothing received: safe to retry once
             except BaseException:
-                await connection.aclose()
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
                 raise
         raise AssertionError("unreachable: a fresh connection never reports a stale one")
 
