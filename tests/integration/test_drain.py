@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from spooky_trio.clients.h3 import H3Client, H3ConnectError
-from tests.support.backends import run_backend
+from tests.support.backends import run_backend, run_raw_backend
 from tests.support.proxy import proxy_yaml
 
 
@@ -83,6 +83,60 @@ performance:
                 code = await proc.wait()
             assert code == 0, bytes(output).decode(errors="replace")
             assert trio.current_time() - signalled < 8.0 + 2.0
+        finally:
+            print("proxy output:", bytes(output).decode(errors="replace"))  # shown by pytest on failure
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_second_signal_cuts_the_drain_short(certs_dir: Path, tmp_path: Path) -> None:
+    """A request the backend never answers would hold the drain for a minute; a second
+    SIGTERM ends the process at once with the documented status 1."""
+    arrived = trio.Event()
+
+    async def never_answer(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        arrived.set()
+        await trio.sleep_forever()
+
+    async with run_raw_backend(never_answer) as backend:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            proxy_yaml(
+                f'app:\n  route: {{path_prefix: "/"}}\n  backends: [{{id: a, address: "http://127.0.0.1:{backend.port}"}}]\n',
+                certs_dir=certs_dir,
+                extra="performance:\n  shutdown_drain_timeout_ms: 60000\n  backend_timeout_ms: 60000\n  backend_body_idle_timeout_ms: 60000\n",
+            )
+        )
+        port = int(next(line.split(":")[1] for line in config.read_text().splitlines() if line.strip().startswith("port:")))
+        proc = await trio.lowlevel.open_process([sys.executable, "-m", "spooky_trio", "run", "--config", str(config)], stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        output = bytearray()
+        try:
+            with trio.fail_after(20):
+                await _wait_for_line(proc.stderr, b"listening for HTTP/3", output)
+            async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=str(certs_dir / "ca.pem")) as c:
+                async with trio.open_nursery() as nursery:
+
+                    async def hung_request() -> None:
+                        with trio.move_on_after(30):
+                            try:
+                                await c.request("GET", "/hang", authority="localhost")
+                            except H3ConnectError:
+                                pass  # the process is gone: that is the point
+
+                    nursery.start_soon(hung_request)
+                    with trio.fail_after(10):
+                        await arrived.wait()
+                    proc.send_signal(signal.SIGTERM)
+                    with trio.fail_after(10):
+                        await _wait_for_line(proc.stderr, b"draining: 1 request", output)
+                    proc.send_signal(signal.SIGTERM)
+                    with trio.fail_after(5):
+                        code = await proc.wait()
+                    nursery.cancel_scope.cancel()
+            assert code == 1, bytes(output).decode(errors="replace")
         finally:
             print("proxy output:", bytes(output).decode(errors="replace"))  # shown by pytest on failure
             if proc.returncode is None:

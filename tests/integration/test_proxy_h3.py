@@ -260,3 +260,26 @@ async def test_authority_host_mismatch_rejected(certs_dir: Path) -> None:
             r = await c.request("GET", "/echo", headers=[("host", "localhost:443")], authority="localhost")
             assert r.status == 200
     assert len(backend.requests) == 1
+
+
+async def test_five_mib_both_ways_through_http2_backend(certs_dir: Path) -> None:
+    payload = pattern_bytes(5 * MiB)
+    pool = f"""
+    api:
+      route:
+        path_prefix: "/"
+      tls:
+        ca_file: "{certs_dir / 'ca.pem'}"
+      backends:
+        - id: "api-1"
+          address: "https://localhost:{{port}}"
+    """
+    async with run_backend(name="h2", tls=True, certfile=certs_dir / "localhost.pem", keyfile=certs_dir / "localhost.key") as backend:
+        yaml = proxy_yaml(pool.replace("{port}", str(backend.port)), certs_dir=certs_dir, extra=BIG_LIMITS)
+        async with running_proxy(yaml) as server:
+            async with client(server, certs_dir) as c:
+                r = await c.request("POST", "/echo?raw=1", body=payload, authority="localhost")
+                assert r.status == 200 and r.body == payload
+                r = await c.request("GET", f"/chunked/{5 * MiB}", authority="localhost")
+                assert r.status == 200 and r.body == payload
+    assert {req["http_version"] for req in backend.requests} == {"2"}
