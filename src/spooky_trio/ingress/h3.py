@@ -25,7 +25,7 @@ from aioquic.h3.events import H3Event
 from spooky_trio.http.messages import Headers, RequestBodyError
 
 if TYPE_CHECKING:
-    from spooky_trio.ingress.quic import QuicConnectionTask
+    from spooky_trio.ingress.quic_connection import QuicConnectionTask
 
 #: Unacknowledged response bytes buffered in aioquic per stream before ``send_data`` waits.
 SEND_BUFFER_HIGH_WATER = 256 * 1024

@@ -1,0 +1,292 @@
+"""One QUIC connection on the server: its aioquic state, HTTP/3 layer, timer and the
+request stream tasks it owns. Datagrams are fed by the listener's receive loop."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import trio
+from aioquic.h3.connection import ErrorCode
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    StopSendingReceived,
+    StreamReset,
+)
+
+from spooky_trio.http.messages import DownstreamRequest, RequestBodyError
+from spooky_trio.ingress.h3 import (
+    H3RequestBody,
+    H3ResponseSink,
+    MalformedRequest,
+    StreamScopedH3Connection,
+    parse_request_head,
+)
+from spooky_trio.ingress.quic_engine import SpookyQuicConnection
+
+if TYPE_CHECKING:
+    from spooky_trio.ingress.quic import QuicListener
+
+log = logging.getLogger("spooky.ingress.quic")
+
+
+class _RequestStream:
+    __slots__ = ("stream_id", "body", "sink", "cancel_scope", "request")
+
+    def __init__(self, stream_id: int, body: H3RequestBody | None, sink: H3ResponseSink, request: DownstreamRequest) -> None:
+        self.stream_id = stream_id
+        self.body = body
+        self.sink = sink
+        self.request = request
+        self.cancel_scope = trio.CancelScope()
+
+
+class QuicConnectionTask:
+    """One QUIC connection: its aioquic state, H3 layer, timer and request stream tasks."""
+
+    def __init__(self, listener: QuicListener, quic: SpookyQuicConnection, original_dcid: bytes, addr: tuple[str, int]) -> None:
+        self.listener = listener
+        self.quic = quic
+        self.h3 = StreamScopedH3Connection(quic)
+        self.original_dcid = original_dcid
+        self.addr = addr
+        self.streams: dict[int, _RequestStream] = {}
+        self.closed = trio.Event()
+        self._timer_at = math.inf
+        self._timer_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._progress = trio.lowlevel.ParkingLot()
+        self._goaway_sent = False
+        self._goaway_stream_id: int | None = None
+        self._close_when_acked = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connection until it terminates: timers, then the stream tasks' nursery."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while not self.closed.is_set():
+                    with trio.CancelScope(deadline=self._timer_at) as scope:
+                        self._timer_scope = scope
+                        await self.closed.wait()
+                    self._timer_scope = None
+                    if scope.cancelled_caught:
+                        self._timer_at = math.inf
+                        self.quic.handle_timer(trio.current_time())
+                        self.process_events()
+                        self.transmit()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._progress.unpark_all()
+            self.listener.forget(self)
+
+    # --- receive path (called by the listener's receive loop) ---
+
+    def process_events(self) -> None:
+        quic = self.quic
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, ConnectionIdIssued):
+                self.listener.register_cid(event.connection_id, self)
+            elif isinstance(event, ConnectionIdRetired):
+                self.listener.unregister_cid(event.connection_id)
+            elif isinstance(event, ConnectionTerminated):
+                self._terminated()
+                return
+            elif isinstance(event, (StreamReset, StopSendingReceived)):
+                self._client_aborted(event.stream_id)
+            for h3_event in self.h3.handle_event(event):
+                self._on_h3_event(h3_event)
+        self._close_if_drained()
+        self._progress.unpark_all()
+
+    def _on_h3_event(self, event: Any) -> None:
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.body is not None:
+                stream.body.feed(event.data, event.stream_ended, self._read_offset(event.stream_id))
+        elif isinstance(event, HeadersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self._start_request(event)
+            elif event.stream_ended and stream.body is not None:
+                # request trailers end the body; they are not forwarded
+                stream.body.feed(b"", True, self._read_offset(event.stream_id))
+        elif isinstance(event, MalformedRequest):
+            self.listener.stats["malformed_requests"] += 1
+            log.debug("malformed request on stream %d from %s: %s", event.stream_id, self.addr, event.reason)
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                if stream.body is not None:
+                    stream.body.fail(RequestBodyError(f"malformed request: {event.reason}"))
+                stream.sink.aborted = True
+                stream.cancel_scope.cancel()
+
+    def _read_offset(self, stream_id: int) -> int:
+        qstream = self.quic._streams.get(stream_id)
+        return qstream.receiver.highest_offset if qstream is not None else 0
+
+    def _start_request(self, event: HeadersReceived) -> None:
+        stream_id = event.stream_id
+        if self._goaway_stream_id is not None and stream_id >= self._goaway_stream_id:
+            self.reset_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        try:
+            pseudo, headers = parse_request_head(event.headers)
+        except Exception as exc:  # MessageError: reset this stream only
+            self.listener.stats["malformed_requests"] += 1
+            log.debug("malformed request on stream %d: %s", stream_id, exc)
+            self.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            return
+        content_length = self.h3._stream[stream_id].expected_content_length if stream_id in self.h3._stream else None
+        host_header = None
+        for name, value in headers:
+            if name == b"host":
+                host_header = value
+                break
+        body = None if event.stream_ended else H3RequestBody(self, stream_id)
+        if body is not None:
+            self.quic.consumed_offsets[stream_id] = self._read_offset(stream_id)
+        request = DownstreamRequest(
+            method=pseudo.get(b":method", b""),
+            scheme=pseudo.get(b":scheme", b"https"),
+            authority=pseudo.get(b":authority", b""),
+            path=pseudo.get(b":path", b""),
+            headers=headers,
+            protocol="HTTP/3",
+            client_address=self.addr,
+            body=body,
+            content_length=content_length,
+            host_header=host_header,
+            quic_connection_id=self.original_dcid,
+        )
+        stream = _RequestStream(stream_id, body, H3ResponseSink(self, stream_id), request)
+        self.streams[stream_id] = stream
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_stream, stream)
+
+    async def _serve_stream(self, stream: _RequestStream) -> None:
+        listener = self.listener
+        listener.activity.enter()
+        try:
+            with stream.cancel_scope:
+                await listener.handler(stream.request, stream.sink)
+        except Exception:
+            listener.stats["panics"] += 1
+            log.exception("unexpected error serving stream %d from %s", stream.stream_id, self.addr)
+            stream.sink.reset("internal_error")
+        finally:
+            listener.activity.exit()
+            self._finish_stream(stream)
+
+    def _finish_stream(self, stream: _RequestStream) -> None:
+        stream_id = stream.stream_id
+        self.streams.pop(stream_id, None)
+        self.quic.consumed_offsets.pop(stream_id, None)
+        sink = stream.sink
+        if not sink.finished and not sink.aborted:
+            self.reset_stream(stream_id, ErrorCode.H3_INTERNAL_ERROR)
+        if stream.body is not None and not stream.body.ended:
+            # answered before the whole request arrived: ask the client to stop (RFC 9114 4.1)
+            try:
+                self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+            except ValueError:
+                pass
+        if self._goaway_sent and not self.streams:
+            self._close_when_acked = True
+        self.schedule_transmit()
+
+    def _client_aborted(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.body is not None:
+            stream.body.fail(RequestBodyError("client reset the stream"))
+        stream.sink.aborted = True
+        stream.cancel_scope.cancel()
+
+    def _terminated(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.sink.aborted = True
+            stream.cancel_scope.cancel()
+        self.closed.set()
+
+    # --- send path ---
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        try:
+            self.quic.reset_stream(stream_id, code)
+        except ValueError:
+            return
+        try:
+            self.quic.stop_stream(stream_id, code)
+        except ValueError:
+            pass
+        self.schedule_transmit()
+
+    def body_consumed(self, stream_id: int, offset: int) -> None:
+        """The pipeline read request bytes up to stream ``offset``: the window may move on."""
+        offsets = self.quic.consumed_offsets
+        if stream_id in offsets and offset > offsets[stream_id]:
+            offsets[stream_id] = offset
+            self.schedule_transmit()
+
+    def schedule_transmit(self) -> None:
+        self.listener.mark_dirty(self)
+
+    async def wait_send_buffer_below(self, stream_id: int, limit: int) -> None:
+        """Wait until the stream's unacknowledged send buffer is below ``limit`` bytes."""
+        while not self.closed.is_set():
+            qstream = self.quic._streams.get(stream_id)
+            if qstream is None:
+                return
+            sender = qstream.sender
+            if sender._buffer_stop - sender._buffer_start < limit or sender.reset_pending:
+                return
+            await self._progress.park()
+
+    def transmit(self) -> None:
+        sock = self.listener.sock
+        for data, addr in self.quic.datagrams_to_send(trio.current_time()):
+            try:
+                sock.sendto(data, addr)
+            except BlockingIOError:
+                self.listener.stats["send_drops"] += 1  # QUIC loss recovery resends it
+            except OSError as exc:
+                log.debug("sendto %s failed: %s", addr, exc)
+        timer = self.quic.get_timer()
+        self._timer_at = math.inf if timer is None else timer
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = self._timer_at
+
+    def goaway(self) -> None:
+        """Drain: tell the client no new requests will be served; close once idle."""
+        if self._goaway_sent or self.closed.is_set():
+            return
+        self._goaway_sent = True
+        self._goaway_stream_id = self.h3.max_request_stream_id + 4
+        self.h3.send_goaway()
+        if not self.streams:
+            self._close_when_acked = True
+        self.schedule_transmit()
+
+    def all_sent_data_acked(self) -> bool:
+        """True when the peer acknowledged every byte we sent on every stream."""
+        return all(s.sender._buffer_start == s.sender._buffer_stop for s in self.quic._streams.values())
+
+    async def wait_acked(self) -> None:
+        """Wait until all sent data is acknowledged or the connection ended."""
+        while not self.closed.is_set() and not self.all_sent_data_acked():
+            await self._progress.park()
+
+    def _close_if_drained(self) -> None:
+        # aioquic's close() discards unsent stream data, so close only once the response
+        # bytes (and the GOAWAY) were acknowledged
+        if self._close_when_acked and not self.closed.is_set() and self.all_sent_data_acked():
+            self._close_when_acked = False
+            self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="draining")
+            self.schedule_transmit()
