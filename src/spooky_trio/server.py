@@ -3,6 +3,7 @@
 ```
 Server.run
 ├─ upstream pool (h2 connection readers, idle reaper)
+├─ health supervisor: background nursery (health checkers, DNS refreshers)
 ├─ listener nursery: one QuicListener per listener block
 └─ signal watcher: TERM/INT -> drain, a second one -> stop at once
 ```
@@ -19,10 +20,12 @@ from typing import Any
 
 import trio
 
+from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic import Activity, QuicListener
 from spooky_trio.proxy.pipeline import Proxy
 from spooky_trio.runtime.generation import Generation
+from spooky_trio.runtime.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 
 log = logging.getLogger("spooky.server")
@@ -39,7 +42,9 @@ class Server:
     """One serving process. ``run`` returns when the server stopped; see module docstring."""
 
     def __init__(self, config: Any) -> None:
-        self.generation = Generation.build(config, number=1)
+        #: backend health, ejection, latency, DNS addresses: survives reloads (keyed by backend)
+        self.state = StateStore()
+        self.generation = Generation.build(config, number=1, state=self.state)
         perf = config.performance
         self.activity = Activity()
         self.upstream = UpstreamPool(
@@ -47,6 +52,7 @@ class Server:
             max_idle_per_backend=perf.h2_pool_max_idle_per_backend,
         )
         self.proxy = Proxy(lambda: self.generation, self.upstream)
+        self.health = HealthSupervisor(self.upstream)
         self.listeners: list[QuicListener] = []
         self.draining = False
         self.forced = False
@@ -93,6 +99,7 @@ class Server:
     async def _serve(self, handle_signals: bool, task_status: trio.TaskStatus[Server]) -> None:
         async with trio.open_nursery() as root:
             await root.start(self.upstream.run)
+            await root.start(self.health.run, self.generation)  # background nursery: probes, DNS
             for listener in self.listeners:
                 await root.start(listener.serve)
                 log.info("listening for HTTP/3 on udp %s:%d", listener.address, listener.port)

@@ -21,6 +21,9 @@ Routes (any method unless noted):
 * ``/trailers``: body plus trailers ``grpc-status: 0``, ``grpc-message: ok`` (HTTP/2 only, and
   only when the request carried ``te: trailers`` -- a hypercorn rule).
 * ``/status/<code>``: that status. ``/health``: 200 "ok". ``/headers``: JSON ``{"headers": [...]}``.
+* Health hooks: ``Backend.health_status`` is what ``/health`` answers (200 unless a test
+  changes it; each ``/health`` record gets the answered ``status``); ``Backend.fail_status``,
+  when set, is answered to every request on any path.
 * Anything else: 404. Routes also match under any path prefix (``/ok/slow/5`` is ``/slow/5``),
   because proxy pools mounted at a prefix forward the full path; ``path`` in records and in
   the echo JSON is always the full path as received.
@@ -67,6 +70,10 @@ class Backend:
     port: int
     tls: bool
     requests: list[dict[str, Any]] = attrs.Factory(list)
+    #: status ``/health`` answers (toggle it to make active health checks fail)
+    health_status: int = 200
+    #: when set, every request on any path gets this status (a backend failing wholesale)
+    fail_status: int | None = None
     _changed: trio.Event = attrs.Factory(trio.Event)
     _holds_released: trio.Event = attrs.Factory(trio.Event)
 
@@ -199,6 +206,10 @@ def _route_path(path: str) -> str:
 
 async def _route(backend: Backend, scope: Scope, receive: Receive, send: Send, record: dict[str, Any]) -> None:
     path = _route_path(scope["path"])
+    if backend.fail_status is not None:
+        await _read_body(receive, record)
+        await _respond(send, backend.fail_status, f"failing with {backend.fail_status}".encode())
+        return
     head, _, arg = path.lstrip("/").partition("/")
     if path == "/echo" and scope["method"] == "POST" and "raw=1" in record["query"].split("&"):
         await _raw_echo(receive, send, record)
@@ -254,7 +265,8 @@ async def _route(backend: Backend, scope: Scope, receive: Receive, send: Send, r
         status = int(arg)
         await _respond(send, status, b"" if status in (204, 304) or status < 200 else f"status {status}".encode())
     elif path == "/health":
-        await _respond(send, 200, b"ok")
+        record["status"] = backend.health_status  # what this probe was answered
+        await _respond(send, backend.health_status, b"ok" if backend.health_status < 400 else b"unhealthy")
     elif path == "/headers":
         await _json(send, {"headers": record["headers"]})
     else:
@@ -269,8 +281,13 @@ async def run_backend(
     keyfile: str | Path | None = None,
     name: str = "backend",
     keep_alive_timeout: float = 5.0,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[Backend]:
     """Serve the test app on 127.0.0.1 (a free port) for the duration of the block.
+
+    ``host``/``port`` bind another loopback address or a given port instead (DNS tests
+    serve two backends on one port at 127.0.0.1 and 127.0.0.2).
 
     ``tls=True`` needs ``certfile``/``keyfile`` and serves HTTP/2 with ALPN h2 (and http/1.1);
     the URL then names ``localhost``. ``keep_alive_timeout`` is how long hypercorn keeps an
@@ -279,7 +296,7 @@ async def run_backend(
     if tls and (certfile is None or keyfile is None):
         raise ValueError("a TLS backend needs certfile and keyfile")
     config = Config()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"{host}:{port}"]
     config.keep_alive_timeout = keep_alive_timeout
     config.graceful_timeout = 0.5
     config.accesslog = None
@@ -287,7 +304,7 @@ async def run_backend(
     if tls:
         config.certfile, config.keyfile = str(certfile), str(keyfile)
         config.alpn_protocols = ["h2", "http/1.1"]
-    backend = Backend(name=name, host="localhost" if tls else "127.0.0.1", port=0, tls=tls)
+    backend = Backend(name=name, host="localhost" if tls else host, port=0, tls=tls)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(lambda task_status: serve(_make_app(backend), config, task_status=task_status))  # type: ignore[arg-type]
         backend.port = int(binds[0].rsplit(":", 1)[1])

@@ -1,4 +1,4 @@
-"""The proxy pipeline: validate -> route -> pick backend -> forward -> respond.
+"""The proxy pipeline: validate -> route -> pick backend -> forward -> respond -> record.
 
 Protocol-neutral: every ingress hands a :class:`DownstreamRequest` and a
 :class:`ResponseSink`; the pipeline never knows whether the client spoke HTTP/3 or HTTP/2.
@@ -87,7 +87,9 @@ class Proxy:
         try:
             pool_name, authority = self._route(generation, request)
             pool = generation.pools[pool_name]
-            backend = pool.pick()
+            backend = pool.pick(request)
+            if backend is None:
+                raise ProxyError(503, "no_healthy_backend", f"pool {pool_name!r} has no healthy backend right now")
             await self._forward(generation, pool, backend, request, authority, sink)
         except Exception as exc:
             failure = unwrap(exc)
@@ -132,13 +134,16 @@ class Proxy:
         if request.content_length is not None and request.content_length > perf.max_request_body_bytes:
             raise ProxyError(413, "request_body_too_large", f"request body exceeds {perf.max_request_body_bytes} bytes")
         upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"))
-        with trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
+        # observe() counts the exchange in flight and turns its outcome into passive health;
+        # it wraps the total deadline so that a TooSlowError counts as a backend timeout
+        with backend.state.observe() as observation, trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
             async with self._upstream.exchange(
-                backend.target,
+                backend.connect_target,
                 upstream_request,
                 connect_timeout=perf.backend_connect_timeout_ms / 1000,
                 response_timeout=perf.backend_timeout_ms / 1000,
             ) as response:
+                observation.response_started(response.status)
                 await self._relay_response(perf, request, response, sink)
 
     def _upstream_request(self, generation: Generation, pool: Any, backend: BackendRuntime, request: DownstreamRequest, authority: bytes) -> UpstreamRequest:

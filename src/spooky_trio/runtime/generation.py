@@ -6,17 +6,25 @@ builds a new one beside it and swaps one reference.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import attrs
+import trio
 
+from spooky_trio.balancing import Balancer, PickRequest, make_balancer
 from spooky_trio.routing.table import RoutingTable
+from spooky_trio.runtime.state import BackendState, StateStore
 from spooky_trio.upstream import BackendTarget, make_client_ssl_context
 
 
 @attrs.frozen
 class BackendRuntime:
-    """One backend as requests see it; ``key`` is its identity across reloads."""
+    """One backend as requests see it; ``key`` is its identity across reloads.
+
+    ``target`` is the configured target; ``state`` is the backend's long-lived entry in the
+    Server's :class:`StateStore` (shared by every generation that has this backend).
+    """
 
     pool: str
     id: str
@@ -24,32 +32,45 @@ class BackendRuntime:
     target: BackendTarget
     #: ``host[:port]`` as the backend names itself (host_policy ``upstream``)
     authority: bytes
+    state: BackendState = attrs.field(eq=False, repr=False)
+    #: the backend's ``health_check`` block, None when it is not actively probed
+    health_check: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str, str, int]:
-        t = self.target
-        return (self.pool, self.id, t.scheme, t.host, t.port)
+        return backend_key(self.pool, self.id, self.target)
+
+    @property
+    def connect_target(self) -> BackendTarget:
+        """Where new connections go: the DNS-refreshed target if any, else the configured one."""
+        return self.state.connect_target(self.target)
+
+
+def backend_key(pool: str, backend_id: str, target: BackendTarget) -> tuple[str, str, str, str, int]:
+    """A backend's identity across reloads: same pool, id and configured address."""
+    return (pool, backend_id, target.scheme, target.host, target.port)
 
 
 class PoolRuntime:
-    """A pool's backends and policies. Balancing here is weighted round-robin."""
+    """A pool's backends, its balancer and its policies (``config`` is the PoolConfig)."""
 
-    def __init__(self, name: str, config: Any, backends: list[BackendRuntime]) -> None:
+    def __init__(self, name: str, config: Any, backends: list[BackendRuntime], balancer: Balancer) -> None:
         self.name = name
         self.config = config
         self.backends = backends
-        # smooth weighted round-robin (nginx): deterministic, weights honoured over each cycle
-        self._current = [0] * len(backends)
-        self._total = sum(b.weight for b in backends)
+        self.balancer = balancer
 
-    def pick(self) -> BackendRuntime:
-        best = 0
-        for i, backend in enumerate(self.backends):
-            self._current[i] += backend.weight
-            if self._current[i] > self._current[best]:
-                best = i
-        self._current[best] -= self._total
-        return self.backends[best]
+    def pick(self, request: PickRequest) -> BackendRuntime | None:
+        """The backend for ``request`` among those available now; None when none is.
+
+        Available means actively healthy and not passively ejected. There is deliberately
+        no fallback to an unavailable backend: the caller answers 503 instead.
+        """
+        now = trio.current_time()
+        candidates = [i for i, backend in enumerate(self.backends) if backend.state.available(now)]
+        if not candidates:
+            return None
+        return self.backends[self.balancer.choose(candidates, request)]
 
 
 def _format_authority(host: str, port: int, default_port: int) -> bytes:
@@ -84,21 +105,39 @@ class Generation:
         self.pools = pools
 
     @classmethod
-    def build(cls, config: Any, number: int = 1) -> Generation:
+    def build(cls, config: Any, number: int = 1, state: StateStore | None = None, rng: random.Random | None = None) -> Generation:
+        """Compile ``config``. Backend state comes from ``state`` (the Server's store, so it
+        survives reloads; a private store when None) and is reconfigured with each backend's
+        health_check. ``rng`` seeds ``random`` balancers (tests)."""
+        store = state if state is not None else StateStore()
         pools: dict[str, PoolRuntime] = {}
         for name, pool in config.upstream.items():
             tls_policy = pool.tls if pool.tls is not None else config.upstream_tls
             backends = []
             for backend in pool.backends:
                 address = backend.parsed_address
+                target = _backend_target(address, tls_policy)
+                backend_state = store.backend(backend_key(name, backend.id, target), f"{name}/{backend.id}")
+                backend_state.configure(backend.health_check)
                 backends.append(
                     BackendRuntime(
                         pool=name,
                         id=backend.id,
                         weight=backend.weight,
-                        target=_backend_target(address, tls_policy),
+                        target=target,
                         authority=_format_authority(address.host, address.port, 80 if address.scheme == "http" else 443),
+                        state=backend_state,
+                        health_check=backend.health_check,
                     )
                 )
-            pools[name] = PoolRuntime(name, pool, backends)
+            lb = pool.effective_load_balancing(config.load_balancing)
+            balancer = make_balancer(
+                lb.type,
+                lb.key,
+                ids=[b.id for b in backends],
+                weights=[b.weight for b in backends],
+                loads=[b.state for b in backends],
+                rng=rng,
+            )
+            pools[name] = PoolRuntime(name, pool, backends, balancer)
         return cls(number, config, RoutingTable.from_pools(config.upstream), pools)

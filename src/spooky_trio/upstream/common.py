@@ -36,6 +36,9 @@ class BackendTarget:
     and requires ``ssl_context``. ``host`` is a hostname or an IP literal (IPv6 without
     brackets). ``server_name`` is the SNI to send (None: send none). Whenever the context
     verifies certificates, the certificate identity is checked against ``host``.
+    ``connect_host`` (an IP address, from DNS refresh) is dialled instead of resolving
+    ``host``; TLS identity and SNI still use ``host``/``server_name``. It is part of the
+    key, so a changed address means new connections while old ones finish their work.
     """
 
     scheme: str = attrs.field(validator=_check_scheme)
@@ -43,6 +46,7 @@ class BackendTarget:
     port: int
     ssl_context: ssl.SSLContext | None = None
     server_name: str | None = None
+    connect_host: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.scheme == "https" and self.ssl_context is None:

@@ -191,7 +191,7 @@ async def open_backend_stream(target: BackendTarget, *, timeout: float, require_
     """
     with trio.move_on_after(timeout):
         try:
-            tcp = await trio.open_tcp_stream(target.host, target.port)
+            tcp = await trio.open_tcp_stream(target.connect_host or target.host, target.port)
         except OSError as exc:
             raise UpstreamConnectError(f"connect to {target} failed: {exc}") from exc
         if target.scheme == "http":

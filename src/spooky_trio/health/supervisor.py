@@ -1,0 +1,132 @@
+"""The background nursery's owner: health checkers and DNS refreshers for a generation.
+
+One task per actively checked backend and one per hostname backend when DNS refresh is on.
+:meth:`HealthSupervisor.apply` reconciles the running tasks with a generation: a task whose
+backend and settings are unchanged keeps running (its probe rhythm and streaks are not
+reset), others are cancelled or started. The Server calls :meth:`run` with the first
+generation; a reload calls :meth:`apply` with the next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import trio
+
+from spooky_trio.config.address import is_ip_literal
+from spooky_trio.health.active import HealthChecker
+from spooky_trio.health.dns import DnsRefresher, make_resolver
+from spooky_trio.runtime.generation import BackendRuntime, Generation
+from spooky_trio.upstream import UpstreamPool
+
+log = logging.getLogger("spooky.health")
+
+#: a task factory: run until cancelled, calling task_status.started() once serving
+_TaskFactory = Callable[[trio.TaskStatus[None]], Awaitable[None]]
+
+
+class HealthSupervisor:
+    """Runs health checkers and DNS refreshers; see the module docstring."""
+
+    def __init__(self, upstream: UpstreamPool) -> None:
+        self.upstream = upstream
+        self._nursery: trio.Nursery | None = None
+        #: task identity -> (settings it was started with, its cancel scope)
+        self._tasks: dict[Hashable, tuple[Any, trio.CancelScope]] = {}
+
+    @property
+    def task_count(self) -> int:
+        """Checker and refresher tasks currently running."""
+        return len(self._tasks)
+
+    async def run(self, generation: Generation, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background tasks until cancelled. Started once the first DNS resolutions
+        finished (each bounded by the resolver lifetime), so the first requests use them."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self.apply(generation)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                self._tasks.clear()
+
+    async def apply(self, generation: Generation) -> None:
+        """Make the running tasks match ``generation`` (see the module docstring)."""
+        if self._nursery is None:
+            raise RuntimeError("HealthSupervisor.run() is not running")
+        wanted = self._wanted(generation)
+        for key in list(self._tasks):
+            settings, scope = self._tasks[key]
+            if key not in wanted or wanted[key][0] != settings:
+                scope.cancel()
+                del self._tasks[key]
+        async with trio.open_nursery() as starters:  # first DNS resolutions run concurrently
+            for key, (settings, factory) in wanted.items():
+                if key not in self._tasks:
+                    starters.start_soon(self._nursery.start, self._supervised, key, settings, factory)
+
+    def _wanted(self, generation: Generation) -> dict[Hashable, tuple[Any, _TaskFactory]]:
+        perf = generation.config.performance
+        wanted: dict[Hashable, tuple[Any, _TaskFactory]] = {}
+        resolver = None
+        for pool in generation.pools.values():
+            for backend in pool.backends:
+                if backend.health_check is not None:
+                    settings = (backend.health_check, backend.authority, backend.target)
+                    wanted[("health", backend.key)] = (settings, self._checker(backend))
+                if perf.backend_dns_refresh_enabled and not is_ip_literal(backend.target.host):
+                    if resolver is None:
+                        resolver = self._resolver(perf)
+                        if resolver is None:
+                            continue
+                    settings = (perf.backend_dns_refresh_interval_ms, tuple(perf.backend_dns_nameservers))
+                    wanted[("dns", backend.key)] = (settings, self._refresher(backend, resolver, perf.backend_dns_refresh_interval_ms / 1000))
+        return wanted
+
+    @staticmethod
+    def _resolver(perf: Any) -> Any:
+        # a query may take up to one interval, within [1 s, 5 s]: long enough for a slow
+        # resolver, short enough that startup (which waits for the first answer) stays quick
+        lifetime = min(5.0, max(1.0, perf.backend_dns_refresh_interval_ms / 1000))
+        try:
+            return make_resolver(perf.backend_dns_nameservers, lifetime)
+        except Exception as exc:  # no resolv.conf: serve with the system lookups at connect time
+            log.error("DNS refresh disabled: cannot configure a resolver: %s", exc)
+            return None
+
+    def _checker(self, backend: BackendRuntime) -> _TaskFactory:
+        checker = HealthChecker(
+            state=backend.state,
+            check=backend.health_check,
+            authority=backend.authority,
+            target=lambda: backend.connect_target,
+            upstream=self.upstream,
+        )
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()
+            await checker.run()
+
+        return run
+
+    @staticmethod
+    def _refresher(backend: BackendRuntime, resolver: Any, interval: float) -> _TaskFactory:
+        refresher = DnsRefresher(state=backend.state, host=backend.target.host, resolver=resolver, interval=interval)
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            await refresher.run(task_status=task_status)
+
+        return run
+
+    async def _supervised(self, key: Hashable, settings: Any, factory: _TaskFactory, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._tasks[key] = (settings, scope)
+            try:
+                await factory(task_status)
+            finally:
+                if self._tasks.get(key, (None, None))[1] is scope:
+                    del self._tasks[key]
