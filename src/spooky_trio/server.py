@@ -5,6 +5,7 @@ Server.run
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
 ├─ listener nursery: one QuicListener per listener block
+├─ one BootstrapListener per listener block: TCP + TLS (HTTP/1.1, HTTP/2), same port
 └─ signal watcher: TERM/INT -> drain, a second one -> stop at once
 ```
 """
@@ -21,6 +22,7 @@ from typing import Any
 import trio
 
 from spooky_trio.health.supervisor import HealthSupervisor
+from spooky_trio.ingress.bootstrap import BootstrapListener
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic import Activity, QuicListener
 from spooky_trio.proxy.pipeline import Proxy
@@ -54,6 +56,8 @@ class Server:
         self.proxy = Proxy(lambda: self.generation, self.upstream)
         self.health = HealthSupervisor(self.upstream)
         self.listeners: list[QuicListener] = []
+        #: the TCP (HTTP/1.1 + HTTP/2) listener beside each QUIC one, same index and port
+        self.bootstrap_listeners: list[BootstrapListener] = []
         self.draining = False
         self.forced = False
         self._drain_requested = trio.Event()
@@ -62,6 +66,15 @@ class Server:
         for listener in config.effective_listeners():
             try:
                 identities = IdentityStore.from_config(listener.tls)
+                bootstrap = BootstrapListener(
+                    address=listener.address,
+                    identities=identities,
+                    client_auth=listener.tls.client_auth,
+                    performance=perf,
+                    protocol=config.resilience.protocol,
+                    handler=self.proxy.handle,
+                    activity=self.activity,
+                )
             except Exception as exc:
                 raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
             self.listeners.append(
@@ -74,6 +87,7 @@ class Server:
                     activity=self.activity,
                 )
             )
+            self.bootstrap_listeners.append(bootstrap)
 
     @property
     def config(self) -> Any:
@@ -86,6 +100,11 @@ class Server:
                 listener.bind()
             except OSError as exc:
                 raise StartupError(f"cannot bind UDP {listener.address}:{listener.port}: {exc.strerror or exc}") from exc
+        for quic, tcp in zip(self.listeners, self.bootstrap_listeners):
+            try:
+                tcp.bind(quic.port)
+            except OSError as exc:
+                raise StartupError(f"cannot bind TCP {tcp.address}:{quic.port}: {exc.strerror or exc}") from exc
 
     async def run(self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until drained. ``task_status.started(self)`` once every listener is bound."""
@@ -103,6 +122,9 @@ class Server:
             for listener in self.listeners:
                 await root.start(listener.serve)
                 log.info("listening for HTTP/3 on udp %s:%d", listener.address, listener.port)
+            for tcp in self.bootstrap_listeners:
+                await root.start(tcp.serve)
+                log.info("listening for HTTP/1.1 and HTTP/2 on tcp %s:%d", tcp.address, tcp.port)
             if handle_signals:
                 root.start_soon(self._watch_signals, root.cancel_scope)
             task_status.started(self)
@@ -120,6 +142,8 @@ class Server:
         log.info("draining: %d request(s) in flight, up to %.1fs", self.activity.count, timeout)
         for listener in self.listeners:
             listener.begin_drain()
+        for tcp in self.bootstrap_listeners:
+            tcp.begin_drain()
         with trio.move_on_after(timeout) as scope:
             await self.activity.wait_idle()
         if scope.cancelled_caught:

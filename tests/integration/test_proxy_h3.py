@@ -232,7 +232,7 @@ async def test_header_policies(certs_dir: Path) -> None:
     """
         async with running_proxy(proxy_yaml(pools, certs_dir=certs_dir)) as server:
             async with client(server, certs_dir) as c:
-                hdrs = [("x-forwarded-for", "203.0.113.9"), ("te", "trailers"), ("proxy-authorization", "secret")]
+                hdrs = [("x-forwarded-for", "203.0.113.9"), ("te", "trailers"), ("proxy-authorization", "secret"), ("x-client-cert-subject", "CN=forged")]
 
                 async def seen(path: str) -> dict[str, str]:
                     r = await c.request("GET", path, headers=hdrs, authority="front.example:443")
@@ -244,6 +244,7 @@ async def test_header_policies(certs_dir: Path) -> None:
                 assert h["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
                 assert h["x-forwarded-proto"] == "https" and h["x-forwarded-host"] == "front.example:443"
                 assert "proxy-authorization" not in h
+                assert "x-client-cert-subject" not in h  # only a verified TLS client cert may set it
                 h = await seen("/rw/headers")
                 assert h["host"] == "internal.example"
                 assert h["x-forwarded-for"] == "127.0.0.1"

@@ -19,10 +19,20 @@ from spooky_trio.server import Server
 
 
 def free_udp_port() -> int:
-    """A UDP port that was free a moment ago (the proxy binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free a moment ago for UDP (QUIC) and TCP (the bootstrap listener binds the same
+    number); TCP is checked because client connections take ports from the same range."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no port free for both UDP and TCP")
 
 
 def proxy_yaml(upstream: str, *, certs_dir: Path, port: int | None = None, extra: str = "") -> str:

@@ -27,6 +27,7 @@ from spooky_trio.ingress.h3 import (
     parse_request_head,
 )
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
+from spooky_trio.ingress.tls import client_headers
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener
@@ -142,6 +143,8 @@ class QuicConnectionTask:
             log.debug("malformed request on stream %d: %s", stream_id, exc)
             self.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
             return
+        # QUIC clients present no certificate: a client-sent subject header is always forged
+        headers = client_headers(headers, None)
         content_length = self.h3._stream[stream_id].expected_content_length if stream_id in self.h3._stream else None
         host_header = None
         for name, value in headers:

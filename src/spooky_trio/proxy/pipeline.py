@@ -29,6 +29,7 @@ from spooky_trio.http.messages import (
     UpstreamRequest,
 )
 from spooky_trio.proxy.errors import ErrorResponse, ProxyError, error_response_for, unwrap
+from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
 from spooky_trio.runtime.generation import BackendRuntime, Generation, PoolRuntime
 from spooky_trio.upstream import UpstreamPool
 from spooky_trio.upstream.errors import UpstreamError
@@ -90,7 +91,10 @@ class Proxy:
             backend = pool.pick(request)
             if backend is None:
                 raise ProxyError(503, "no_healthy_backend", f"pool {pool_name!r} has no healthy backend right now")
-            await self._forward(generation, pool, backend, request, authority, sink)
+            if wants_tunnel(request):  # WebSocket upgrade / extended CONNECT: see proxy/tunnel.py
+                await relay_tunnel(generation.config.performance, pool.config, backend, request, authority.encode("latin-1"), sink)
+            else:
+                await self._forward(generation, pool, backend, request, authority, sink)
         except Exception as exc:
             failure = unwrap(exc)
             error = error_response_for(failure)

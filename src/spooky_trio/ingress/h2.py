@@ -1,0 +1,448 @@
+"""HTTP/2 ingress on a TLS stream (h2): one reader per connection, one task per stream.
+
+Backpressure both ways: a request body's flow-control window is acknowledged only as the
+pipeline consumes it (:meth:`H2ServerConnection.body_consumed`), and a response waits for
+the client's window before each DATA frame. ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
+advertised: an extended CONNECT (RFC 8441) with ``:protocol websocket`` becomes a GET with
+``upgrade: websocket`` for the pipeline, and its sink can :meth:`open_tunnel`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from spooky_trio.http.headers import HOP_BY_HOP
+from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
+from spooky_trio.ingress.tls import client_headers
+from spooky_trio.proxy.errors import ErrorResponse, ProxyError
+
+if TYPE_CHECKING:
+    from spooky_trio.ingress.bootstrap import ServeContext
+
+log = logging.getLogger("spooky.ingress.h2")
+
+RECEIVE_SIZE = 64 * 1024
+_WS_RESPONSE_DROP = frozenset({b"sec-websocket-accept"}) | HOP_BY_HOP
+
+
+class H2RequestBody:
+    """A stream's request body; ``receive`` acknowledges flow control as it hands data out."""
+
+    def __init__(self, conn: H2ServerConnection, stream_id: int) -> None:
+        self._conn = conn
+        self._stream_id = stream_id
+        self._chunks: deque[tuple[bytes, int]] = deque()
+        self.ended = False
+        self._error: RequestBodyError | None = None
+        self._wakeup = trio.Event()
+
+    @property
+    def unconsumed(self) -> int:
+        return sum(n for _, n in self._chunks)
+
+    def feed(self, data: bytes, flow_length: int) -> None:
+        self._chunks.append((data, flow_length))
+        self._wakeup.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wakeup.set()
+
+    def fail(self, error: RequestBodyError) -> None:
+        if self._error is None:
+            self._error = error
+        self._wakeup.set()
+
+    async def receive(self) -> bytes:
+        while True:
+            if self._error is not None:
+                raise self._error
+            while self._chunks:
+                chunk, flow_length = self._chunks.popleft()
+                await self._conn.body_consumed(self._stream_id, flow_length)
+                if chunk:
+                    return chunk
+            if self.ended:
+                return b""
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+
+class H2ResponseSink:
+    """Writes one response stream, never past the client's flow-control window."""
+
+    def __init__(self, conn: H2ServerConnection, stream_id: int, body: H2RequestBody | None = None) -> None:
+        self._conn = conn
+        self._stream_id = stream_id
+        self._tunnel_body = body
+        self.headers_sent = False
+        self.finished = False
+        self.aborted = False
+
+    async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
+        head = [(b":status", str(status).encode("ascii")), *self._conn.ctx.response_headers(headers)]
+        self._conn.call(self._stream_id, "send_headers", head, end_stream=end_stream)
+        self.headers_sent = True
+        self.finished = end_stream
+        await self._conn.flush()
+
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
+        conn = self._conn
+        view = memoryview(data)
+        while view:
+            window = await conn.wait_window(self._stream_id)
+            conn.call(self._stream_id, "send_data", bytes(view[:window]))
+            view = view[window:]
+            await conn.flush()
+        if end_stream:
+            conn.call(self._stream_id, "end_stream")
+            self.finished = True
+            await conn.flush()
+
+    async def send_trailers(self, trailers: Headers) -> None:
+        self._conn.call(self._stream_id, "send_headers", trailers, end_stream=True)
+        self.finished = True
+        await self._conn.flush()
+
+    def reset(self, reason: str) -> None:
+        if self.finished or self.aborted:
+            return
+        self.aborted = True
+        self._conn.reset_stream(self._stream_id, ErrorCodes.INTERNAL_ERROR)
+
+    async def open_tunnel(self, headers: Headers) -> H2Tunnel:
+        """Accept an extended CONNECT: 200 with the backend's 101 headers minus the HTTP/1.1
+        handshake fields, then a byte stream of DATA frames both ways."""
+        assert self._tunnel_body is not None, "not an extended CONNECT stream"
+        await self.send_headers(200, [(n, v) for n, v in headers if n not in _WS_RESPONSE_DROP])
+        return H2Tunnel(self, self._tunnel_body)
+
+
+class H2Tunnel:
+    """The client side of an RFC 8441 relay: DATA frames on one stream."""
+
+    supports_half_close = True
+
+    def __init__(self, sink: H2ResponseSink, body: H2RequestBody) -> None:
+        self._sink = sink
+        self._body = body
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self._body.receive()
+        except RequestBodyError:
+            return b""
+
+    async def send_all(self, data: bytes) -> None:
+        await self._sink.send_data(data)
+
+    async def send_eof(self) -> None:
+        if not self._sink.finished:
+            await self._sink.send_data(b"", end_stream=True)
+
+
+class _Stream:
+    __slots__ = ("stream_id", "request", "body", "sink", "error", "cancel_scope")
+
+    def __init__(self, stream_id: int, request: DownstreamRequest | None, body: H2RequestBody | None, sink: H2ResponseSink, error: ErrorResponse | None) -> None:
+        self.stream_id = stream_id
+        self.request = request
+        self.body = body
+        self.sink = sink
+        self.error = error
+        self.cancel_scope = trio.CancelScope()
+
+
+class H2ServerConnection:
+    """Serves one HTTP/2 connection: the reader loop here, one task per stream."""
+
+    def __init__(self, ctx: ServeContext, stream: trio.SSLStream[trio.SocketStream], client_address: tuple[str, int], subject: bytes | None) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.client_address = client_address
+        self.subject = subject
+        limits = ctx.limits
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        )
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+                # hpack's hard limit stays well above ours, so oversize heads get 431, not a connection error
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 4 * limits.max_headers_bytes + 64 * limits.max_headers_count,
+            },
+        )
+        self.streams: dict[int, _Stream] = {}
+        self._nursery: trio.Nursery | None = None
+        self._send_lock = trio.Lock()
+        self._window_changed = trio.lowlevel.ParkingLot()
+        self._read_scope: trio.CancelScope | None = None
+        self._goaway_last: int | None = None
+        self._pending_raw = b""
+        self._closed = False
+        self._any_request = False
+
+    # --- the connection task ---
+
+    async def run(self) -> None:
+        """Serve until the client closes, a protocol error, idle timeout or drain completes."""
+        try:
+            self.h2.initiate_connection()
+            extra = self.ctx.limits.h2_connection_window - 65535
+            if extra > 0:
+                self.h2.increment_flow_control_window(extra)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self.flush()
+                    await self._read_loop()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away
+                finally:
+                    self._closed = True
+                    self._window_changed.unpark_all()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                await self.stream.aclose()
+            await trio.aclose_forcefully(self.stream)
+
+    def _done(self) -> bool:
+        return self._goaway_last is not None and not self.streams
+
+    async def _read_loop(self) -> None:
+        limits = self.ctx.limits
+        while not self._done():
+            idle = limits.keepalive_timeout if self._any_request else limits.header_timeout
+            deadline = float("inf") if self.streams else trio.current_time() + idle
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._read_scope = scope
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            self._read_scope = None
+            if scope.cancelled_caught:
+                if not self.streams and self._goaway_last is None:
+                    self.begin_drain()  # idle: say goodbye properly
+                    await self.flush()
+                continue
+            if not data:
+                return
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                log.debug("HTTP/2 protocol error from %s: %s", self.client_address, exc)
+                self.ctx.stats["h2_protocol_errors"] += 1
+                await self.flush()  # h2 queued a GOAWAY
+                return
+            for event in events:
+                if not self._on_event(event):
+                    return
+            await self.flush()
+
+    def _on_event(self, event: h2.events.Event) -> bool:
+        """Handle one event; False when the connection is over."""
+        if isinstance(event, h2.events.RequestReceived):
+            self._start_stream(event)
+            if event.stream_ended is not None:
+                self._end_body(event.stream_id)
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.body is not None:
+                stream.body.feed(event.data, event.flow_controlled_length)
+            elif event.flow_controlled_length:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if event.stream_ended is not None:
+                self._end_body(event.stream_id)
+        elif isinstance(event, (h2.events.StreamEnded, h2.events.TrailersReceived)):
+            self._end_body(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                if stream.body is not None:
+                    stream.body.fail(RequestBodyError("client reset the stream"))
+                stream.sink.aborted = True
+                stream.cancel_scope.cancel()
+            self._window_changed.unpark_all()
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._window_changed.unpark_all()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            return False
+        return True
+
+    def _end_body(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.body is not None:
+            stream.body.end()
+
+    # --- streams ---
+
+    def _start_stream(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if self._goaway_last is not None and stream_id > self._goaway_last:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self._any_request = True
+        pseudo: dict[bytes, bytes] = {}
+        headers: Headers = []
+        for name, value in event.headers or []:
+            if name[:1] == b":":
+                pseudo[bytes(name)] = bytes(value)
+            else:
+                headers.append((bytes(name), bytes(value)))
+        ended = event.stream_ended is not None
+        body = None if ended else H2RequestBody(self, stream_id)
+        error: ErrorResponse | None = None
+        request: DownstreamRequest | None = None
+        try:
+            request = self._build(pseudo, headers, body)
+        except ProxyError as exc:
+            error = exc.response
+        tunnel_body = body if pseudo.get(b":protocol") is not None else None
+        sink = H2ResponseSink(self, stream_id, tunnel_body)
+        stream = _Stream(stream_id, request, body, sink, error)
+        self.streams[stream_id] = stream
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_stream, stream)
+
+    def _build(self, pseudo: dict[bytes, bytes], headers: Headers, body: H2RequestBody | None) -> DownstreamRequest:
+        """The pipeline's request; raises :class:`ProxyError` (431, 400, 501)."""
+        self.ctx.check_head(headers)
+        method = pseudo.get(b":method", b"")
+        protocol = pseudo.get(b":protocol")
+        request_body = body
+        if protocol is not None:
+            if protocol.lower() != b"websocket":
+                raise ProxyError(501, "connect_protocol_unsupported", f"extended CONNECT for {protocol.decode('latin-1')!r} is not supported")
+            # RFC 8441: relayed like an HTTP/1.1 upgrade; the stream's DATA is the tunnel
+            method, request_body = b"GET", None
+            headers = [*headers, (b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+        declared = next((v for n, v in headers if n == b"content-length"), None)
+        if declared is not None and not declared.isdigit():
+            raise ProxyError(400, "bad_content_length", "content-length is not a number")
+        authority = pseudo.get(b":authority", b"")
+        host = next((v for n, v in headers if n == b"host"), None)
+        return DownstreamRequest(
+            method=method,
+            scheme=pseudo.get(b":scheme", b"https"),
+            authority=authority,
+            path=pseudo.get(b":path", b""),
+            headers=client_headers(headers, self.subject),
+            protocol="HTTP/2",
+            client_address=self.client_address,
+            body=request_body,
+            content_length=int(declared) if declared is not None else None,
+            host_header=host if authority and host is not None else None,
+        )
+
+    async def _serve_stream(self, stream: _Stream) -> None:
+        try:
+            with stream.cancel_scope:
+                if stream.error is not None:
+                    await self.ctx.send_error(stream.sink, stream.error)
+                else:
+                    assert stream.request is not None
+                    await self.ctx.serve_request(stream.request, stream.sink)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            stream.sink.aborted = True
+        finally:
+            self._finish_stream(stream)
+
+    def _finish_stream(self, stream: _Stream) -> None:
+        stream_id = stream.stream_id
+        self.streams.pop(stream_id, None)
+        if self._closed:
+            return
+        sink, body = stream.sink, stream.body
+        if not sink.finished and not sink.aborted:
+            self.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+        elif body is not None and not body.ended and not sink.aborted:
+            # answered before the whole request arrived: ask the client to stop (RFC 9113 8.1)
+            self.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        if body is not None and body.unconsumed:
+            self.h2.acknowledge_received_data(body.unconsumed, stream_id)
+        if self._done() and self._read_scope is not None:
+            self._read_scope.cancel()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._flush_in_background)
+
+    # --- send path ---
+
+    def call(self, stream_id: int, method: str, *args: object, **kwargs: object) -> None:
+        """Call an ``H2Connection`` send method; a stream the client reset (or a closed
+        connection) becomes :class:`trio.BrokenResourceError` for the pipeline."""
+        stream = self.streams.get(stream_id)
+        if self._closed or (stream is not None and stream.sink.aborted):
+            raise trio.BrokenResourceError("client stream or connection is gone")
+        try:
+            getattr(self.h2, method)(stream_id, *args, **kwargs)
+        except h2.exceptions.ProtocolError as exc:
+            raise trio.BrokenResourceError(f"cannot {method} on stream {stream_id}: {exc}") from exc
+
+    def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    async def wait_window(self, stream_id: int) -> int:
+        """Bytes we may send on the stream now (> 0), waiting for WINDOW_UPDATEs."""
+        while True:
+            stream = self.streams.get(stream_id)
+            if self._closed or stream is None or stream.sink.aborted:
+                raise trio.BrokenResourceError("client stream or connection is gone")
+            try:
+                window = self.h2.local_flow_control_window(stream_id)
+            except h2.exceptions.ProtocolError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if window > 0:
+                return min(window, self.h2.max_outbound_frame_size)
+            await self._window_changed.park()
+
+    async def body_consumed(self, stream_id: int, flow_length: int) -> None:
+        """The pipeline took ``flow_length`` flow-controlled bytes: let the client send more."""
+        if flow_length and not self._closed:
+            self.h2.acknowledge_received_data(flow_length, stream_id)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything h2 (and a pending GOAWAY) has queued; one writer at a time."""
+        async with self._send_lock:
+            data = self.h2.data_to_send() + self._pending_raw
+            self._pending_raw = b""
+            if data:
+                await self.stream.send_all(data)
+
+    async def _flush_in_background(self) -> None:
+        try:
+            await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader notices the broken connection and ends it
+
+    def begin_drain(self) -> None:
+        """GOAWAY naming the last stream we accepted; close once those streams are done.
+
+        h2's ``close_connection`` would forbid sending on the open streams, so the frame is
+        written beside the library's state.
+        """
+        if self._goaway_last is not None:
+            return
+        self._goaway_last = self.h2.highest_inbound_stream_id
+        self._pending_raw += GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0).serialize()
+        if self._nursery is not None and not self._closed:
+            self._nursery.start_soon(self._flush_in_background)
+        if self._done() and self._read_scope is not None:
+            self._read_scope.cancel()
