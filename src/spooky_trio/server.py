@@ -85,6 +85,7 @@ class Server:
                     performance=perf,
                     handler=self.proxy.handle,
                     activity=self.activity,
+                    protocol=config.resilience.protocol,
                 )
             )
             self.bootstrap_listeners.append(bootstrap)

@@ -284,3 +284,19 @@ async def test_five_mib_both_ways_through_http2_backend(certs_dir: Path) -> None
                 r = await c.request("GET", f"/chunked/{5 * MiB}", authority="localhost")
                 assert r.status == 200 and r.body == payload
     assert {req["http_version"] for req in backend.requests} == {"2"}
+
+
+async def test_header_limits_and_extended_connect_answered_without_backend(certs_dir: Path) -> None:
+    extra = "resilience:\n  protocol:\n    max_headers_count: 10\n    max_headers_bytes: 600\n"
+    async with run_backend(name="h1") as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=extra)) as server:
+        async with client(server, certs_dir) as c:
+            many = [(f"x-h{i}", "v") for i in range(12)]
+            r = await c.request("GET", "/echo", headers=many, authority="localhost")
+            assert r.status == 431 and b"too_many_headers" in r.body
+            r = await c.request("GET", "/echo", headers=[("x-big", "v" * 700)], authority="localhost")
+            assert r.status == 431 and b"headers_too_large" in r.body
+            ws = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"), (b":authority", b"localhost"), (b":path", b"/chat")]
+            r = await c.send_raw_headers(ws, end_stream=False)
+            assert r.status == 501 and b"RFC 9220" in r.body
+            assert (await c.request("GET", "/echo", headers=many[:5], authority="localhost")).status == 200
+    assert len(backend.requests) == 1

@@ -215,14 +215,14 @@ async def test_relay_idle_timeout_closes_both_sides(certs_dir: Path, monkeypatch
 
 async def test_websocket_on_http3_is_refused(certs_dir: Path) -> None:
     """Native HTTP/3 does not relay WebSocket: an Upgrade header is a malformed HTTP/3
-    request (stream reset, RFC 9114 4.2) and extended CONNECT is refused as CONNECT."""
+    request (stream reset, RFC 9114 4.2) and extended CONNECT gets 501 naming RFC 9220."""
     async with run_ws_backend() as backend, running_proxy(proxy_yaml(POOL.format(url=backend.url), certs_dir=certs_dir)) as server:
         port = server.listeners[0].port
         async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=str(certs_dir / "ca.pem")) as h3:
             r = await h3.request("GET", "/ws", headers=[("upgrade", "websocket")], authority="localhost")
             assert r.status is None and r.reset_code == H3_MESSAGE_ERROR
             r = await h3.request("CONNECT", "/ws", headers=[(":protocol", "websocket")], authority="localhost")
-            assert r.status == 405 and b"connect_not_allowed" in r.body
+            assert r.status == 501 and b"extended_connect_unsupported" in r.body
         assert backend.handshakes == [] and backend.http_requests == 0
 
 

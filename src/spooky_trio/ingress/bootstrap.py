@@ -31,7 +31,7 @@ from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.tls import BootstrapTls, classify_handshake_failure, peer_subject
-from spooky_trio.proxy.errors import ErrorResponse, ProxyError
+from spooky_trio.proxy.errors import header_limit_error, ErrorResponse, ProxyError
 
 log = logging.getLogger("spooky.ingress.bootstrap")
 
@@ -84,11 +84,9 @@ class ServeContext:
     def check_head(self, headers: Headers) -> None:
         """Raise :class:`ProxyError` 431 when the request's fields pass
         ``max_headers_count`` or ``max_headers_bytes`` (sum of names and values)."""
-        limits = self.limits
-        if len(headers) > limits.max_headers_count:
-            raise ProxyError(431, "too_many_headers", f"more than {limits.max_headers_count} header fields")
-        if sum(len(n) + len(v) for n, v in headers) > limits.max_headers_bytes:
-            raise ProxyError(431, "headers_too_large", f"header fields exceed {limits.max_headers_bytes} bytes")
+        error = header_limit_error(headers, max_count=self.limits.max_headers_count, max_bytes=self.limits.max_headers_bytes)
+        if error is not None:
+            raise ProxyError(error.status, error.reason, error.message)
 
     async def serve_request(self, request: DownstreamRequest, sink: ResponseSink) -> None:
         """Run the pipeline for one request, counted as in flight; never raises for it."""

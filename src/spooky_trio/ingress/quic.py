@@ -53,11 +53,14 @@ class QuicListener:
         performance: Any,
         handler: Handler,
         activity: Activity,
+        protocol: Any,
     ) -> None:
         self.address = address
         self.port = port
         self.identities = identities
         self.performance = performance
+        #: resilience.protocol: header limits checked before a request reaches the pipeline
+        self.protocol = protocol
         self.handler = handler
         self.activity = activity
         self.sock: socket.socket = None  # type: ignore[assignment]

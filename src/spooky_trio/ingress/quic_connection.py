@@ -28,6 +28,8 @@ from spooky_trio.ingress.h3 import (
 )
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.tls import client_headers
+from spooky_trio.proxy.errors import ErrorResponse, header_limit_error
+from spooky_trio.proxy.pipeline import send_error
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener
@@ -143,6 +145,10 @@ class QuicConnectionTask:
             log.debug("malformed request on stream %d: %s", stream_id, exc)
             self.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
             return
+        rejection = self._rejection(pseudo, headers)
+        if rejection is not None:
+            self._nursery.start_soon(self._reject, stream_id, rejection)  # type: ignore[union-attr]
+            return
         # QUIC clients present no certificate: a client-sent subject header is always forged
         headers = client_headers(headers, None)
         content_length = self.h3._stream[stream_id].expected_content_length if stream_id in self.h3._stream else None
@@ -171,6 +177,26 @@ class QuicConnectionTask:
         self.streams[stream_id] = stream
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_stream, stream)
+
+    def _rejection(self, pseudo: dict[bytes, bytes], headers: Any) -> ErrorResponse | None:
+        """An answer given without running the pipeline: header limits, extended CONNECT."""
+        limits = self.listener.protocol
+        error = header_limit_error(headers, max_count=limits.max_headers_count, max_bytes=limits.max_headers_bytes)
+        if error is None and b":protocol" in pseudo:
+            error = ErrorResponse(501, "extended_connect_unsupported", "WebSocket over HTTP/3 (RFC 9220) is not supported; use the TCP listener")
+        return error
+
+    async def _reject(self, stream_id: int, error: ErrorResponse) -> None:
+        sink = H3ResponseSink(self, stream_id)
+        try:
+            await send_error(sink, error)
+        except trio.BrokenResourceError:
+            return
+        try:  # the request body, if any, is not wanted (RFC 9114 4.1)
+            self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+        except ValueError:
+            pass
+        self.schedule_transmit()
 
     async def _serve_stream(self, stream: _RequestStream) -> None:
         listener = self.listener

@@ -50,6 +50,16 @@ class ProxyError(Exception):
         self.response = ErrorResponse(status, reason, message)
 
 
+def header_limit_error(headers: list[tuple[bytes, bytes]], *, max_count: int, max_bytes: int) -> ErrorResponse | None:
+    """431 when a request head passes ``resilience.protocol.max_headers_count`` or
+    ``max_headers_bytes`` (sum of names and values); None when it is within both."""
+    if len(headers) > max_count:
+        return ErrorResponse(431, "too_many_headers", f"more than {max_count} header fields")
+    if sum(len(n) + len(v) for n, v in headers) > max_bytes:
+        return ErrorResponse(431, "headers_too_large", f"header fields exceed {max_bytes} bytes")
+    return None
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The single leaf of nested exception groups (Trio nurseries wrap errors in groups)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
