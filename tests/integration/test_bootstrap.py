@@ -16,33 +16,9 @@ import trio
 
 from spooky_trio.clients.h3 import H3Client
 from tests.support.backends import pattern_bytes, run_backend
-from tests.support.proxy import proxy_yaml, running_proxy
+from tests.support.proxy import h1_pool, h2_pool, proxy_yaml, running_proxy
 
 MiB = 1024 * 1024
-
-
-def h1_pool(url: str, prefix: str = "/", name: str = "app") -> str:
-    return f"""
-    {name}:
-      route:
-        path_prefix: "{prefix}"
-      backends:
-        - id: "{name}-1"
-          address: "{url}"
-"""
-
-
-def h2_pool(port: int, certs_dir: Path) -> str:
-    return f"""
-    api:
-      route:
-        path_prefix: "/"
-      tls:
-        ca_file: "{certs_dir / 'ca.pem'}"
-      backends:
-        - id: "api-1"
-          address: "https://localhost:{port}"
-"""
 
 
 def tcp_port(server) -> int:  # type: ignore[no-untyped-def]

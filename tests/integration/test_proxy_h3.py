@@ -13,7 +13,7 @@ import trustme
 
 from spooky_trio.clients.h3 import H3Client
 from tests.support.backends import pattern_bytes, run_backend
-from tests.support.proxy import proxy_yaml, running_proxy
+from tests.support.proxy import h1_pool, h2_pool, proxy_yaml, running_proxy
 
 MiB = 1024 * 1024
 H3_MESSAGE_ERROR = 0x10E
@@ -22,17 +22,6 @@ H3_MESSAGE_ERROR = 0x10E
 def client(server, certs_dir: Path) -> H3Client:  # type: ignore[no-untyped-def]
     listener = server.listeners[0]
     return H3Client.connect("127.0.0.1", listener.port, server_name="localhost", cafile=str(certs_dir / "ca.pem"))
-
-
-def h1_pool(url: str, prefix: str = "/", name: str = "app", extra: str = "") -> str:
-    return f"""
-    {name}:
-      route:
-        path_prefix: "{prefix}"
-      backends:
-        - id: "{name}-1"
-          address: "{url}"
-{extra}"""
 
 
 BIG_LIMITS = """
@@ -55,18 +44,8 @@ async def test_get_and_post_to_http1_backend(certs_dir: Path) -> None:
 
 
 async def test_http2_tls_backend_with_private_ca(certs_dir: Path) -> None:
-    pool = f"""
-    api:
-      route:
-        path_prefix: "/"
-      tls:
-        ca_file: "{certs_dir / 'ca.pem'}"
-      backends:
-        - id: "api-1"
-          address: "https://localhost:{{port}}"
-    """
     async with run_backend(name="h2", tls=True, certfile=certs_dir / "localhost.pem", keyfile=certs_dir / "localhost.key") as backend:
-        async with running_proxy(proxy_yaml(pool.replace("{port}", str(backend.port)), certs_dir=certs_dir)) as server:
+        async with running_proxy(proxy_yaml(h2_pool(backend.port, certs_dir), certs_dir=certs_dir)) as server:
             async with client(server, certs_dir) as c:
                 r = await c.request("POST", "/echo", body=b"x" * 1000, authority="localhost")
                 assert r.status == 200
@@ -146,19 +125,9 @@ async def test_tls_verification_failure_is_502_and_logged(certs_dir: Path, ca: t
     wrong = ca.issue_cert("other.example")
     wrong.private_key_pem.write_to_path(str(tmp_path / "wrong.key"))
     wrong.cert_chain_pems[0].write_to_path(str(tmp_path / "wrong.pem"))
-    pool = f"""
-    api:
-      route:
-        path_prefix: "/"
-      tls:
-        ca_file: "{certs_dir / 'ca.pem'}"
-      backends:
-        - id: "api-1"
-          address: "https://localhost:{{port}}"
-    """
     caplog.set_level(logging.WARNING, logger="spooky.proxy")
     async with run_backend(name="wrong", tls=True, certfile=tmp_path / "wrong.pem", keyfile=tmp_path / "wrong.key") as backend:
-        async with running_proxy(proxy_yaml(pool.replace("{port}", str(backend.port)), certs_dir=certs_dir)) as server:
+        async with running_proxy(proxy_yaml(h2_pool(backend.port, certs_dir), certs_dir=certs_dir)) as server:
             async with client(server, certs_dir) as c:
                 r = await c.request("GET", "/echo", authority="localhost")
     assert r.status == 502
@@ -265,18 +234,8 @@ async def test_authority_host_mismatch_rejected(certs_dir: Path) -> None:
 
 async def test_five_mib_both_ways_through_http2_backend(certs_dir: Path) -> None:
     payload = pattern_bytes(5 * MiB)
-    pool = f"""
-    api:
-      route:
-        path_prefix: "/"
-      tls:
-        ca_file: "{certs_dir / 'ca.pem'}"
-      backends:
-        - id: "api-1"
-          address: "https://localhost:{{port}}"
-    """
     async with run_backend(name="h2", tls=True, certfile=certs_dir / "localhost.pem", keyfile=certs_dir / "localhost.key") as backend:
-        yaml = proxy_yaml(pool.replace("{port}", str(backend.port)), certs_dir=certs_dir, extra=BIG_LIMITS)
+        yaml = proxy_yaml(h2_pool(backend.port, certs_dir), certs_dir=certs_dir, extra=BIG_LIMITS)
         async with running_proxy(yaml) as server:
             async with client(server, certs_dir) as c:
                 r = await c.request("POST", "/echo?raw=1", body=payload, authority="localhost")

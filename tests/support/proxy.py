@@ -60,6 +60,33 @@ def proxy_yaml(upstream: str, *, certs_dir: Path, port: int | None = None, extra
     )
 
 
+def h1_pool(url: str, prefix: str = "/", name: str = "app") -> str:
+    """An ``upstream:`` entry routing ``prefix`` to one HTTP/1.1 backend ``{name}-1``."""
+    return f"""
+    {name}:
+      route:
+        path_prefix: "{prefix}"
+      backends:
+        - id: "{name}-1"
+          address: "{url}"
+"""
+
+
+def h2_pool(port: int, certs_dir: Path, name: str = "api") -> str:
+    """An ``upstream:`` entry routing ``/`` to the HTTP/2 TLS backend ``https://localhost:PORT``,
+    trusting the test CA through the pool's ``tls.ca_file``."""
+    return f"""
+    {name}:
+      route:
+        path_prefix: "/"
+      tls:
+        ca_file: "{certs_dir / 'ca.pem'}"
+      backends:
+        - id: "{name}-1"
+          address: "https://localhost:{port}"
+"""
+
+
 @asynccontextmanager
 async def running_proxy(yaml_text: str) -> AsyncIterator[Server]:
     config = load_config_text(yaml_text)
