@@ -6,6 +6,7 @@ Server.run
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
 ├─ listener nursery: one QuicListener per listener block
 ├─ one BootstrapListener per listener block: TCP + TLS (HTTP/1.1, HTTP/2), same port
+├─ control nursery: metrics endpoint and control API (observability/endpoints.py)
 └─ signal watcher: TERM/INT -> drain, a second one -> stop at once
 ```
 """
@@ -25,6 +26,9 @@ from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.ingress.bootstrap import BootstrapListener
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic import Activity, QuicListener
+from spooky_trio.observability.endpoints import ControlApi, EndpointSetupError, metrics_endpoint
+from spooky_trio.observability.http_server import HttpEndpoint
+from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.pipeline import Proxy
 from spooky_trio.runtime.generation import Generation
 from spooky_trio.runtime.state import StateStore
@@ -53,12 +57,16 @@ class Server:
             idle_timeout=perf.h2_pool_idle_timeout_ms / 1000,
             max_idle_per_backend=perf.h2_pool_max_idle_per_backend,
         )
-        self.proxy = Proxy(lambda: self.generation, self.upstream)
-        self.health = HealthSupervisor(self.upstream)
+        #: this server's own Prometheus registry (several servers may share a process)
+        self.metrics = Metrics()
+        self.proxy = Proxy(lambda: self.generation, self.upstream, self.metrics)
+        self.health = HealthSupervisor(self.upstream, self.metrics)
         self.listeners: list[QuicListener] = []
         #: the TCP (HTTP/1.1 + HTTP/2) listener beside each QUIC one, same index and port
         self.bootstrap_listeners: list[BootstrapListener] = []
         self.draining = False
+        #: every listener is serving (the control API's readiness, with ``draining``)
+        self.serving = False
         self.forced = False
         self._drain_requested = trio.Event()
         #: set once run() has returned or failed: every task below it has ended
@@ -89,6 +97,24 @@ class Server:
                 )
             )
             self.bootstrap_listeners.append(bootstrap)
+        self.metrics.attach(self)
+        #: (endpoint, required) for the metrics endpoint and control API that are enabled
+        self.endpoints: list[tuple[HttpEndpoint, bool]] = []
+        obs = config.observability
+        if obs.metrics.enabled:
+            self.endpoints.append((metrics_endpoint(obs.metrics, self.metrics), obs.metrics.required))
+        self.control_api: ControlApi | None = None
+        if obs.control_api.enabled:
+            try:
+                self.control_api = ControlApi(obs.control_api, self)
+            except EndpointSetupError as exc:
+                raise StartupError(str(exc)) from exc
+            self.endpoints.append((self.control_api.endpoint(self.metrics.control_api_drops.inc), obs.control_api.required))
+
+    @property
+    def ready(self) -> bool:
+        """Every listener is bound and serving, and the server is not draining."""
+        return self.serving and not self.draining
 
     @property
     def config(self) -> Any:
@@ -106,6 +132,14 @@ class Server:
                 tcp.bind(quic.port)
             except OSError as exc:
                 raise StartupError(f"cannot bind TCP {tcp.address}:{quic.port}: {exc.strerror or exc}") from exc
+        for endpoint, required in self.endpoints:
+            try:
+                endpoint.bind()
+            except OSError as exc:
+                message = f"cannot bind the {endpoint.name} on tcp {endpoint.address}:{endpoint.port}: {exc.strerror or exc}"
+                if required:
+                    raise StartupError(message) from exc
+                log.error("%s; serving without it", message)
 
     async def run(self, *, handle_signals: bool = True, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until drained. ``task_status.started(self)`` once every listener is bound."""
@@ -126,8 +160,13 @@ class Server:
             for tcp in self.bootstrap_listeners:
                 await root.start(tcp.serve)
                 log.info("listening for HTTP/1.1 and HTTP/2 on tcp %s:%d", tcp.address, tcp.port)
+            for endpoint, _required in self.endpoints:
+                if endpoint.bound:
+                    await root.start(endpoint.serve)
+                    log.info("serving the %s on tcp %s:%d", endpoint.name, endpoint.address, endpoint.port)
             if handle_signals:
                 root.start_soon(self._watch_signals, root.cancel_scope)
+            self.serving = True
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()

@@ -77,7 +77,10 @@ class HealthChecker:
         authority: bytes,
         target: Callable[[], BackendTarget],
         upstream: UpstreamPool,
+        metrics: Any = None,
     ) -> None:
+        #: a :class:`~spooky_trio.observability.metrics.Metrics` (or None) counting probes
+        self.metrics = metrics
         self.state = state
         self.check = check
         self.authority = authority
@@ -88,6 +91,8 @@ class HealthChecker:
         """Probe, record, wait ``interval`` (``cooldown_ms`` right after going unhealthy); repeat."""
         while True:
             reason = await self.probe()
+            if self.metrics is not None:
+                self.metrics.health_probe(reason)
             went_down = self.state.record_probe(reason, trio.current_time())
             delay = self.check.cooldown_ms if went_down else self.check.interval
             await trio.sleep(delay / 1000)

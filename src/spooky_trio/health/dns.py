@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 from collections.abc import Sequence
 
 import dns.asyncresolver
@@ -92,7 +93,9 @@ def choose_address(addresses: frozenset[str], current: str | None) -> str:
 class DnsRefresher:
     """Keeps one backend's ``connect_address`` in step with DNS; run it in the background nursery."""
 
-    def __init__(self, *, state: BackendState, host: str, resolver: dns.asyncresolver.Resolver, interval: float) -> None:
+    def __init__(self, *, state: BackendState, host: str, resolver: dns.asyncresolver.Resolver, interval: float, metrics: Any = None) -> None:
+        #: a :class:`~spooky_trio.observability.metrics.Metrics` (or None) counting refreshes
+        self.metrics = metrics
         self.state = state
         self.host = host
         self.resolver = resolver
@@ -114,6 +117,8 @@ class DnsRefresher:
             addresses = await resolve_addresses(self.resolver, self.host)
         except DnsResolutionError as exc:
             state.dns_failures += 1
+            if self.metrics is not None:
+                self.metrics.dns_refresh(False, False)
             keep = ", ".join(sorted(state.addresses)) or "the system resolver"
             if not self._failing:
                 log.warning("resolving %s for backend %s failed (%s); keeping %s", self.host, state.label, exc, keep)
@@ -124,6 +129,8 @@ class DnsRefresher:
         if self._failing:
             log.info("resolving %s for backend %s works again", self.host, state.label)
             self._failing = False
+        if self.metrics is not None:
+            self.metrics.dns_refresh(True, addresses != state.addresses)
         if addresses != state.addresses:
             chosen = choose_address(addresses, state.connect_address)
             if chosen != state.connect_address:

@@ -30,8 +30,10 @@ _TaskFactory = Callable[[trio.TaskStatus[None]], Awaitable[None]]
 class HealthSupervisor:
     """Runs health checkers and DNS refreshers; see the module docstring."""
 
-    def __init__(self, upstream: UpstreamPool) -> None:
+    def __init__(self, upstream: UpstreamPool, metrics: Any = None) -> None:
         self.upstream = upstream
+        #: passed to every checker and refresher (probe and DNS counters); may be None
+        self.metrics = metrics
         self._nursery: trio.Nursery | None = None
         #: task identity -> (settings it was started with, its cancel scope)
         self._tasks: dict[Hashable, tuple[Any, trio.CancelScope]] = {}
@@ -105,6 +107,7 @@ class HealthSupervisor:
             authority=backend.authority,
             target=lambda: backend.connect_target,
             upstream=self.upstream,
+            metrics=self.metrics,
         )
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -113,9 +116,8 @@ class HealthSupervisor:
 
         return run
 
-    @staticmethod
-    def _refresher(backend: BackendRuntime, resolver: Any, interval: float) -> _TaskFactory:
-        refresher = DnsRefresher(state=backend.state, host=backend.target.host, resolver=resolver, interval=interval)
+    def _refresher(self, backend: BackendRuntime, resolver: Any, interval: float) -> _TaskFactory:
+        refresher = DnsRefresher(state=backend.state, host=backend.target.host, resolver=resolver, interval=interval, metrics=self.metrics)
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
             await refresher.run(task_status=task_status)

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from spooky_trio.health.passive import failure_reason
 from spooky_trio.http.headers import (
     build_upstream_headers,
     host_without_port,
@@ -28,6 +29,7 @@ from spooky_trio.http.messages import (
     ResponseSink,
     UpstreamRequest,
 )
+from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.errors import ErrorResponse, ProxyError, error_response_for, unwrap
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
 from spooky_trio.runtime.generation import BackendRuntime, Generation, PoolRuntime
@@ -77,12 +79,23 @@ async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: He
 class Proxy:
     """Serves requests against whatever generation ``current_generation()`` returns."""
 
-    def __init__(self, current_generation: Callable[[], Generation], upstream: UpstreamPool) -> None:
+    def __init__(self, current_generation: Callable[[], Generation], upstream: UpstreamPool, metrics: Metrics | None = None) -> None:
         self._current_generation = current_generation
         self._upstream = upstream
+        self._metrics = metrics
 
     async def handle(self, request: DownstreamRequest, sink: ResponseSink) -> None:
-        """Serve one request to completion. Never raises for request or backend failures."""
+        """Serve one request to completion, counting it in the metrics. Never raises for
+        request or backend failures."""
+        status: int | None = None
+        try:
+            status = await self._handle(request, sink)
+        finally:  # a request that raised or was cancelled counts as a failure
+            if self._metrics is not None:
+                self._metrics.request_done(status)
+
+    async def _handle(self, request: DownstreamRequest, sink: ResponseSink) -> int | None:
+        """:meth:`handle`'s body; returns the status answered (None: stream reset)."""
         generation = self._current_generation()
         backend: BackendRuntime | None = None
         try:
@@ -93,8 +106,8 @@ class Proxy:
                 raise ProxyError(503, "no_healthy_backend", f"pool {pool_name!r} has no healthy backend right now")
             if wants_tunnel(request):  # WebSocket upgrade / extended CONNECT: see proxy/tunnel.py
                 await relay_tunnel(generation.config.performance, pool.config, backend, request, authority.encode("latin-1"), sink)
-            else:
-                await self._forward(generation, pool, backend, request, authority, sink)
+                return 200
+            return await self._forward(generation, pool, backend, request, authority, sink)
         except Exception as exc:
             failure = unwrap(exc)
             error = error_response_for(failure)
@@ -106,8 +119,15 @@ class Proxy:
             if sink.headers_sent or error is None:
                 log.debug("resetting stream of %s %s: %r", request.method.decode(), request.path.decode("latin-1"), failure)
                 sink.reset(error.reason if error else type(failure).__name__)
-                return
-            await send_error(sink, error)
+                return None
+            if self._metrics is not None and isinstance(failure, ProxyError):
+                self._metrics.request_rejected(error.status)
+            try:
+                await send_error(sink, error)
+            except trio.BrokenResourceError:
+                log.debug("client went away before the %d answer", error.status)
+                return None
+            return error.status
 
     def _route(self, generation: Generation, request: DownstreamRequest) -> tuple[str, str]:
         """Validate the request's authority and pick its pool. Returns (pool name, authority)."""
@@ -133,22 +153,37 @@ class Proxy:
 
     async def _forward(
         self, generation: Generation, pool: PoolRuntime, backend: BackendRuntime, request: DownstreamRequest, authority: str, sink: ResponseSink
-    ) -> None:
+    ) -> int:
+        """Forward to ``backend`` and relay the answer; returns the backend's status."""
         perf = generation.config.performance
         if request.content_length is not None and request.content_length > perf.max_request_body_bytes:
             raise ProxyError(413, "request_body_too_large", f"request body exceeds {perf.max_request_body_bytes} bytes")
         upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"))
         # observe() counts the exchange in flight and turns its outcome into passive health;
         # it wraps the total deadline so that a TooSlowError counts as a backend timeout
-        with backend.state.observe() as observation, trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
-            async with self._upstream.exchange(
-                backend.connect_target,
-                upstream_request,
-                connect_timeout=perf.backend_connect_timeout_ms / 1000,
-                response_timeout=perf.backend_timeout_ms / 1000,
-            ) as response:
-                observation.response_started(response.status)
-                await self._relay_response(perf, request, response, sink)
+        status: int | None = None
+        latency_ms: float | None = None
+        try:
+            with backend.state.observe() as observation, trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
+                async with self._upstream.exchange(
+                    backend.connect_target,
+                    upstream_request,
+                    connect_timeout=perf.backend_connect_timeout_ms / 1000,
+                    response_timeout=perf.backend_timeout_ms / 1000,
+                ) as response:
+                    status = response.status
+                    latency_ms = (trio.current_time() - observation.started) * 1000
+                    observation.response_started(response.status)
+                    await self._relay_response(perf, request, response, sink)
+        except BaseException as exc:
+            if self._metrics is not None:
+                reason = failure_reason(exc)
+                if reason is not None or status is not None:
+                    self._metrics.backend_exchange(backend.pool, backend.id, status, reason, latency_ms)
+            raise
+        if self._metrics is not None:
+            self._metrics.backend_exchange(backend.pool, backend.id, status, None, latency_ms)
+        return status
 
     def _upstream_request(self, generation: Generation, pool: Any, backend: BackendRuntime, request: DownstreamRequest, authority: bytes) -> UpstreamRequest:
         perf = generation.config.performance

@@ -1,0 +1,160 @@
+"""The metrics endpoint and the control API, built on :mod:`.http_server`.
+
+Control API (``observability.control_api``):
+
+* ``GET health_path``: 200 while the process serves (liveness);
+* ``GET ready_path``: 200 once every listener is bound and the server is not draining,
+  503 otherwise;
+* ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends, connection
+  counts, uptime, version).
+
+Everything under ``/admin/`` needs ``Authorization: Bearer <auth_token>`` when a token is
+configured: none gives 401 (with ``WWW-Authenticate: Bearer``), a wrong one 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from typing import Any
+
+import trio
+
+from spooky_trio import __version__
+from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
+
+log = logging.getLogger("spooky.observability")
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ADMIN_PREFIX = "/admin/"
+
+
+class EndpointSetupError(Exception):
+    """An endpoint's configuration cannot be served (message names the setting)."""
+
+
+def is_loopback(address: str) -> bool:
+    """True for a loopback IP literal or ``localhost``."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def metrics_endpoint(config: Any, metrics: Any) -> HttpEndpoint:
+    """The Prometheus endpoint of ``observability.metrics`` (``config``) over ``metrics``."""
+
+    async def handle(request: HttpRequest) -> HttpResponse:
+        if request.path != config.path:
+            return HttpResponse(404, b"not found\n")
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+        return HttpResponse(200, metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    return HttpEndpoint(
+        name="metrics",
+        address=config.address,
+        port=config.port,
+        handler=handle,
+        max_connections=config.max_connections,
+        connection_timeout=config.connection_timeout_ms / 1000,
+    )
+
+
+class ControlApi:
+    """Request handling of the control API for ``server`` (a :class:`~spooky_trio.server.Server`)."""
+
+    def __init__(self, config: Any, server: Any) -> None:
+        if not config.auth_token and not is_loopback(config.address):
+            raise EndpointSetupError(f"observability.control_api.auth_token is required on non-loopback address {config.address}")
+        self.config = config
+        self.server = server
+        self.started_monotonic = time.monotonic()
+        self._token = config.auth_token.encode() if config.auth_token else None
+
+    def endpoint(self, on_limit_drop: Any = lambda: None) -> HttpEndpoint:
+        """The listening endpoint serving this API."""
+        return HttpEndpoint(
+            name="control API",
+            address=self.config.address,
+            port=self.config.port,
+            handler=self.handle,
+            max_connections=self.config.max_connections,
+            connection_timeout=self.config.connection_timeout_ms / 1000,
+            on_limit_drop=on_limit_drop,
+        )
+
+    def _auth_failure(self, request: HttpRequest) -> HttpResponse | None:
+        if self._token is None:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return HttpResponse(401, b"unauthorized\n", headers=(("www-authenticate", 'Bearer realm="spooky"'),))
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            return HttpResponse(403, b"forbidden\n")
+        return None
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """Route one request (see the module docstring)."""
+        cfg = self.config
+        if request.path.startswith(ADMIN_PREFIX) or request.path == ADMIN_PREFIX.rstrip("/"):
+            denied = self._auth_failure(request)
+            if denied is not None:
+                return denied
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+        if request.path == cfg.health_path:
+            return HttpResponse(200, b"ok\n")
+        if request.path == cfg.ready_path:
+            if self.server.ready:
+                return HttpResponse(200, b"ready\n")
+            return HttpResponse(503, b"draining\n" if self.server.draining else b"not ready\n")
+        if request.path == cfg.runtime_path:
+            body = json.dumps(self.snapshot(), indent=2, sort_keys=True).encode() + b"\n"
+            return HttpResponse(200, body, content_type="application/json")
+        return HttpResponse(404, b"not found\n")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The runtime JSON document."""
+        server = self.server
+        now = trio.current_time()
+        pools = {}
+        for name, pool in server.generation.pools.items():
+            backends = []
+            for backend in pool.backends:
+                state = backend.state
+                backends.append({
+                    "id": backend.id,
+                    "address": f"{backend.target.scheme}://{backend.target.host}:{backend.target.port}",
+                    "connect_address": state.connect_address,
+                    "healthy": state.healthy,
+                    "available": state.available(now),
+                    "ejected": state.passive.ejected(now),
+                    "ejections": state.passive.ejections,
+                    "in_flight": state.in_flight,
+                    "latency_ewma_ms": None if state.latency is None else round(state.latency * 1000, 3),
+                    "failures": dict(state.failures),
+                })
+            pools[name] = {"backends": backends}
+        quic_conns = sum(len(q.connections) for q in server.listeners)
+        tcp_conns = sum(t.open_connections for t in server.bootstrap_listeners)
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "config_generation": server.generation.number,
+            "ready": server.ready,
+            "draining": server.draining,
+            "listeners": [
+                {"address": q.address, "port": q.port, "protocols": ["h3", "h2", "http/1.1"], "draining": q.draining}
+                for q in server.listeners
+            ],
+            "pools": pools,
+            "connections": {"quic": quic_conns, "tcp": tcp_conns, "total": quic_conns + tcp_conns},
+            "in_flight_requests": server.activity.count,
+        }

@@ -1,0 +1,166 @@
+"""A small plain-HTTP/1.1 server on Trio + h11 for the metrics endpoint and the control API.
+
+Each :class:`HttpEndpoint` binds one TCP socket (:meth:`HttpEndpoint.bind`, synchronous so a
+bind failure surfaces before readiness), then :meth:`HttpEndpoint.serve` accepts connections
+in its own nursery. ``max_connections`` caps open connections (an extra one is closed at
+once and reported through ``on_limit_drop``); ``connection_timeout`` bounds each
+connection's whole life. Requests are answered one at a time with keep-alive; bodies sent
+by clients are read and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import attrs
+import h11
+import trio
+
+log = logging.getLogger("spooky.observability.http")
+
+#: largest request head accepted
+MAX_HEAD_BYTES = 16 * 1024
+
+
+@attrs.frozen
+class HttpRequest:
+    """What a handler sees: method, target path (without query) and headers (lower-case names)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@attrs.frozen
+class HttpResponse:
+    """What a handler returns."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+class HttpEndpoint:
+    """One listening socket answering through ``handler``; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: str,
+        port: int,
+        handler: Handler,
+        max_connections: int,
+        connection_timeout: float,
+        on_limit_drop: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.port = port
+        self.handler = handler
+        self.max_connections = max_connections
+        self.connection_timeout = connection_timeout
+        self.on_limit_drop = on_limit_drop
+        self.open_connections = 0
+        self._sock: socket.socket | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self._sock is not None
+
+    def bind(self) -> None:
+        """Bind and listen now (port 0 picks a free port, then ``port`` is the real one)."""
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.address, self.port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve until cancelled. Call :meth:`bind` first."""
+        assert self._sock is not None, "bind() first"
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._sock))
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                if self.open_connections >= self.max_connections:
+                    self.on_limit_drop()
+                    await trio.aclose_forcefully(stream)
+                    continue
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.open_connections += 1
+        try:
+            with trio.move_on_after(self.connection_timeout):
+                await self._serve_requests(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
+            log.debug("%s connection ended: %r", self.name, exc)
+        except Exception:
+            log.exception("%s: unexpected error serving a connection", self.name)
+        finally:
+            self.open_connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_requests(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        while True:
+            request = await self._next_request(conn, stream)
+            if request is None:
+                return
+            try:
+                response = await self.handler(request)
+            except Exception:
+                log.exception("%s: handler failed for %s %s", self.name, request.method, request.path)
+                response = HttpResponse(500, b"internal error\n")
+            await self._send(conn, stream, request.method, response)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    @staticmethod
+    async def _next_request(conn: h11.Connection, stream: trio.SocketStream) -> HttpRequest | None:
+        request: HttpRequest | None = None
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in event.headers}
+                target = event.target.decode("latin-1").split("?", 1)[0]
+                request = HttpRequest(event.method.decode("ascii").upper(), target, headers)
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+            # h11.Data: request bodies are ignored
+
+    @staticmethod
+    async def _send(conn: h11.Connection, stream: trio.SocketStream, method: str, response: HttpResponse) -> None:
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            ("cache-control", "no-store"),
+            *response.headers,
+        ]
+        out = conn.send(h11.Response(status_code=response.status, headers=headers))
+        if method != "HEAD" and response.body:
+            out += conn.send(h11.Data(data=response.body))
+        out += conn.send(h11.EndOfMessage())
+        await stream.send_all(out)

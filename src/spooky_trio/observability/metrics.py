@@ -1,0 +1,227 @@
+"""Prometheus metrics (names from spec/metrics.md), one registry per :class:`Server`.
+
+Two kinds of metric live in the registry a :class:`Metrics` owns:
+
+* event counters and the latency histogram, incremented where the event happens (the proxy
+  pipeline, health probes, DNS refreshes) through the methods below;
+* values other components already count or hold (listener ``stats`` counters, TLS
+  ``stats``, backend state, in-flight activity, the generation number), read at scrape time
+  by :class:`ServerCollector`, so the hot datagram path pays nothing extra.
+
+A metric whose feature does not exist yet (brownout, admission, retries, hedging,
+watchdog...) is not defined at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: upstream latency buckets, milliseconds
+LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+#: statuses the pipeline answers itself that count as request validation failures / policy denials
+_VALIDATION_STATUSES = frozenset({400})
+_POLICY_STATUSES = frozenset({403, 405, 413, 431})
+
+#: BootstrapTls failure reason -> spec reason label
+_TLS_REASONS = {
+    "missing": "missing_client_cert",
+    "expired": "expired_client_cert",
+    "not_yet_valid": "invalid_client_cert",
+    "invalid": "invalid_client_cert",
+    "unknown_issuer": "unknown_issuer",
+    "no_shared_protocol": "alpn",
+    "timeout": "handshake",
+    "handshake_failed": "handshake",
+}
+
+
+def status_class(status: int | None) -> str:
+    """``2xx``..``5xx``, or ``none`` when no response status exists (transport failure)."""
+    return f"{status // 100}xx" if status is not None and 100 <= status < 600 else "none"
+
+
+class Metrics:
+    """Every event metric, defined once in ``self.registry`` (never the global registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("spooky_requests", "Requests handled by the pipeline", registry=r)
+        self.requests_success = Counter("spooky_requests_success", "Requests answered below 400", registry=r)
+        self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
+        self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
+        self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/413/431)", registry=r)
+        self.upstream_requests = Counter(
+            "spooky_upstream_requests", "Requests forwarded per upstream pool",
+            ["upstream", "status_class", "outcome"], registry=r,
+        )
+        self.backend_requests = Counter(
+            "spooky_backend_requests", "Requests forwarded per backend",
+            ["upstream", "backend", "status_class", "outcome"], registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "spooky_upstream_request_latency_ms", "Time to the backend's response head (ms)",
+            ["upstream", "outcome"], buckets=LATENCY_BUCKETS_MS, registry=r,
+        )
+        self.backend_timeouts = Counter("spooky_backend_timeouts", "Backend exchanges that timed out", registry=r)
+        self.backend_errors = Counter("spooky_backend_errors", "Backend exchanges that failed (not timeouts)", registry=r)
+        self.health_checks = Counter("spooky_health_checks", "Active health probes", registry=r)
+        self.health_checks_success = Counter("spooky_health_checks_success", "Successful health probes", registry=r)
+        self.health_checks_failure = Counter("spooky_health_checks_failure", "Failed health probes", registry=r)
+        self.health_failures = Counter(
+            "spooky_health_failures", "Backend failures (probes and traffic) by reason", ["reason"], registry=r
+        )
+        self.control_api_drops = Counter(
+            "spooky_control_api_connection_limit_drops", "Control API connections closed at max_connections", registry=r
+        )
+        self.dns_success = Counter("spooky_backend_dns_refresh_success", "Successful backend DNS refreshes", registry=r)
+        self.dns_failure = Counter("spooky_backend_dns_refresh_failure", "Failed backend DNS refreshes", registry=r)
+        self.dns_changes = Counter(
+            "spooky_backend_dns_address_set_changes", "Backend DNS refreshes that changed the address set", registry=r
+        )
+
+    # -- event hooks --
+
+    def request_done(self, status: int | None) -> None:
+        """One pipeline request finished with ``status`` (None: reset without an answer)."""
+        self.requests.inc()
+        if status is not None and status < 400:
+            self.requests_success.inc()
+        else:
+            self.requests_failure.inc()
+
+    def request_rejected(self, status: int) -> None:
+        """The pipeline answered ``status`` itself before forwarding (validation / policy)."""
+        if status in _VALIDATION_STATUSES:
+            self.validation_rejects.inc()
+        elif status in _POLICY_STATUSES:
+            self.policy_denied.inc()
+
+    def backend_exchange(self, pool: str, backend: str, status: int | None, failure: str | None, latency_ms: float | None) -> None:
+        """One forwarded exchange ended: ``failure`` is the upstream failure reason or None."""
+        outcome = "failure" if failure is not None or (status is not None and status >= 500) else "success"
+        cls = status_class(status)
+        self.upstream_requests.labels(pool, cls, outcome).inc()
+        self.backend_requests.labels(pool, backend, cls, outcome).inc()
+        if latency_ms is not None:
+            self.upstream_latency.labels(pool, outcome).observe(latency_ms)
+        if failure is not None:
+            (self.backend_timeouts if failure == "timeout" else self.backend_errors).inc()
+            self.health_failures.labels(failure).inc()
+        elif status is not None and status >= 500:
+            self.health_failures.labels("5xx").inc()
+
+    def health_probe(self, reason: str | None) -> None:
+        """One active probe finished (``reason`` None on success)."""
+        self.health_checks.inc()
+        if reason is None:
+            self.health_checks_success.inc()
+        else:
+            self.health_checks_failure.inc()
+            self.health_failures.labels(reason).inc()
+
+    def dns_refresh(self, ok: bool, changed: bool) -> None:
+        """One DNS refresh finished."""
+        (self.dns_success if ok else self.dns_failure).inc()
+        if changed:
+            self.dns_changes.inc()
+
+    def render(self) -> bytes:
+        """The text exposition of the registry."""
+        return generate_latest(self.registry)
+
+    def attach(self, server: Any) -> None:
+        """Register the scrape-time collector reading ``server``'s components."""
+        self.registry.register(ServerCollector(lambda: server))
+
+
+class ServerCollector(Collector):
+    """Reads counters and gauges that the server's components keep anyway (see module doc)."""
+
+    def __init__(self, server: Callable[[], Any]) -> None:
+        self._server = server
+
+    def describe(self) -> list[Metric]:
+        return []  # not described up front: collected only at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server()
+        quic = list(server.listeners)
+        tcp = list(server.bootstrap_listeners)
+
+        def qsum(key: str) -> int:
+            return sum(listener.stats[key] for listener in quic)
+
+        yield _gauge("spooky_active_connections", "Open client connections (QUIC + TCP)",
+                     sum(len(q.connections) for q in quic) + sum(t.open_connections for t in tcp))
+        yield _counter("spooky_connection_cap_rejects", "Connections refused at max_active_connections",
+                       qsum("cap_rejects") + sum(t.stats["cap_rejects"] for t in tcp))
+        yield _counter("spooky_ingress_packets", "UDP datagrams received", qsum("datagrams"))
+        yield _counter("spooky_ingress_bad_header", "Datagrams without a parsable QUIC header", qsum("bad_headers"))
+        yield _counter("spooky_ingress_unroutable", "Datagrams matching no connection and not a new one", qsum("unroutable"))
+        yield _counter("spooky_ingress_draining_drops", "New QUIC connections refused while draining", qsum("refused_draining"))
+        yield _counter("spooky_runtime_panics", "Unexpected exceptions caught at a task boundary",
+                       qsum("panics") + sum(t.stats["panics"] for t in tcp))
+        yield _gauge("spooky_inflight_requests", "Requests in flight", server.activity.count)
+        yield _gauge("spooky_config_generation", "Number of the serving config generation", server.generation.number)
+        yield from self._tls(server, tcp)
+        yield from self._backends(server)
+
+    @staticmethod
+    def _tls(server: Any, tcp: list[Any]) -> Iterator[Metric]:
+        ok = CounterMetricFamily("spooky_downstream_tls_handshake_success", "Completed TLS handshakes (TCP listeners)")
+        fail = CounterMetricFamily("spooky_downstream_tls_handshake_failure", "Failed TLS handshakes", labels=["listener", "reason"])
+        sel = CounterMetricFamily("spooky_downstream_tls_certificate_selection", "Certificate selections",
+                                  labels=["listener", "selection"])
+        alpn = CounterMetricFamily("spooky_downstream_tls_alpn", "Negotiated ALPN protocols", labels=["listener", "protocol"])
+        total_ok = 0
+        for listener in tcp:
+            name = f"{listener.address}:{listener.port}"
+            failures: dict[str, int] = {}
+            for key, value in listener.tls.stats.items():
+                kind, _, detail = key.partition(".")
+                if kind == "alpn":
+                    total_ok += value
+                    alpn.add_metric([name, detail], value)
+                elif kind == "sni":
+                    sel.add_metric([name, detail], value)
+                elif kind == "handshake_failed":
+                    reason = _TLS_REASONS.get(detail, "handshake")
+                    failures[reason] = failures.get(reason, 0) + value
+            for reason, value in failures.items():
+                fail.add_metric([name, reason], value)
+        ok.add_metric([], total_ok)
+        yield from (ok, fail, sel, alpn)
+
+    @staticmethod
+    def _backends(server: Any) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily("spooky_backend_healthy", "Backend available for traffic (1/0)",
+                                    labels=["upstream", "backend"])
+        now = _now()
+        for pool in server.generation.pools.values():
+            for backend in pool.backends:
+                healthy.add_metric([backend.pool, backend.id], 1.0 if backend.state.available(now) else 0.0)
+        yield healthy
+
+
+def _now() -> float:
+    import trio
+
+    try:
+        return trio.current_time()
+    except RuntimeError:  # scraped outside Trio (tests calling render() directly)
+        return float("inf")
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
