@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean check-config
+.PHONY: run test venv clean check-config fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ run: $(STAMP) .dev-certs/localhost.pem
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# every fuzz/fuzz_*.py harness for FUZZ_SECONDS each; new crash inputs land in
+# fuzz/crashes/<harness>/, the growing working corpus in fuzz/.work/<harness>/ (both untracked)
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES ?= $(basename $(notdir $(wildcard fuzz/fuzz_*.py)))
+
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	@status=0; for h in $(FUZZ_HARNESSES); do \
+		echo "== $$h ($(FUZZ_SECONDS)s)"; \
+		mkdir -p fuzz/crashes/$$h fuzz/.work/$$h; \
+		$(BIN)/python fuzz/$$h.py fuzz/.work/$$h fuzz/corpus/$$h \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -artifact_prefix=fuzz/crashes/$$h/ || status=1; \
+	done; exit $$status
 
 check-config: $(STAMP) .dev-certs/localhost.pem
 	for f in conf/*.yaml; do echo "$$f"; $(BIN)/spooky-trio check --config $$f || true; done

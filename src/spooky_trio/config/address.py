@@ -55,12 +55,12 @@ def is_hostname(text: str, *, allow_underscore: bool = True) -> bool:
     if not text or len(text) > 253 or text.endswith("."):
         return False
     label = _LABEL if allow_underscore else _STRICT_LABEL
-    return all(label.match(part) for part in text.split("."))
+    return all(label.fullmatch(part) for part in text.split("."))
 
 
 def is_token(text: str) -> bool:
     """True for an HTTP token (header names, method names, cookie names)."""
-    return bool(_TOKEN.match(text))
+    return bool(_TOKEN.fullmatch(text))
 
 
 def parse_port(text: str) -> int:

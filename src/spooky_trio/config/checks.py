@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from spooky_trio.config.address import is_hostname, is_ip_literal
+from spooky_trio.config.address import is_hostname, is_ip_literal, parse_port, split_host_port
 from spooky_trio.config.issues import KeyPath
 
 
@@ -84,4 +84,20 @@ def route_host_error(host: str) -> str | None:
         return f"invalid host {host!r}: must not include a port"
     if not (is_hostname(name) or (name is host and is_ip_literal(name))):
         return f"invalid host {host!r}: not a valid host name"
+    return None
+
+
+def authority_error(text: str) -> str | None:
+    """Why ``text`` is not a ``host[:port]`` authority (IPv6 in brackets) that can be sent
+    as the upstream Host / ``:authority`` (ASCII, no whitespace or controls), or None."""
+    if not text.isascii() or not text.isprintable() or " " in text:
+        return f"invalid host {text!r}: must be an ASCII host name or IP address with an optional :port"
+    try:
+        host, port_text = split_host_port(text)
+        if port_text is not None:
+            parse_port(port_text)
+    except ValueError as exc:
+        return f"invalid host {text!r}: {exc}"
+    if not (is_hostname(host) or is_ip_literal(host)):
+        return f"invalid host {text!r}: not a valid host name or IP address"
     return None

@@ -30,10 +30,10 @@ def format_path(path: KeyPath) -> str:
     for element in path:
         if isinstance(element, int):
             out.append(f"[{element}]")
-        elif _PLAIN_KEY.match(element):
+        elif isinstance(element, str) and _PLAIN_KEY.fullmatch(element):
             out.append(f".{element}" if out else element)
-        else:
-            escaped = element.replace("\\", "\\\\").replace('"', '\\"')
+        else:  # YAML also allows null, float, ... keys: render them quoted instead of crashing
+            escaped = str(element).replace("\\", "\\\\").replace('"', '\\"')
             out.append(f'["{escaped}"]')
     return "".join(out)
 

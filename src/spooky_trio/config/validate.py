@@ -11,7 +11,7 @@ import ipaddress
 import re
 
 from spooky_trio.config.address import is_hostname, is_token, parse_backend_address
-from spooky_trio.config.checks import Problem, Problems, route_host_error
+from spooky_trio.config.checks import Problem, Problems, authority_error, route_host_error
 from spooky_trio.config.issues import KeyPath, format_path
 from spooky_trio.config.schema import (
     Config,
@@ -111,7 +111,7 @@ def hash_key_error(key: str) -> str | None:
     """Why ``key`` is not a valid load-balancing key, or None when it is valid."""
     if key in _HASH_KEYS_PLAIN:
         return None
-    match = _HASH_KEY_PREFIXED.match(key)
+    match = _HASH_KEY_PREFIXED.fullmatch(key)
     if match is None:
         return (
             f"invalid key {key!r}: expected header:<name>, cookie:<name>, query:<name>, "
@@ -173,6 +173,10 @@ def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
     if policy.mode == "rewrite":
         if policy.host is None or not policy.host.strip():
             out.add(path + ("host_policy", "host"), "required when host_policy.mode is rewrite", path + ("host_policy", "mode"))
+        else:
+            error = authority_error(policy.host)
+            if error:
+                out.add(path + ("host_policy", "host"), error)
     elif policy.host is not None:
         out.add(path + ("host_policy", "host"), f"only allowed when host_policy.mode is rewrite (mode is {policy.mode})")
     if pool.tls is not None:

@@ -1,0 +1,72 @@
+"""Fuzz balancer hash-key extraction (``load_balancing.key``) over random requests.
+
+Invariants: ``key_source`` accepts every key form the docs list and raises only
+``ValueError`` otherwise; ``request_key`` never raises and returns bytes; it is
+deterministic, and so is ``hash64`` (a 64-bit value). ``header:<name>`` ignores the name's
+case and joins every value of that header with ", "; ``cookie:<name>`` returns a value
+without ``;``; ``authority`` is lowercase; ``path`` has no query; an absent source falls back
+to the default chain (authority, else path, else method).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _runner import instrumented, run
+from _fdp import Reader
+
+with instrumented(__name__):
+    from spooky_trio.balancing.keys import default_key, hash64, key_source, request_key
+
+
+SPECS = [None, "path", "authority", "method", "cid", "header:X-User", "header:x-user", "cookie:sid", "query:q",
+         "query:a b", "header:", "cookie:", "bogus", "header:é"]
+NAMES = [b"x-user", b"cookie", b"host", b"x-other"]
+VALUES = [b"alice", b"sid=1; other=2", b"a=b;sid=\"q\"", b"sid", b"", b"bob, carol"]
+PATHS = [b"/", b"/a?q=1&q=2", b"/a?x=1&q=%zz+y#frag", b"/a?a+b=%41", b"?q", b"", b"/a#?q=1"]
+
+
+def test_one_input(data: bytes) -> None:
+    r = Reader(data)
+    spec = r.pick(SPECS) if r.byte() % 4 else r.bytes_(20).decode("utf-8", errors="replace")
+    headers = []
+    for _ in range(r.int_in_range(0, 8)):
+        name = r.pick(NAMES) if r.boolean() else r.bytes_(10).lower()
+        headers.append((name, r.pick(VALUES) if r.boolean() else r.bytes_(40)))
+    request = SimpleNamespace(
+        method=r.pick([b"GET", b"POST", b""]) if r.boolean() else r.bytes_(8),
+        authority=r.pick([b"Example.COM", b"", b"a:1"]) if r.boolean() else r.bytes_(20),
+        path=r.pick(PATHS) if r.boolean() else r.bytes_(60),
+        headers=headers,
+        client_address=("192.0.2.1", 1),
+        quic_connection_id=r.pick([None, b"", b"\x01\x02\x03\x04"]) if r.boolean() else r.bytes_(20),
+    )
+    try:
+        source = key_source(spec)
+    except ValueError:
+        assert spec is not None and spec not in ("path", "authority", "method", "cid")
+        return
+    key = request_key(source, request)
+    assert isinstance(key, bytes)
+    assert key == request_key(source, request)
+    assert 0 <= hash64(key) < 2**64 and hash64(key) == hash64(bytes(key))
+    own = source(request)
+    if own is None:
+        assert key == default_key(request)
+    if spec is not None and spec.startswith("header:") and own is not None:
+        name = spec[7:].lower().encode("ascii")
+        assert own == b", ".join(v for n, v in headers if n == name)
+    if spec is not None and spec.startswith("cookie:") and own is not None:
+        assert b";" not in own
+    if spec == "authority" and own is not None:
+        assert own == own.lower()
+    if spec == "path" and own is not None:
+        assert b"?" not in own
+
+
+if __name__ == "__main__":
+    run(test_one_input)

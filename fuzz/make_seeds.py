@@ -1,0 +1,179 @@
+"""Regenerate the committed seed corpora: ``python fuzz/make_seeds.py``.
+
+Seeds are a handful of valid and near-valid inputs per harness; the structured harnesses'
+seeds are written with :class:`_fdp.Writer` so they decode to the intended structure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _fdp import Writer  # noqa: E402
+
+ROOT = HERE.parent
+
+
+def _headers(pairs: list[tuple[bytes, bytes]], max_count: int = 24) -> Writer:
+    w = Writer().int_in_range(len(pairs), 0, max_count)
+    for name, value in pairs:
+        w.boolean(False).bytes_(name).boolean(False).bytes_(value)
+    return w
+
+
+def config_seeds() -> dict[str, bytes]:
+    seeds = {p.stem: p.read_bytes() for p in sorted((ROOT / "conf").glob("*.yaml"))}
+    seeds["near_dup_key"] = b"upstream:\n  a:\n    route: {path_prefix: /}\n    route: {host: x}\n"
+    seeds["near_bad_lb_key"] = (
+        b"listen: {tls: {cert: c.pem, key: k.pem}}\nupstream:\n  a:\n    route: {host: '*.Example.com', method: get}\n"
+        b"    load_balancing: {type: consistent-hash, key: 'header:X-User'}\n"
+        b"    host_policy: {mode: rewrite, host: 'h\xc3\xa9.example'}\n"
+        b"    backends: [{id: b, address: 'http://127.0.0.1:1'}]\n"
+    )
+    seeds["near_not_mapping"] = b"- 1\n- 2\n"
+    seeds["near_tabs"] = b"upstream:\n\ta: 1\n"
+    return seeds
+
+
+def h3_seeds() -> dict[str, bytes]:
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.com"), (b":path", b"/"), (b"user-agent", b"x")]
+    return {
+        "get": _headers(get).getvalue(),
+        "post_cl": _headers([*get[:4], (b"content-length", b"5"), (b"host", b"example.com")]).getvalue(),
+        "connect": _headers([(b":method", b"CONNECT"), (b":authority", b"example.com:443")]).getvalue(),
+        "extended_connect": _headers([(b":method", b"CONNECT"), (b":protocol", b"websocket"), *get[1:4]]).getvalue(),
+        "near_no_path": _headers(get[:3]).getvalue(),
+        "near_uppercase": _headers([*get[:4], (b"X-Upper", b"1")]).getvalue(),
+        "near_te": _headers([*get[:4], (b"te", b"gzip"), (b"connection", b"close")]).getvalue(),
+        "near_pseudo_after": _headers([get[0], (b"a", b"b"), *get[1:4]]).getvalue(),
+    }
+
+
+def h1_seeds() -> dict[str, bytes]:
+    return {
+        "get": b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        "pipelined": b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nHEAD /b HTTP/1.1\r\nHost: a\r\n\r\n",
+        "post_cl": b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        "chunked": b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+        "absolute_form": b"GET http://example.com:8080/x?y HTTP/1.1\r\nHost: other\r\nX-Client-Cert-Subject: CN=forged\r\n\r\n",
+        "http10": b"GET / HTTP/1.0\r\n\r\n",
+        "upgrade": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "near_cl_te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "near_obs_fold": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+        "near_bad_chunk": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "near_two_cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    }
+
+
+def _h2_headers_frame(w: Writer, sid_index: int, pairs: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+    w.int_in_range(0, 0, 10).byte(sid_index).int_in_range(len(pairs), 0, 12)
+    for name, value in pairs:
+        w.boolean(False).bytes_(name).boolean(False).bytes_(value)
+    w.byte(1).boolean(end_stream)  # END_HEADERS, END_STREAM
+
+
+def h2_seeds() -> dict[str, bytes]:
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.com"), (b":path", b"/")]
+    seeds = {}
+    w = Writer().int_in_range(1, 1, 12)
+    _h2_headers_frame(w, 1, get, True)
+    seeds["get"] = w.boolean(False).getvalue()
+    w = Writer().int_in_range(2, 1, 12)
+    _h2_headers_frame(w, 1, [*get[:3], (b":path", b"/up"), (b"content-length", b"5")], False)
+    w.int_in_range(4, 0, 10).byte(1).bytes_(b"hello").boolean(True)  # DATA on stream 1, END_STREAM
+    seeds["post"] = w.boolean(False).getvalue()
+    w = Writer().int_in_range(1, 1, 12)
+    _h2_headers_frame(w, 1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"), *get[1:]], False)
+    seeds["extended_connect"] = w.boolean(False).getvalue()
+    w = Writer().int_in_range(2, 1, 12)
+    _h2_headers_frame(w, 1, get, False)
+    w.int_in_range(5, 0, 10).byte(1).byte(8)  # RST_STREAM CANCEL
+    seeds["reset"] = w.boolean(False).getvalue()
+    w = Writer().int_in_range(1, 1, 12)
+    _h2_headers_frame(w, 1, [*get, (b"host", b"other.example"), (b"te", b"trailers")], True)
+    seeds["host_and_authority"] = w.boolean(False).getvalue()
+    w = Writer().int_in_range(1, 1, 12)
+    _h2_headers_frame(w, 1, [*get, (b"connection", b"close")], True)
+    seeds["near_connection_header"] = w.boolean(False).getvalue()
+    w = Writer().int_in_range(1, 1, 12)
+    _h2_headers_frame(w, 1, [*get, (b"content-length", b"x5")], True)
+    seeds["near_bad_content_length"] = w.boolean(False).getvalue()
+    return seeds
+
+
+def routing_seeds() -> dict[str, bytes]:
+    def route(host: int, prefix: int, method: int, pool: int) -> Writer:
+        return Writer().byte(1).byte(host).byte(1).byte(prefix).byte(1).byte(method).byte(pool)
+
+    def request(host: int, path: int, method: int) -> bytes:
+        return Writer().byte(1).byte(host).byte(1).byte(path).byte(1).byte(method).getvalue()
+
+    seeds = {}
+    body = b"".join(route(*r).getvalue() for r in [(1, 1, 0, 0), (2, 2, 0, 1), (0, 4, 1, 2), (3, 0, 3, 3)])
+    seeds["four_routes"] = Writer().byte(4).raw(body).raw(request(3, 2, 0)).getvalue()
+    body = b"".join(route(*r).getvalue() for r in [(4, 0, 0, 0), (5, 0, 0, 1), (2, 3, 2, 2)])
+    seeds["case_and_port"] = Writer().byte(3).raw(body).raw(request(2, 2, 1)).getvalue()
+    seeds["empty_table"] = Writer().byte(0).raw(request(0, 0, 0)).getvalue()
+    return seeds
+
+
+def key_seeds() -> dict[str, bytes]:
+    def req(spec: int, headers: list[tuple[int, int]], path: int) -> bytes:
+        w = Writer().byte(1).byte(spec).byte(len(headers))
+        for name, value in headers:
+            w.boolean(True).byte(name).boolean(True).byte(value)
+        return w.boolean(True).byte(0).boolean(True).byte(0).boolean(True).byte(path).boolean(True).byte(3).getvalue()
+
+    return {
+        "header": req(5, [(0, 0), (0, 5)], 0),
+        "cookie": req(7, [(1, 1), (1, 2)], 0),
+        "query": req(8, [], 2),
+        "default": req(0, [], 1),
+        "cid": req(4, [], 0),
+        "near_invalid": req(12, [], 0),
+    }
+
+
+def forwarded_seeds() -> dict[str, bytes]:
+    def build(headers: list[tuple[int, int]], mode: int, ip: int, authority: bytes, host_mode: int) -> bytes:
+        w = Writer().byte(len(headers))
+        for name, value in headers:
+            w.boolean(True).byte(name).boolean(True).byte(value)
+        w.byte(mode).byte(ip).byte(0).boolean(False).bytes_(authority)
+        return w.byte(1).byte(2).byte(host_mode).getvalue()
+
+    return {
+        "append": build([(6, 6), (9, 9), (0, 1)], 1, 0, b"example.com:443", 0),
+        "preserve": build([(6, 7), (2, 3)], 2, 1, b"[::1]:8443", 1),
+        "overwrite_connection": build([(0, 2), (9, 9), (2, 3), (4, 8)], 0, 2, b"Example.COM", 2),
+        "near_xff_in_connection": build([(0, 10), (6, 6)], 1, 3, b"", 0),
+    }
+
+
+ALL = {
+    "fuzz_config": config_seeds,
+    "fuzz_h3_headers": h3_seeds,
+    "fuzz_h1_request": h1_seeds,
+    "fuzz_h2_frames": h2_seeds,
+    "fuzz_routing": routing_seeds,
+    "fuzz_balancer_keys": key_seeds,
+    "fuzz_forwarded_headers": forwarded_seeds,
+}
+
+
+def main() -> None:
+    for harness, make in ALL.items():
+        out = HERE / "corpus" / harness
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in make().items():
+            (out / f"{name}").write_bytes(data)
+        print(harness, len(os.listdir(out)))
+
+
+if __name__ == "__main__":
+    main()
