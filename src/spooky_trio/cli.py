@@ -48,7 +48,7 @@ def cmd_run(argv: list[str]) -> int:
     import trio
 
     from spooky_trio.observability.logging import configure_logging
-    from spooky_trio.server import EXIT_FORCED, Server, StartupError
+    from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
 
     try:
         configure_logging(config.log)
@@ -63,7 +63,9 @@ def cmd_run(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:  # a signal before the handler was installed
         return EXIT_FORCED
-    return EXIT_FORCED if server.forced else 0
+    if server.forced:
+        return EXIT_FORCED
+    return EXIT_RESTART if server.restart_requested else 0
 
 
 def cmd_request(argv: list[str]) -> int:

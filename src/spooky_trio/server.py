@@ -24,8 +24,9 @@ import trio
 
 from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.ingress.bootstrap import BootstrapListener
-from spooky_trio.ingress.identities import IdentityStore
+from spooky_trio.ingress.identities import IdentityError, IdentityStore
 from spooky_trio.ingress.quic import Activity, QuicListener
+from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
 from spooky_trio.observability.endpoints import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.metrics import Metrics
@@ -38,6 +39,9 @@ log = logging.getLogger("spooky.server")
 
 #: exit status after a second signal cut the drain short
 EXIT_FORCED = 1
+#: exit status after ``POST restart_path`` drained the server: "restart me" for a supervisor
+#: (EX_TEMPFAIL; e.g. systemd ``Restart=on-failure`` or ``RestartForceExitStatus=75``)
+EXIT_RESTART = 75
 
 
 class StartupError(Exception):
@@ -68,6 +72,8 @@ class Server:
         #: every listener is serving (the control API's readiness, with ``draining``)
         self.serving = False
         self.forced = False
+        #: set by :meth:`request_restart`: the process exits with :data:`EXIT_RESTART`
+        self.restart_requested = False
         self._drain_requested = trio.Event()
         #: set once run() has returned or failed: every task below it has ended
         self.stopped = trio.Event()
@@ -175,6 +181,43 @@ class Server:
     def request_drain(self) -> None:
         """Begin graceful shutdown (idempotent)."""
         self._drain_requested.set()
+
+    def request_restart(self) -> None:
+        """Drain gracefully, then exit with :data:`EXIT_RESTART` (control API ``restart_path``)."""
+        if not self._drain_requested.is_set():
+            log.info("restart requested: graceful drain, then exit status %d", EXIT_RESTART)
+            self.restart_requested = True
+        self.request_drain()
+
+    def reload_certs(self) -> list[dict[str, Any]]:
+        """Re-read every listener's certificates, keys and client-auth CA from the files the
+        config names, for handshakes that start from now on (QUIC and TCP); open connections
+        keep their material. All or nothing: any unreadable or invalid file raises
+        :class:`~spooky_trio.ingress.identities.IdentityError` or
+        :class:`~spooky_trio.ingress.tls.TlsSetupError` and nothing is replaced.
+        Returns one summary per listener (certificate serials and expiry)."""
+        fresh = []
+        for listener_config, quic in zip(self.config.effective_listeners(), self.listeners):
+            try:
+                identities = IdentityStore.from_config(listener_config.tls)
+                tls = BootstrapTls(identities, listener_config.tls.client_auth)
+            except (IdentityError, TlsSetupError) as exc:
+                raise type(exc)(f"listener {quic.address}:{quic.port}: {exc}") from exc
+            fresh.append((identities, tls))
+        summary = []
+        for (identities, tls), quic, tcp in zip(fresh, self.listeners, self.bootstrap_listeners):
+            quic.replace_identities(identities)
+            tcp.use_tls(tls)
+            summary.append({
+                "listener": f"{quic.address}:{quic.port}",
+                "certificates": [
+                    {"server_name": i.server_name, "serial": format(i.certificate.serial_number, "x"),
+                     "not_after": i.certificate.not_valid_after_utc.isoformat()}
+                    for i in identities.all()
+                ],
+            })
+        log.info("listener certificates reloaded (%d listener(s)); new handshakes use them", len(summary))
+        return summary
 
     async def _drain(self) -> None:
         self.draining = True

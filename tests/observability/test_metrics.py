@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from spooky_trio.ingress.identities import IdentityStore, load_identity
 from spooky_trio.observability.metrics import Metrics, status_class
 
 
@@ -59,9 +61,11 @@ def test_two_servers_do_not_share_a_registry() -> None:
     assert values(b)[("spooky_requests_total", ())] == 0
 
 
-def test_collector_reads_listener_and_tls_stats() -> None:
-    quic = SimpleNamespace(connections={1, 2}, stats=Counter(datagrams=7, cap_rejects=1, panics=0, bad_headers=2,
-                                                               unroutable=3, refused_draining=4))
+def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
+    identity = load_identity(str(certs_dir / "localhost.pem"), str(certs_dir / "localhost.key"))
+    quic = SimpleNamespace(address="127.0.0.1", port=8443, identities=IdentityStore(identity, []), connections={1, 2},
+                           stats=Counter(datagrams=7, cap_rejects=1, panics=0, bad_headers=2, unroutable=3, refused_draining=4,
+                                         handshake_success=5, handshake_failure=2))
     tls = SimpleNamespace(stats=Counter({"alpn.h2": 3, "alpn.http/1.1": 1, "sni.default": 4, "handshake_failed.missing": 2,
                                          "handshake_failed.timeout": 1}))
     tcp = SimpleNamespace(address="127.0.0.1", port=8443, open_connections=1, stats=Counter(cap_rejects=2), tls=tls)
@@ -77,9 +81,12 @@ def test_collector_reads_listener_and_tls_stats() -> None:
     assert v[("spooky_ingress_draining_drops_total", ())] == 4
     assert v[("spooky_inflight_requests", ())] == 5
     assert v[("spooky_config_generation", ())] == 3
-    assert v[("spooky_downstream_tls_handshake_success_total", ())] == 4
+    assert v[("spooky_downstream_tls_handshake_success_total", ())] == 4 + 5  # TCP + QUIC
+    cert = (("listener", "127.0.0.1:8443"), ("server_name", "default"))
+    assert v[("spooky_downstream_tls_certificate_not_after_seconds", cert)] == identity.certificate.not_valid_after_utc.timestamp()
+    assert v[("spooky_downstream_tls_certificate_days_remaining", cert)] > 1
     lst = ("listener", "127.0.0.1:8443")
     assert v[("spooky_downstream_tls_handshake_failure_total", (lst, ("reason", "missing_client_cert")))] == 2
-    assert v[("spooky_downstream_tls_handshake_failure_total", (lst, ("reason", "handshake")))] == 1
+    assert v[("spooky_downstream_tls_handshake_failure_total", (lst, ("reason", "handshake")))] == 1 + 2  # TCP timeout + QUIC
     assert v[("spooky_downstream_tls_alpn_total", (lst, ("protocol", "h2")))] == 3
     assert v[("spooky_downstream_tls_certificate_selection_total", (lst, ("selection", "default")))] == 4

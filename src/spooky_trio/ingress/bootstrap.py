@@ -239,6 +239,12 @@ class BootstrapListener:
         finally:
             self.connections.discard(conn)
 
+    def use_tls(self, tls: BootstrapTls) -> None:
+        """Certificate reload: ``tls`` serves handshakes that start from now on (its
+        ``stats`` become the listener's running counts); open connections keep theirs."""
+        tls.stats = self.tls.stats
+        self.tls = tls
+
     def begin_drain(self) -> None:
         """Stop accepting; GOAWAY on HTTP/2, ``connection: close`` or close on HTTP/1.1."""
         self.draining = True

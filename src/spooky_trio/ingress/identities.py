@@ -87,6 +87,10 @@ class IdentityStore:
             return self.default, "default"
         return self.named[0], "fallback_first"
 
+    def all(self) -> list[Identity]:
+        """Every identity: the default (``cert``/``key``) first, then ``certificates``."""
+        return [*([self.default] if self.default is not None else []), *self.named]
+
     @property
     def primary(self) -> Identity:
         return self.select(None)[0]

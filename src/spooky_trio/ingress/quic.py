@@ -72,6 +72,7 @@ class QuicListener:
         self.stats: dict[str, int] = {
             "datagrams": 0, "bad_headers": 0, "unroutable": 0, "send_drops": 0,
             "refused_draining": 0, "cap_rejects": 0, "malformed_requests": 0, "panics": 0,
+            "handshake_success": 0, "handshake_failure": 0,
         }
         p = performance
         self.configuration = QuicConfiguration(
@@ -81,6 +82,12 @@ class QuicListener:
             max_data=p.quic_initial_max_data,
             max_stream_data=p.quic_initial_max_stream_data,
         )
+        self.replace_identities(identities)
+
+    def replace_identities(self, identities: IdentityStore) -> None:
+        """Use ``identities`` for handshakes that start from now on (certificate reload);
+        open connections keep the store they were created with."""
+        self.identities = identities
         # aioquic insists on a certificate up front; _SniContext swaps it per handshake
         primary = identities.primary
         self.configuration.certificate = primary.certificate

@@ -14,6 +14,7 @@ from aioquic.quic.events import (
     ConnectionIdIssued,
     ConnectionIdRetired,
     ConnectionTerminated,
+    HandshakeCompleted,
     StopSendingReceived,
     StreamReset,
 )
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener
 
 log = logging.getLogger("spooky.ingress.quic")
+
+
+def _is_crypto_error(code: int) -> bool:
+    """A QUIC CRYPTO_ERROR (0x0100-0x01ff: a TLS alert, RFC 9000 section 20.1)."""
+    return 0x100 <= code <= 0x1FF
 
 
 class _RequestStream:
@@ -66,6 +72,7 @@ class QuicConnectionTask:
         self._goaway_sent = False
         self._goaway_stream_id: int | None = None
         self._close_when_acked = False
+        self._handshake_done = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connection until it terminates: timers, then the stream tasks' nursery."""
@@ -97,7 +104,13 @@ class QuicConnectionTask:
                 self.listener.register_cid(event.connection_id, self)
             elif isinstance(event, ConnectionIdRetired):
                 self.listener.unregister_cid(event.connection_id)
+            elif isinstance(event, HandshakeCompleted):
+                self._handshake_done = True
+                self.listener.stats["handshake_success"] += 1
             elif isinstance(event, ConnectionTerminated):
+                if not self._handshake_done and _is_crypto_error(event.error_code):
+                    self.listener.stats["handshake_failure"] += 1
+                    log.debug("QUIC handshake from %s failed: %s (0x%x)", self.addr, event.reason_phrase, event.error_code)
                 self._terminated()
                 return
             elif isinstance(event, (StreamReset, StopSendingReceived)):

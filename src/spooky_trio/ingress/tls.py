@@ -110,10 +110,11 @@ class BootstrapTls:
     not covered by its certificate's SANs or a file cannot be loaded.
     """
 
-    def __init__(self, identities: IdentityStore, client_auth: Any) -> None:
+    def __init__(self, identities: IdentityStore, client_auth: Any, stats: Counter[str] | None = None) -> None:
         self.identities = identities
         self.client_auth = client_auth
-        self.stats: Counter[str] = Counter()
+        #: shared with the replacement on a certificate reload, so counts continue
+        self.stats: Counter[str] = Counter() if stats is None else stats
         for identity in identities.named:
             assert identity.server_name is not None
             if not certificate_covers(identity.certificate, identity.server_name):

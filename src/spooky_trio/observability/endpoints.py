@@ -6,9 +6,13 @@ Control API (``observability.control_api``):
 * ``GET ready_path``: 200 once every listener is bound and the server is not draining,
   503 otherwise;
 * ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends, connection
-  counts, uptime, version).
+  counts, uptime, version);
+* ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
+  handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
+* ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
+* ``reload_path``: 501 (configuration reload is not implemented yet).
 
-Everything under ``/admin/`` needs ``Authorization: Bearer <auth_token>`` when a token is
+Everything under ``/admin/`` (and the runtime, restart and reload paths wherever they are) needs ``Authorization: Bearer <auth_token>`` when a token is
 configured: none gives 401 (with ``WWW-Authenticate: Bearer``), a wrong one 403.
 """
 
@@ -103,10 +107,19 @@ class ControlApi:
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Route one request (see the module docstring)."""
         cfg = self.config
-        if request.path.startswith(ADMIN_PREFIX) or request.path == ADMIN_PREFIX.rstrip("/"):
+        admin_paths = (cfg.runtime_path, cfg.restart_path, cfg.reload_path, cfg.reload_certs_path)
+        if request.path.startswith(ADMIN_PREFIX) or request.path == ADMIN_PREFIX.rstrip("/") or request.path in admin_paths:
             denied = self._auth_failure(request)
             if denied is not None:
                 return denied
+        posted = {cfg.reload_certs_path: self._reload_certs, cfg.restart_path: self._restart}
+        if request.path in posted:
+            if request.method != "POST":
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
+            return posted[request.path]()
+        if request.path == cfg.reload_path:
+            return HttpResponse(501, b"configuration reload is not implemented yet; restart the process (POST "
+                                + cfg.restart_path.encode() + b") to apply a new config\n")
         if request.method not in ("GET", "HEAD"):
             return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
         if request.path == cfg.health_path:
@@ -119,6 +132,25 @@ class ControlApi:
             body = json.dumps(self.snapshot(), indent=2, sort_keys=True).encode() + b"\n"
             return HttpResponse(200, body, content_type="application/json")
         return HttpResponse(404, b"not found\n")
+
+    def _reload_certs(self) -> HttpResponse:
+        from spooky_trio.ingress.identities import IdentityError
+        from spooky_trio.ingress.tls import TlsSetupError
+
+        try:
+            summary = self.server.reload_certs()
+        except (IdentityError, TlsSetupError) as exc:
+            log.warning("certificate reload failed, old certificates kept: %s", exc)
+            return HttpResponse(422, json.dumps({"error": str(exc)}).encode() + b"\n", content_type="application/json")
+        body = json.dumps({"reloaded": summary}, indent=2).encode() + b"\n"
+        return HttpResponse(200, body, content_type="application/json")
+
+    def _restart(self) -> HttpResponse:
+        from spooky_trio.server import EXIT_RESTART
+
+        # the drain starts once the answer is written, so the caller always gets it
+        return HttpResponse(202, f"draining; the process exits with status {EXIT_RESTART}\n".encode(),
+                            after_send=self.server.request_restart)
 
     def snapshot(self) -> dict[str, Any]:
         """The runtime JSON document."""

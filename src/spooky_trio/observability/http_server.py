@@ -41,6 +41,8 @@ class HttpResponse:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+    #: called once the response was written (or the write failed), e.g. to start a restart
+    after_send: Callable[[], None] | None = attrs.field(default=None, eq=False)
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -127,7 +129,11 @@ class HttpEndpoint:
             except Exception:
                 log.exception("%s: handler failed for %s %s", self.name, request.method, request.path)
                 response = HttpResponse(500, b"internal error\n")
-            await self._send(conn, stream, request.method, response)
+            try:
+                await self._send(conn, stream, request.method, response)
+            finally:
+                if response.after_send is not None:
+                    response.after_send()
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()

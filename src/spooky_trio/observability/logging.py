@@ -22,7 +22,11 @@ LEVELS = {
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg (+ exc when there is a traceback)."""
+    """One JSON object per line: ts, level, logger, msg (+ exc when there is a traceback).
+
+    Access-log records (``spooky.access``) carry their fields in ``record.access``; those
+    become top-level keys of the object, next to ts/level/logger/msg.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -31,6 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "access", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -14,6 +14,7 @@ watchdog...) is not defined at all.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -175,15 +176,15 @@ class ServerCollector(Collector):
 
     @staticmethod
     def _tls(server: Any, tcp: list[Any]) -> Iterator[Metric]:
-        ok = CounterMetricFamily("spooky_downstream_tls_handshake_success", "Completed TLS handshakes (TCP listeners)")
+        ok = CounterMetricFamily("spooky_downstream_tls_handshake_success", "Completed TLS handshakes (TCP and QUIC listeners)")
         fail = CounterMetricFamily("spooky_downstream_tls_handshake_failure", "Failed TLS handshakes", labels=["listener", "reason"])
         sel = CounterMetricFamily("spooky_downstream_tls_certificate_selection", "Certificate selections",
                                   labels=["listener", "selection"])
         alpn = CounterMetricFamily("spooky_downstream_tls_alpn", "Negotiated ALPN protocols", labels=["listener", "protocol"])
         total_ok = 0
+        failures: dict[tuple[str, str], int] = {}
         for listener in tcp:
             name = f"{listener.address}:{listener.port}"
-            failures: dict[str, int] = {}
             for key, value in listener.tls.stats.items():
                 kind, _, detail = key.partition(".")
                 if kind == "alpn":
@@ -193,11 +194,18 @@ class ServerCollector(Collector):
                     sel.add_metric([name, detail], value)
                 elif kind == "handshake_failed":
                     reason = _TLS_REASONS.get(detail, "handshake")
-                    failures[reason] = failures.get(reason, 0) + value
-            for reason, value in failures.items():
-                fail.add_metric([name, reason], value)
+                    failures[(name, reason)] = failures.get((name, reason), 0) + value
+        for quic in server.listeners:  # QUIC: counted in quic_connection.py, ALPN is always h3
+            name = f"{quic.address}:{quic.port}"
+            total_ok += quic.stats["handshake_success"]
+            alpn.add_metric([name, "h3"], quic.stats["handshake_success"])
+            if quic.stats["handshake_failure"]:
+                failures[(name, "handshake")] = failures.get((name, "handshake"), 0) + quic.stats["handshake_failure"]
+        for (name, reason), value in failures.items():
+            fail.add_metric([name, reason], value)
         ok.add_metric([], total_ok)
         yield from (ok, fail, sel, alpn)
+        yield from _certificate_expiry(server.listeners)
 
     @staticmethod
     def _backends(server: Any) -> Iterator[Metric]:
@@ -208,6 +216,24 @@ class ServerCollector(Collector):
             for backend in pool.backends:
                 healthy.add_metric([backend.pool, backend.id], 1.0 if backend.state.available(now) else 0.0)
         yield healthy
+
+
+def _certificate_expiry(quic_listeners: list[Any]) -> Iterator[Metric]:
+    """``not_after`` and days remaining of every listener certificate now in use (after a
+    certificate reload: the new ones); ``server_name`` is ``default`` for ``cert``/``key``."""
+    not_after = GaugeMetricFamily("spooky_downstream_tls_certificate_not_after_seconds",
+                                  "Listener certificate notAfter (Unix seconds)", labels=["listener", "server_name"])
+    days = GaugeMetricFamily("spooky_downstream_tls_certificate_days_remaining",
+                             "Days until the listener certificate expires (negative: expired)", labels=["listener", "server_name"])
+    now = time.time()
+    for quic in quic_listeners:
+        name = f"{quic.address}:{quic.port}"
+        for identity in quic.identities.all():
+            expires = identity.certificate.not_valid_after_utc.timestamp()
+            labels = [name, identity.server_name or "default"]
+            not_after.add_metric(labels, expires)
+            days.add_metric(labels, round((expires - now) / 86400, 3))
+    yield from (not_after, days)
 
 
 def _now() -> float:

@@ -29,6 +29,7 @@ from spooky_trio.http.messages import (
     ResponseSink,
     UpstreamRequest,
 )
+from spooky_trio.observability.access import AccessRecord, CountingBody, CountingSink
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.errors import ErrorResponse, ProxyError, error_response_for, unwrap
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
@@ -37,6 +38,7 @@ from spooky_trio.upstream import UpstreamPool
 from spooky_trio.upstream.errors import UpstreamError
 
 log = logging.getLogger("spooky.proxy")
+route_log = logging.getLogger("spooky.routing")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -85,30 +87,44 @@ class Proxy:
         self._metrics = metrics
 
     async def handle(self, request: DownstreamRequest, sink: ResponseSink) -> None:
-        """Serve one request to completion, counting it in the metrics. Never raises for
-        request or backend failures."""
+        """Serve one request to completion, counting it in the metrics and writing its
+        access-log line (the one place for every protocol). Never raises for request or
+        backend failures."""
+        record = AccessRecord(request)
+        if request.body is not None:
+            request.body = CountingBody(request.body, record)
         status: int | None = None
         try:
-            status = await self._handle(request, sink)
+            status = await self._handle(request, CountingSink(sink, record), record)
         finally:  # a request that raised or was cancelled counts as a failure
+            if status is None:
+                record.outcome = "reset"
+            elif record.status is None:
+                record.status = status  # a tunnel's 101/200 went through open_tunnel
             if self._metrics is not None:
                 self._metrics.request_done(status)
+            record.emit()
 
-    async def _handle(self, request: DownstreamRequest, sink: ResponseSink) -> int | None:
+    async def _handle(self, request: DownstreamRequest, sink: ResponseSink, record: AccessRecord) -> int | None:
         """:meth:`handle`'s body; returns the status answered (None: stream reset)."""
         generation = self._current_generation()
         backend: BackendRuntime | None = None
         try:
-            pool_name, authority = self._route(generation, request)
+            pool_name, authority = self._route(generation, request, record)
             pool = generation.pools[pool_name]
             backend = pool.pick(request)
             if backend is None:
                 raise ProxyError(503, "no_healthy_backend", f"pool {pool_name!r} has no healthy backend right now")
+            record.backend = backend.id
             if wants_tunnel(request):  # WebSocket upgrade / extended CONNECT: see proxy/tunnel.py
+                record.outcome = "tunnel"
                 await relay_tunnel(generation.config.performance, pool.config, backend, request, authority.encode("latin-1"), sink)
                 return 200
-            return await self._forward(generation, pool, backend, request, authority, sink)
+            status = await self._forward(generation, pool, backend, request, authority, sink)
+            record.outcome = "ok"
+            return status
         except Exception as exc:
+            record.outcome = "error"
             failure = unwrap(exc)
             error = error_response_for(failure)
             where = f"{backend.pool}/{backend.id}" if backend is not None else "-"
@@ -129,8 +145,12 @@ class Proxy:
                 return None
             return error.status
 
-    def _route(self, generation: Generation, request: DownstreamRequest) -> tuple[str, str]:
-        """Validate the request's authority and pick its pool. Returns (pool name, authority)."""
+    def _route(self, generation: Generation, request: DownstreamRequest, record: AccessRecord) -> tuple[str, str]:
+        """Validate the request's authority and pick its pool. Returns (pool name, authority).
+
+        With ``observability.routing.enabled`` the decision is logged on ``spooky.routing``
+        (with the tie-break reason when ``include_reason``) and, with ``expose_header``, sent
+        back in ``header_name``."""
         protocol = generation.config.resilience.protocol
         authority = request.authority or request.host_header or b""
         if not authority:
@@ -146,10 +166,30 @@ class Proxy:
             raise ProxyError(405, "connect_not_allowed", "CONNECT is not allowed")
         path = request.path.split(b"?", 1)[0].decode("latin-1")
         host = host_without_port(authority).decode("latin-1")
-        entry = generation.routing.match(host, path, request.method.decode("latin-1").upper())
+        method = request.method.decode("latin-1").upper()
+        decisions = generation.config.observability.routing
+        if decisions.enabled:
+            entry, reason = generation.routing.explain(host, path, method)
+            self._log_decision(decisions, record, host, path, method, entry.pool if entry else None, reason)
+        else:
+            entry = generation.routing.match(host, path, method)
         if entry is None:
             raise ProxyError(404, "no_route", "no route matches this request")
+        record.pool = entry.pool
         return entry.pool, authority.decode("latin-1")
+
+    @staticmethod
+    def _log_decision(decisions: Any, record: AccessRecord, host: str, path: str, method: str, pool: str | None, reason: str) -> None:
+        """Log one route decision and queue its response header (``observability.routing``)."""
+        if decisions.include_reason:
+            route_log.info("route %s %s%s -> %s (%s)", method, host, path, pool or "none", reason)
+        else:
+            route_log.info("route %s %s%s -> %s", method, host, path, pool or "none")
+        if decisions.expose_header:
+            value = f"pool={pool or '-'}"
+            if decisions.include_reason:
+                value += f"; reason=\"{reason}\""
+            record.extra_headers.append((decisions.header_name.lower().encode("latin-1"), value.encode("latin-1", "replace")))
 
     async def _forward(
         self, generation: Generation, pool: PoolRuntime, backend: BackendRuntime, request: DownstreamRequest, authority: str, sink: ResponseSink

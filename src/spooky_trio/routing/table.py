@@ -53,6 +53,16 @@ class RouteEntry:
         return host == self.host
 
 
+_REASONS = (
+    lambda e: f"longest prefix {e.path_prefix}",
+    lambda e: "host-specific beats any host",
+    lambda e: "exact host beats wildcard",
+    lambda e: f"longer wildcard {e.host}",
+    lambda e: "method-specific",
+    lambda e: "pool name tie-break",
+)
+
+
 class RoutingTable:
     """Immutable route table; ``match`` returns the winning pool name or None (404)."""
 
@@ -78,6 +88,21 @@ class RoutingTable:
     @property
     def entries(self) -> tuple[RouteEntry, ...]:
         return self._entries
+
+    def explain(self, host: str, path: str, method: str) -> tuple[RouteEntry | None, str]:
+        """:meth:`match` plus why the winner won against the next matching entry, e.g.
+        ``longest prefix /api``, ``exact host beats wildcard``, ``method-specific``,
+        ``pool name tie-break`` (``only match`` / ``no match``)."""
+        found = [e for e in self._entries if e.matches(host, path, method)][:2]
+        if not found:
+            return None, "no match"
+        if len(found) == 1:
+            return found[0], "only match"
+        winner, runner_up = found
+        for index, (a, b) in enumerate(zip(winner.sort_key(), runner_up.sort_key())):
+            if a != b:
+                return winner, _REASONS[index](winner)
+        return winner, "pool name tie-break"  # unreachable: pool names are unique
 
     def match(self, host: str, path: str, method: str) -> RouteEntry | None:
         """First entry in specificity order that matches; ``host`` without port, lowercase."""
