@@ -147,3 +147,14 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     if not is_ip_literal(host):
         raise ValueError(f"{text!r} is not an IP address (expected ip, ip:port or [ipv6]:port)")
     return host, 53 if port_text is None else parse_port(port_text)
+
+
+def is_loopback(address: str) -> bool:
+    """True for a loopback IP literal or ``localhost`` (where an unauthenticated admin
+    endpoint is acceptable)."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

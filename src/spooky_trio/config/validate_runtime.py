@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 
-from spooky_trio.config.address import is_token, parse_nameserver
+from spooky_trio.config.address import is_loopback, is_token, parse_nameserver
 from spooky_trio.config.checks import Problems
 from spooky_trio.config.issues import KeyPath
 from spooky_trio.config.schema import Config
@@ -205,15 +204,6 @@ def _endpoint(out: Problems, path: KeyPath, cfg: MetricsConfig | ControlApiConfi
     out.positive(path + ("connection_timeout_ms",), cfg.connection_timeout_ms)
 
 
-def _is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 def _observability(out: Problems, config: Config) -> None:
     obs, o = config.observability, ("observability",)
     metrics, m_path = obs.metrics, o + ("metrics",)
@@ -230,7 +220,7 @@ def _observability(out: Problems, config: Config) -> None:
             out.add(a_path + (name,), f"same path as {seen[value]} ({value!r})")
         seen.setdefault(value, name)
     token_missing = api.auth_token is None or not api.auth_token.strip()
-    if api.enabled and token_missing and not _is_loopback(api.address):
+    if api.enabled and token_missing and not is_loopback(api.address):
         out.add(
             a_path + ("auth_token",),
             f"required when the control API listens on a non-loopback address ({api.address})",

@@ -19,7 +19,6 @@ configured: none gives 401 (with ``WWW-Authenticate: Bearer``), a wrong one 403.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import trio
 
 from spooky_trio import __version__
+from spooky_trio.config.address import is_loopback
 from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
 
 log = logging.getLogger("spooky.observability")
@@ -38,16 +38,6 @@ ADMIN_PREFIX = "/admin/"
 
 class EndpointSetupError(Exception):
     """An endpoint's configuration cannot be served (message names the setting)."""
-
-
-def is_loopback(address: str) -> bool:
-    """True for a loopback IP literal or ``localhost``."""
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def metrics_endpoint(config: Any, metrics: Any) -> HttpEndpoint:
