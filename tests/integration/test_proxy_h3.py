@@ -24,9 +24,16 @@ def client(server, certs_dir: Path) -> H3Client:  # type: ignore[no-untyped-def]
     return H3Client.connect("127.0.0.1", listener.port, server_name="localhost", cafile=str(certs_dir / "ca.pem"))
 
 
+# multi-MiB bodies through aioquic are CPU bound: on a loaded 2-core machine a 5 MiB upload
+# can take longer than the default 2 s wait for response headers (the echo backends answer
+# after reading the whole body), so these tests give the backend ample time
 BIG_LIMITS = """
 performance:
   max_request_body_bytes: 20000000
+  backend_timeout_ms: 60000
+  backend_body_idle_timeout_ms: 60000
+  backend_body_total_timeout_ms: 60000
+  backend_total_request_timeout_ms: 120000
 """
 
 
