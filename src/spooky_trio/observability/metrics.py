@@ -230,7 +230,8 @@ class ServerCollector(Collector):
         limit = config.performance.global_inflight_limit
         if admission.enabled:
             limit = min(limit, state.admission.limit(admission))
-        yield _gauge("spooky_brownout_active", "Brownout is shedding non-core routes (1/0)", 1.0 if state.brownout.active else 0.0)
+        active = config.resilience.brownout.enabled and state.brownout.active
+        yield _gauge("spooky_brownout_active", "Brownout is shedding non-core routes (1/0)", 1.0 if active else 0.0)
         yield _gauge("spooky_adaptive_admission_limit", "Effective global inflight limit (adaptive admission)", limit)
 
     @staticmethod

@@ -47,8 +47,8 @@ _MESSAGES = {
 class ResilienceState:
     """Process-wide overload state that survives reloads (see the module docstring).
 
-    ``on_change`` is called on the transitions tests and the control API wait for
-    (brownout on/off, a request starting or ending a wait in a route queue)."""
+    ``on_change`` is called when the global inflight count falls, brownout turns on or off,
+    and a request starts or ends a wait in a route queue (``StateStore.wait_for`` wakes)."""
 
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self.global_slots = Slots()
@@ -86,11 +86,9 @@ class OverloadGuard:
         gslots = state.global_slots
         limit = perf.global_inflight_limit
         brownout = res.brownout
-        if brownout.enabled:
-            if state.brownout.update(gslots.held, limit, brownout):
-                self._brownout_changed(gslots.held, limit)
-            if state.brownout.active and pool not in brownout.core_routes:
-                raise self.shed(config, "brownout")
+        # the state is re-evaluated after every acquire and release, so it is current here
+        if brownout.enabled and state.brownout.active and pool not in brownout.core_routes:
+            raise self.shed(config, "brownout")
         admission = res.adaptive_admission
         reason = "global_inflight"
         if admission.enabled:
@@ -123,11 +121,14 @@ class OverloadGuard:
         self._release_global(config)
 
     def _release_global(self, config: Any) -> None:
-        gslots = self.state.global_slots
+        state = self.state
+        gslots = state.global_slots
         gslots.release()
         brownout = config.resilience.brownout
-        if brownout.enabled and self.state.brownout.update(gslots.held, config.performance.global_inflight_limit, brownout):
+        if brownout.enabled and state.brownout.update(gslots.held, config.performance.global_inflight_limit, brownout):
             self._brownout_changed(gslots.held, config.performance.global_inflight_limit)
+        else:
+            state.on_change()  # waiters on the inflight count (drain, tests): a no-op without one
 
     def _brownout_changed(self, inflight: int, limit: int) -> None:
         if self.state.brownout.active:
