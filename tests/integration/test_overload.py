@@ -186,3 +186,36 @@ app:
             assert bad_state.breaker.state == "closed"
             backends = {json.loads((await client.request("GET", "/echo", authority="localhost")).body)["backend"] for _ in range(4)}
             assert backends == {"bad", "good"}
+
+
+async def test_adaptive_admission_lowers_the_limit_after_slow_responses(certs_dir: Path) -> None:
+    extra = """
+performance:
+  global_inflight_limit: 10
+resilience:
+  adaptive_admission: {min_limit: 2, decrease_step: 4, increase_step: 1, high_latency_ms: 50}
+  brownout: {enabled: false}
+"""
+    async with run_backend(name="slow") as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=extra)) as server:
+        admission = server.state.resilience.admission
+        cfg = server.config.resilience.adaptive_admission
+        async with h3(server, certs_dir) as client:
+            assert admission.limit(cfg) == 10
+            for expected in (6, 2):  # the backend takes 200 ms to answer: above high_latency_ms
+                assert (await client.request("GET", "/slow/200", authority="localhost")).status == 200
+                assert admission.limit(cfg) == expected
+            assert b"spooky_adaptive_admission_limit 2.0" in server.metrics.render()
+            statuses: list[int | None] = []
+
+            async def held() -> None:
+                statuses.append((await client.request("GET", "/hold", authority="localhost")).status)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held)
+                nursery.start_soon(held)
+                await backend.wait_for_requests(4)
+                shed = await client.request("GET", "/echo", authority="localhost")  # 2 in flight: at the limit
+                assert shed.status == 503 and b"adaptive_admission" in shed.body and shed.header("retry-after") == "1"
+                backend.release_holds()
+            assert statuses == [200, 200]
+        assert sample(server, "spooky_overload_shed_by_reason_total", reason="adaptive_admission") == 1
