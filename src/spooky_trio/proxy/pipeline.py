@@ -270,7 +270,7 @@ class Proxy:
             try:
                 if hedge:
                     tried = tried or [backend]
-                    return await self._hedged(generation, pool, backend, request, authority, sink, tried)
+                    return await self._hedged(generation, pool, backend, request, authority, sink, tried, record)
                 return await self._attempt(generation, pool, backend, request, authority, sink, chunks)
             except Exception as exc:
                 if budget is None or sink.headers_sent:
@@ -317,7 +317,7 @@ class Proxy:
 
     async def _hedged(
         self, generation: Generation, pool: PoolRuntime, backend: BackendRuntime, request: DownstreamRequest, authority: str,
-        sink: ResponseSink, tried: list[BackendRuntime],
+        sink: ResponseSink, tried: list[BackendRuntime], record: AccessRecord,
     ) -> int:
         """The primary attempt on ``backend`` and, if no response head came within
         ``hedging.delay_ms``, a hedge on another backend; the first head wins and the other
@@ -326,6 +326,7 @@ class Proxy:
         config = generation.config
         race = HedgeRace()
         statuses: list[int] = []
+        primary_at = len(tried) - 1  # ``backend`` is the last one tried; a hedge is appended after it
 
         async def run(index: int, target: BackendRuntime) -> None:
             with trio.CancelScope() as scope:
@@ -360,6 +361,7 @@ class Proxy:
                 if race.winner == 0:
                     self._metrics.hedge("primary_won")
         if race.winner is not None:
+            record.backend = tried[primary_at + race.winner].id
             if race.winner in race.errors:
                 raise race.errors[race.winner]
             return statuses[0]

@@ -208,8 +208,9 @@ class StateStore:
     """Backend states by identity; one per Server, surviving reloads.
 
     :meth:`wait_for` lets tests and the control API wait for a transition without polling:
-    every availability change (probe verdict, ejection, restoration) and every DNS-driven
-    address change wakes waiters.
+    every availability change (probe verdict, ejection, restoration, circuit breaker), every
+    DNS-driven address change and the overload events of ``resilience`` (a global inflight
+    slot freed, brownout on/off, route queue entry/exit) wake waiters.
     """
 
     def __init__(self) -> None:
