@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,11 @@ resilience:
                 await backend.wait_for_requests(4)
                 await shed_done.wait()  # 16 answered while 4 are held at the backend
                 assert len(responses) == 16 and len(backend.requests) == 4
+                # the same answer on the TCP bootstrap listener (HTTP/2)
+                ctx = ssl.create_default_context(cafile=str(certs_dir / "ca.pem"))
+                async with httpx.AsyncClient(http2=True, http1=False, verify=ctx, timeout=10) as http:
+                    r = await http.get(f"https://localhost:{server.bootstrap_listeners[0].port}/hold")
+                assert r.status_code == 503 and r.headers["retry-after"] == "3" and b"global_inflight" in r.content
                 backend.release_holds()
         assert sorted(r.status for r in responses) == [200] * 4 + [503] * 16
         for r in responses:
@@ -56,8 +62,8 @@ resilience:
                 assert r.header("retry-after") == "3"
                 assert b"global_inflight" in r.body and b"too many requests in flight" in r.body
         assert len(backend.requests) == 4
-        assert sample(server, "spooky_overload_shed_total") == 16
-        assert sample(server, "spooky_overload_shed_by_reason_total", reason="global_inflight") == 16
+        assert sample(server, "spooky_overload_shed_total") == 17
+        assert sample(server, "spooky_overload_shed_by_reason_total", reason="global_inflight") == 17
         assert server.state.resilience.global_slots.held == 0
 
 
