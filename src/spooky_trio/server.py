@@ -63,7 +63,7 @@ class Server:
         )
         #: this server's own Prometheus registry (several servers may share a process)
         self.metrics = Metrics()
-        self.proxy = Proxy(lambda: self.generation, self.upstream, self.metrics)
+        self.proxy = Proxy(lambda: self.generation, self.upstream, self.metrics, self.state)
         self.health = HealthSupervisor(self.upstream, self.metrics)
         self.listeners: list[QuicListener] = []
         #: the TCP (HTTP/1.1 + HTTP/2) listener beside each QUIC one, same index and port

@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from spooky_trio.config import load_config_text
 from spooky_trio.ingress.identities import IdentityStore, load_identity
 from spooky_trio.observability.metrics import Metrics, status_class
+from spooky_trio.runtime.state import StateStore
 
 
 def values(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,8 +71,12 @@ def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
     tls = SimpleNamespace(stats=Counter({"alpn.h2": 3, "alpn.http/1.1": 1, "sni.default": 4, "handshake_failed.missing": 2,
                                          "handshake_failed.timeout": 1}))
     tcp = SimpleNamespace(address="127.0.0.1", port=8443, open_connections=1, stats=Counter(cap_rejects=2), tls=tls)
+    config = load_config_text("listen: {tls: {cert: /c.pem, key: /k.pem}}\nupstream: {app: {route: {path_prefix: /}, "
+                              "backends: [{id: a, address: 'http://127.0.0.1:1'}]}}\nperformance: {global_inflight_limit: 100}\n"
+                              "resilience: {adaptive_admission: {min_limit: 10}}\n")
     server = SimpleNamespace(listeners=[quic], bootstrap_listeners=[tcp], activity=SimpleNamespace(count=5),
-                             generation=SimpleNamespace(number=3, pools={}))
+                             generation=SimpleNamespace(number=3, pools={}, config=config), state=StateStore())
+    server.state.resilience.admission.observe(1000.0, config.resilience.adaptive_admission)  # a slow sample: 100 -> 84
     m = Metrics()
     m.attach(server)
     v = values(m)
@@ -81,6 +87,8 @@ def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
     assert v[("spooky_ingress_draining_drops_total", ())] == 4
     assert v[("spooky_inflight_requests", ())] == 5
     assert v[("spooky_config_generation", ())] == 3
+    assert v[("spooky_adaptive_admission_limit", ())] == 84
+    assert v[("spooky_brownout_active", ())] == 0
     assert v[("spooky_downstream_tls_handshake_success_total", ())] == 4 + 5  # TCP + QUIC
     cert = (("listener", "127.0.0.1:8443"), ("server_name", "default"))
     assert v[("spooky_downstream_tls_certificate_not_after_seconds", cert)] == identity.certificate.not_valid_after_utc.timestamp()

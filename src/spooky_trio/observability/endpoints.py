@@ -5,8 +5,9 @@ Control API (``observability.control_api``):
 * ``GET health_path``: 200 while the process serves (liveness);
 * ``GET ready_path``: 200 once every listener is bound and the server is not draining,
   503 otherwise;
-* ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends, connection
-  counts, uptime, version);
+* ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends with their
+  circuit breaker, connection counts, overload state: inflight, admission limit, brownout,
+  route queues, retry budgets; uptime, version);
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
@@ -162,6 +163,7 @@ class ControlApi:
                     "in_flight": state.in_flight,
                     "latency_ewma_ms": None if state.latency is None else round(state.latency * 1000, 3),
                     "failures": dict(state.failures),
+                    "circuit_breaker": state.breaker.snapshot(now, server.config.resilience.circuit_breaker),
                 })
             pools[name] = {"backends": backends}
         quic_conns = sum(len(q.connections) for q in server.listeners)
@@ -179,4 +181,26 @@ class ControlApi:
             "pools": pools,
             "connections": {"quic": quic_conns, "tcp": tcp_conns, "total": quic_conns + tcp_conns},
             "in_flight_requests": server.activity.count,
+            "overload": _overload_snapshot(server),
         }
+
+
+def _overload_snapshot(server: Any) -> dict[str, Any]:
+    """Admission, brownout, inflight slots, route queues and retry budgets (resilience/)."""
+    state = server.state.resilience
+    config = server.config
+    admission = config.resilience.adaptive_admission
+    budgets = state.budgets
+    return {
+        "global_inflight": state.global_slots.held,
+        "global_inflight_limit": config.performance.global_inflight_limit,
+        "pool_inflight": {name: slots.held for name, slots in state.pool_slots.items() if slots.held},
+        "adaptive_admission": {"enabled": admission.enabled, "limit": state.admission.limit(admission) if admission.enabled else None},
+        "brownout": {"enabled": config.resilience.brownout.enabled, "active": state.brownout.active,
+                     "activations": state.brownout.activations},
+        "route_queues": {"waiting": state.queues.total, "by_route": dict(state.queues.waiting)},
+        "retry_budget": {
+            "global_credit": None if budgets.global_budget is None else budgets.global_budget.credit / 100,
+            "routes": {prefix: budget.credit / 100 for prefix, budget in budgets.routes.items()},
+        },
+    }

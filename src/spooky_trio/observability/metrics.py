@@ -8,8 +8,7 @@ Two kinds of metric live in the registry a :class:`Metrics` owns:
   ``stats``, backend state, in-flight activity, the generation number), read at scrape time
   by :class:`ServerCollector`, so the hot datagram path pays nothing extra.
 
-A metric whose feature does not exist yet (brownout, admission, retries, hedging,
-watchdog...) is not defined at all.
+A metric whose feature does not exist yet (watchdog...) is not defined at all.
 """
 
 from __future__ import annotations
@@ -86,6 +85,28 @@ class Metrics:
         self.dns_changes = Counter(
             "spooky_backend_dns_address_set_changes", "Backend DNS refreshes that changed the address set", registry=r
         )
+        # overload protection and resilience (resilience/*.py)
+        self.shed = Counter("spooky_overload_shed", "Requests shed with 503 by overload protection", registry=r)
+        self.shed_by_reason = Counter(
+            "spooky_overload_shed_by_reason", "Requests shed with 503, by the check that refused them", ["reason"], registry=r
+        )
+        self.wait_admit = Counter(
+            "spooky_inflight_wait_admit", "Requests admitted after waiting for an inflight slot", ["scope"], registry=r
+        )
+        self.breaker_rejected = Counter(
+            "spooky_circuit_breaker_rejected", "Requests refused because every candidate backend's breaker was open", registry=r
+        )
+        self.retries = Counter("spooky_retries", "Retries sent to another backend", registry=r)
+        self.retry_denied = Counter("spooky_retry_denied", "Retries wanted but not sent, by reason", ["reason"], registry=r)
+        self.retry_attempts = Counter(
+            "spooky_retry_attempts", "Retries sent, by the failure of the attempt they replace", ["reason"], registry=r
+        )
+        self.hedge_triggered = Counter("spooky_hedge_triggered", "Hedge attempts started", registry=r)
+        self.hedge_won = Counter("spooky_hedge_won", "Hedge attempts whose response won", registry=r)
+        self.hedge_wasted = Counter("spooky_hedge_wasted", "Hedge attempts that did not win (cancelled or failed)", registry=r)
+        self.hedge_primary_won = Counter(
+            "spooky_hedge_primary_won_after_trigger", "Primary attempts that won after a hedge was started", registry=r
+        )
 
     # -- event hooks --
 
@@ -117,6 +138,32 @@ class Metrics:
             self.health_failures.labels(failure).inc()
         elif status is not None and status >= 500:
             self.health_failures.labels("5xx").inc()
+
+    def overload_shed(self, reason: str) -> None:
+        """A request was shed (503) by the check named ``reason``."""
+        self.shed.inc()
+        self.shed_by_reason.labels(reason).inc()
+
+    def inflight_wait_admit(self, scope: str) -> None:
+        """A request got a ``global``/``upstream``/``backend`` slot after waiting for it."""
+        self.wait_admit.labels(scope).inc()
+
+    def circuit_breaker_rejected(self) -> None:
+        self.breaker_rejected.inc()
+
+    def retry(self, reason: str) -> None:
+        """A retry was sent after an attempt failed with ``reason``."""
+        self.retries.inc()
+        self.retry_attempts.labels(reason).inc()
+
+    def retry_denial(self, reason: str) -> None:
+        """A failed attempt was not retried: ``budget``, ``no_backend``, ``not_replayable``, ``attempts``."""
+        self.retry_denied.labels(reason).inc()
+
+    def hedge(self, event: str) -> None:
+        """``triggered``, ``won`` (the hedge won), ``primary_won`` (after a trigger), ``wasted``."""
+        {"triggered": self.hedge_triggered, "won": self.hedge_won, "wasted": self.hedge_wasted,
+         "primary_won": self.hedge_primary_won}[event].inc()
 
     def health_probe(self, reason: str | None) -> None:
         """One active probe finished (``reason`` None on success)."""
@@ -173,6 +220,19 @@ class ServerCollector(Collector):
         yield _gauge("spooky_config_generation", "Number of the serving config generation", server.generation.number)
         yield from self._tls(server, tcp)
         yield from self._backends(server)
+        yield from self._overload(server)
+
+    @staticmethod
+    def _overload(server: Any) -> Iterator[Metric]:
+        state = server.state.resilience
+        config = server.generation.config
+        admission = config.resilience.adaptive_admission
+        limit = config.performance.global_inflight_limit
+        if admission.enabled:
+            limit = min(limit, state.admission.limit(admission))
+        active = config.resilience.brownout.enabled and state.brownout.active
+        yield _gauge("spooky_brownout_active", "Brownout is shedding non-core routes (1/0)", 1.0 if active else 0.0)
+        yield _gauge("spooky_adaptive_admission_limit", "Effective global inflight limit (adaptive admission)", limit)
 
     @staticmethod
     def _tls(server: Any, tcp: list[Any]) -> Iterator[Metric]:

@@ -50,6 +50,16 @@ class ProxyError(Exception):
         self.response = ErrorResponse(status, reason, message)
 
 
+class ShedError(ProxyError):
+    """Overload protection refused the request: 503 with ``Retry-After`` and the reason
+    (``brownout``, ``adaptive_admission``, ``global_inflight``, ``upstream_inflight``,
+    ``backend_inflight``, ``route_queue``, ``circuit_open``) named in the body."""
+
+    def __init__(self, reason: str, message: str, retry_after: int) -> None:
+        super().__init__(503, reason, message)
+        self.retry_after = retry_after
+
+
 def header_limit_error(headers: list[tuple[bytes, bytes]], *, max_count: int, max_bytes: int) -> ErrorResponse | None:
     """431 when a request head passes ``resilience.protocol.max_headers_count`` or
     ``max_headers_bytes`` (sum of names and values); None when it is within both."""

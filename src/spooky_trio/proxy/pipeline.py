@@ -1,7 +1,11 @@
-"""The proxy pipeline: validate -> route -> pick backend -> forward -> respond -> record.
+"""The proxy pipeline: validate -> route -> admit -> pick backend -> forward -> respond -> record.
 
 Protocol-neutral: every ingress hands a :class:`DownstreamRequest` and a
 :class:`ResponseSink`; the pipeline never knows whether the client spoke HTTP/3 or HTTP/2.
+Admission (brownout, adaptive admission, inflight limits, route queues) and the backend
+choice (per-backend limit, circuit breaker) are in :mod:`spooky_trio.resilience.overload`;
+retries and hedging are driven from :meth:`Proxy._forward` (see ``resilience/retry.py`` and
+``resilience/hedge.py`` for their rules).
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ from spooky_trio.http.messages import (
 )
 from spooky_trio.observability.access import AccessRecord, CountingBody, CountingSink
 from spooky_trio.observability.metrics import Metrics
-from spooky_trio.proxy.errors import ErrorResponse, ProxyError, error_response_for, unwrap
+from spooky_trio.proxy.errors import ErrorResponse, ProxyError, ShedError, error_response_for, unwrap
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
+from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
+from spooky_trio.resilience.overload import OverloadGuard
+from spooky_trio.resilience.retry import IDEMPOTENT_METHODS, MAX_ATTEMPTS, REPLAY_BUFFER_BYTES, RetryBudget, retry_reason
 from spooky_trio.runtime.generation import BackendRuntime, Generation, PoolRuntime
+from spooky_trio.runtime.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 from spooky_trio.upstream.errors import UpstreamError
 
@@ -67,6 +75,12 @@ async def _limited_body(body: DownstreamBody, *, limit: int, declared: int | Non
         yield chunk
 
 
+async def _replay_body(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """A buffered request body, as many times as attempts need it."""
+    for chunk in chunks:
+        yield chunk
+
+
 async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: Headers = ()) -> None:  # type: ignore[assignment]
     body = error.body()
     headers: Headers = [
@@ -81,10 +95,19 @@ async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: He
 class Proxy:
     """Serves requests against whatever generation ``current_generation()`` returns."""
 
-    def __init__(self, current_generation: Callable[[], Generation], upstream: UpstreamPool, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        current_generation: Callable[[], Generation],
+        upstream: UpstreamPool,
+        metrics: Metrics | None = None,
+        state: StateStore | None = None,
+    ) -> None:
         self._current_generation = current_generation
         self._upstream = upstream
         self._metrics = metrics
+        #: the Server's store (overload state survives reloads there); private when None
+        self._state = state if state is not None else StateStore()
+        self._guard = OverloadGuard(self._state.resilience, metrics)
 
     async def handle(self, request: DownstreamRequest, sink: ResponseSink) -> None:
         """Serve one request to completion, counting it in the metrics and writing its
@@ -108,19 +131,29 @@ class Proxy:
     async def _handle(self, request: DownstreamRequest, sink: ResponseSink, record: AccessRecord) -> int | None:
         """:meth:`handle`'s body; returns the status answered (None: stream reset)."""
         generation = self._current_generation()
+        config = generation.config
         backend: BackendRuntime | None = None
         try:
             pool_name, authority = self._route(generation, request, record)
             pool = generation.pools[pool_name]
-            backend = pool.pick(request)
-            if backend is None:
-                raise ProxyError(503, "no_healthy_backend", f"pool {pool_name!r} has no healthy backend right now")
-            record.backend = backend.id
-            if wants_tunnel(request):  # WebSocket upgrade / extended CONNECT: see proxy/tunnel.py
-                record.outcome = "tunnel"
-                await relay_tunnel(generation.config.performance, pool.config, backend, request, authority.encode("latin-1"), sink)
-                return 200
-            status = await self._forward(generation, pool, backend, request, authority, sink)
+            limit = config.performance.max_request_body_bytes
+            if request.content_length is not None and request.content_length > limit:
+                raise ProxyError(413, "request_body_too_large", f"request body exceeds {limit} bytes")
+            guard = self._guard
+            pool_slots = await guard.admit(config, pool_name, request.path)
+            try:
+                backend = await guard.choose(config, pool, request)
+                record.backend = backend.id
+                if wants_tunnel(request):  # WebSocket upgrade / extended CONNECT: see proxy/tunnel.py
+                    record.outcome = "tunnel"
+                    try:
+                        await relay_tunnel(config.performance, pool.config, backend, request, authority.encode("latin-1"), sink)
+                    finally:
+                        guard.release_backend(backend)
+                    return 200
+                status = await self._forward(generation, pool, backend, request, authority, sink, record)
+            finally:
+                guard.release(config, pool_slots)
             record.outcome = "ok"
             return status
         except Exception as exc:
@@ -138,8 +171,11 @@ class Proxy:
                 return None
             if self._metrics is not None and isinstance(failure, ProxyError):
                 self._metrics.request_rejected(error.status)
+            extra: Headers = []
+            if isinstance(failure, ShedError):
+                extra = [(b"retry-after", str(failure.retry_after).encode())]
             try:
-                await send_error(sink, error)
+                await send_error(sink, error, extra)
             except trio.BrokenResourceError:
                 log.debug("client went away before the %d answer", error.status)
                 return None
@@ -192,18 +228,170 @@ class Proxy:
             record.extra_headers.append((decisions.header_name.lower().encode("latin-1"), value.encode("latin-1", "replace")))
 
     async def _forward(
-        self, generation: Generation, pool: PoolRuntime, backend: BackendRuntime, request: DownstreamRequest, authority: str, sink: ResponseSink
+        self,
+        generation: Generation,
+        pool: PoolRuntime,
+        backend: BackendRuntime,
+        request: DownstreamRequest,
+        authority: str,
+        sink: ResponseSink,
+        record: AccessRecord,
     ) -> int:
-        """Forward to ``backend`` and relay the answer; returns the backend's status."""
-        perf = generation.config.performance
-        if request.content_length is not None and request.content_length > perf.max_request_body_bytes:
-            raise ProxyError(413, "request_body_too_large", f"request body exceeds {perf.max_request_body_bytes} bytes")
-        upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"))
-        # observe() counts the exchange in flight and turns its outcome into passive health;
-        # it wraps the total deadline so that a TooSlowError counts as a backend timeout
+        """Forward to ``backend`` (whose slot the caller took; every attempt hands its own
+        back) and relay the answer; returns the backend's status. Retries a failed attempt
+        on another backend when that is safe and the retry budget allows, and hedges
+        eligible requests (``resilience/retry.py``, ``resilience/hedge.py``)."""
+        config = generation.config
+        res = config.resilience
+        rb = res.retry_budget
+        budget: RetryBudget | None = None
+        ratio = 0
+        chunks: list[bytes] | None = None
+        replayable = request.body is None
+        try:
+            if rb.enabled:
+                budget, ratio = self._state.resilience.budgets.for_path(request.path, rb)
+                budget.deposit(ratio)
+                if (
+                    not replayable
+                    and request.content_length is not None
+                    and request.content_length <= REPLAY_BUFFER_BYTES
+                    and request.method in IDEMPOTENT_METHODS
+                ):
+                    chunks = await self._buffer_body(config.performance, request)
+                    replayable = True
+            hedging = res.hedging
+            hedge = hedging.enabled and request.body is None and len(pool.backends) > 1 and hedge_allowed(request.method, pool.name, request.path, hedging)
+        except BaseException:
+            self._guard.release_backend(backend)
+            raise
+        tried: list[BackendRuntime] | None = None
+        while True:
+            try:
+                if hedge:
+                    tried = tried or [backend]
+                    return await self._hedged(generation, pool, backend, request, authority, sink, tried, record)
+                return await self._attempt(generation, pool, backend, request, authority, sink, chunks)
+            except Exception as exc:
+                if budget is None or sink.headers_sent:
+                    raise
+                tried = tried or [backend]
+                retry = self._retry_backend(config, pool, request, unwrap(exc), replayable, tried, budget, ratio)
+                if retry is None:
+                    raise
+                log.info("retrying %s %s on %s/%s after %s", request.method.decode(), request.path.decode("latin-1"), retry.pool, retry.id, unwrap(exc))
+                backend = retry
+                record.backend = retry.id
+                tried.append(retry)
+
+    def _retry_backend(
+        self, config: Any, pool: PoolRuntime, request: DownstreamRequest, failure: BaseException, replayable: bool,
+        tried: list[BackendRuntime], budget: RetryBudget, ratio: int,
+    ) -> BackendRuntime | None:
+        """The backend (its slot taken) to retry on after ``failure``, or None (denial counted)."""
+        reason, denial = retry_reason(failure, replayable=replayable)
+        if reason is not None:
+            if len(tried) >= MAX_ATTEMPTS:
+                denial = "attempts"
+            else:
+                retry, _why = self._guard.pick(config, pool, request, tried)
+                if retry is None:
+                    denial = "no_backend"
+                elif not budget.try_withdraw(ratio):
+                    denial = "budget"
+                else:
+                    retry.state.slots.held += 1
+                    if self._metrics is not None:
+                        self._metrics.retry(reason)
+                    return retry
+        if denial is not None and self._metrics is not None:
+            self._metrics.retry_denial(denial)
+        return None
+
+    async def _buffer_body(self, perf: Any, request: DownstreamRequest) -> list[bytes]:
+        """Read a small declared-length request body into memory so attempts can replay it."""
+        assert request.body is not None
+        body = _limited_body(request.body, limit=perf.max_request_body_bytes, declared=request.content_length,
+                             idle_timeout=perf.client_body_idle_timeout_ms / 1000)
+        return [chunk async for chunk in body]
+
+    async def _hedged(
+        self, generation: Generation, pool: PoolRuntime, backend: BackendRuntime, request: DownstreamRequest, authority: str,
+        sink: ResponseSink, tried: list[BackendRuntime], record: AccessRecord,
+    ) -> int:
+        """The primary attempt on ``backend`` and, if no response head came within
+        ``hedging.delay_ms``, a hedge on another backend; the first head wins and the other
+        attempt is cancelled through its cancel scope. Raises the primary's failure when
+        every attempt failed."""
+        config = generation.config
+        race = HedgeRace()
+        statuses: list[int] = []
+        primary_at = len(tried) - 1  # ``backend`` is the last one tried; a hedge is appended after it
+
+        async def run(index: int, target: BackendRuntime) -> None:
+            with trio.CancelScope() as scope:
+                race.start(index, scope)
+                try:
+                    status = await self._attempt(generation, pool, target, request, authority, sink, None, race, index)
+                except Exception as exc:
+                    race.failed(index, exc)
+                    return
+                if status is not None:
+                    statuses.append(status)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0, backend)
+            with trio.move_on_after(config.resilience.hedging.delay_ms / 1000):
+                await race.settled.wait()
+            if not race.settled.is_set():
+                hedge, _why = self._guard.pick(config, pool, request, tried)
+                if hedge is not None:
+                    hedge.state.slots.held += 1
+                    tried.append(hedge)
+                    if self._metrics is not None:
+                        self._metrics.hedge("triggered")
+                    log.debug("hedging %s %s on %s/%s", request.method.decode(), request.path.decode("latin-1"), hedge.pool, hedge.id)
+                    nursery.start_soon(run, 1, hedge)
+        hedged = len(race.scopes) > 1
+        if hedged and self._metrics is not None:
+            if race.winner == 1:
+                self._metrics.hedge("won")
+            else:
+                self._metrics.hedge("wasted")
+                if race.winner == 0:
+                    self._metrics.hedge("primary_won")
+        if race.winner is not None:
+            record.backend = tried[primary_at + race.winner].id
+            if race.winner in race.errors:
+                raise race.errors[race.winner]
+            return statuses[0]
+        raise race.errors.get(0) or next(iter(race.errors.values()))
+
+    async def _attempt(
+        self,
+        generation: Generation,
+        pool: PoolRuntime,
+        backend: BackendRuntime,
+        request: DownstreamRequest,
+        authority: str,
+        sink: ResponseSink,
+        chunks: list[bytes] | None,
+        race: HedgeRace | None = None,
+        index: int = 0,
+    ) -> int | None:
+        """One exchange with ``backend``; hands the backend's slot back when it ends.
+        Returns the status relayed, or None when a hedge race was already won by another."""
+        config = generation.config
+        perf = config.performance
+        breaker_on = config.resilience.circuit_breaker.enabled
+        probe = backend.state.breaker.begin() if breaker_on else False
+        failed: bool | None = None
         status: int | None = None
         latency_ms: float | None = None
         try:
+            upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"), chunks)
+            # observe() counts the exchange in flight and turns its outcome into passive health;
+            # it wraps the total deadline so that a TooSlowError counts as a backend timeout
             with backend.state.observe() as observation, trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
                 async with self._upstream.exchange(
                     backend.connect_target,
@@ -214,18 +402,29 @@ class Proxy:
                     status = response.status
                     latency_ms = (trio.current_time() - observation.started) * 1000
                     observation.response_started(response.status)
+                    self._guard.latency_sample(config, latency_ms)
+                    if race is not None and not race.claim(index):
+                        return None
                     await self._relay_response(perf, request, response, sink)
         except BaseException as exc:
-            if self._metrics is not None:
-                reason = failure_reason(exc)
-                if reason is not None or status is not None:
-                    self._metrics.backend_exchange(backend.pool, backend.id, status, reason, latency_ms)
+            reason = failure_reason(exc)
+            failed = True if reason is not None else None if status is None else status >= 500
+            if self._metrics is not None and (reason is not None or status is not None):
+                self._metrics.backend_exchange(backend.pool, backend.id, status, reason, latency_ms)
             raise
+        else:
+            failed = status is not None and status >= 500
+        finally:  # a lost hedge race or a cancelled attempt leaves ``failed`` None: no verdict
+            self._guard.release_backend(backend)
+            if breaker_on:
+                self._guard.breaker_outcome(config, backend, probe, failed)
         if self._metrics is not None:
             self._metrics.backend_exchange(backend.pool, backend.id, status, None, latency_ms)
         return status
 
-    def _upstream_request(self, generation: Generation, pool: Any, backend: BackendRuntime, request: DownstreamRequest, authority: bytes) -> UpstreamRequest:
+    def _upstream_request(
+        self, generation: Generation, pool: Any, backend: BackendRuntime, request: DownstreamRequest, authority: bytes, chunks: list[bytes] | None = None
+    ) -> UpstreamRequest:
         perf = generation.config.performance
         headers = build_upstream_headers(
             request.headers,
@@ -236,7 +435,9 @@ class Proxy:
         )
         headers = [(n, v) for n, v in headers if n != b"content-length"]
         body = None
-        if request.body is not None:
+        if chunks is not None:
+            body = _replay_body(chunks)
+        elif request.body is not None:
             body = _limited_body(
                 request.body,
                 limit=perf.max_request_body_bytes,

@@ -21,6 +21,9 @@ import trio
 
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy, failure_reason, status_failure_reason
+from spooky_trio.resilience.breaker import CircuitBreaker
+from spooky_trio.resilience.limits import Slots
+from spooky_trio.resilience.overload import ResilienceState
 from spooky_trio.upstream import BackendTarget
 
 log = logging.getLogger("spooky.health")
@@ -90,6 +93,10 @@ class BackendState:
     connect_address: str | None = None
     addresses: frozenset[str] = frozenset()
     dns_failures: int = 0
+    #: requests holding one of its ``per_backend_inflight_limit`` slots (resilience/limits.py)
+    slots: Slots = attrs.Factory(Slots)
+    #: its circuit breaker (resilience/breaker.py); here so that a reload keeps it
+    breaker: CircuitBreaker = attrs.Factory(CircuitBreaker)
     _target_cache: tuple[BackendTarget, BackendTarget] | None = None
 
     def connect_target(self, configured: BackendTarget) -> BackendTarget:
@@ -201,13 +208,16 @@ class StateStore:
     """Backend states by identity; one per Server, surviving reloads.
 
     :meth:`wait_for` lets tests and the control API wait for a transition without polling:
-    every availability change (probe verdict, ejection, restoration) and every DNS-driven
-    address change wakes waiters.
+    every availability change (probe verdict, ejection, restoration, circuit breaker), every
+    DNS-driven address change and the overload events of ``resilience`` (a global inflight
+    slot freed, brownout on/off, route queue entry/exit) wake waiters.
     """
 
     def __init__(self) -> None:
         self._states: dict[Hashable, BackendState] = {}
         self._changed: trio.Event | None = None
+        #: process-wide overload state (inflight counts, admission, brownout, retry budgets)
+        self.resilience = ResilienceState(on_change=self._notify)
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""

@@ -1,0 +1,68 @@
+"""Hedging (``resilience.hedging``): a second attempt on another backend after ``delay_ms``.
+
+For methods in ``safe_methods`` without a request body, on routes in ``route_allowlist``
+(empty: every route; an entry starting with ``/`` is a path prefix, any other a pool name),
+the pipeline starts the primary attempt and, if no response head arrived ``delay_ms`` later,
+a hedge attempt on a different backend. The first attempt whose response head arrives wins
+(:meth:`HedgeRace.claim`) and relays its response; the others are cancelled at once through
+their own cancel scopes, which aborts their upstream exchanges (HTTP/2 RST_STREAM, HTTP/1.1
+connection closed), so no upstream stream outlives the request.
+
+:class:`HedgeRace` is the bookkeeping of one race: plain synchronous state, driven by the
+attempt tasks the pipeline runs in a nursery it owns for the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+
+def hedge_allowed(method: bytes, pool: str, path: bytes, cfg: Any) -> bool:
+    """Is this request eligible for hedging under ``cfg`` (``resilience.hedging``)?"""
+    if method.decode("latin-1") not in cfg.safe_methods:
+        return False
+    allow = cfg.route_allowlist
+    if not allow:
+        return True
+    text = path.split(b"?", 1)[0].decode("latin-1")
+    return any(text.startswith(entry) if entry.startswith("/") else entry == pool for entry in allow)
+
+
+class HedgeRace:
+    """Attempts of one hedged request: who started, who won, who failed."""
+
+    def __init__(self) -> None:
+        #: cancel scope of each attempt, by attempt index (0: primary)
+        self.scopes: dict[int, trio.CancelScope] = {}
+        self.winner: int | None = None
+        self.errors: dict[int, BaseException] = {}
+        #: set when a winner is known or every started attempt failed
+        self.settled = trio.Event()
+
+    @property
+    def running(self) -> int:
+        """Attempts started that neither won nor failed yet."""
+        return len(self.scopes) - len(self.errors) - (self.winner is not None)
+
+    def start(self, index: int, scope: trio.CancelScope) -> None:
+        self.scopes[index] = scope
+
+    def claim(self, index: int) -> bool:
+        """Attempt ``index`` has a response head: True if it is the first (it wins and every
+        other attempt is cancelled), False if another already won."""
+        if self.winner is not None:
+            return False
+        self.winner = index
+        for other, scope in self.scopes.items():
+            if other != index:
+                scope.cancel()
+        self.settled.set()
+        return True
+
+    def failed(self, index: int, exc: BaseException) -> None:
+        """Attempt ``index`` failed before a winner was known."""
+        self.errors[index] = exc
+        if self.winner is None and self.running == 0:
+            self.settled.set()

@@ -1,0 +1,51 @@
+"""Hedge eligibility and the race bookkeeping (first head wins, others cancelled)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from spooky_trio.config.schema_runtime import HedgingConfig
+from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
+
+
+def test_eligibility_by_method_and_route_allowlist() -> None:
+    every = HedgingConfig(enabled=True)
+    assert hedge_allowed(b"GET", "app", b"/x", every) and hedge_allowed(b"HEAD", "app", b"/x", every)
+    assert not hedge_allowed(b"POST", "app", b"/x", every)
+    listed = HedgingConfig(enabled=True, route_allowlist=["/search", "catalog"], safe_methods=["get"])
+    assert hedge_allowed(b"GET", "web", b"/search?q=1", listed)
+    assert hedge_allowed(b"GET", "catalog", b"/items", listed)
+    assert not hedge_allowed(b"GET", "web", b"/items?next=/search", listed)
+    assert not hedge_allowed(b"HEAD", "catalog", b"/items", listed)
+
+
+async def test_first_claim_wins_and_cancels_the_others(autojump_clock: trio.testing.MockClock) -> None:
+    race = HedgeRace()
+    finished: list[str] = []
+
+    async def attempt(index: int, head_after: float) -> None:
+        with trio.CancelScope() as scope:
+            race.start(index, scope)
+            await trio.sleep(head_after)
+            if race.claim(index):
+                finished.append(f"winner {index} at {trio.current_time():g}")
+            return
+        finished.append(f"cancelled {index} at {trio.current_time():g}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(attempt, 0, 10.0)  # a stalling primary
+        await trio.sleep(1.0)
+        nursery.start_soon(attempt, 1, 0.5)
+    assert sorted(finished) == ["cancelled 0 at 1.5", "winner 1 at 1.5"]
+    assert race.settled.is_set() and race.winner == 1
+
+
+def test_settles_when_every_started_attempt_failed() -> None:
+    race = HedgeRace()
+    race.start(0, trio.CancelScope())
+    race.start(1, trio.CancelScope())
+    race.failed(0, ValueError("a"))
+    assert not race.settled.is_set() and race.running == 1
+    race.failed(1, ValueError("b"))
+    assert race.settled.is_set() and race.winner is None
