@@ -1,0 +1,1 @@
+"""Overload protection and resilience mechanisms (configured by ``performance.*`` and ``resilience.*``)."""
