@@ -58,6 +58,8 @@ class Metrics:
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
         self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/413/431)", registry=r)
+        self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)
+        self.early_data_rejected = Counter("spooky_early_data_rejected", "0-RTT requests answered 425 Too Early", registry=r)
         self.upstream_requests = Counter(
             "spooky_upstream_requests", "Requests forwarded per upstream pool",
             ["upstream", "status_class", "outcome"], registry=r,
@@ -103,6 +105,8 @@ class Metrics:
             self.validation_rejects.inc()
         elif status in _POLICY_STATUSES:
             self.policy_denied.inc()
+        elif status == 425:
+            self.early_data_rejected.inc()
 
     def backend_exchange(self, pool: str, backend: str, status: int | None, failure: str | None, latency_ms: float | None) -> None:
         """One forwarded exchange ended: ``failure`` is the upstream failure reason or None."""
