@@ -8,8 +8,8 @@ Two kinds of metric live in the registry a :class:`Metrics` owns:
   ``stats``, backend state, in-flight activity, the generation number), read at scrape time
   by :class:`ServerCollector`, so the hot datagram path pays nothing extra.
 
-A metric whose feature does not exist yet (brownout, admission, retries, hedging,
-watchdog...) is not defined at all.
+A metric whose feature does not exist yet (brownout, admission, retries, hedging...)
+is not defined at all.
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ class Metrics:
         self.control_api_drops = Counter(
             "spooky_control_api_connection_limit_drops", "Control API connections closed at max_connections", registry=r
         )
+        self.watchdog_degraded_windows = Counter("spooky_watchdog_degraded_windows", "Watchdog windows judged unhealthy", registry=r)
+        self.watchdog_restart_requests = Counter(
+            "spooky_watchdog_restart_requests", "Restarts the watchdog asked for (past the cooldown)", registry=r
+        )
+        self.watchdog_restart_hooks = Counter("spooky_watchdog_restart_hooks", "Runs of resilience.watchdog.restart_command", registry=r)
         self.dns_success = Counter("spooky_backend_dns_refresh_success", "Successful backend DNS refreshes", registry=r)
         self.dns_failure = Counter("spooky_backend_dns_refresh_failure", "Failed backend DNS refreshes", registry=r)
         self.dns_changes = Counter(
