@@ -87,7 +87,7 @@ class QuicListener:
         )
         self.replace_identities(identities)
         self.guard = NewConnectionGuard(
-            per_sec=p.new_connections_per_sec, burst=p.new_connections_burst, max_active=p.max_active_connections
+            per_sec=p.new_connections_per_sec, burst=p.new_connections_burst, max_active=p.max_active_connections, stats=self.stats
         )
         #: resilience.protocol.allow_0rtt: resumption tickets (and with them 0-RTT) only then
         self.session_tickets: dict[str, Any] = {}

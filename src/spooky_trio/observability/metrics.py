@@ -176,11 +176,11 @@ class ServerCollector(Collector):
         yield _counter("spooky_ingress_bad_header", "Datagrams without a parsable QUIC header", qsum("bad_headers"))
         yield _counter("spooky_ingress_unroutable", "Datagrams matching no connection and not a new one", qsum("unroutable"))
         yield _counter("spooky_ingress_rate_limited", "New-connection Initials answered with a Retry (token bucket empty)",
-                       sum(q.guard.stats["rate_limited"] for q in quic))
+                       qsum("rate_limited"))
         yield _counter("spooky_ingress_retry_validated", "Connections admitted on a valid Retry token (extension)",
-                       sum(q.guard.stats["retry_validated"] for q in quic))
+                       qsum("retry_validated"))
         yield _counter("spooky_ingress_retry_invalid_token", "Initials closed with INVALID_TOKEN (extension)",
-                       sum(q.guard.stats["retry_invalid"] for q in quic))
+                       qsum("retry_invalid"))
         yield _counter("spooky_ingress_draining_drops", "New QUIC connections refused while draining", qsum("refused_draining"))
         yield _counter("spooky_runtime_panics", "Unexpected exceptions caught at a task boundary",
                        qsum("panics") + sum(t.stats["panics"] for t in tcp))

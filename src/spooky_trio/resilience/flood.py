@@ -73,12 +73,14 @@ class Decision:
 class NewConnectionGuard:
     """Decides what to do with an Initial that would create a connection (see module doc)."""
 
-    def __init__(self, *, per_sec: float, burst: int, max_active: int, now: float | None = None) -> None:
+    def __init__(self, *, per_sec: float, burst: int, max_active: int, now: float | None = None, stats: dict[str, int] | None = None) -> None:
         self.bucket = TokenBucket(per_sec, burst, now)
         self.max_active = max_active
         self._tokens = QuicRetryTokenHandler()
-        #: counters read by the metrics collector at scrape time
-        self.stats = {"rate_limited": 0, "retry_sent": 0, "retry_validated": 0, "retry_invalid": 0}
+        #: counters read by the metrics collector at scrape time (the listener passes its ``stats``)
+        self.stats = stats if stats is not None else {}
+        for key in ("rate_limited", "retry_sent", "retry_validated", "retry_invalid"):
+            self.stats.setdefault(key, 0)
 
     def admit(self, header: QuicHeader, addr: tuple[str, int], active: int, now: float) -> Decision:
         """Verdict for one new-connection Initial from ``addr`` with ``active`` connections open."""
