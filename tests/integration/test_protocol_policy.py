@@ -255,3 +255,24 @@ async def test_connect_idle_tunnel_is_closed(certs_dir: Path, monkeypatch: pytes
                             pass
             with trio.fail_after(5):
                 await server.activity.wait_idle()  # the tunnel's request task ended
+
+
+async def test_a_ticket_resumes_once(certs_dir: Path) -> None:
+    """Tickets are single-use: replaying one gives a full handshake and no early data,
+    and the request sent in the refused 0-RTT is still answered (from 1-RTT)."""
+    async with run_backend(name="app") as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=ZERO_RTT)) as server:
+        port = server.listeners[0].port
+        ca = str(certs_dir / "ca.pem")
+        tickets: list[SessionTicket] = []
+        async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=ca, session_ticket_handler=tickets.append) as c:
+            assert (await c.request("GET", "/echo")).status == 200
+        ticket = tickets.pop()
+        outcomes = []
+        for _ in range(2):
+            with trio.fail_after(10):
+                async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=ca, session_ticket=ticket, early_data=True) as c:
+                    r = await c.request("GET", "/echo")
+                    await c.wait_handshake()
+                    outcomes.append((r.status, c.session_resumed, c.early_data_accepted))
+        assert outcomes == [(200, True, True), (200, False, False)]
+        assert "spooky_early_data_accepted_total 1.0" in server.metrics.render().decode()
