@@ -31,6 +31,7 @@ from spooky_trio.observability.endpoints import ControlApi, EndpointSetupError, 
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.pipeline import Proxy
+from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.runtime.generation import Generation
 from spooky_trio.runtime.state import StateStore
 from spooky_trio.upstream import UpstreamPool
@@ -173,6 +174,9 @@ class Server:
             if handle_signals:
                 root.start_soon(self._watch_signals, root.cancel_scope)
             self.serving = True
+            if self.config.resilience.watchdog.enabled:  # background: resilience/watchdog.py
+                self.watchdog = Watchdog.for_server(self)
+                root.start_soon(self.watchdog.run)
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()

@@ -67,7 +67,7 @@ def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
     identity = load_identity(str(certs_dir / "localhost.pem"), str(certs_dir / "localhost.key"))
     quic = SimpleNamespace(address="127.0.0.1", port=8443, identities=IdentityStore(identity, []), connections={1, 2},
                            stats=Counter(datagrams=7, cap_rejects=1, panics=0, bad_headers=2, unroutable=3, refused_draining=4,
-                                         handshake_success=5, handshake_failure=2))
+                                         handshake_success=5, handshake_failure=2, rate_limited=6, retry_validated=2))
     tls = SimpleNamespace(stats=Counter({"alpn.h2": 3, "alpn.http/1.1": 1, "sni.default": 4, "handshake_failed.missing": 2,
                                          "handshake_failed.timeout": 1}))
     tcp = SimpleNamespace(address="127.0.0.1", port=8443, open_connections=1, stats=Counter(cap_rejects=2), tls=tls)
@@ -85,6 +85,9 @@ def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
     assert v[("spooky_ingress_packets_total", ())] == 7
     assert v[("spooky_ingress_unroutable_total", ())] == 3
     assert v[("spooky_ingress_draining_drops_total", ())] == 4
+    assert v[("spooky_ingress_rate_limited_total", ())] == 6
+    assert v[("spooky_ingress_retry_validated_total", ())] == 2
+    assert v[("spooky_ingress_retry_invalid_token_total", ())] == 0
     assert v[("spooky_inflight_requests", ())] == 5
     assert v[("spooky_config_generation", ())] == 3
     assert v[("spooky_adaptive_admission_limit", ())] == 84

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Union
 from urllib.parse import urlsplit
@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import trio
 from aioquic.h3.connection import ErrorCode
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.tls import SessionTicket
 
 from spooky_trio.clients._quic import FlowControlledQuicConnection
 from spooky_trio.clients.errors import H3ClientError, H3ConnectError, H3ConnectionLost, H3StreamReset
@@ -75,6 +76,9 @@ class H3Client(H3Transport):
         max_stream_data: int = 1024 * 1024,
         max_data: int = 4 * 1024 * 1024,
         connect_timeout: float = 10.0,
+        session_ticket: SessionTicket | None = None,
+        session_ticket_handler: Callable[[SessionTicket], None] | None = None,
+        early_data: bool = False,
     ) -> AsyncIterator[H3Client]:
         """Connect, complete the QUIC/TLS handshake and yield the client; close on exit.
 
@@ -83,6 +87,12 @@ class H3Client(H3Transport):
         window (the most a slow reader buffers per stream). Raises :class:`H3ConnectError`
         if resolution, the handshake or certificate verification fails, or if no handshake
         completes within ``connect_timeout`` seconds.
+
+        Resumption: ``session_ticket_handler`` receives the tickets the server issues;
+        ``session_ticket`` resumes with one. With ``early_data`` (and a ticket that allows
+        it) the client is yielded before the handshake completes, so the first requests
+        go out as 0-RTT early data; :attr:`early_data_accepted` tells whether the server
+        took it (known once the handshake completed: see :meth:`wait_handshake`).
         """
         target = f"{host}:{port}"
         try:
@@ -98,6 +108,7 @@ class H3Client(H3Transport):
             idle_timeout=idle_timeout,
             max_stream_data=max_stream_data,
             max_data=max_data,
+            session_ticket=session_ticket,
         )
         if cafile is not None:
             try:
@@ -119,14 +130,16 @@ class H3Client(H3Transport):
             sock.close()
             raise H3ConnectError(f"cannot connect to {target}: {exc.strerror or exc}") from None
         try:
-            client = cls(sock, tuple(peer), FlowControlledQuicConnection(configuration=config), target, authority)
+            quic = FlowControlledQuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
+            client = cls(sock, tuple(peer), quic, target, authority)
             client._quic.connect(client._peer, now=trio.current_time())
             error: BaseException | None = None
             async with trio.open_nursery() as nursery:
                 client._nursery = nursery
                 nursery.start_soon(client._drive)
                 try:
-                    await client._wait_handshake(connect_timeout)
+                    if not (early_data and session_ticket is not None):
+                        await client._wait_handshake(connect_timeout)
                     yield client
                 except BaseException as exc:  # re-raised below, outside the nursery: no ExceptionGroup
                     error = exc
@@ -183,6 +196,16 @@ class H3Client(H3Transport):
         Raises :class:`H3StreamReset` if the server reset the stream before responding."""
         head = self._request_headers(method, url_or_path, headers, body, authority)
         async with self._exchange(head, body, end_stream=True, after_goaway=False) as resp:
+            if resp.status is None and resp.reset_code is not None:
+                raise H3StreamReset(resp.stream_id, resp.reset_code)
+            yield resp
+
+    @asynccontextmanager
+    async def stream_raw(self, headers: Sequence[tuple[bytes, bytes]], *, body: Body = None) -> AsyncIterator[H3StreamResponse]:
+        """Send exactly ``headers`` (e.g. a CONNECT: ``:method``, ``:authority`` only) and
+        stream ``body`` (an async iterable keeps the request side open while it runs);
+        yield once the response headers arrived, like :meth:`stream_request`."""
+        async with self._exchange(list(headers), body, end_stream=True, after_goaway=False) as resp:
             if resp.status is None and resp.reset_code is not None:
                 raise H3StreamReset(resp.stream_id, resp.reset_code)
             yield resp

@@ -61,6 +61,22 @@ class H3Transport:
             self._fail(H3ConnectError(f"timed out after {timeout:g}s waiting for the QUIC handshake with {self._target}"))
             raise self._fresh_error()
 
+    async def wait_handshake(self, timeout: float = 10.0) -> None:
+        """Wait for the handshake (after a 0-RTT ``connect``); raises :class:`H3ConnectError`."""
+        await self._wait_handshake(timeout)
+
+    @property
+    def early_data_accepted(self) -> bool:
+        """The server accepted our 0-RTT early data (meaningful once the handshake completed)."""
+        tls = getattr(self._quic, "tls", None)
+        return bool(tls is not None and tls.early_data_accepted)
+
+    @property
+    def session_resumed(self) -> bool:
+        """The handshake resumed a session from a ticket."""
+        tls = getattr(self._quic, "tls", None)
+        return bool(tls is not None and tls.session_resumed)
+
     async def aclose(self) -> None:
         """Close the connection (CONNECTION_CLOSE with H3_NO_ERROR); pending requests fail."""
         if self._closing:

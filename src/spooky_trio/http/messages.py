@@ -77,6 +77,8 @@ class DownstreamRequest:
     host_header: bytes | None = None
     #: original destination connection ID of the client's QUIC connection (HTTP/3 only)
     quic_connection_id: bytes | None = None
+    #: the request head arrived in QUIC 0-RTT, before the handshake completed (replayable)
+    early_data: bool = False
 
 
 class ResponseSink(Protocol):

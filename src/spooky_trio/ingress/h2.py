@@ -311,7 +311,8 @@ class H2ServerConnection:
             request = self._build(pseudo, headers, body)
         except ProxyError as exc:
             error = exc.response
-        tunnel_body = body if pseudo.get(b":protocol") is not None else None
+        # extended CONNECT (WebSocket) and plain CONNECT: the stream's DATA is the tunnel
+        tunnel_body = body if pseudo.get(b":protocol") is not None or pseudo.get(b":method") == b"CONNECT" else None
         sink = H2ResponseSink(self, stream_id, tunnel_body)
         stream = _Stream(stream_id, request, body, sink, error)
         self.streams[stream_id] = stream

@@ -139,11 +139,14 @@ class H3RequestBody:
 
 
 class H3ResponseSink:
-    """Writes one response to an HTTP/3 stream, bounded by :data:`SEND_BUFFER_HIGH_WATER`."""
+    """Writes one response to an HTTP/3 stream, bounded by :data:`SEND_BUFFER_HIGH_WATER`.
 
-    def __init__(self, conn: QuicConnectionTask, stream_id: int) -> None:
+    A CONNECT stream's sink (``tunnel_body`` given) can :meth:`open_tunnel`."""
+
+    def __init__(self, conn: QuicConnectionTask, stream_id: int, tunnel_body: H3RequestBody | None = None) -> None:
         self._conn = conn
         self._stream_id = stream_id
+        self._tunnel_body = tunnel_body
         self.headers_sent = False
         self.finished = False
         self.aborted = False
@@ -179,3 +182,33 @@ class H3ResponseSink:
             return
         self.aborted = True
         self._conn.reset_stream(self._stream_id, ErrorCode.H3_INTERNAL_ERROR)
+
+    async def open_tunnel(self, headers: Headers) -> H3Tunnel:
+        """Accept a CONNECT (RFC 9114 4.4): 200, then the stream's DATA both ways."""
+        if self._tunnel_body is None:
+            raise trio.BrokenResourceError("only a CONNECT stream can become a tunnel")
+        await self.send_headers(200, headers)
+        return H3Tunnel(self, self._tunnel_body)
+
+
+class H3Tunnel:
+    """The client side of a CONNECT relay: DATA frames on one request stream."""
+
+    supports_half_close = True
+
+    def __init__(self, sink: H3ResponseSink, body: H3RequestBody) -> None:
+        self._sink = sink
+        self._body = body
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self._body.receive()
+        except RequestBodyError:
+            return b""
+
+    async def send_all(self, data: bytes) -> None:
+        await self._sink.send_data(data)
+
+    async def send_eof(self) -> None:
+        if not self._sink.finished and not self._sink.aborted:
+            await self._sink.send_data(b"", end_stream=True)

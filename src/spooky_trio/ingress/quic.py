@@ -28,6 +28,8 @@ from spooky_trio.ingress.closing import encode_initial_close
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic_connection import QuicConnectionTask
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
+from spooky_trio.resilience.early_data import SessionTicketStore
+from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
 from spooky_trio.runtime.activity import Activity
 
 __all__ = ["Activity", "Handler", "QuicListener"]
@@ -39,6 +41,7 @@ Handler = Callable[[DownstreamRequest, ResponseSink], Awaitable[None]]
 #: Datagrams read from the socket before events are processed and replies sent.
 RECV_BURST = 64
 QUIC_CONNECTION_REFUSED = 0x2
+QUIC_INVALID_TOKEN = 0xB
 
 
 class QuicListener:
@@ -83,6 +86,14 @@ class QuicListener:
             max_stream_data=p.quic_initial_max_stream_data,
         )
         self.replace_identities(identities)
+        self.guard = NewConnectionGuard(
+            per_sec=p.new_connections_per_sec, burst=p.new_connections_burst, max_active=p.max_active_connections, stats=self.stats
+        )
+        #: resilience.protocol.allow_0rtt: resumption tickets (and with them 0-RTT) only then
+        self.session_tickets: dict[str, Any] = {}
+        if protocol.allow_0rtt:
+            store = SessionTicketStore()
+            self.session_tickets = {"session_ticket_fetcher": store.pop, "session_ticket_handler": store.add}
 
     def replace_identities(self, identities: IdentityStore) -> None:
         """Use ``identities`` for handshakes that start from now on (certificate reload);
@@ -192,17 +203,28 @@ class QuicListener:
             self.stats["refused_draining"] += 1
             self._send(encode_initial_close(header, QUIC_CONNECTION_REFUSED, "server draining"), addr)
             return None
-        if len(self.connections) >= self.performance.max_active_connections:
-            self.stats["cap_rejects"] += 1
+        # flood guard (resilience/flood.py): only Initials that would create a connection pay
+        decision = self.guard.admit(header, addr, len(self.connections), trio.current_time())
+        verdict = decision.verdict
+        if verdict is not Verdict.ADMIT and verdict is not Verdict.ADMIT_VALIDATED:
+            if verdict is Verdict.RETRY:
+                self._send(decision.reply, addr)  # type: ignore[arg-type]
+            elif verdict is Verdict.INVALID_TOKEN:
+                self._send(encode_initial_close(header, QUIC_INVALID_TOKEN, "invalid retry token"), addr)
+            else:
+                self.stats["cap_rejects"] += 1
             return None
+        original_dcid = decision.original_destination_cid or header.destination_cid
         quic = SpookyQuicConnection(
             configuration=self.configuration,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=original_dcid,
+            retry_source_connection_id=decision.retry_source_cid,
             identities=self.identities,
             max_streams_bidi=self.performance.quic_initial_max_streams_bidi,
             max_streams_uni=self.performance.quic_initial_max_streams_uni,
+            **self.session_tickets,
         )
-        conn = QuicConnectionTask(self, quic, header.destination_cid, addr)
+        conn = QuicConnectionTask(self, quic, original_dcid, addr)
         self.connections.add(conn)
         self._by_cid[header.destination_cid] = conn
         self._by_cid[quic.host_cid] = conn

@@ -185,8 +185,11 @@ class QuicConnectionTask:
             content_length=content_length,
             host_header=host_header,
             quic_connection_id=self.original_dcid,
+            # a request head decoded before the handshake completed came in 0-RTT
+            early_data=not self._handshake_done,
         )
-        stream = _RequestStream(stream_id, body, H3ResponseSink(self, stream_id), request)
+        tunnel_body = body if request.method == b"CONNECT" else None
+        stream = _RequestStream(stream_id, body, H3ResponseSink(self, stream_id, tunnel_body), request)
         self.streams[stream_id] = stream
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_stream, stream)

@@ -8,7 +8,8 @@ Two kinds of metric live in the registry a :class:`Metrics` owns:
   ``stats``, backend state, in-flight activity, the generation number), read at scrape time
   by :class:`ServerCollector`, so the hot datagram path pays nothing extra.
 
-A metric whose feature does not exist yet (watchdog...) is not defined at all.
+A metric whose feature does not exist yet (buffers, route latency quantiles...) is not
+defined at all.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Metrics:
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
         self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/413/431)", registry=r)
+        self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)
+        self.early_data_rejected = Counter("spooky_early_data_rejected", "0-RTT requests answered 425 Too Early", registry=r)
         self.upstream_requests = Counter(
             "spooky_upstream_requests", "Requests forwarded per upstream pool",
             ["upstream", "status_class", "outcome"], registry=r,
@@ -80,6 +83,11 @@ class Metrics:
         self.control_api_drops = Counter(
             "spooky_control_api_connection_limit_drops", "Control API connections closed at max_connections", registry=r
         )
+        self.watchdog_degraded_windows = Counter("spooky_watchdog_degraded_windows", "Watchdog windows judged unhealthy", registry=r)
+        self.watchdog_restart_requests = Counter(
+            "spooky_watchdog_restart_requests", "Restarts the watchdog asked for (past the cooldown)", registry=r
+        )
+        self.watchdog_restart_hooks = Counter("spooky_watchdog_restart_hooks", "Runs of resilience.watchdog.restart_command", registry=r)
         self.dns_success = Counter("spooky_backend_dns_refresh_success", "Successful backend DNS refreshes", registry=r)
         self.dns_failure = Counter("spooky_backend_dns_refresh_failure", "Failed backend DNS refreshes", registry=r)
         self.dns_changes = Counter(
@@ -124,6 +132,8 @@ class Metrics:
             self.validation_rejects.inc()
         elif status in _POLICY_STATUSES:
             self.policy_denied.inc()
+        elif status == 425:
+            self.early_data_rejected.inc()
 
     def backend_exchange(self, pool: str, backend: str, status: int | None, failure: str | None, latency_ms: float | None) -> None:
         """One forwarded exchange ended: ``failure`` is the upstream failure reason or None."""
@@ -213,6 +223,12 @@ class ServerCollector(Collector):
         yield _counter("spooky_ingress_packets", "UDP datagrams received", qsum("datagrams"))
         yield _counter("spooky_ingress_bad_header", "Datagrams without a parsable QUIC header", qsum("bad_headers"))
         yield _counter("spooky_ingress_unroutable", "Datagrams matching no connection and not a new one", qsum("unroutable"))
+        yield _counter("spooky_ingress_rate_limited", "New-connection Initials answered with a Retry (token bucket empty)",
+                       qsum("rate_limited"))
+        yield _counter("spooky_ingress_retry_validated", "Connections admitted on a valid Retry token (extension)",
+                       qsum("retry_validated"))
+        yield _counter("spooky_ingress_retry_invalid_token", "Initials closed with INVALID_TOKEN (extension)",
+                       qsum("retry_invalid"))
         yield _counter("spooky_ingress_draining_drops", "New QUIC connections refused while draining", qsum("refused_draining"))
         yield _counter("spooky_runtime_panics", "Unexpected exceptions caught at a task boundary",
                        qsum("panics") + sum(t.stats["panics"] for t in tcp))

@@ -35,10 +35,12 @@ from spooky_trio.http.messages import (
 )
 from spooky_trio.observability.access import AccessRecord, CountingBody, CountingSink
 from spooky_trio.observability.metrics import Metrics
+from spooky_trio.proxy.connect import relay_connect
 from spooky_trio.proxy.errors import ErrorResponse, ProxyError, ShedError, error_response_for, unwrap
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
 from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
 from spooky_trio.resilience.overload import OverloadGuard
+from spooky_trio.resilience.policy import check_request
 from spooky_trio.resilience.retry import IDEMPOTENT_METHODS, MAX_ATTEMPTS, REPLAY_BUFFER_BYTES, RetryBudget, retry_reason
 from spooky_trio.runtime.generation import BackendRuntime, Generation, PoolRuntime
 from spooky_trio.runtime.state import StateStore
@@ -134,6 +136,12 @@ class Proxy:
         config = generation.config
         backend: BackendRuntime | None = None
         try:
+            # resilience.protocol: methods, denied paths, 0-RTT, CONNECT (resilience/policy.py)
+            connect_target = check_request(generation.config.resilience.protocol, request, self._metrics)
+            if connect_target is not None:
+                record.outcome = "tunnel"
+                await relay_connect(generation.config.performance, connect_target, request, sink)
+                return 200
             pool_name, authority = self._route(generation, request, record)
             pool = generation.pools[pool_name]
             limit = config.performance.max_request_body_bytes
@@ -198,8 +206,6 @@ class Proxy:
             and host_without_port(request.authority) != host_without_port(request.host_header)
         ):
             raise ProxyError(400, "authority_host_mismatch", ":authority and Host name different hosts")
-        if request.method == b"CONNECT":
-            raise ProxyError(405, "connect_not_allowed", "CONNECT is not allowed")
         path = request.path.split(b"?", 1)[0].decode("latin-1")
         host = host_without_port(authority).decode("latin-1")
         method = request.method.decode("latin-1").upper()
