@@ -86,6 +86,11 @@ class Metrics:
         self.dns_changes = Counter(
             "spooky_backend_dns_address_set_changes", "Backend DNS refreshes that changed the address set", registry=r
         )
+        #: reload transactions (file re-read, SIGHUP, apply, rollback, promote) by result:
+        #: success, invalid (the document was rejected), failed (build, bind or write failed)
+        self.config_reloads = Counter("spooky_config_reload", "Configuration reloads by result", ["result"], registry=r)
+        for result in ("success", "invalid", "failed"):
+            self.config_reloads.labels(result=result)
 
     # -- event hooks --
 
