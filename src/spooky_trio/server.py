@@ -164,11 +164,16 @@ class Service:
         self.required = config.required
         self.scope = trio.CancelScope()
         self.started = False
+        #: set once a started service stopped (its socket is closed)
+        self.stopped = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.started = True
-        with self.scope:
-            await self.endpoint.serve(task_status=task_status)
+        try:
+            with self.scope:
+                await self.endpoint.serve(task_status=task_status)
+        finally:
+            self.stopped.set()
 
     def stop(self) -> None:
         """Stop serving (a bound socket that was never served is closed)."""

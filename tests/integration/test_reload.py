@@ -247,3 +247,198 @@ async def test_canary_promote_and_rollback(certs_dir: Path, tmp_path: Path, port
             # and the canary's listener rule, without another canary in the way
             r = await api.post("/admin/config/apply?canary_percent=10", content=moved)
             assert r.status_code == 422 and r.json()["errors"][0]["path"] == "listeners"
+
+
+def listeners_config(certs_dir: Path, listen_ports: list[int], cport: int, mport: int, pools: str, extra: str = "") -> str:
+    block = "listeners:\n" + "".join(
+        f"  - address: 127.0.0.1\n    port: {p}\n    tls:\n      cert: {certs_dir / 'localhost.pem'}\n      key: {certs_dir / 'localhost.key'}\n"
+        for p in listen_ports
+    )
+    indented = "".join("  " + line + "\n" for line in pools.splitlines())
+    return (f"version: 1\n{block}upstream:\n{indented}security:\n  privileges:\n    enabled: false\n"
+            + observability_yaml(mport, cport) + extra)
+
+
+async def tcp_refused(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return True
+    await stream.aclose()
+    return False
+
+
+async def test_listeners_added_removed_and_readdressed_live(certs_dir: Path, ports: tuple[int, int, int]) -> None:
+    p1, cport, mport = ports
+    p2, p3 = free_udp_port(), free_udp_port()
+    async with run_backend(name="b1") as b1:
+        pools = pool("app", "/a", [("b1", b1.url)])
+
+        def cfg(*listen: int) -> str:
+            return listeners_config(certs_dir, list(listen), cport, mport, pools)
+
+        async with running_proxy(cfg(p1)) as server, h3(p1, certs_dir) as c1, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api, tls_client(certs_dir) as https:
+            assert await who(c1) == "b1"
+            # add p2: bound before the swap, serving HTTP/3 and the TCP bootstrap
+            r = await api.post("/admin/config/apply", content=cfg(p1, p2))
+            assert r.status_code == 200 and r.json()["diff"]["listeners"]["added"] == [f"127.0.0.1:{p2}"]
+            assert [q.port for q in server.listeners] == [p1, p2]
+            async with h3(p2, certs_dir) as c2:
+                assert await who(c2) == "b1"
+            assert (await https.get(f"https://localhost:{p2}/a/echo")).json()["backend"] == "b1"
+            # a listener that cannot bind fails the whole transaction, nothing changes
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as taken:
+                await taken.bind(("127.0.0.1", 0))
+                busy = taken.getsockname()[1]
+                r = await api.post("/admin/config/apply", content=cfg(p1, busy))
+            assert r.status_code == 422, r.text
+            error = r.json()["errors"][0]
+            assert error["path"] == "listeners[1].port" and "cannot bind UDP" in error["message"] and error["line"]
+            assert server.generation.number == 2 and [q.port for q in server.listeners] == [p1, p2]
+            # remove p1 while a request on it is in flight: it finishes, then p1 closes
+            old = server._pairs[0]
+            status: list[int] = []
+
+            async def held() -> None:
+                response = await c1.request("GET", "/a/hold", authority="localhost")
+                status.append(response.status)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held)
+                with trio.fail_after(10):
+                    await b1.wait_for_requests(len(b1.requests) + 1)
+                r = await api.post("/admin/config/apply", content=cfg(p2))
+                assert r.status_code == 200 and r.json()["diff"]["listeners"]["removed"] == [f"127.0.0.1:{p1}"]
+                assert old.quic.draining  # refuses new connections, GOAWAY sent
+                b1.release_holds()
+            assert status == [200]
+            with trio.fail_after(10):
+                await old.done.wait()
+            assert old.quic.sock.fileno() == -1 and await tcp_refused(p1)
+            # re-address p2 -> p3
+            keep = server._pairs[0]
+            r = await api.post("/admin/config/apply", content=cfg(p3))
+            assert r.status_code == 200
+            async with h3(p3, certs_dir) as c3:
+                assert await who(c3) == "b1"
+            with trio.fail_after(10):
+                await keep.done.wait()
+            assert await tcp_refused(p2)
+            doc = (await api.get("/admin/runtime")).json()
+            assert [entry["port"] for entry in doc["listeners"]] == [p3]
+
+
+async def test_control_api_and_metrics_move_after_answering(certs_dir: Path, ports: tuple[int, int, int]) -> None:
+    port, cport, mport = ports
+    cport2, mport2 = free_udp_port(), free_udp_port()
+    async with run_backend(name="b1") as b1:
+        pools = pool("app", "/a", [("b1", b1.url)])
+        first = config(certs_dir, port, cport, mport, pools)
+        moved = config(certs_dir, port, cport2, mport2, pools)
+        async with running_proxy(first) as server:
+            old_control, old_metrics = server._services["control"], server._services["metrics"]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api:
+                r = await api.post("/admin/config/apply", content=moved)
+                assert r.status_code == 200, r.text  # answered on the old socket
+            with trio.fail_after(10):
+                await old_control.stopped.wait()
+                await old_metrics.stopped.wait()
+            assert await tcp_refused(cport) and await tcp_refused(mport)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport2}", headers=AUTH) as api:
+                assert (await api.get("/admin/config")).json()["generation"] == 2
+                # the token changes in place when the socket stays
+                r = await api.post("/admin/config/apply", content=moved.replace(TOKEN, "new-token"))
+                assert r.status_code == 200
+                assert (await api.get("/admin/config")).status_code == 403
+                assert (await api.get("/admin/config", headers={"authorization": "Bearer new-token"})).status_code == 200
+            _, samples = await scrape(mport2)
+            assert samples[("spooky_config_generation", ())] == 3
+
+
+async def test_log_level_format_and_file_reload(certs_dir: Path, tmp_path: Path, ports: tuple[int, int, int]) -> None:
+    port, cport, mport = ports
+    log_file = tmp_path / "spooky.log"
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        async with run_backend(name="b1") as b1:
+            pools = pool("app", "/a", [("b1", b1.url)])
+            first = config(certs_dir, port, cport, mport, pools)
+            logged = config(certs_dir, port, cport, mport, pools,
+                            extra=f"log:\n  level: debug\n  format: json\n  file:\n    enabled: true\n    path: {log_file}\n")
+            async with running_proxy(first), httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api:
+                bad = logged.replace(str(log_file), str(tmp_path / "no-such-dir" / "x.log"))
+                r = await api.post("/admin/config/apply", content=bad)
+                assert r.status_code == 422 and r.json()["errors"][0]["path"] == "log.file.path"
+                r = await api.post("/admin/config/apply", content=logged)
+                assert r.status_code == 200
+                assert root.level == logging.DEBUG
+                r = await api.post("/admin/config/apply", content=logged.replace("level: debug", "level: warn"))
+                assert r.status_code == 200 and root.level == logging.WARNING
+                r = await api.post("/admin/config/apply", content=logged.replace("level: debug", "level: info"))
+                assert r.status_code == 200
+            lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+            applied = [entry for entry in lines if entry["logger"] == "spooky.reload"]
+            # the line of generation 2 already went to the new file; 3 (warn) logged nothing at info
+            assert [entry["msg"].split(" applied")[0] for entry in applied] == ["config generation 2", "config generation 4"]
+            assert "log" in applied[0]["msg"]
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            if handler not in saved[0]:
+                handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+
+
+async def test_unchanged_backends_keep_health_probes_latency_and_connections(certs_dir: Path, ports: tuple[int, int, int]) -> None:
+    port, cport, mport = ports
+    check = "health_check: {interval: 50, timeout_ms: 1000, failure_threshold: 1, success_threshold: 1, cooldown_ms: 100}"
+    async with run_backend(name="b1") as b1, run_backend(name="b2") as b2, run_backend(name="b3") as b3, run_backend(name="b4") as b4:
+        first = config(certs_dir, port, cport, mport,
+                       f"app:\n  route: {{path_prefix: /a}}\n  backends:\n    - {{id: b1, address: \"{b1.url}\", {check[:-1]}}}}}\n"
+                       f"    - {{id: b2, address: \"{b2.url}\"}}\n" + pool("other", "/b", [("b3", b3.url)]))
+        second = config(certs_dir, port, cport, mport,
+                        f"app:\n  route: {{path_prefix: /a}}\n  load_balancing: {{type: round-robin}}\n  backends:\n"
+                        f"    - {{id: b1, address: \"{b1.url}\", {check[:-1]}}}}}\n    - {{id: b2, address: \"{b2.url}\", weight: 50}}\n"
+                        f"    - {{id: b4, address: \"{b4.url}\", {check[:-1]}}}}}\n")
+        async with running_proxy(first) as server, h3(port, certs_dir) as client, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api:
+            backends = {b.id: b for b in server.generation.backends()}
+            s1, s2 = backends["b1"].state, backends["b2"].state
+            b1.health_status = 500
+            with trio.fail_after(10):
+                await server.state.wait_for(lambda: not s1.healthy)
+            assert {await who(client) for _ in range(4)} == {"b2"}
+            assert await who(client, "/b/echo") == "b3"
+            probe_key = ("health", backends["b1"].key)
+            probe_scope = server.health._tasks[probe_key][1]
+            latency = s2.latency
+            assert latency is not None
+            b2_clients = {tuple(r["client"]) for r in b2.requests}
+            b2_before = len(b2.requests)
+            r = await api.post("/admin/config/apply", content=second)
+            assert r.status_code == 200, r.text
+            diff = r.json()["diff"]
+            assert diff["backends"]["added"] == [f"app/b4@{b4.url}"] and diff["backends"]["removed"] == [f"other/b3@{b3.url}"]
+            assert diff["backends"]["changed"] == [f"app/b2@{b2.url}"]  # weight only: same identity, same state
+            after = {b.id: b for b in server.generation.backends()}
+            # same long-lived state objects, verdict and latency kept; the prober was not restarted
+            assert after["b1"].state is s1 and after["b2"].state is s2 and not s1.healthy and s2.latency == latency
+            assert server.health._tasks[probe_key][1] is probe_scope
+            assert ("health", after["b4"].key) in server.health._tasks
+            assert not any(key[1][0] == "other" for key in server.health._tasks)
+            # the removed backend's pooled connection is closed; b2's is reused
+            assert server.upstream.idle_h1_connections(backends["b3"].target) == 0
+            seen = [await who(client) for _ in range(20)]
+            assert set(seen) <= {"b2", "b4"} and "b2" in seen
+            # a connection pooled before the reload served b2's first request after it
+            assert tuple(b2.requests[b2_before]["client"]) in b2_clients
+            r = await client.request("GET", "/b/echo", authority="localhost")
+            assert r.status == 404  # the route moved away with its pool
+            # the kept prober goes on probing: b1 recovers without a gap
+            b1.health_status = 200
+            with trio.fail_after(10):
+                await server.state.wait_for(lambda: s1.healthy)
