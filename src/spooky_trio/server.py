@@ -569,6 +569,9 @@ class Server:
             self.control_api = staged.control_api
         if staged.log_handler is not None:
             install_handler(staged.log_handler, staged.config.log)
+        perf = staged.config.performance
+        self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
+        self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
         await self.follow_generations()
 
         def stop_moved() -> None:

@@ -76,7 +76,9 @@ class UpstreamPool:
         closed = 0
         for target in list(self._h1_idle):
             if target in self._retired:
-                for conn in self._h1_idle.pop(target):
+                conns = self._h1_idle.pop(target)
+                taken, conns[:] = list(conns), []  # a checkout holding the list finds it empty
+                for conn in taken:
                     await conn.aclose()
                     closed += 1
         for target, conns in list(self._h2_conns.items()):
@@ -120,7 +122,8 @@ class UpstreamPool:
                 expired = [conn for conn in conns if conn.idle_since <= cutoff or not conn.looks_alive()]
                 if expired:
                     conns[:] = [conn for conn in conns if conn not in expired]
-                    if not conns:
+                    # an earlier close awaited: a checkout or a reload may have dropped the entry
+                    if not conns and self._h1_idle.get(target) is conns:
                         del self._h1_idle[target]
                     for conn in expired:
                         await conn.aclose()
@@ -197,7 +200,7 @@ class UpstreamPool:
         cutoff = trio.current_time() - self.idle_timeout
         while idle and not fresh:
             connection = idle.pop()
-            if not idle:
+            if not idle and self._h1_idle.get(target) is idle:  # (a reload may have dropped it)
                 del self._h1_idle[target]
             if connection.idle_since > cutoff and connection.looks_alive():
                 return connection
