@@ -55,10 +55,8 @@ class Progress:
 
 async def test_twenty_reloads_under_h3_and_bootstrap_load(certs_dir: Path) -> None:
     port, cport, mport = free_udp_port(), free_udp_port(), free_udp_port()
-    # backends drop idle keep-alive connections after 1 s (hypercorn notices the proxy's
-    # close only then), so sockets settle soon after the load
-    async with run_backend(name="b1", keep_alive_timeout=1.0) as b1, run_backend(name="b2", keep_alive_timeout=1.0) as b2, \
-            run_backend(name="b3", keep_alive_timeout=1.0) as b3, run_backend(name="b4", keep_alive_timeout=1.0) as b4:
+    async with run_backend(name="b1") as b1, run_backend(name="b2") as b2, run_backend(name="b3") as b3, \
+            run_backend(name="b4") as b4:
         url = {"b1": b1.url, "b2": b2.url, "b3": b3.url, "b4": b4.url}
 
         def backends(*ids: str) -> str:
@@ -156,8 +154,9 @@ async def test_twenty_reloads_under_h3_and_bootstrap_load(certs_dir: Path) -> No
             assert progress.count >= TOTAL and server.generation.number == RELOADS + 1
             assert set(answered) == {"b1", "b2", "b3", "b4"}
             # every client connection closed: the proxy's connection tasks end, idle upstream
-            # connections are reaped (200 ms idle timeout), the backends close their ends.
-            # Kernel sockets have no event to wait on: check the counts until they settle.
+            # connections are reaped (200 ms idle timeout), the backends close their ends
+            # (hypercorn notices only at its 5 s keep-alive timeout). Kernel sockets have no
+            # event to wait on: check the counts until they settle.
             with trio.fail_after(15):
                 while task_count() > base_tasks or open_fds() > base_fds:
                     await trio.sleep(0.05)

@@ -231,6 +231,7 @@ class ConfigManager:
         """Run the transaction for the YAML ``body`` (see the module docstring)."""
         async with self.lock:
             try:
+                self._check_serving()
                 text = self._decode(body)
                 if self.canary is not None:
                     raise ReloadFailed(409, "invalid", _whole(
@@ -302,6 +303,7 @@ class ConfigManager:
             previous = self.history[-1]
             config = previous.generation.config
             try:
+                self._check_serving()
                 if persist:
                     if server.config_path is None or previous.text is None:
                         raise ReloadFailed(409, "invalid", _whole("persist=true needs a config file and the previous generation's text"))
@@ -377,6 +379,10 @@ class ConfigManager:
         import hashlib
 
         return text if hashlib.sha256(text.encode("utf-8")).hexdigest() == server.generation.config.source_sha256 else None
+
+    def _check_serving(self) -> None:
+        if self.server.draining or not self.server.serving:
+            raise ReloadFailed(409, "invalid", _whole("the server is not serving (starting or draining): nothing is reloaded"))
 
     @staticmethod
     def _decode(body: bytes) -> str:
