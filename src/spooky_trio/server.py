@@ -569,9 +569,10 @@ class Server:
             self.control_api = staged.control_api
         if staged.log_handler is not None:
             install_handler(staged.log_handler, staged.config.log)
-        perf = staged.config.performance
-        self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
-        self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
+        if canary_percent is None:  # the pool is process-wide: a canary does not retune it
+            perf = staged.config.performance
+            self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
+            self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
         await self.follow_generations()
 
         def stop_moved() -> None:
@@ -631,7 +632,7 @@ class Server:
                 if signum == signal.SIGHUP:
                     log.info("received SIGHUP: reloading the configuration file")
                     assert self._nursery is not None
-                    self._nursery.start_soon(self.reloads.reload_file, "SIGHUP")
+                    self._nursery.start_soon(self._reload_on_signal)
                 elif not self._drain_requested.is_set():
                     log.info("received %s: graceful drain", signal.Signals(signum).name)
                     self.request_drain()
@@ -640,6 +641,12 @@ class Server:
                     self.forced = True
                     root_scope.cancel()
                     return
+
+
+    async def _reload_on_signal(self) -> None:
+        outcome = await self.reloads.reload_file("SIGHUP")
+        if outcome.after is not None:
+            outcome.after()  # nobody to answer: moved endpoints stop now
 
 
 class _LiveBackends:

@@ -253,7 +253,8 @@ class ConfigManager:
                         staged.abort()
                         raise ReloadFailed(500, "failed", _whole(f"cannot write {self.server.config_path}: {exc.strerror or exc}")) from exc
                 diff = diff_summary(self.server.generation.config, config)
-                after = await self.server.commit(staged, canary_percent=canary_percent)
+                with trio.CancelScope(shield=True):  # a commit is never left half done
+                    after = await self.server.commit(staged, canary_percent=canary_percent)
             except ReloadFailed as exc:
                 return self._fail(exc, trigger)
             self._next_number += 1
@@ -293,7 +294,8 @@ class ConfigManager:
                 dropped = self.canary
                 self.canary = None
                 server.canary, server.canary_percent = None, 0.0
-                await server.follow_generations()
+                with trio.CancelScope(shield=True):
+                    await server.follow_generations()
                 self._count("success")
                 log.info("canary generation %d rolled back; generation %d serves every request",
                          dropped.generation.number, server.generation.number)
@@ -315,7 +317,8 @@ class ConfigManager:
                         staged.abort()
                         raise ReloadFailed(500, "failed", _whole(f"cannot write {server.config_path}: {exc.strerror or exc}")) from exc
                 diff = diff_summary(server.generation.config, config)
-                after = await server.commit(staged)
+                with trio.CancelScope(shield=True):
+                    after = await server.commit(staged)
             except ReloadFailed as exc:
                 return self._fail(exc, "rollback")
             self.history.pop()
@@ -349,7 +352,8 @@ class ConfigManager:
             self.canary = None
             self.history.append(self.current)
             self.current = Applied(canary.generation, canary.text, canary.source, "promote")
-            await server.follow_generations()
+            with trio.CancelScope(shield=True):
+                await server.follow_generations()
             self._count("success")
             log.info("canary generation %d promoted: it serves every request%s", canary.generation.number, " (persisted)" if persist else "")
             return Outcome(200, {"result": "promoted", **self.current.describe(), "persisted": persist})
