@@ -43,6 +43,7 @@ from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.pipeline import Proxy
 from spooky_trio.runtime.generation import Generation
+from spooky_trio.runtime.reload import ConfigManager
 from spooky_trio.runtime.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 
@@ -271,8 +272,6 @@ class Server:
             except EndpointSetupError as exc:
                 raise StartupError(str(exc)) from exc
             self._services["control"] = Service(self.control_api.endpoint(self.metrics.control_api_drops.inc), obs.control_api)
-        from spooky_trio.runtime.reload import ConfigManager
-
         #: the reload transaction, history, rollback and canary (runtime/reload.py)
         self.reloads = ConfigManager(self)
 

@@ -20,7 +20,7 @@ import trio
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.server import Server
 from tests.integration.test_observability import TOKEN, observability_yaml, scrape
-from tests.support.backends import Backend, run_backend
+from tests.support.backends import run_backend
 from tests.support.proxy import free_udp_port, proxy_yaml, running_proxy
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -442,3 +442,27 @@ async def test_unchanged_backends_keep_health_probes_latency_and_connections(cer
             b1.health_status = 200
             with trio.fail_after(10):
                 await server.state.wait_for(lambda: s1.healthy)
+
+
+async def test_removed_http2_backend_connection_goes_away_kept_one_stays(certs_dir: Path, ports: tuple[int, int, int]) -> None:
+    port, cport, mport = ports
+    tls = {"tls": True, "certfile": certs_dir / "localhost.pem", "keyfile": certs_dir / "localhost.key"}
+    async with run_backend(name="h2a", **tls) as a, run_backend(name="h2b", **tls) as b:
+        def h2(name: str, prefix: str, url: str) -> str:
+            return (f"{name}:\n  route: {{path_prefix: {prefix}}}\n  tls: {{ca_file: \"{certs_dir / 'ca.pem'}\"}}\n"
+                    f"  backends:\n    - {{id: {name}, address: \"{url}\"}}\n")
+
+        both = config(certs_dir, port, cport, mport, h2("pa", "/a", a.url) + h2("pb", "/b", b.url))
+        only_a = config(certs_dir, port, cport, mport, h2("pa", "/a", a.url))
+        async with running_proxy(both) as server, h3(port, certs_dir) as client, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api:
+            assert await who(client) == "h2a" and await who(client, "/b/echo") == "h2b"
+            targets = {backend.id: backend.target for backend in server.generation.backends()}
+            [conn_a] = server.upstream.h2_connections(targets["pa"])
+            [conn_b] = server.upstream.h2_connections(targets["pb"])
+            r = await api.post("/admin/config/apply", content=only_a)
+            assert r.status_code == 200
+            assert not conn_b.can_open_stream  # GOAWAY: closes once its streams are released
+            assert conn_a.can_open_stream
+            assert await who(client) == "h2a"
+            assert server.upstream.h2_connections(targets["pa"]) == [conn_a]  # the same connection served it
