@@ -18,9 +18,9 @@ from tests.integration.test_reload import h3
 from tests.support.backends import run_backend
 from tests.support.proxy import free_udp_port, proxy_yaml, running_proxy
 
+# the defaults are the numbers; the environment knobs are for profiling runs
 TOTAL = int(os.environ.get("TOTAL_N", "2000"))
-#: concurrent request loops per client (3 HTTP/3 connections, an HTTP/1.1 and an HTTP/2
-#: client): the loop is latency-bound, so concurrency is what keeps the test short
+#: concurrent request loops per client (3 HTTP/3 connections, an HTTP/1.1 and an HTTP/2 client)
 WORKERS = int(os.environ.get("WORKERS_N", "6"))
 RELOADS = int(os.environ.get("RELOADS_N", "20"))
 
