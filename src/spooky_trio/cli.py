@@ -56,7 +56,7 @@ def cmd_run(argv: list[str]) -> int:
         print(f"spooky-trio: cannot open log file: {exc}", file=sys.stderr)
         return 1
     try:
-        server = Server(config)
+        server = Server(config, config_path=args.config)
         trio.run(server.run)
     except StartupError as exc:
         print(f"spooky-trio: {exc}", file=sys.stderr)

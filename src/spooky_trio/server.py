@@ -4,11 +4,17 @@
 Server.run
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
-├─ listener nursery: one QuicListener per listener block
-├─ one BootstrapListener per listener block: TCP + TLS (HTTP/1.1, HTTP/2), same port
-├─ control nursery: metrics endpoint and control API (observability/endpoints.py)
-└─ signal watcher: TERM/INT -> drain, a second one -> stop at once
+├─ one ListenerPair per listener block, each in its own cancel scope:
+│    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
+├─ one service per enabled endpoint (metrics, control API), each in its own cancel scope
+├─ listener pairs and endpoints a reload removed, draining then closing
+└─ signal watcher: TERM/INT -> drain, a second one -> stop at once; HUP -> config reload
 ```
+
+A configuration reload (runtime/reload.py) calls :meth:`Server.stage` (build the new
+Generation, bind added listeners and moved endpoints, open a new log file: nothing running
+is touched, and :meth:`Staged.abort` undoes it all) and then :meth:`Server.commit` (the
+swap; see docs/reload.md).
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ import grp
 import logging
 import os
 import pwd
+import random
 import signal
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
+from spooky_trio.config.issues import ConfigIssue, PositionMap
 from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.ingress.bootstrap import BootstrapListener
 from spooky_trio.ingress.identities import IdentityError, IdentityStore
@@ -29,10 +39,12 @@ from spooky_trio.ingress.quic import Activity, QuicListener
 from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
 from spooky_trio.observability.endpoints import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.observability.http_server import HttpEndpoint
+from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.pipeline import Proxy
 from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.runtime.generation import Generation
+from spooky_trio.runtime.reload import ConfigManager
 from spooky_trio.runtime.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 
@@ -49,13 +61,185 @@ class StartupError(Exception):
     """The server cannot start (bind failure, unreadable certificate...); one-line message."""
 
 
-class Server:
-    """One serving process. ``run`` returns when the server stopped; see module docstring."""
+class StageError(Exception):
+    """A reload cannot be staged; ``issues`` lists every problem (key path, line, message)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("; ".join(str(issue) for issue in issues))
+
+
+class _BindError(Exception):
+    """A listener socket cannot be bound; the message names protocol and address."""
+
+
+class ListenerPair:
+    """The QUIC and TCP listeners of one listener block, served and stopped together.
+
+    ``key`` (address, configured port) is the listener's identity across reloads. Each pair
+    counts its requests in its own :class:`Activity` (whose parent is the Server's), so a
+    reload that removes it can drain it alone.
+    """
+
+    def __init__(self, config: Any, quic: QuicListener, tcp: BootstrapListener, activity: Activity) -> None:
+        self.config = config
+        self.key: tuple[str, int] = (config.address, config.port)
+        self.quic = quic
+        self.tcp = tcp
+        self.activity = activity
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    @property
+    def name(self) -> str:
+        return f"{self.quic.address}:{self.quic.port}"
+
+    def bind(self) -> None:
+        """Bind UDP then TCP on the same port; raises :class:`_BindError` (nothing left bound)."""
+        try:
+            self.quic.bind()
+        except OSError as exc:
+            raise _BindError(f"cannot bind UDP {self.quic.address}:{self.quic.port}: {exc.strerror or exc}") from exc
+        try:
+            self.tcp.bind(self.quic.port)
+        except OSError as exc:
+            self.quic.sock.close()
+            self.quic.sock = None  # type: ignore[assignment]
+            raise _BindError(f"cannot bind TCP {self.tcp.address}:{self.quic.port}: {exc.strerror or exc}") from exc
+
+    def unbind(self) -> None:
+        """Close the sockets of a pair that was bound but never served (aborted reload)."""
+        if self.quic.sock is not None:
+            self.quic.sock.close()
+        self.tcp.unbind()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve both listeners until :attr:`scope` is cancelled."""
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.quic.serve)
+                    await nursery.start(self.tcp.serve)
+                    task_status.started()
+        finally:
+            self.done.set()
+
+    def adopt(self, fresh: ListenerPair) -> None:
+        """Take ``fresh``'s settings and TLS material (a reload kept this listener): QUIC
+        transport parameters, limits and certificates apply to connections that start from
+        now on; open connections keep theirs."""
+        quic, new = self.quic, fresh.quic
+        old_perf, new_perf = quic.performance, new.performance
+        # flood guard: new rates/caps apply now; the Retry token key stays, so Retry tokens
+        # already handed out remain valid across the reload
+        if (old_perf.new_connections_per_sec, old_perf.new_connections_burst) != (new_perf.new_connections_per_sec, new_perf.new_connections_burst):
+            quic.guard.bucket = new.guard.bucket
+        quic.guard.max_active = new.guard.max_active
+        # 0-RTT: switching allow_0rtt on or off swaps the ticket store; unchanged keeps tickets
+        if quic.protocol.allow_0rtt != new.protocol.allow_0rtt:
+            quic.session_tickets = new.session_tickets
+        quic.performance, quic.protocol = new.performance, new.protocol
+        quic.configuration, quic.identities = new.configuration, new.identities
+        tcp = self.tcp
+        tcp.performance = fresh.tcp.performance
+        for field in attrs.fields(type(tcp.limits)):  # the ServeContext shares this object
+            setattr(tcp.limits, field.name, getattr(fresh.tcp.limits, field.name))
+        tcp.use_tls(fresh.tcp.tls)
+        self.config = fresh.config
+
+    def begin_drain(self) -> None:
+        self.quic.begin_drain()
+        self.tcp.begin_drain()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout``), then close."""
+        self.begin_drain()
+        with trio.move_on_after(timeout):
+            await self.activity.wait_idle()
+        with trio.move_on_after(1.0):
+            await self.quic.wait_acked()
+        self.quic.close_all()
+        with trio.move_on_after(1.0):
+            await self.quic.wait_closed()
+        self.scope.cancel()
+        await self.done.wait()
+
+
+class Service:
+    """One endpoint (metrics or control API) served in its own cancel scope; ``config`` is
+    the block it was built from (``observability.metrics`` or ``observability.control_api``)."""
+
+    def __init__(self, endpoint: HttpEndpoint, config: Any) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self.required = config.required
+        self.scope = trio.CancelScope()
+        self.started = False
+        #: set once a started service stopped (its socket is closed)
+        self.stopped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
+        try:
+            with self.scope:
+                await self.endpoint.serve(task_status=task_status)
+        finally:
+            self.stopped.set()
+
+    def stop(self) -> None:
+        """Stop serving (a bound socket that was never served is closed)."""
+        self.scope.cancel()
+        if not self.started:
+            self.endpoint.unbind()
+
+
+@attrs.define(eq=False)
+class Staged:
+    """What :meth:`Server.stage` prepared; nothing running has changed yet."""
+
+    generation: Generation
+    config: Any
+    #: the listener pairs in config order once committed (kept and added)
+    pairs: list[ListenerPair] = attrs.Factory(list)
+    #: added pairs: bound, not serving
+    added: list[ListenerPair] = attrs.Factory(list)
+    #: kept pairs with the fresh (unbound) pair whose settings they adopt
+    kept: list[tuple[ListenerPair, ListenerPair]] = attrs.Factory(list)
+    removed: list[ListenerPair] = attrs.Factory(list)
+    #: service name -> new Service (bound) or None (disabled)
+    services: dict[str, Service | None] = attrs.Factory(dict)
+    #: services kept on their socket with a new handler: (service, config, handler)
+    retuned: list[tuple[Service, Any, Any]] = attrs.Factory(list)
+    control_api: ControlApi | None = None
+    log_handler: logging.Handler | None = None
+
+    def abort(self) -> None:
+        """Undo the staging: close what it bound or opened."""
+        for pair in self.added:
+            pair.unbind()
+        for service in self.services.values():
+            if service is not None:
+                service.endpoint.unbind()
+        if self.log_handler is not None:
+            self.log_handler.close()
+
+
+class Server:
+    """One serving process. ``run`` returns when the server stopped; see module docstring.
+
+    ``config_path`` is the file a reload (control API ``reload_path``, SIGHUP) re-reads and
+    ``POST /admin/config/apply?persist=true`` writes; None when the config came from text.
+    """
+
+    def __init__(self, config: Any, *, config_path: str | None = None) -> None:
+        self.config_path = config_path
         #: backend health, ejection, latency, DNS addresses: survives reloads (keyed by backend)
         self.state = StateStore()
         self.generation = Generation.build(config, number=1, state=self.state)
+        #: a staged generation that takes ``canary_percent`` % of new requests, or None
+        self.canary: Generation | None = None
+        self.canary_percent = 0.0
+        self._rng = random.Random()
         perf = config.performance
         self.activity = Activity()
         self.upstream = UpstreamPool(
@@ -64,11 +248,13 @@ class Server:
         )
         #: this server's own Prometheus registry (several servers may share a process)
         self.metrics = Metrics()
-        self.proxy = Proxy(lambda: self.generation, self.upstream, self.metrics, self.state)
+        self.proxy = Proxy(self.current_generation, self.upstream, self.metrics, self.state)
         self.health = HealthSupervisor(self.upstream, self.metrics)
-        self.listeners: list[QuicListener] = []
-        #: the TCP (HTTP/1.1 + HTTP/2) listener beside each QUIC one, same index and port
-        self.bootstrap_listeners: list[BootstrapListener] = []
+        #: one QUIC + TCP listener pair per listener block, in config order
+        self._pairs: list[ListenerPair] = []
+        #: pairs a reload removed that are still draining
+        self._retiring: set[ListenerPair] = set()
+        self._nursery: trio.Nursery | None = None
         self.draining = False
         #: every listener is serving (the control API's readiness, with ``draining``)
         self.serving = False
@@ -80,43 +266,24 @@ class Server:
         self.stopped = trio.Event()
         for listener in config.effective_listeners():
             try:
-                identities = IdentityStore.from_config(listener.tls)
-                bootstrap = BootstrapListener(
-                    address=listener.address,
-                    identities=identities,
-                    client_auth=listener.tls.client_auth,
-                    performance=perf,
-                    protocol=config.resilience.protocol,
-                    handler=self.proxy.handle,
-                    activity=self.activity,
-                )
+                self._pairs.append(self._make_pair(listener, config))
             except Exception as exc:
                 raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
-            self.listeners.append(
-                QuicListener(
-                    address=listener.address,
-                    port=listener.port,
-                    identities=identities,
-                    performance=perf,
-                    handler=self.proxy.handle,
-                    activity=self.activity,
-                    protocol=config.resilience.protocol,
-                )
-            )
-            self.bootstrap_listeners.append(bootstrap)
         self.metrics.attach(self)
-        #: (endpoint, required) for the metrics endpoint and control API that are enabled
-        self.endpoints: list[tuple[HttpEndpoint, bool]] = []
+        #: name ("metrics", "control") -> the enabled endpoint's service
+        self._services: dict[str, Service] = {}
         obs = config.observability
         if obs.metrics.enabled:
-            self.endpoints.append((metrics_endpoint(obs.metrics, self.metrics), obs.metrics.required))
+            self._services["metrics"] = Service(metrics_endpoint(obs.metrics, self.metrics), obs.metrics)
         self.control_api: ControlApi | None = None
         if obs.control_api.enabled:
             try:
                 self.control_api = ControlApi(obs.control_api, self)
             except EndpointSetupError as exc:
                 raise StartupError(str(exc)) from exc
-            self.endpoints.append((self.control_api.endpoint(self.metrics.control_api_drops.inc), obs.control_api.required))
+            self._services["control"] = Service(self.control_api.endpoint(self.metrics.control_api_drops.inc), obs.control_api)
+        #: the reload transaction, history, rollback and canary (runtime/reload.py)
+        self.reloads = ConfigManager(self)
 
     @property
     def ready(self) -> bool:
@@ -127,24 +294,70 @@ class Server:
     def config(self) -> Any:
         return self.generation.config
 
+    @property
+    def listeners(self) -> list[QuicListener]:
+        """The QUIC listener of each current listener block (config order)."""
+        return [pair.quic for pair in self._pairs]
+
+    @property
+    def bootstrap_listeners(self) -> list[BootstrapListener]:
+        """The TCP (HTTP/1.1 + HTTP/2) listener beside each QUIC one, same index and port."""
+        return [pair.tcp for pair in self._pairs]
+
+    @property
+    def endpoints(self) -> list[tuple[HttpEndpoint, bool]]:
+        """(endpoint, required) for the metrics endpoint and control API that are enabled."""
+        return [(service.endpoint, service.required) for service in self._services.values()]
+
+    def current_generation(self) -> Generation:
+        """The generation a new request uses: the canary's share goes to :attr:`canary`."""
+        canary = self.canary
+        if canary is not None and self._rng.random() * 100 < self.canary_percent:
+            return canary
+        return self.generation
+
+    def live_generations(self) -> list[Generation]:
+        """The generations new requests may use (the stable one, then the canary)."""
+        return [self.generation] if self.canary is None else [self.generation, self.canary]
+
+    def _make_pair(self, listener: Any, config: Any) -> ListenerPair:
+        perf = config.performance
+        activity = Activity(parent=self.activity)
+        identities = IdentityStore.from_config(listener.tls)
+        tcp = BootstrapListener(
+            address=listener.address,
+            identities=identities,
+            client_auth=listener.tls.client_auth,
+            performance=perf,
+            protocol=config.resilience.protocol,
+            handler=self.proxy.handle,
+            activity=activity,
+        )
+        quic = QuicListener(
+            address=listener.address,
+            port=listener.port,
+            identities=identities,
+            performance=perf,
+            handler=self.proxy.handle,
+            activity=activity,
+            protocol=config.resilience.protocol,
+        )
+        return ListenerPair(listener, quic, tcp, activity)
+
     def bind(self) -> None:
         """Bind every listener socket; raises :class:`StartupError` naming the address."""
-        for listener in self.listeners:
+        for pair in self._pairs:
             try:
-                listener.bind()
-            except OSError as exc:
-                raise StartupError(f"cannot bind UDP {listener.address}:{listener.port}: {exc.strerror or exc}") from exc
-        for quic, tcp in zip(self.listeners, self.bootstrap_listeners):
-            try:
-                tcp.bind(quic.port)
-            except OSError as exc:
-                raise StartupError(f"cannot bind TCP {tcp.address}:{quic.port}: {exc.strerror or exc}") from exc
-        for endpoint, required in self.endpoints:
+                pair.bind()
+            except _BindError as exc:
+                raise StartupError(str(exc)) from exc
+        for service in self._services.values():
+            endpoint = service.endpoint
             try:
                 endpoint.bind()
             except OSError as exc:
                 message = f"cannot bind the {endpoint.name} on tcp {endpoint.address}:{endpoint.port}: {exc.strerror or exc}"
-                if required:
+                if service.required:
                     raise StartupError(message) from exc
                 log.error("%s; serving without it", message)
 
@@ -155,24 +368,20 @@ class Server:
             drop_privileges(self.config.security.privileges)
             await self._serve(handle_signals, task_status)
         finally:
+            self._nursery = None
             self.stopped.set()
 
     async def _serve(self, handle_signals: bool, task_status: trio.TaskStatus[Server]) -> None:
         async with trio.open_nursery() as root:
+            self._nursery = root
             await root.start(self.upstream.run)
             await root.start(self.health.run, self.generation)  # background nursery: probes, DNS
-            for listener in self.listeners:
-                await root.start(listener.serve)
-                log.info("listening for HTTP/3 on udp %s:%d", listener.address, listener.port)
-            for tcp in self.bootstrap_listeners:
-                await root.start(tcp.serve)
-                log.info("listening for HTTP/1.1 and HTTP/2 on tcp %s:%d", tcp.address, tcp.port)
-            for endpoint, _required in self.endpoints:
-                if endpoint.bound:
-                    await root.start(endpoint.serve)
-                    log.info("serving the %s on tcp %s:%d", endpoint.name, endpoint.address, endpoint.port)
+            for pair in self._pairs:
+                await self._start_pair(pair)
+            for service in self._services.values():
+                await self._start_service(service)
             if handle_signals:
-                root.start_soon(self._watch_signals, root.cancel_scope)
+                await root.start(self._watch_signals, root.cancel_scope)
             self.serving = True
             if self.config.resilience.watchdog.enabled:  # background: resilience/watchdog.py
                 self.watchdog = Watchdog.for_server(self)
@@ -181,6 +390,19 @@ class Server:
             await self._drain_requested.wait()
             await self._drain()
             root.cancel_scope.cancel()
+
+    async def _start_pair(self, pair: ListenerPair) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(pair.run)
+        log.info("listening for HTTP/3 on udp %s:%d", pair.quic.address, pair.quic.port)
+        log.info("listening for HTTP/1.1 and HTTP/2 on tcp %s:%d", pair.tcp.address, pair.tcp.port)
+
+    async def _start_service(self, service: Service) -> None:
+        assert self._nursery is not None
+        endpoint = service.endpoint
+        if endpoint.bound:
+            await self._nursery.start(service.run)
+            log.info("serving the %s on tcp %s:%d", endpoint.name, endpoint.address, endpoint.port)
 
     def request_drain(self) -> None:
         """Begin graceful shutdown (idempotent)."""
@@ -201,17 +423,19 @@ class Server:
         :class:`~spooky_trio.ingress.tls.TlsSetupError` and nothing is replaced.
         Returns one summary per listener (certificate serials and expiry)."""
         fresh = []
-        for listener_config, quic in zip(self.config.effective_listeners(), self.listeners):
+        for pair in self._pairs:
+            quic = pair.quic
             try:
-                identities = IdentityStore.from_config(listener_config.tls)
-                tls = BootstrapTls(identities, listener_config.tls.client_auth)
+                identities = IdentityStore.from_config(pair.config.tls)
+                tls = BootstrapTls(identities, pair.config.tls.client_auth)
             except (IdentityError, TlsSetupError) as exc:
                 raise type(exc)(f"listener {quic.address}:{quic.port}: {exc}") from exc
             fresh.append((identities, tls))
         summary = []
-        for (identities, tls), quic, tcp in zip(fresh, self.listeners, self.bootstrap_listeners):
+        for (identities, tls), pair in zip(fresh, self._pairs):
+            quic = pair.quic
             quic.replace_identities(identities)
-            tcp.use_tls(tls)
+            pair.tcp.use_tls(tls)
             summary.append({
                 "listener": f"{quic.address}:{quic.port}",
                 "certificates": [
@@ -223,33 +447,205 @@ class Server:
         log.info("listener certificates reloaded (%d listener(s)); new handshakes use them", len(summary))
         return summary
 
+    # -- reload: stage, then commit (driven by runtime/reload.py) --
+
+    def stage(self, config: Any, generation: Generation, *, listeners_and_services: bool = True) -> Staged:
+        """Prepare everything ``config`` needs beside the running server: ``generation``
+        (already built), a fresh listener pair for each listener block (added ones bound
+        now, so a bind failure fails the transaction), moved endpoints bound, a changed log
+        handler opened. Raises :class:`StageError` with every problem, after undoing the
+        rest. ``listeners_and_services=False`` (a canary) keeps listeners, endpoints and
+        logging as they are."""
+        staged = Staged(generation=generation, config=config)
+        if not listeners_and_services:
+            staged.pairs = list(self._pairs)
+            return staged
+        issues: list[ConfigIssue] = []
+        positions = PositionMap(config.source_positions)
+        try:
+            self._stage_listeners(config, staged, positions, issues)
+            self._stage_services(config, staged, positions, issues)
+            if config.log != self.config.log:
+                try:
+                    staged.log_handler = build_handler(config.log)
+                except OSError as exc:
+                    issues.append(positions.issue(("log", "file", "path"), f"cannot open the log file: {exc.strerror or exc}"))
+        except BaseException:
+            staged.abort()
+            raise
+        if issues:
+            staged.abort()
+            raise StageError(issues)
+        return staged
+
+    def _stage_listeners(self, config: Any, staged: Staged, positions: PositionMap, issues: list[ConfigIssue]) -> None:
+        existing = {pair.key: pair for pair in self._pairs}
+        base: tuple[str, ...] = ("listeners",) if config.listeners else ("listen",)
+        for index, listener in enumerate(config.effective_listeners()):
+            path: tuple[Any, ...] = base + (index,) if config.listeners else base
+            try:
+                fresh = self._make_pair(listener, config)
+            except Exception as exc:  # unreadable certificate, bad TLS material
+                issues.append(positions.issue(path + ("tls",), f"listener {listener.address}:{listener.port}: {exc}"))
+                continue
+            kept = existing.pop(fresh.key, None)
+            if kept is not None:
+                staged.kept.append((kept, fresh))
+                staged.pairs.append(kept)
+                continue
+            try:
+                fresh.bind()
+            except _BindError as exc:
+                issues.append(positions.issue(path + ("port",), str(exc), related=[path]))
+                continue
+            staged.added.append(fresh)
+            staged.pairs.append(fresh)
+        staged.removed = list(existing.values())
+
+    def _stage_services(self, config: Any, staged: Staged, positions: PositionMap, issues: list[ConfigIssue]) -> None:
+        obs = config.observability
+        for name, section, cfg in (("metrics", "metrics", obs.metrics), ("control", "control_api", obs.control_api)):
+            current = self._services.get(name)
+            if current is not None and current.config == cfg:
+                continue
+            if not cfg.enabled:
+                if current is not None:
+                    staged.services[name] = None
+                continue
+            api = None
+            if name == "control":
+                try:
+                    api = ControlApi(cfg, self)
+                except EndpointSetupError as exc:
+                    issues.append(positions.issue(("observability", section, "auth_token"), str(exc)))
+                    continue
+                if self.control_api is not None:
+                    api.started_monotonic = self.control_api.started_monotonic
+                staged.control_api = api
+                endpoint = api.endpoint(self.metrics.control_api_drops.inc)
+            else:
+                endpoint = metrics_endpoint(cfg, self.metrics)
+            if (
+                current is not None
+                and current.endpoint.bound
+                and (current.config.address, current.config.port) == (cfg.address, cfg.port)
+            ):
+                staged.retuned.append((current, cfg, endpoint))  # same socket, new handler and limits
+                continue
+            try:
+                endpoint.bind()
+            except OSError as exc:
+                message = f"cannot bind the {endpoint.name} on tcp {cfg.address}:{cfg.port}: {exc.strerror or exc}"
+                if cfg.required:
+                    issues.append(positions.issue(("observability", section, "port"), message, related=[("observability", section)]))
+                    continue
+                log.error("%s; serving without it", message)
+            staged.services[name] = Service(endpoint, cfg)
+
+    async def commit(self, staged: Staged, *, canary_percent: float | None = None) -> Callable[[], None]:
+        """Swap to ``staged``: added listeners start serving, kept ones adopt their new
+        settings, the generation reference is swapped (or the canary set), removed listeners
+        drain in the background, the health supervisor and upstream pool follow the live
+        generations, endpoints and logging move. Returns the step to run once the caller
+        answered (stop the endpoints that moved: a control API request that triggered the
+        reload gets its answer on the old socket first)."""
+        staged.generation.activate()
+        for pair in staged.added:
+            await self._start_pair(pair)
+        for pair, fresh in staged.kept:
+            pair.adopt(fresh)
+        # the swap: requests that start from here on use the new generation
+        if canary_percent is not None:
+            self.canary, self.canary_percent = staged.generation, canary_percent
+        else:
+            self.generation, self.canary, self.canary_percent = staged.generation, None, 0.0
+        self._pairs = list(staged.pairs)
+        assert self._nursery is not None
+        for pair in staged.removed:
+            self._retiring.add(pair)
+            self._nursery.start_soon(self._retire_pair, pair)
+        stopping: list[Service] = []
+        for service, cfg, endpoint in staged.retuned:
+            service.endpoint.handler = endpoint.handler
+            service.endpoint.max_connections = endpoint.max_connections
+            service.endpoint.connection_timeout = endpoint.connection_timeout
+            service.config, service.required = cfg, cfg.required
+        for name, new_service in staged.services.items():
+            old = self._services.pop(name, None)
+            if old is not None:
+                stopping.append(old)
+            if new_service is not None:
+                self._services[name] = new_service
+                await self._start_service(new_service)
+        if staged.control_api is not None or "control" in staged.services:
+            self.control_api = staged.control_api
+        if staged.log_handler is not None:
+            install_handler(staged.log_handler, staged.config.log)
+        if canary_percent is None:  # the pool is process-wide: a canary does not retune it
+            perf = staged.config.performance
+            self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
+            self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
+        await self.follow_generations()
+
+        def stop_moved() -> None:
+            for service in stopping:
+                log.info("stopped serving the %s on tcp %s:%d", service.endpoint.name, service.endpoint.address, service.endpoint.port)
+                service.stop()
+
+        return stop_moved
+
+    async def follow_generations(self) -> None:
+        """Health checks and pooled connections follow the live generations: probes of
+        removed backends stop, new ones start, unchanged ones keep running; removed
+        backends' connections drain."""
+        live = self.live_generations()
+        await self.health.apply(_LiveBackends(live))
+        keep = set()
+        for generation in live:
+            for backend in generation.backends():
+                keep.add(backend.target)
+                keep.add(backend.connect_target)
+        await self.upstream.retire(keep)
+
+    async def _retire_pair(self, pair: ListenerPair) -> None:
+        log.info("listener %s removed by a reload: draining", pair.name)
+        try:
+            await pair.drain(self.config.performance.shutdown_drain_timeout_ms / 1000)
+        finally:
+            self._retiring.discard(pair)
+        log.info("listener %s closed", pair.name)
+
     async def _drain(self) -> None:
         self.draining = True
         timeout = self.config.performance.shutdown_drain_timeout_ms / 1000
         log.info("draining: %d request(s) in flight, up to %.1fs", self.activity.count, timeout)
-        for listener in self.listeners:
-            listener.begin_drain()
-        for tcp in self.bootstrap_listeners:
-            tcp.begin_drain()
+        pairs = self._pairs + list(self._retiring)
+        for pair in pairs:
+            pair.begin_drain()
         with trio.move_on_after(timeout) as scope:
             await self.activity.wait_idle()
         if scope.cancelled_caught:
             log.warning("drain deadline passed with %d request(s) in flight; cancelling them", self.activity.count)
         # the last response bytes must be acknowledged before CONNECTION_CLOSE discards them
         with trio.move_on_after(1.0):
-            for listener in self.listeners:
-                await listener.wait_acked()
-        for listener in self.listeners:
-            listener.close_all()
+            for pair in pairs:
+                await pair.quic.wait_acked()
+        for pair in pairs:
+            pair.quic.close_all()
         with trio.move_on_after(1.0):
-            for listener in self.listeners:
-                await listener.wait_closed()
+            for pair in pairs:
+                await pair.quic.wait_closed()
         log.info("stopped")
 
-    async def _watch_signals(self, root_scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def _watch_signals(self, root_scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
-                if not self._drain_requested.is_set():
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP: reloading the configuration file")
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._reload_on_signal)
+                elif not self._drain_requested.is_set():
                     log.info("received %s: graceful drain", signal.Signals(signum).name)
                     self.request_drain()
                 else:
@@ -257,6 +653,21 @@ class Server:
                     self.forced = True
                     root_scope.cancel()
                     return
+
+
+    async def _reload_on_signal(self) -> None:
+        outcome = await self.reloads.reload_file("SIGHUP")
+        if outcome.after is not None:
+            outcome.after()  # nobody to answer: moved endpoints stop now
+
+
+class _LiveBackends:
+    """What :meth:`HealthSupervisor.apply` reads (``pools``, ``config``) over several
+    generations at once: the stable one and a canary probe the union of their backends."""
+
+    def __init__(self, generations: list[Generation]) -> None:
+        self.config = generations[-1].config
+        self.pools = {f"{i}/{name}": pool for i, generation in enumerate(generations) for name, pool in generation.pools.items()}
 
 
 def drop_privileges(privileges: Any) -> None:

@@ -87,8 +87,9 @@ async def test_reload_certs_new_handshakes_old_connections_and_broken_file(ca: t
             assert await quic_serial(port, cafile) == second  # old material kept
             assert await tcp_serial(port, certs_dir) == second
 
+        # reload_path is real (tests/integration/test_reload.py); this server has no file to re-read
         r = await http.post("/admin/runtime/reload", headers=AUTH)
-        assert r.status_code == 501 and "not implemented" in r.text
+        assert r.status_code == 409 and "not started from a config file" in r.json()["errors"][0]["message"]
         _, values = await scrape(mport)
         labels = (("listener", f"127.0.0.1:{port}"), ("server_name", "default"))
         not_after = server.listeners[0].identities.primary.certificate.not_valid_after_utc.timestamp()

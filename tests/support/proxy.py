@@ -88,9 +88,12 @@ def h2_pool(port: int, certs_dir: Path, name: str = "api") -> str:
 
 
 @asynccontextmanager
-async def running_proxy(yaml_text: str) -> AsyncIterator[Server]:
+async def running_proxy(yaml_text: str, *, config_path: Path | None = None) -> AsyncIterator[Server]:
+    """``config_path``: the file reloads re-read (written with ``yaml_text`` first)."""
+    if config_path is not None:
+        config_path.write_text(yaml_text)
     config = load_config_text(yaml_text)
-    server = Server(config)
+    server = Server(config, config_path=None if config_path is None else str(config_path))
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: server.run(handle_signals=False, task_status=task_status))
         try:

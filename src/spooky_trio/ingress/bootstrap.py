@@ -165,6 +165,11 @@ class BootstrapListener:
         self.port = sock.getsockname()[1]
         self.ctx.alt_svc = f'h3=":{alt_svc_port or self.port}"; ma=86400'.encode("ascii")
 
+    def unbind(self) -> None:
+        """Close a socket bound but never served (a reload that did not commit)."""
+        if self._sock is not None:
+            self._sock.close()
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve connections until cancelled. Call :meth:`bind` first."""
         assert self._sock is not None, "bind() first"

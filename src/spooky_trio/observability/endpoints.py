@@ -11,7 +11,15 @@ Control API (``observability.control_api``):
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
-* ``reload_path``: 501 (configuration reload is not implemented yet).
+* ``POST reload_path``: re-read the config file and apply it (runtime/reload.py);
+* ``GET /admin/config``: generation, sha256 of its source, applied time, source, canary and
+  history; ``POST /admin/config/validate`` (YAML body: dry run, errors or the diff),
+  ``POST /admin/config/apply`` (YAML body; ``?persist=true`` writes the file,
+  ``?canary_percent=N`` stages it for N % of new requests), ``POST /admin/config/rollback``
+  (drop the canary, or back to the previous generation; ``?persist=true``),
+  ``POST /admin/config/promote`` (the canary takes every request; ``?persist=true``).
+  Failures answer 400 (not a config document) / 409 (not possible now) / 422 (invalid,
+  or a listener cannot bind) with every error: key path, line, column, message.
 
 Everything under ``/admin/`` (and the runtime, restart and reload paths wherever they are) needs ``Authorization: Bearer <auth_token>`` when a token is
 configured: none gives 401 (with ``WWW-Authenticate: Bearer``), a wrong one 403.
@@ -23,6 +31,7 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 from typing import Any
 
 import trio
@@ -35,6 +44,8 @@ log = logging.getLogger("spooky.observability")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ADMIN_PREFIX = "/admin/"
+CONFIG_PATH = "/admin/config"
+_TRUE = ("1", "true", "yes")
 
 
 class EndpointSetupError(Exception):
@@ -108,9 +119,10 @@ class ControlApi:
             if request.method != "POST":
                 return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
             return posted[request.path]()
-        if request.path == cfg.reload_path:
-            return HttpResponse(501, b"configuration reload is not implemented yet; restart the process (POST "
-                                + cfg.restart_path.encode() + b") to apply a new config\n")
+        if request.path == cfg.reload_path or request.path.startswith(CONFIG_PATH + "/"):
+            if request.method != "POST":
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
+            return await self._config_change(request)
         if request.method not in ("GET", "HEAD"):
             return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
         if request.path == cfg.health_path:
@@ -122,7 +134,38 @@ class ControlApi:
         if request.path == cfg.runtime_path:
             body = json.dumps(self.snapshot(), indent=2, sort_keys=True).encode() + b"\n"
             return HttpResponse(200, body, content_type="application/json")
+        if request.path == CONFIG_PATH:
+            return _json(200, self.server.reloads.describe())
         return HttpResponse(404, b"not found\n")
+
+    async def _config_change(self, request: HttpRequest) -> HttpResponse:
+        reloads = self.server.reloads
+        query = urllib.parse.parse_qs(request.query)
+        persist = query.get("persist", ["false"])[-1].lower() in _TRUE
+        action = request.path[len(CONFIG_PATH) + 1:] if request.path.startswith(CONFIG_PATH + "/") else "reload"
+        if request.path == self.config.reload_path:
+            outcome = await reloads.reload_file("reload_path")
+        elif action == "apply":
+            canary: float | None = None
+            if "canary_percent" in query:
+                try:
+                    canary = float(query["canary_percent"][-1])
+                except ValueError:
+                    canary = -1.0
+                if not 0 <= canary <= 100:
+                    return _json(400, {"result": "invalid", "errors": [
+                        {"path": "", "line": None, "column": None, "message": "canary_percent must be a number from 0 to 100"}]})
+            outcome = await reloads.apply(request.body, persist=persist, canary_percent=canary)
+        elif action == "validate":
+            outcome = await reloads.validate(request.body)
+        elif action == "rollback":
+            outcome = await reloads.rollback(persist=persist)
+        elif action == "promote":
+            outcome = await reloads.promote(persist=persist)
+        else:
+            return HttpResponse(404, b"not found\n")
+        # a moved control API stops on its old socket only once this answer was written
+        return _json(outcome.status, outcome.body, after_send=outcome.after)
 
     def _reload_certs(self) -> HttpResponse:
         from spooky_trio.ingress.identities import IdentityError
@@ -172,6 +215,7 @@ class ControlApi:
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "config_generation": server.generation.number,
+            "config_canary_generation": None if server.canary is None else server.canary.number,
             "ready": server.ready,
             "draining": server.draining,
             "listeners": [
@@ -204,3 +248,7 @@ def _overload_snapshot(server: Any) -> dict[str, Any]:
             "routes": {prefix: budget.credit / 100 for prefix, budget in budgets.routes.items()},
         },
     }
+
+
+def _json(status: int, body: Any, after_send: Any = None) -> HttpResponse:
+    return HttpResponse(status, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json", after_send=after_send)

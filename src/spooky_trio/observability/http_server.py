@@ -4,8 +4,8 @@ Each :class:`HttpEndpoint` binds one TCP socket (:meth:`HttpEndpoint.bind`, sync
 bind failure surfaces before readiness), then :meth:`HttpEndpoint.serve` accepts connections
 in its own nursery. ``max_connections`` caps open connections (an extra one is closed at
 once and reported through ``on_limit_drop``); ``connection_timeout`` bounds each
-connection's whole life. Requests are answered one at a time with keep-alive; bodies sent
-by clients are read and ignored.
+connection's whole life. Requests are answered one at a time with keep-alive; request bodies
+are kept up to ``max_body_bytes`` (a larger one is answered 413 and the connection closed).
 """
 
 from __future__ import annotations
@@ -22,15 +22,24 @@ log = logging.getLogger("spooky.observability.http")
 
 #: largest request head accepted
 MAX_HEAD_BYTES = 16 * 1024
+#: largest request body kept by default (a config document for ``/admin/config/apply``)
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class _BodyTooLarge(Exception):
+    pass
 
 
 @attrs.frozen
 class HttpRequest:
-    """What a handler sees: method, target path (without query) and headers (lower-case names)."""
+    """What a handler sees: method, target path (without query), headers (lower-case
+    names), the raw query string and the request body."""
 
     method: str
     path: str
     headers: dict[str, str]
+    query: str = ""
+    body: bytes = b""
 
 
 @attrs.frozen
@@ -61,6 +70,7 @@ class HttpEndpoint:
         max_connections: int,
         connection_timeout: float,
         on_limit_drop: Callable[[], None] = lambda: None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.name = name
         self.address = address
@@ -69,6 +79,7 @@ class HttpEndpoint:
         self.max_connections = max_connections
         self.connection_timeout = connection_timeout
         self.on_limit_drop = on_limit_drop
+        self.max_body_bytes = max_body_bytes
         self.open_connections = 0
         self._sock: socket.socket | None = None
 
@@ -90,6 +101,12 @@ class HttpEndpoint:
         sock.setblocking(False)
         self._sock = sock
         self.port = sock.getsockname()[1]
+
+    def unbind(self) -> None:
+        """Close a socket bound but never served (a reload that did not commit)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until cancelled. Call :meth:`bind` first."""
@@ -121,7 +138,12 @@ class HttpEndpoint:
     async def _serve_requests(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         while True:
-            request = await self._next_request(conn, stream)
+            try:
+                request = await self._next_request(conn, stream, self.max_body_bytes)
+            except _BodyTooLarge:
+                if conn.our_state is h11.SEND_RESPONSE:
+                    await self._send(conn, stream, "POST", HttpResponse(413, b"request body too large\n"))
+                return
             if request is None:
                 return
             try:
@@ -139,8 +161,9 @@ class HttpEndpoint:
             conn.start_next_cycle()
 
     @staticmethod
-    async def _next_request(conn: h11.Connection, stream: trio.SocketStream) -> HttpRequest | None:
+    async def _next_request(conn: h11.Connection, stream: trio.SocketStream, max_body: int) -> HttpRequest | None:
         request: HttpRequest | None = None
+        body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -149,13 +172,16 @@ class HttpEndpoint:
                 continue
             if isinstance(event, h11.Request):
                 headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in event.headers}
-                target = event.target.decode("latin-1").split("?", 1)[0]
-                request = HttpRequest(event.method.decode("ascii").upper(), target, headers)
+                target, _, query = event.target.decode("latin-1").partition("?")
+                request = HttpRequest(event.method.decode("ascii").upper(), target, headers, query)
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > max_body:
+                    raise _BodyTooLarge()
             elif isinstance(event, h11.EndOfMessage):
-                return request
+                return None if request is None else attrs.evolve(request, body=bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
                 return None
-            # h11.Data: request bodies are ignored
 
     @staticmethod
     async def _send(conn: h11.Connection, stream: trio.SocketStream, method: str, response: HttpResponse) -> None:

@@ -45,6 +45,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(log_config: Any) -> None:
     """Install one handler on the root logger per ``log_config`` (replacing earlier ones)."""
+    install_handler(build_handler(log_config), log_config)
+
+
+def build_handler(log_config: Any) -> logging.Handler:
+    """The handler ``log_config`` asks for; raises OSError when the log file cannot be opened
+    (a reload builds it before its commit point, so a bad path fails the transaction)."""
     if log_config.file.enabled:
         handler: logging.Handler = logging.FileHandler(log_config.file.path)
     else:
@@ -53,9 +59,17 @@ def configure_logging(log_config: Any) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def install_handler(handler: logging.Handler, log_config: Any) -> None:
+    """Make ``handler`` the root logger's only handler and apply ``log_config.level``;
+    replaced handlers are closed (a log file a reload moved away from is released)."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if old is not handler and isinstance(old, logging.FileHandler):
+            old.close()
     root.addHandler(handler)
     root.setLevel(LEVELS.get(log_config.level, logging.INFO))
     # library chatter stays at warning unless we trace

@@ -115,6 +115,11 @@ class Metrics:
         self.hedge_primary_won = Counter(
             "spooky_hedge_primary_won_after_trigger", "Primary attempts that won after a hedge was started", registry=r
         )
+        #: reload transactions (file re-read, SIGHUP, apply, rollback, promote) by result:
+        #: success, invalid (the document was rejected), failed (build, bind or write failed)
+        self.config_reloads = Counter("spooky_config_reload", "Configuration reloads by result", ["result"], registry=r)
+        for result in ("success", "invalid", "failed"):
+            self.config_reloads.labels(result=result)
 
     # -- event hooks --
 

@@ -105,10 +105,16 @@ class Generation:
         self.pools = pools
 
     @classmethod
-    def build(cls, config: Any, number: int = 1, state: StateStore | None = None, rng: random.Random | None = None) -> Generation:
+    def build(
+        cls, config: Any, number: int = 1, state: StateStore | None = None, rng: random.Random | None = None, *, activate: bool = True
+    ) -> Generation:
         """Compile ``config``. Backend state comes from ``state`` (the Server's store, so it
         survives reloads; a private store when None) and is reconfigured with each backend's
-        health_check. ``rng`` seeds ``random`` balancers (tests)."""
+        health_check (:meth:`activate`). ``rng`` seeds ``random`` balancers (tests).
+
+        A reload builds with ``activate=False`` so that a transaction that fails later
+        (a listener that cannot bind) leaves the running backends' settings untouched, and
+        calls :meth:`activate` at its commit point."""
         store = state if state is not None else StateStore()
         pools: dict[str, PoolRuntime] = {}
         for name, pool in config.upstream.items():
@@ -118,7 +124,6 @@ class Generation:
                 address = backend.parsed_address
                 target = _backend_target(address, tls_policy)
                 backend_state = store.backend(backend_key(name, backend.id, target), f"{name}/{backend.id}")
-                backend_state.configure(backend.health_check)
                 backends.append(
                     BackendRuntime(
                         pool=name,
@@ -140,4 +145,16 @@ class Generation:
                 rng=rng,
             )
             pools[name] = PoolRuntime(name, pool, backends, balancer)
-        return cls(number, config, RoutingTable.from_pools(config.upstream), pools)
+        generation = cls(number, config, RoutingTable.from_pools(config.upstream), pools)
+        if activate:
+            generation.activate()
+        return generation
+
+    def backends(self) -> list[BackendRuntime]:
+        """Every backend of every pool."""
+        return [backend for pool in self.pools.values() for backend in pool.backends]
+
+    def activate(self) -> None:
+        """Apply each backend's health_check to its long-lived state (keeps the verdicts)."""
+        for backend in self.backends():
+            backend.state.configure(backend.health_check)

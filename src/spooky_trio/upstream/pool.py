@@ -46,6 +46,8 @@ class UpstreamPool:
         self._h1_idle: dict[BackendTarget, list[H1Connection]] = {}
         self._h2_conns: dict[BackendTarget, list[H2Connection]] = {}
         self._h2_dialing: dict[BackendTarget, _PendingDial] = {}
+        #: targets of backends a reload removed: their connections close once idle
+        self._retired: set[BackendTarget] = set()
 
     # -- introspection (tests, metrics) --
 
@@ -56,6 +58,35 @@ class UpstreamPool:
     def h2_connections(self, target: BackendTarget) -> list[H2Connection]:
         """Open HTTP/2 connections for ``target`` (a copy of the list)."""
         return list(self._h2_conns.get(target, ()))
+
+    def targets(self) -> set[BackendTarget]:
+        """Every target with a pooled (idle HTTP/1.1 or open HTTP/2) connection."""
+        return set(self._h1_idle) | set(self._h2_conns)
+
+    async def retire(self, keep: set[BackendTarget]) -> int:
+        """A reload removed backends: drain the connections of every target not in ``keep``.
+
+        Idle HTTP/1.1 connections close now and busy ones when their exchange ends (they
+        are not pooled again); HTTP/2 connections take no new streams, send GOAWAY and close
+        once their active streams are released. Targets in ``keep`` are left alone (and
+        taken off the retired set: a backend added back pools again). Returns how many
+        connections were told to close.
+        """
+        self._retired = {target for target in self._retired | self.targets() if target not in keep}
+        closed = 0
+        for target in list(self._h1_idle):
+            if target in self._retired:
+                conns = self._h1_idle.pop(target)
+                taken, conns[:] = list(conns), []  # a checkout holding the list finds it empty
+                for conn in taken:
+                    await conn.aclose()
+                    closed += 1
+        for target, conns in list(self._h2_conns.items()):
+            if target in self._retired:
+                for h2conn in list(conns):
+                    h2conn.close()
+                    closed += 1
+        return closed
 
     # -- lifecycle --
 
@@ -91,7 +122,8 @@ class UpstreamPool:
                 expired = [conn for conn in conns if conn.idle_since <= cutoff or not conn.looks_alive()]
                 if expired:
                     conns[:] = [conn for conn in conns if conn not in expired]
-                    if not conns:
+                    # an earlier close awaited: a checkout or a reload may have dropped the entry
+                    if not conns and self._h1_idle.get(target) is conns:
                         del self._h1_idle[target]
                     for conn in expired:
                         await conn.aclose()
@@ -168,7 +200,7 @@ class UpstreamPool:
         cutoff = trio.current_time() - self.idle_timeout
         while idle and not fresh:
             connection = idle.pop()
-            if not idle:
+            if not idle and self._h1_idle.get(target) is idle:  # (a reload may have dropped it)
                 del self._h1_idle[target]
             if connection.idle_since > cutoff and connection.looks_alive():
                 return connection
@@ -177,7 +209,7 @@ class UpstreamPool:
         return H1Connection(target, stream)
 
     async def _finish_h1(self, connection: H1Connection, response: H1Response) -> None:
-        if not (response.complete and connection.reusable):
+        if not (response.complete and connection.reusable) or connection.target in self._retired:
             await connection.aclose()
             return
         connection.prepare_reuse()
@@ -224,6 +256,8 @@ class UpstreamPool:
             if not h2conn.ready.is_set():
                 raise UpstreamConnectError(f"{target} sent no HTTP/2 SETTINGS before the connect timeout")
             self._h2_conns.setdefault(target, []).append(h2conn)
+            if target in self._retired:
+                h2conn.close()  # dialled for a request that started before the reload: last use
         except UpstreamError as exc:
             pending.error = exc
             if h2conn is not None:
