@@ -258,6 +258,9 @@ class Server:
         self.draining = False
         #: every listener is serving (the control API's readiness, with ``draining``)
         self.serving = False
+        #: resilience.watchdog, when enabled (follows reloads: see _follow_watchdog)
+        self.watchdog: Watchdog | None = None
+        self._watchdog_scope = trio.CancelScope()
         self.forced = False
         #: set by :meth:`request_restart`: the process exits with :data:`EXIT_RESTART`
         self.restart_requested = False
@@ -383,9 +386,7 @@ class Server:
             if handle_signals:
                 await root.start(self._watch_signals, root.cancel_scope)
             self.serving = True
-            if self.config.resilience.watchdog.enabled:  # background: resilience/watchdog.py
-                self.watchdog = Watchdog.for_server(self)
-                root.start_soon(self.watchdog.run)
+            self._follow_watchdog()  # background: resilience/watchdog.py
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()
@@ -542,6 +543,27 @@ class Server:
                 log.error("%s; serving without it", message)
             staged.services[name] = Service(endpoint, cfg)
 
+    def _follow_watchdog(self) -> None:
+        """Start, retune or stop the watchdog to match the serving config (at startup and
+        after each reload that is not a canary)."""
+        settings = self.config.resilience.watchdog
+        if settings.enabled and self.watchdog is None:
+            assert self._nursery is not None
+            self.watchdog = Watchdog.for_server(self)
+            self._watchdog_scope = trio.CancelScope()
+            self._nursery.start_soon(self._run_watchdog, self.watchdog, self._watchdog_scope)
+        elif settings.enabled and self.watchdog is not None:
+            self.watchdog.config = settings
+            self.watchdog.inflight_limit = self.config.performance.global_inflight_limit
+        elif self.watchdog is not None:
+            self._watchdog_scope.cancel()
+            self.watchdog = None
+
+    @staticmethod
+    async def _run_watchdog(watchdog: Watchdog, scope: trio.CancelScope) -> None:
+        with scope:
+            await watchdog.run()
+
     async def commit(self, staged: Staged, *, canary_percent: float | None = None) -> Callable[[], None]:
         """Swap to ``staged``: added listeners start serving, kept ones adopt their new
         settings, the generation reference is swapped (or the canary set), removed listeners
@@ -586,6 +608,8 @@ class Server:
             self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
             self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
         await self.follow_generations()
+        if canary_percent is None:
+            self._follow_watchdog()
 
         def stop_moved() -> None:
             for service in stopping:

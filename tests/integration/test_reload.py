@@ -489,3 +489,24 @@ async def test_kept_listener_adopts_flood_guard_and_0rtt_settings(certs_dir: Pat
             assert set(quic.session_tickets) == {"session_ticket_fetcher", "session_ticket_handler"}
             async with h3(port, certs_dir) as client:
                 assert await who(client) == "b1"
+
+
+async def test_watchdog_follows_reloads(certs_dir: Path, ports: tuple[int, int, int]) -> None:
+    """resilience.watchdog is reloadable: enabling starts it, a change retunes the running
+    one, disabling stops it."""
+    port, cport, mport = ports
+    async with run_backend(name="b1") as b1:
+        pools = pool("app", "/a", [("b1", b1.url)])
+        plain = config(certs_dir, port, cport, mport, pools)
+        watched = config(certs_dir, port, cport, mport, pools, extra=(
+            "resilience:\n  watchdog:\n    enabled: true\n    check_interval_ms: 5000\n"))
+        retuned = watched.replace("check_interval_ms: 5000", "check_interval_ms: 7000")
+        async with running_proxy(plain) as server, httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api:
+            assert server.watchdog is None
+            assert (await api.post("/admin/config/apply", content=watched)).status_code == 200
+            first = server.watchdog
+            assert first is not None and first.config.check_interval_ms == 5000
+            assert (await api.post("/admin/config/apply", content=retuned)).status_code == 200
+            assert server.watchdog is first and first.config.check_interval_ms == 7000
+            assert (await api.post("/admin/config/apply", content=plain)).status_code == 200
+            assert server.watchdog is None
