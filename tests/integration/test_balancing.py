@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from spooky_trio.clients.h3 import H3Client
 from tests.support.backends import Backend, run_backend
@@ -97,5 +98,8 @@ async def test_least_connections_prefers_the_idle_backend(certs_dir: Path) -> No
                 await b1.wait_for_requests(2)
                 # b1 holds one request in flight: the others are less loaded, in config order
                 assert await backend_of(client) == "b2"
+                # the client can see the response end before the proxy's request task has
+                # released b2's in-flight slot: let every task settle before the next pick
+                await trio.testing.wait_all_tasks_blocked()
                 assert await backend_of(client) == "b2"
                 b1.release_holds()
