@@ -60,7 +60,13 @@ class QuicConnectionTask:
     def __init__(self, listener: QuicListener, quic: SpookyQuicConnection, original_dcid: bytes, addr: tuple[str, int]) -> None:
         self.listener = listener
         self.quic = quic
-        self.h3 = StreamScopedH3Connection(quic)
+        limits = listener.protocol
+        self.h3 = StreamScopedH3Connection(
+            quic,
+            # like h2's MAX_HEADER_LIST_SIZE: well above the 431 limits, far below a QPACK bomb
+            max_field_section_bytes=4 * limits.max_headers_bytes + 64 * limits.max_headers_count,
+            max_field_lines=2 * limits.max_headers_count + 16,
+        )
         self.original_dcid = original_dcid
         self.addr = addr
         self.streams: dict[int, _RequestStream] = {}
@@ -133,7 +139,7 @@ class QuicConnectionTask:
                 # request trailers end the body; they are not forwarded
                 stream.body.feed(b"", True, self._read_offset(event.stream_id))
         elif isinstance(event, MalformedRequest):
-            self.listener.stats["malformed_requests"] += 1
+            self.listener.stats["excessive_load" if event.excessive_load else "malformed_requests"] += 1
             log.debug("malformed request on stream %d from %s: %s", event.stream_id, self.addr, event.reason)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
