@@ -169,6 +169,7 @@ class ServerCollector(Collector):
         yield _counter("spooky_ingress_draining_drops", "New QUIC connections refused while draining", qsum("refused_draining"))
         yield _counter("spooky_runtime_panics", "Unexpected exceptions caught at a task boundary",
                        qsum("panics") + sum(t.stats["panics"] for t in tcp))
+        yield _protocol_errors(quic, tcp)
         yield _gauge("spooky_inflight_requests", "Requests in flight", server.activity.count)
         yield _gauge("spooky_config_generation", "Number of the serving config generation", server.generation.number)
         yield from self._tls(server, tcp)
@@ -216,6 +217,29 @@ class ServerCollector(Collector):
             for backend in pool.backends:
                 healthy.add_metric([backend.pool, backend.id], 1.0 if backend.state.available(now) else 0.0)
         yield healthy
+
+
+#: (protocol, reason) label -> the listener ``stats`` key counting it (QUIC or TCP listener)
+_PROTOCOL_ERRORS = {
+    ("h3", "malformed_request"): "malformed_requests",
+    ("h3", "excessive_load"): "excessive_load",
+    ("h2", "protocol_error"): "h2_protocol_errors",
+    ("h2", "rapid_reset"): "h2_rapid_reset",
+}
+
+
+def _protocol_errors(quic: list[Any], tcp: list[Any]) -> Metric:
+    """``spooky_protocol_errors_total{protocol,reason}`` (not in the spec; added with the
+    abuse suite): streams reset or connections closed by a protocol rule or abuse guard
+    without a response. h3 ``malformed_request`` (H3_MESSAGE_ERROR) and ``excessive_load``
+    (H3_EXCESSIVE_LOAD: oversized HEADERS frame / field section) are per stream; h2
+    ``protocol_error`` and ``rapid_reset`` (GOAWAY ENHANCE_YOUR_CALM) per connection."""
+    family = CounterMetricFamily("spooky_protocol_errors", "Streams/connections closed by a protocol rule or abuse guard",
+                                 labels=["protocol", "reason"])
+    for (protocol, reason), key in _PROTOCOL_ERRORS.items():
+        listeners = quic if protocol == "h3" else tcp
+        family.add_metric([protocol, reason], sum(listener.stats[key] for listener in listeners))
+    return family
 
 
 def _certificate_expiry(quic_listeners: list[Any]) -> Iterator[Metric]:
