@@ -10,7 +10,8 @@ known, instead of being buffered until complete (a 2^62-byte HEADERS frame would
 grow the stream buffer for as long as the client sends), and a field section with more than
 ``max_field_lines`` field lines is refused without decoding it. The latter matters because
 one byte of a field section can reference a ~4 KiB dynamic-table entry: a 100 KB frame
-decoded to 400 MB in 2 s. Both are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
+decoded to 400 MB in 2 s. A stream blocked on the QPACK encoder stream may buffer no more than
+``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
 """
 
 from __future__ import annotations
@@ -129,19 +130,26 @@ class StreamScopedH3Connection(H3Connection):
             stream.buffer = b""  # reset: what the client still sends is dropped, not buffered
             return []
         events = super()._receive_request_or_push_data(stream, data, stream_ended)
-        if (
-            stream.frame_type == FrameType.HEADERS
-            and stream.frame_size is not None
-            and stream.frame_size + len(stream.buffer) > self.max_field_section_bytes
-            and stream.stream_id not in self.malformed_streams
-        ):
+        if stream.stream_id in self.malformed_streams:
+            return events
+        # What stays buffered is a HEADERS frame still arriving or, on a stream blocked on
+        # the QPACK encoder stream, everything sent after its HEADERS frame (aioquic grows
+        # the window of a stream without a request as data arrives, so that is unbounded).
+        pending = stream.frame_size if stream.frame_type == FrameType.HEADERS and stream.frame_size is not None else 0
+        if pending + len(stream.buffer) > self.max_field_section_bytes:
             stream.buffer = b""
-            events.append(self._stream_error(stream.stream_id, _ExcessiveLoad("HEADERS frame too large")))
+            reason = "blocked stream buffered too much" if stream.blocked else "HEADERS frame too large"
+            events.append(self._stream_error(stream.stream_id, _ExcessiveLoad(reason)))
         return events
 
     def _handle_request_or_push_frame(self, frame_type, frame_data, stream, stream_ended):  # type: ignore[no-untyped-def, override]
         stream_id = stream.stream_id
         if stream_id in self.malformed_streams:
+            if frame_data is None:  # reset while blocked: let the decoder drop the section
+                try:
+                    self._decoder.resume_header(stream_id)
+                except Exception:  # noqa: BLE001 - only freeing decoder state
+                    pass
             return []
         try:
             if frame_type == FrameType.HEADERS and frame_data is not None:
