@@ -103,6 +103,10 @@ class Server:
                 )
             )
             self.bootstrap_listeners.append(bootstrap)
+        for quic in self.listeners:  # answers given before the pipeline (431, 400, 501...)
+            quic.on_reject = self.metrics.request_rejected
+        for tcp in self.bootstrap_listeners:
+            tcp.ctx.on_reject = self.metrics.request_rejected
         self.metrics.attach(self)
         #: (endpoint, required) for the metrics endpoint and control API that are enabled
         self.endpoints: list[tuple[HttpEndpoint, bool]] = []

@@ -77,6 +77,8 @@ class ServeContext:
         self.limits = limits
         self.stats = stats
         self.alt_svc = b""
+        #: told the status of every answer given before the pipeline (metrics)
+        self.on_reject: Callable[[int], None] = lambda status: None
 
     def response_headers(self, headers: Headers) -> Headers:
         """``headers`` plus our ``alt-svc`` (replacing a backend's, which names another port)."""
@@ -106,6 +108,7 @@ class ServeContext:
 
     async def send_error(self, sink: ResponseSink, error: ErrorResponse) -> None:
         """A short plain-text error response (the pipeline's error shape)."""
+        self.on_reject(error.status)
         body = error.body()
         headers: Headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
         await sink.send_headers(error.status, headers)

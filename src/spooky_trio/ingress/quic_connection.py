@@ -206,6 +206,7 @@ class QuicConnectionTask:
         return error
 
     async def _reject(self, stream_id: int, error: ErrorResponse) -> None:
+        self.listener.on_reject(error.status)
         sink = H3ResponseSink(self, stream_id)
         try:
             await send_error(sink, error)

@@ -27,7 +27,7 @@ LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10
 
 #: statuses the pipeline answers itself that count as request validation failures / policy denials
 _VALIDATION_STATUSES = frozenset({400})
-_POLICY_STATUSES = frozenset({403, 405, 413, 431})
+_POLICY_STATUSES = frozenset({403, 405, 408, 413, 431})
 
 #: BootstrapTls failure reason -> spec reason label
 _TLS_REASONS = {
@@ -57,7 +57,7 @@ class Metrics:
         self.requests_success = Counter("spooky_requests_success", "Requests answered below 400", registry=r)
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
-        self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/413/431)", registry=r)
+        self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/408/413/431)", registry=r)
         self.upstream_requests = Counter(
             "spooky_upstream_requests", "Requests forwarded per upstream pool",
             ["upstream", "status_class", "outcome"], registry=r,
