@@ -45,7 +45,7 @@ async def test_header_flood_and_oversized_headers_get_431_and_the_connection_liv
 
             async def abuse() -> list[int | None]:
                 statuses = []
-                for _ in range(20):
+                for _ in range(10):
                     flood = [(b"x-h%d" % i, b"v") for i in range(MAX_HEADERS_COUNT + 5)]
                     statuses.append((await abuser.send_raw_headers([*GET, *flood])).status)
                     big = [(b"x-big", b"v" * (MAX_HEADERS_BYTES + 1))]
@@ -55,9 +55,9 @@ async def test_header_flood_and_oversized_headers_get_431_and_the_connection_liv
             denied_before = await metrics.value("spooky_policy_denied_total")
             with memory_bound(8 * MIB):
                 statuses, normal = await while_serving(h3_normal(normal_client), abuse)
-            assert statuses == [431, 431] * 20
+            assert statuses == [431, 431] * 10
             assert set(normal) == {200}
-            assert await metrics.value("spooky_policy_denied_total") == denied_before + 40
+            assert await metrics.value("spooky_policy_denied_total") == denied_before + 20
             # the abusing connection itself is still usable: the 431s were per request
             assert (await abuser.request("GET", "/echo", authority="localhost")).status == 200
             assert len(backend.requests) == len(normal) + 1  # no flood reached the backend
