@@ -70,6 +70,8 @@ class RawH2:
                         self._changed.set()
                         self._changed = trio.Event()
                 await self.send(self.h2.data_to_send())
+                self._changed.set()
+                self._changed = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -89,7 +91,12 @@ class RawH2:
         del raw[:pos]
 
     async def wait_response(self, stream_id: int) -> None:
-        while stream_id not in self.responses and not self.closed.is_set():
+        await self.wait_until(lambda: stream_id in self.responses)
+
+    async def wait_until(self, predicate) -> None:  # type: ignore[no-untyped-def]
+        """Re-check ``predicate`` after every batch the server sends, until it holds or the
+        connection is closed."""
+        while not predicate() and not self.closed.is_set():
             await self._changed.wait()
 
     async def send(self, data: bytes) -> bool:
@@ -234,3 +241,41 @@ async def test_thousands_of_streams_past_max_concurrent_streams(certs_dir: Path)
             assert set(normal) == {200}
             assert await metrics.value(PROTOCOL_ERRORS, protocol="h2", reason="protocol_error") == errors_before + 1
             assert server.bootstrap_listeners[0].stats["panics"] == 0
+
+
+async def test_streams_never_finished_within_the_limit_end_with_408_and_the_connection_serves_on(certs_dir: Path) -> None:
+    """MAX_CONCURRENT_STREAMS requests whose bodies never come: each ends with 408 after
+    client_body_idle_timeout_ms, which frees its slot; the same connection then serves."""
+    async with run_backend(name="app") as backend, abuse_proxy(h1_pool(backend.url), certs_dir) as (server, metrics):
+        async with h3_connect(server, certs_dir) as normal_client:
+
+            async def abuse() -> RawH2:
+                conn = await connect_h2(server, certs_dir)
+                async with trio.open_nursery() as nursery:
+                    conn.h2.initiate_connection()
+                    nursery.start_soon(conn.read)
+                    stream_ids = list(range(1, 2 * MAX_STREAMS, 2))
+                    for sid in stream_ids:
+                        conn.h2.send_headers(sid, [*request_headers("/echo", "POST"), ("content-length", "10")])
+                    assert await conn.send(conn.h2.data_to_send())
+                    with trio.fail_after(10):
+                        for sid in stream_ids:
+                            await conn.wait_response(sid)
+                    with trio.fail_after(10):  # the server's RST_STREAM(NO_ERROR) closes our halves
+                        await conn.wait_until(lambda: conn.h2.open_outbound_streams == 0)
+                    last = stream_ids[-1] + 2
+                    conn.h2.send_headers(last, request_headers("/echo"), end_stream=True)
+                    assert await conn.send(conn.h2.data_to_send())
+                    with trio.fail_after(10):
+                        await conn.wait_response(last)
+                    await trio.aclose_forcefully(conn.stream)
+                return conn
+
+            denied_before = await metrics.value("spooky_policy_denied_total")
+            with memory_bound(16 * MIB):
+                conn, normal = await while_serving(h3_normal(normal_client), abuse)
+            statuses = sorted(conn.responses.items())
+            assert [s for _, s in statuses[:-1]] == [408] * MAX_STREAMS and statuses[-1][1] == 200
+            assert conn.goaway_code is None
+            assert set(normal) == {200}
+            assert await metrics.value("spooky_policy_denied_total") == denied_before + MAX_STREAMS
