@@ -168,8 +168,11 @@ class StreamScopedH3Connection(H3Connection):
         excessive = isinstance(exc, _ExcessiveLoad)
         code = ErrorCode.H3_EXCESSIVE_LOAD if excessive else ErrorCode.H3_MESSAGE_ERROR
         self.malformed_streams.add(stream_id)
-        self._quic.reset_stream(stream_id, code)
-        self._quic.stop_stream(stream_id, code)
+        try:
+            self._quic.reset_stream(stream_id, code)
+            self._quic.stop_stream(stream_id, code)
+        except ValueError:  # the QUIC stream is already gone
+            pass
         return MalformedRequest(stream_id=stream_id, reason=exc.reason_phrase, excessive_load=excessive)
 
     def send_goaway(self) -> None:
