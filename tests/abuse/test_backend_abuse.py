@@ -109,3 +109,46 @@ async def test_client_that_never_reads_backpressures_the_backend(certs_dir: Path
                 sent = next(r["sent"] for r in backend.requests if r["path"].startswith("/bytes/"))
                 assert sent < 16 * MIB, sent  # the backend was held back, not drained into memory
                 assert await metrics.value("spooky_backend_timeouts_total") == 1
+
+
+async def test_http2_client_that_never_reads_backpressures_the_backend(certs_dir: Path) -> None:
+    """The same over HTTP/2: the client never sends WINDOW_UPDATE, so the proxy's sends stop
+    at the 64 KiB initial window; the backend is held back and the total timeout resets the
+    stream (RST_STREAM INTERNAL_ERROR); the connection itself stays usable."""
+    from h2.errors import ErrorCodes
+
+    from tests.abuse.test_h2_abuse import connect_h2, request_headers
+
+    size = 64 * MIB
+    async with run_backend(name="ok") as backend:
+        pool = h1_pool(backend.url, prefix="/", name="ok")
+        perf = {"backend_body_total_timeout_ms": 2000, "backend_total_request_timeout_ms": 2000, "max_response_body_bytes": 2 * size}
+        async with abuse_proxy(pool, certs_dir, performance=perf) as (server, metrics):
+            async with h3_connect(server, certs_dir) as normal_client:
+
+                async def abuse() -> tuple[int | None, int | None]:
+                    conn = await connect_h2(server, certs_dir)
+                    resets: dict[int, int] = {}
+                    async with trio.open_nursery() as nursery:
+                        conn.h2.initiate_connection()
+                        nursery.start_soon(conn.read)
+                        conn.h2.send_headers(1, request_headers(f"/bytes/{size}"), end_stream=True)
+                        assert await conn.send(conn.h2.data_to_send())
+                        with trio.fail_after(15):
+                            await conn.wait_until(lambda: conn.h2.streams.get(1) is None or conn.h2.streams[1].closed)
+                        conn.h2.send_headers(3, request_headers("/echo"), end_stream=True)
+                        assert await conn.send(conn.h2.data_to_send())
+                        with trio.fail_after(10):
+                            await conn.wait_response(3)
+                        resets.update(conn.resets)
+                        await trio.aclose_forcefully(conn.stream)
+                    return resets.get(1), conn.responses.get(3)
+
+                with memory_bound(24 * MIB):
+                    (code, after), normal = await while_serving(h3_normal(normal_client, "/echo"), abuse)
+                assert code == ErrorCodes.INTERNAL_ERROR
+                assert after == 200
+                assert set(normal) == {200}
+                sent = next(r["sent"] for r in backend.requests if r["path"].startswith("/bytes/"))
+                assert sent < 16 * MIB, sent
+                assert await metrics.value("spooky_backend_timeouts_total") == 1

@@ -45,6 +45,8 @@ class RawH2:
         self.goaway_code: int | None = None
         self.closed = trio.Event()
         self.responses: dict[int, int] = {}
+        #: stream id -> error code of the server's RST_STREAM
+        self.resets: dict[int, int] = {}
         self._send_lock = trio.Lock()
         self._changed = trio.Event()
 
@@ -65,6 +67,8 @@ class RawH2:
                 for event in events:
                     if isinstance(event, h2.events.ConnectionTerminated):
                         self.terminated = event
+                    elif isinstance(event, h2.events.StreamReset):
+                        self.resets[event.stream_id] = event.error_code
                     elif isinstance(event, h2.events.ResponseReceived):
                         self.responses[event.stream_id] = int(dict(event.headers)[b":status"])
                         self._changed.set()
