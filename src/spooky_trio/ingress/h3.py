@@ -12,6 +12,8 @@ grow the stream buffer for as long as the client sends), and a field section wit
 one byte of a field section can reference a ~4 KiB dynamic-table entry: a 100 KB frame
 decoded to 400 MB in 2 s. A stream blocked on the QPACK encoder stream may buffer no more than
 ``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
+A control-stream frame (SETTINGS) that would be buffered past :data:`MAX_UNI_STREAM_BUFFER` is
+a connection error with the same code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aioquic.h3.connection import (
     FrameType,
     H3Connection,
     MessageError,
+    ProtocolError,
     encode_frame,
 )
 from aioquic.h3.events import H3Event
@@ -48,6 +51,17 @@ class MalformedRequest(H3Event):
     stream_id: int
     reason: str
     excessive_load: bool = False
+
+
+#: bytes a unidirectional stream (in practice the control stream, whose SETTINGS frame aioquic
+#: buffers until complete) may hold unprocessed; real SETTINGS frames are a few dozen bytes
+MAX_UNI_STREAM_BUFFER = 16 * 1024
+
+
+class ControlStreamOverflow(ProtocolError):
+    """A control-stream frame aioquic would buffer past :data:`MAX_UNI_STREAM_BUFFER`."""
+
+    error_code = ErrorCode.H3_EXCESSIVE_LOAD
 
 
 class _ExcessiveLoad(Exception):
@@ -120,10 +134,24 @@ class StreamScopedH3Connection(H3Connection):
         super().__init__(quic, **kwargs)
         self.malformed_streams: set[int] = set()
         self.max_request_stream_id = -4
+        #: connections closed by :class:`ControlStreamOverflow` (0 or 1; read for metrics)
+        self.control_stream_overflows = 0
         #: HEADERS frames longer than this are refused unread (see the module docstring)
         self.max_field_section_bytes = max_field_section_bytes
         #: field sections with more lines than this are refused undecoded
         self.max_field_lines = max_field_lines
+
+    def _receive_stream_data_uni(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
+        # aioquic waits for a whole SETTINGS / MAX_PUSH_ID frame and grows the stream's window
+        # as data arrives: a SETTINGS frame announcing 2^40 bytes grew the buffer for as long
+        # as the client sent (10 MB in a test). A connection error (RFC 9114 7.2.4.1 lets an
+        # endpoint refuse oversized SETTINGS); handle_event turns it into CONNECTION_CLOSE.
+        events = super()._receive_stream_data_uni(stream, data, stream_ended)
+        if len(stream.buffer) > MAX_UNI_STREAM_BUFFER:
+            stream.buffer = b""
+            self.control_stream_overflows += 1
+            raise ControlStreamOverflow(f"unidirectional stream {stream.stream_id} buffered more than {MAX_UNI_STREAM_BUFFER} bytes")
+        return events
 
     def _receive_request_or_push_data(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
         if stream.stream_id in self.malformed_streams:

@@ -75,6 +75,7 @@ class QuicListener:
             "datagrams": 0, "bad_headers": 0, "unroutable": 0, "send_drops": 0,
             "refused_draining": 0, "cap_rejects": 0, "malformed_requests": 0, "panics": 0,
             "handshake_success": 0, "handshake_failure": 0, "excessive_load": 0,
+            "control_stream_overflow": 0,
         }
         p = performance
         self.configuration = QuicConfiguration(

@@ -123,6 +123,9 @@ class QuicConnectionTask:
                 self._client_aborted(event.stream_id)
             for h3_event in self.h3.handle_event(event):
                 self._on_h3_event(h3_event)
+            if self.h3.control_stream_overflows:
+                self.listener.stats["control_stream_overflow"] += self.h3.control_stream_overflows
+                self.h3.control_stream_overflows = 0
         self._close_if_drained()
         self._progress.unpark_all()
 

@@ -223,6 +223,7 @@ class ServerCollector(Collector):
 _PROTOCOL_ERRORS = {
     ("h3", "malformed_request"): "malformed_requests",
     ("h3", "excessive_load"): "excessive_load",
+    ("h3", "control_stream_overflow"): "control_stream_overflow",
     ("h2", "protocol_error"): "h2_protocol_errors",
     ("h2", "rapid_reset"): "h2_rapid_reset",
 }
@@ -232,7 +233,8 @@ def _protocol_errors(quic: list[Any], tcp: list[Any]) -> Metric:
     """``spooky_protocol_errors_total{protocol,reason}`` (not in the spec; added with the
     abuse suite): streams reset or connections closed by a protocol rule or abuse guard
     without a response. h3 ``malformed_request`` (H3_MESSAGE_ERROR) and ``excessive_load``
-    (H3_EXCESSIVE_LOAD: oversized HEADERS frame / field section) are per stream; h2
+    (H3_EXCESSIVE_LOAD: oversized HEADERS frame / field section) are per stream,
+    ``control_stream_overflow`` (a SETTINGS/MAX_PUSH_ID frame too large to buffer) per connection; h2
     ``protocol_error`` and ``rapid_reset`` (GOAWAY ENHANCE_YOUR_CALM) per connection."""
     family = CounterMetricFamily("spooky_protocol_errors", "Streams/connections closed by a protocol rule or abuse guard",
                                  labels=["protocol", "reason"])
