@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameType, encode_frame
 
 from spooky_trio.clients.errors import H3ConnectionLost
@@ -177,3 +178,31 @@ async def test_hundreds_of_streams_never_finished_on_one_connection(certs_dir: P
                 assert 0 < peak <= streams
                 assert set(normal) == {200}
                 assert await metrics.value("spooky_policy_denied_total") == denied_before + 200
+
+
+async def test_endless_control_stream_frame_closes_the_connection(certs_dir: Path) -> None:
+    """aioquic buffers a control-stream MAX_PUSH_ID/SETTINGS frame until it is complete and
+    grows the stream's window as data arrives: a frame announcing 2^40 bytes was buffered
+    for as long as the client sent. Past 16 KiB the connection closes with
+    H3_EXCESSIVE_LOAD."""
+    async with run_backend(name="app") as backend, abuse_proxy(h1_pool(backend.url), certs_dir) as (server, metrics):
+        async with h3_connect(server, certs_dir) as normal_client:
+
+            async def abuse() -> str:
+                async with h3_connect(server, certs_dir) as abuser:
+                    control = abuser._h3._local_control_stream_id
+                    abuser._quic.send_stream_data(control, encode_uint_var(FrameType.MAX_PUSH_ID) + encode_uint_var(1 << 40))
+                    for _ in range(200):  # up to 20 MB, far past the bound
+                        abuser._quic.send_stream_data(control, b"\x01" * 100_000)
+                        await abuser._transmit()
+                        if abuser._error is not None:
+                            break
+                        await abuser._progress.wait()
+                    assert isinstance(abuser._error, H3ConnectionLost)
+                    return str(abuser._error)
+
+            with memory_bound(24 * MIB):
+                error, normal = await while_serving(h3_normal(normal_client), abuse)
+            assert "error 0x107" in error  # H3_EXCESSIVE_LOAD
+            assert set(normal) == {200}
+            assert await metrics.value(PROTOCOL_ERRORS, protocol="h3", reason="control_stream_overflow") == 1

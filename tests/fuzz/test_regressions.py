@@ -127,3 +127,20 @@ def test_count_field_lines_reads_lengths_only() -> None:
     assert count_field_lines(b"\x02\x00" + b"\x80" * 1000, 50) == 51
     assert count_field_lines(b"", 5) == 0 and count_field_lines(b"\x00", 5) == 0
     assert count_field_lines(b"\x00\x00\x2f", 5) == 1  # truncated literal name: counted, no error
+
+
+def test_h3_oversized_control_stream_frame_is_a_connection_error() -> None:
+    """aioquic buffered a SETTINGS frame announcing 2^40 bytes until complete: 10 MB after
+    10 MB sent. Now H3_EXCESSIVE_LOAD closes the connection past MAX_UNI_STREAM_BUFFER."""
+    from aioquic.buffer import encode_uint_var
+    from aioquic.h3.connection import ErrorCode
+
+    pair = _h3_harness().Pair()
+    control = pair.client.get_next_available_stream_id(is_unidirectional=True)
+    pair.client.send_stream_data(control, b"\x00" + encode_uint_var(0x4) + encode_uint_var(1 << 40))
+    for _ in range(10):
+        pair.client.send_stream_data(control, b"\x01" * 10_000)
+        pair.pump()
+    assert pair.close_codes == [ErrorCode.H3_EXCESSIVE_LOAD]
+    assert pair.h3.control_stream_overflows == 1
+    assert all(len(s.buffer) <= 16 * 1024 for s in pair.h3._stream.values())
