@@ -5,8 +5,8 @@ passed in memory, no sockets): HEADERS frames with header lists encoded by a rea
 encoder (its dynamic-table inserts sent on the encoder stream before or after the frame, so
 streams can block), HEADERS frames with a raw field section (references beyond the table),
 raw encoder-stream instructions (large inserts, duplicates, capacity changes), DATA, unknown
-and forbidden frame types, HEADERS frames announcing a huge length, raw stream bytes, and
-client stream resets. The server side is ``StreamScopedH3Connection`` with the limits
+and forbidden frame types, HEADERS frames announcing a huge length, control-stream frames
+(also announcing a huge length), raw stream bytes, and client stream resets. The server side is ``StreamScopedH3Connection`` with the limits
 ``QuicConnectionTask`` gives it; each ``HeadersReceived`` goes through the conversion steps
 of ``QuicConnectionTask._start_request`` (``parse_request_head``, header limits, client-cert
 scrub, ``DownstreamRequest``).
@@ -18,7 +18,8 @@ with H3_MESSAGE_ERROR or H3_EXCESSIVE_LOAD) or a ``MessageError`` from
 ``parse_request_head`` (``_start_request`` resets that stream); a converted request has
 lowercase non-pseudo names and no CR/LF/NUL anywhere; a decoded field section is bounded
 (at most ``max_field_lines`` lines, so never more than lines x table capacity bytes); no
-request stream buffers more than ``max_field_section_bytes``.
+request stream buffers more than ``max_field_section_bytes``, no unidirectional stream more
+than ``MAX_UNI_STREAM_BUFFER``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ with instrumented(__name__):
     from aioquic.quic.events import StreamReset
     from aioquic.quic.packet import QuicErrorCode
     from spooky_trio.http.messages import DownstreamRequest
-    from spooky_trio.ingress.h3 import MalformedRequest, StreamScopedH3Connection, parse_request_head
+    from spooky_trio.ingress.h3 import MAX_UNI_STREAM_BUFFER, MalformedRequest, StreamScopedH3Connection, parse_request_head
     from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, client_headers
     from spooky_trio.proxy.errors import header_limit_error
 
@@ -65,6 +66,7 @@ NAMES = [b":method", b":scheme", b":authority", b":path", b":protocol", b":statu
 VALUES = [b"GET", b"POST", b"CONNECT", b"https", b"/", b"/a?b", b"example.com", b"example.com:443", b"websocket",
           b"trailers", b"0", b"5", b"-1", b"", b" x", b"a\r\nb", b"v" * 200]
 UNKNOWN_TYPES = [0x21, 0x21 + 0x1F * 7, 0x02, 0x04, 0x07, 0x0D, 0x05, 0x3FFF]
+CONTROL_TYPES = [FrameType.SETTINGS, FrameType.GOAWAY, FrameType.MAX_PUSH_ID, 0x21, FrameType.DATA, FrameType.HEADERS]
 BAD_CLOSE_CODES = {ErrorCode.H3_INTERNAL_ERROR, QuicErrorCode.INTERNAL_ERROR}
 
 
@@ -183,9 +185,10 @@ class Client:
         capacity = r.pick([0, 256, TABLE_CAPACITY])
         self.encoder_stream = self.quic.get_next_available_stream_id(is_unidirectional=True)
         self.quic.send_stream_data(self.encoder_stream, b"\x02" + self.encoder.apply_settings(capacity, 16))
+        self.control: int | None = None
         if r.int_in_range(0, 7):  # usually a proper control stream with SETTINGS
-            control = self.quic.get_next_available_stream_id(is_unidirectional=True)
-            self.quic.send_stream_data(control, b"\x00" + encode_frame(FrameType.SETTINGS, encode_settings({0x1: capacity, 0x7: 16})))
+            self.control = self.quic.get_next_available_stream_id(is_unidirectional=True)
+            self.quic.send_stream_data(self.control, b"\x00" + encode_frame(FrameType.SETTINGS, encode_settings({0x1: capacity, 0x7: 16})))
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
         try:
@@ -194,7 +197,7 @@ class Client:
             pass  # the stream was already ended or reset on our side: skip the action
 
     def action(self, r: Reader) -> None:
-        kind = r.int_in_range(0, 9)
+        kind = r.int_in_range(0, 10)
         sid = r.pick(STREAM_IDS)
         if kind <= 2:
             try:
@@ -223,6 +226,17 @@ class Client:
         elif kind == 8:  # a HEADERS frame announcing more than the bound, then part of it
             size = r.pick([MAX_FIELD_SECTION_BYTES + 1, 1 << 20, (1 << 62) - 1])
             self.send(sid, encode_uint_var(FrameType.HEADERS) + encode_uint_var(size) + r.bytes_() * r.int_in_range(1, 30))
+        elif kind == 10:  # a control-stream frame, possibly announcing far more than it sends
+            if self.control is None:
+                self.control = self.quic.get_next_available_stream_id(is_unidirectional=True)
+                self.send(self.control, b"\x00")
+            frame_type = r.pick(CONTROL_TYPES)
+            size = r.pick([None, MAX_UNI_STREAM_BUFFER + 1, 1 << 40])
+            payload = r.bytes_() * r.int_in_range(1, 100)
+            if size is None:
+                self.send(self.control, encode_frame(frame_type, payload))
+            else:
+                self.send(self.control, encode_uint_var(frame_type) + encode_uint_var(size) + payload)
         else:
             try:
                 self.quic.reset_stream(sid, r.byte())
@@ -278,8 +292,8 @@ def test_one_input(data: bytes) -> None:
                     ErrorCode.H3_MESSAGE_ERROR, ErrorCode.H3_EXCESSIVE_LOAD), event
         pair.events.clear()
         for stream in pair.h3._stream.values():
-            if stream.stream_id % 4 == 0:
-                assert len(stream.buffer) <= MAX_FIELD_SECTION_BYTES, (stream.stream_id, len(stream.buffer))
+            bound = MAX_FIELD_SECTION_BYTES if stream.stream_id % 4 == 0 else MAX_UNI_STREAM_BUFFER
+            assert len(stream.buffer) <= bound, (stream.stream_id, len(stream.buffer))
         assert not BAD_CLOSE_CODES & set(pair.close_codes), pair.close_codes
         if pair.close_codes:
             return

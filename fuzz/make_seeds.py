@@ -204,6 +204,10 @@ def h3_frames_seeds() -> dict[str, bytes]:
     w = _h3_start(1, capacity_index=0)
     _h3_headers_action(w, 3, [*get, (b"X-Upper", b"1")], True)
     seeds["near_uppercase"] = w.getvalue()
+    # MAX_PUSH_ID announcing 2^40 bytes, then 25 KB of it on the control stream
+    w = _h3_start(2).int_in_range(10, 0, 10).byte(0).byte(2).byte(2).bytes_(b"\x01" * 250).int_in_range(100, 1, 100)
+    _h3_headers_action(w, 0, get, True)
+    seeds["control_stream_huge_frame"] = w.getvalue()
     return seeds
 
 
