@@ -155,14 +155,95 @@ def forwarded_seeds() -> dict[str, bytes]:
     }
 
 
+def _h3_headers_action(w: Writer, sid_index: int, pairs: list[tuple[bytes, bytes]], end: bool, encoder_first: bool = True) -> None:
+    w.int_in_range(0, 0, 9).byte(sid_index).int_in_range(len(pairs), 0, 20)
+    for name, value in pairs:
+        w.boolean(False).bytes_(name).boolean(False).bytes_(value)
+    w.int_in_range(1 if encoder_first else 0, 0, 3).boolean(end)
+
+
+def _h3_start(actions: int, capacity_index: int = 2) -> Writer:
+    # table capacity (0/256/4096), a control stream with SETTINGS, number of actions
+    return Writer().byte(capacity_index).int_in_range(1, 0, 7).int_in_range(actions, 1, 16)
+
+
+def h3_frames_seeds() -> dict[str, bytes]:
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.com"), (b":path", b"/")]
+    post = [(b":method", b"POST"), *get[1:], (b"content-length", b"5")]
+    seeds = {}
+    w = _h3_start(1)
+    _h3_headers_action(w, 0, get, True)
+    seeds["get"] = w.getvalue()
+    w = _h3_start(2)
+    _h3_headers_action(w, 0, post, False)
+    w.int_in_range(4, 0, 9).byte(0).bytes_(b"hello").boolean(True)  # DATA, FIN
+    seeds["post_data"] = w.getvalue()
+    big = [*get, (b"x-big", b"v" * 60), (b"cookie", b"a=1")]
+    w = _h3_start(2)
+    _h3_headers_action(w, 0, big, True, encoder_first=False)  # encoder data after the frame: blocked
+    _h3_headers_action(w, 1, big, True)  # the same fields again: dynamic-table references
+    seeds["dynamic_table_blocked"] = w.getvalue()
+    # one ~4000-byte insert, then a field section of 2400 one-byte references to it
+    w = _h3_start(2).int_in_range(6, 0, 9).byte(0).int_in_range(1, 1, 4)
+    w.int_in_range(0, 0, 3).bytes_(b"x-big").bytes_(b"v" * 40).int_in_range(100, 1, 100)
+    w.int_in_range(3, 0, 9).byte(0).byte(2).byte(0).bytes_(b"\x80" * 60).int_in_range(40, 1, 40).boolean(True)
+    seeds["qpack_bomb"] = w.getvalue()
+    w = _h3_start(1).int_in_range(3, 0, 9).byte(1).byte(0).byte(0).bytes_(b"\x80\x81").int_in_range(1, 1, 40).boolean(True)
+    seeds["reference_beyond_table"] = w.getvalue()
+    w = _h3_start(2).int_in_range(8, 0, 9).byte(0).byte(2).bytes_(b"\x00" * 100).int_in_range(30, 1, 30)
+    _h3_headers_action(w, 1, get, True)
+    seeds["huge_headers_frame"] = w.getvalue()
+    w = _h3_start(3).int_in_range(5, 0, 9).byte(0).byte(0).bytes_(b"grease").boolean(False)
+    _h3_headers_action(w, 0, get, False)
+    w.int_in_range(5, 0, 9).byte(0).byte(3).bytes_(b"").boolean(True)  # SETTINGS on a request stream
+    seeds["unknown_and_forbidden_frames"] = w.getvalue()
+    w = _h3_start(2)
+    _h3_headers_action(w, 2, post, False)
+    w.int_in_range(9, 0, 9).byte(2).byte(0x10)  # client resets the stream
+    seeds["reset"] = w.getvalue()
+    w = _h3_start(1, capacity_index=0)
+    _h3_headers_action(w, 3, [*get, (b"X-Upper", b"1")], True)
+    seeds["near_uppercase"] = w.getvalue()
+    # MAX_PUSH_ID announcing 2^40 bytes, then 25 KB of it on the control stream
+    w = _h3_start(2).int_in_range(10, 0, 10).byte(0).byte(2).byte(2).bytes_(b"\x01" * 250).int_in_range(100, 1, 100)
+    _h3_headers_action(w, 0, get, True)
+    seeds["control_stream_huge_frame"] = w.getvalue()
+    return seeds
+
+
+def control_api_seeds() -> dict[str, bytes]:
+    # setup bytes: endpoint (0 = metrics, else control API), token, reload fails, ready; then read size
+    control, metrics = bytes([1, 1, 0, 1]), bytes([0, 0, 0, 1])
+    auth = b"Authorization: Bearer s3cret-token\r\n"
+    return {
+        "health_ready": control + b"GET /health HTTP/1.1\r\nHost: a\r\n\r\nHEAD /ready HTTP/1.1\r\nHost: a\r\n\r\n",
+        "runtime_authorized": control + b"GET /admin/runtime?x=1 HTTP/1.1\r\nHost: a\r\n" + auth + b"\r\n",
+        "runtime_no_token": control + b"GET /admin/runtime HTTP/1.1\r\nHost: a\r\n\r\n",
+        "runtime_wrong_token": control + b"GET /admin/runtime HTTP/1.1\r\nHost: a\r\nAuthorization: bearer nope\r\n\r\n",
+        "reload_certs_fails": bytes([1, 1, 1, 1]) + b"POST /admin/runtime/reload-certs HTTP/1.1\r\nHost: a\r\n" + auth
+        + b"Content-Length: 4\r\n\r\nbody",
+        "restart_then_more": control + b"POST /admin/runtime/restart HTTP/1.1\r\nHost: a\r\n" + auth + b"\r\n"
+        + b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n",
+        "reload_501_chunked": control + b"PUT /admin/runtime/reload HTTP/1.1\r\nHost: a\r\n" + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "no_token_configured": bytes([1, 0, 0, 0]) + b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\nDELETE /ready HTTP/1.1\r\nHost: a\r\n\r\n",
+        "metrics": metrics + b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nPOST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        "near_http10_close": bytes([1, 1, 0, 1, 7]) + b"GET /health HTTP/1.0\r\n\r\n",
+        "near_bad_request_line": control + b"GET /health\r\n\r\n",
+        "near_huge_header": control + b"GET /health HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 17000 + b"\r\n\r\n",
+    }
+
+
 ALL = {
     "fuzz_config": config_seeds,
     "fuzz_h3_headers": h3_seeds,
     "fuzz_h1_request": h1_seeds,
     "fuzz_h2_frames": h2_seeds,
+    "fuzz_h3_frames": h3_frames_seeds,
     "fuzz_routing": routing_seeds,
     "fuzz_balancer_keys": key_seeds,
     "fuzz_forwarded_headers": forwarded_seeds,
+    "fuzz_control_api": control_api_seeds,
 }
 
 

@@ -345,6 +345,9 @@ class Server:
             activity=activity,
             protocol=config.resilience.protocol,
         )
+        # answers given before the pipeline (431, 400, 501...) count in the request metrics
+        quic.on_reject = self.metrics.request_rejected
+        tcp.ctx.on_reject = self.metrics.request_rejected
         return ListenerPair(listener, quic, tcp, activity)
 
     def bind(self) -> None:

@@ -33,7 +33,7 @@ def _harness(name: str):  # type: ignore[no-untyped-def]
 
 
 def test_every_harness_has_a_seed_corpus() -> None:
-    assert len(HARNESSES) >= 7
+    assert len(HARNESSES) >= 9
     for harness in HARNESSES:
         seeds = list((FUZZ / "corpus" / harness).glob("*"))
         assert seeds, f"{harness} has no seed corpus"

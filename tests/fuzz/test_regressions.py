@@ -57,3 +57,90 @@ def test_non_string_key_is_named_in_the_issue() -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text("null: 1\n1.5: x\n")
     assert '["None"]' in str(info.value) and '["1.5"]' in str(info.value)
+
+
+# --- HTTP/3: header blocks bounded before QPACK decodes them (fuzz_h3_frames seeds) ---
+
+
+def _h3_harness():  # type: ignore[no-untyped-def]
+    import sys
+
+    fuzz_dir = str(REGRESSIONS.parent)
+    if fuzz_dir not in sys.path:
+        sys.path.insert(0, fuzz_dir)
+    import fuzz_h3_frames
+
+    return fuzz_h3_frames
+
+
+def _h3_events(seed: str) -> tuple[list[object], object]:
+    harness = _h3_harness()
+    events: list[object] = []
+    pairs: list[object] = []
+    original = harness.Pair.pump
+
+    def pump(self) -> None:  # type: ignore[no-untyped-def]
+        original(self)
+        if not pairs or pairs[-1] is not self:
+            pairs.append(self)
+        events.extend(self.events)
+
+    harness.Pair.pump = pump
+    try:
+        harness.test_one_input((REGRESSIONS.parent / "corpus" / "fuzz_h3_frames" / seed).read_bytes())
+    finally:
+        harness.Pair.pump = original
+    return events, pairs[-1]
+
+
+@pytest.mark.parametrize(
+    ("seed", "reason"),
+    [
+        # 2400 one-byte references to a ~4 KiB dynamic-table entry: decoding would make ~10 MB
+        # (a 100 KB frame made 400 MB in 2 s before the bound); refused undecoded
+        ("qpack_bomb", "too many field lines"),
+        # a HEADERS frame announcing 2^62 bytes was buffered for as long as the client sent
+        ("huge_headers_frame", "HEADERS frame too large"),
+    ],
+)
+def test_h3_header_blocks_are_bounded_per_stream(seed: str, reason: str) -> None:
+    from aioquic.h3.connection import ErrorCode
+
+    from spooky_trio.ingress.h3 import MalformedRequest
+
+    events, pair = _h3_events(seed)
+    malformed = [e for e in events if isinstance(e, MalformedRequest)]
+    assert [(e.reason, e.excessive_load) for e in malformed] == [(reason, True)]
+    assert pair.client_resets == {malformed[0].stream_id: ErrorCode.H3_EXCESSIVE_LOAD}  # type: ignore[attr-defined]
+    assert not pair.close_codes  # type: ignore[attr-defined]  # the connection lives on
+
+
+def test_count_field_lines_reads_lengths_only() -> None:
+    import pylsqpack
+
+    from spooky_trio.ingress.h3 import count_field_lines
+
+    headers = [(b":method", b"GET"), (b":path", b"/"), (b"x-a", b"1" * 300), (b"cookie", b"a=b")]
+    _, block = pylsqpack.Encoder().encode(0, headers)
+    assert count_field_lines(block, 100) == 4
+    assert count_field_lines(block, 2) == 3  # stops one past the limit
+    assert count_field_lines(b"\x02\x00" + b"\x80" * 1000, 50) == 51
+    assert count_field_lines(b"", 5) == 0 and count_field_lines(b"\x00", 5) == 0
+    assert count_field_lines(b"\x00\x00\x2f", 5) == 1  # truncated literal name: counted, no error
+
+
+def test_h3_oversized_control_stream_frame_is_a_connection_error() -> None:
+    """aioquic buffered a SETTINGS frame announcing 2^40 bytes until complete: 10 MB after
+    10 MB sent. Now H3_EXCESSIVE_LOAD closes the connection past MAX_UNI_STREAM_BUFFER."""
+    from aioquic.buffer import encode_uint_var
+    from aioquic.h3.connection import ErrorCode
+
+    pair = _h3_harness().Pair()
+    control = pair.client.get_next_available_stream_id(is_unidirectional=True)
+    pair.client.send_stream_data(control, b"\x00" + encode_uint_var(0x4) + encode_uint_var(1 << 40))
+    for _ in range(10):
+        pair.client.send_stream_data(control, b"\x01" * 10_000)
+        pair.pump()
+    assert pair.close_codes == [ErrorCode.H3_EXCESSIVE_LOAD]
+    assert pair.h3.control_stream_overflows == 1
+    assert all(len(s.buffer) <= 16 * 1024 for s in pair.h3._stream.values())

@@ -62,6 +62,10 @@ class BootstrapLimits:
     h2_max_concurrent_streams: int = 100
     h2_stream_window: int = 1_000_000
     h2_connection_window: int = 10_000_000
+    #: HTTP/2 rapid reset (CVE-2023-44487): client resets of unfinished streams, net of
+    #: responses finished normally, tolerated before GOAWAY(ENHANCE_YOUR_CALM); the listener
+    #: sets it to twice ``h2_max_concurrent_streams``
+    h2_max_reset_debt: int = 200
 
 
 class ServeContext:
@@ -73,6 +77,8 @@ class ServeContext:
         self.limits = limits
         self.stats = stats
         self.alt_svc = b""
+        #: told the status of every answer given before the pipeline (metrics)
+        self.on_reject: Callable[[int], None] = lambda status: None
 
     def response_headers(self, headers: Headers) -> Headers:
         """``headers`` plus our ``alt-svc`` (replacing a backend's, which names another port)."""
@@ -102,6 +108,7 @@ class ServeContext:
 
     async def send_error(self, sink: ResponseSink, error: ErrorResponse) -> None:
         """A short plain-text error response (the pipeline's error shape)."""
+        self.on_reject(error.status)
         body = error.body()
         headers: Headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
         await sink.send_headers(error.status, headers)
@@ -138,6 +145,7 @@ class BootstrapListener:
             h2_max_concurrent_streams=performance.quic_initial_max_streams_bidi,
             h2_stream_window=min(performance.quic_initial_max_stream_data, 2**31 - 1),
             h2_connection_window=min(performance.quic_initial_max_data, 2**31 - 1),
+            h2_max_reset_debt=2 * performance.quic_initial_max_streams_bidi,
         )
         self.stats: Counter[str] = Counter()
         self.ctx = ServeContext(handler, activity, self.limits, self.stats)

@@ -199,6 +199,7 @@ class H1ServerConnection:
                         return
                 except _Reject as rej:
                     self.ctx.stats[f"h1_rejected.{rej.reason}"] += 1
+                    self.ctx.on_reject(rej.status)
                     log.debug("rejecting request from %s: %s %s", self.client_address, rej.status, rej.message)
                     body = f"{rej.status} {http.HTTPStatus(rej.status).phrase}: {rej.message} ({rej.reason})\n".encode()
                     head = self.ctx.response_headers([(b"content-type", b"text/plain; charset=utf-8")])

@@ -5,6 +5,14 @@ pipeline consumes it (:meth:`H2ServerConnection.body_consumed`), and a response 
 the client's window before each DATA frame. ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
 advertised: an extended CONNECT (RFC 8441) with ``:protocol websocket`` becomes a GET with
 ``upgrade: websocket`` for the pipeline, and its sink can :meth:`open_tunnel`.
+
+Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once makes the
+proxy start (and maybe forward) a request per pair while never holding more than
+``MAX_CONCURRENT_STREAMS`` open. Each client reset of a stream we have not finished adds one
+to the connection's reset debt, each response finished normally takes one off; past
+:attr:`BootstrapLimits.h2_max_reset_debt` the connection gets GOAWAY(ENHANCE_YOUR_CALM) and is
+closed (``stats["h2_rapid_reset"]``). Work per connection is thereby bounded by the work of
+the requests it lets finish.
 """
 
 from __future__ import annotations
@@ -195,6 +203,8 @@ class H2ServerConnection:
         self._pending_raw = b""
         self._closed = False
         self._any_request = False
+        #: client resets of unfinished streams minus responses finished normally (see module doc)
+        self._reset_debt = 0
 
     # --- the connection task ---
 
@@ -250,6 +260,7 @@ class H2ServerConnection:
                 return
             for event in events:
                 if not self._on_event(event):
+                    await self.flush()  # a GOAWAY we queued (ENHANCE_YOUR_CALM)
                     return
             await self.flush()
 
@@ -276,12 +287,24 @@ class H2ServerConnection:
                     stream.body.fail(RequestBodyError("client reset the stream"))
                 stream.sink.aborted = True
                 stream.cancel_scope.cancel()
+                if event.remote_reset and not stream.sink.finished:
+                    self._reset_debt += 1
+                    if self._reset_debt > self.ctx.limits.h2_max_reset_debt:
+                        self._enhance_your_calm()
+                        return False
             self._window_changed.unpark_all()
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self._window_changed.unpark_all()
         elif isinstance(event, h2.events.ConnectionTerminated):
             return False
         return True
+
+    def _enhance_your_calm(self) -> None:
+        log.info("HTTP/2 client %s reset %d streams it did not let finish: GOAWAY(ENHANCE_YOUR_CALM)",
+                 self.client_address, self._reset_debt)
+        self.ctx.stats["h2_rapid_reset"] += 1
+        self._goaway_last = self.h2.highest_inbound_stream_id
+        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self._goaway_last)
 
     def _end_body(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
@@ -368,6 +391,8 @@ class H2ServerConnection:
         if self._closed:
             return
         sink, body = stream.sink, stream.body
+        if sink.finished and self._reset_debt:
+            self._reset_debt -= 1
         if not sink.finished and not sink.aborted:
             self.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
         elif body is not None and not body.ended and not sink.aborted:

@@ -3,6 +3,17 @@
 aioquic's H3Connection treats a malformed request as a connection error; RFC 9114 section
 4.1.2 makes it a stream error (H3_MESSAGE_ERROR) so the connection's other streams keep
 working. :class:`StreamScopedH3Connection` narrows it accordingly.
+
+It also bounds what a HEADERS frame may cost before QPACK decodes it (aioquic has no such
+limit): a frame longer than ``max_field_section_bytes`` is refused as soon as its length is
+known, instead of being buffered until complete (a 2^62-byte HEADERS frame would otherwise
+grow the stream buffer for as long as the client sends), and a field section with more than
+``max_field_lines`` field lines is refused without decoding it. The latter matters because
+one byte of a field section can reference a ~4 KiB dynamic-table entry: a 100 KB frame
+decoded to 400 MB in 2 s. A stream blocked on the QPACK encoder stream may buffer no more than
+``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
+A control-stream frame (SETTINGS) that would be buffered past :data:`MAX_UNI_STREAM_BUFFER` is
+a connection error with the same code.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from aioquic.h3.connection import (
     FrameType,
     H3Connection,
     MessageError,
+    ProtocolError,
     encode_frame,
 )
 from aioquic.h3.events import H3Event
@@ -33,34 +45,163 @@ SEND_BUFFER_HIGH_WATER = 256 * 1024
 
 @attrs.define(slots=True)
 class MalformedRequest(H3Event):
-    """Synthetic event: the request on ``stream_id`` broke RFC 9114 and was reset."""
+    """Synthetic event: the request on ``stream_id`` broke RFC 9114 (or a header-size bound,
+    ``excessive_load``) and was reset."""
 
     stream_id: int
     reason: str
+    excessive_load: bool = False
+
+
+#: bytes a unidirectional stream (in practice the control stream, whose SETTINGS frame aioquic
+#: buffers until complete) may hold unprocessed; real SETTINGS frames are a few dozen bytes
+MAX_UNI_STREAM_BUFFER = 16 * 1024
+
+
+class ControlStreamOverflow(ProtocolError):
+    """A control-stream frame aioquic would buffer past :data:`MAX_UNI_STREAM_BUFFER`."""
+
+    error_code = ErrorCode.H3_EXCESSIVE_LOAD
+
+
+class _ExcessiveLoad(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason_phrase = reason
+
+
+def _prefix_int(data: bytes, pos: int, bits: int) -> tuple[int, int]:
+    """Decode an HPACK/QPACK prefix integer at ``pos``; returns (value, next pos).
+    Truncated input ends the scan (position past the end)."""
+    mask = (1 << bits) - 1
+    value = data[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80 or shift > 62:
+            return value, pos
+    return value, len(data) + 1
+
+
+def count_field_lines(block: bytes, stop_after: int) -> int:
+    """Field lines in a QPACK field section (RFC 9204 4.5), counting at most ``stop_after + 1``.
+
+    Only the representations' lengths are read; nothing is decoded or looked up. A malformed
+    section stops the count early: the QPACK decoder reports it properly afterwards.
+    """
+    n = len(block)
+    if n < 2:
+        return 0
+    _, pos = _prefix_int(block, 0, 8)  # required insert count
+    if pos >= n:
+        return 0
+    _, pos = _prefix_int(block, pos, 7)  # sign + delta base
+    lines = 0
+    while pos < n and lines <= stop_after:
+        first = block[pos]
+        lines += 1
+        if first & 0x80:  # indexed field line
+            _, pos = _prefix_int(block, pos, 6)
+            continue
+        if first & 0x40:  # literal with name reference
+            _, pos = _prefix_int(block, pos, 4)
+        elif first & 0x20:  # literal with literal name
+            length, pos = _prefix_int(block, pos, 3)
+            pos += length
+        elif first & 0x10:  # indexed field line with post-base index
+            _, pos = _prefix_int(block, pos, 4)
+            continue
+        else:  # literal with post-base name reference
+            _, pos = _prefix_int(block, pos, 3)
+        if pos >= n:
+            break
+        length, pos = _prefix_int(block, pos, 7)  # the value
+        pos += length
+    return lines
 
 
 class StreamScopedH3Connection(H3Connection):
     """H3Connection whose message errors reset one stream instead of closing the connection."""
 
-    def __init__(self, quic, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, quic, *, max_field_section_bytes: int = 4 * 16384 + 64 * 128,  # type: ignore[no-untyped-def]
+                 max_field_lines: int = 2 * 128 + 16, **kwargs) -> None:
         super().__init__(quic, **kwargs)
         self.malformed_streams: set[int] = set()
         self.max_request_stream_id = -4
+        #: connections closed by :class:`ControlStreamOverflow` (0 or 1; read for metrics)
+        self.control_stream_overflows = 0
+        #: HEADERS frames longer than this are refused unread (see the module docstring)
+        self.max_field_section_bytes = max_field_section_bytes
+        #: field sections with more lines than this are refused undecoded
+        self.max_field_lines = max_field_lines
+
+    def _receive_stream_data_uni(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
+        # aioquic waits for a whole SETTINGS / MAX_PUSH_ID frame and grows the stream's window
+        # as data arrives: a SETTINGS frame announcing 2^40 bytes grew the buffer for as long
+        # as the client sent (10 MB in a test). A connection error (RFC 9114 7.2.4.1 lets an
+        # endpoint refuse oversized SETTINGS); handle_event turns it into CONNECTION_CLOSE.
+        events = super()._receive_stream_data_uni(stream, data, stream_ended)
+        if len(stream.buffer) > MAX_UNI_STREAM_BUFFER:
+            stream.buffer = b""
+            self.control_stream_overflows += 1
+            raise ControlStreamOverflow(f"unidirectional stream {stream.stream_id} buffered more than {MAX_UNI_STREAM_BUFFER} bytes")
+        return events
+
+    def _receive_request_or_push_data(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
+        if stream.stream_id in self.malformed_streams:
+            stream.buffer = b""  # reset: what the client still sends is dropped, not buffered
+            return []
+        events = super()._receive_request_or_push_data(stream, data, stream_ended)
+        if stream.stream_id in self.malformed_streams:
+            return events
+        # What stays buffered is a HEADERS frame still arriving or, on a stream blocked on
+        # the QPACK encoder stream, everything sent after its HEADERS frame (aioquic grows
+        # the window of a stream without a request as data arrives, so that is unbounded).
+        pending = stream.frame_size if stream.frame_type == FrameType.HEADERS and stream.frame_size is not None else 0
+        if pending + len(stream.buffer) > self.max_field_section_bytes:
+            stream.buffer = b""
+            reason = "blocked stream buffered too much" if stream.blocked else "HEADERS frame too large"
+            events.append(self._stream_error(stream.stream_id, _ExcessiveLoad(reason)))
+        return events
 
     def _handle_request_or_push_frame(self, frame_type, frame_data, stream, stream_ended):  # type: ignore[no-untyped-def, override]
         stream_id = stream.stream_id
         if stream_id in self.malformed_streams:
+            if frame_data is None:  # reset while blocked: let the decoder drop the section
+                try:
+                    self._decoder.resume_header(stream_id)
+                except Exception:  # noqa: BLE001 - only freeing decoder state
+                    pass
             return []
         try:
+            if frame_type == FrameType.HEADERS and frame_data is not None:
+                if len(frame_data) > self.max_field_section_bytes:
+                    raise _ExcessiveLoad("HEADERS frame too large")
+                if count_field_lines(frame_data, self.max_field_lines) > self.max_field_lines:
+                    raise _ExcessiveLoad("too many field lines")
             events = super()._handle_request_or_push_frame(frame_type, frame_data, stream, stream_ended)
-        except MessageError as exc:
-            self.malformed_streams.add(stream_id)
-            self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-            self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-            return [MalformedRequest(stream_id=stream_id, reason=exc.reason_phrase)]
+        except (MessageError, _ExcessiveLoad) as exc:
+            return [self._stream_error(stream_id, exc)]
         if stream_id > self.max_request_stream_id and stream_id % 4 == 0:
             self.max_request_stream_id = stream_id
         return events
+
+    def _stream_error(self, stream_id: int, exc: MessageError | _ExcessiveLoad) -> MalformedRequest:
+        excessive = isinstance(exc, _ExcessiveLoad)
+        code = ErrorCode.H3_EXCESSIVE_LOAD if excessive else ErrorCode.H3_MESSAGE_ERROR
+        self.malformed_streams.add(stream_id)
+        try:
+            self._quic.reset_stream(stream_id, code)
+            self._quic.stop_stream(stream_id, code)
+        except ValueError:  # the QUIC stream is already gone
+            pass
+        return MalformedRequest(stream_id=stream_id, reason=exc.reason_phrase, excessive_load=excessive)
 
     def send_goaway(self) -> None:
         """GOAWAY naming the first request stream we will not serve (RFC 9114 5.2)."""

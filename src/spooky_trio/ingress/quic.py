@@ -72,10 +72,13 @@ class QuicListener:
         self._dirty: set[QuicConnectionTask] = set()
         self._flush_wakeup = trio.Event()
         self.draining = False
+        #: told the status of every answer given before the pipeline (metrics)
+        self.on_reject: Callable[[int], None] = lambda status: None
         self.stats: dict[str, int] = {
             "datagrams": 0, "bad_headers": 0, "unroutable": 0, "send_drops": 0,
             "refused_draining": 0, "cap_rejects": 0, "malformed_requests": 0, "panics": 0,
-            "handshake_success": 0, "handshake_failure": 0,
+            "handshake_success": 0, "handshake_failure": 0, "excessive_load": 0,
+            "control_stream_overflow": 0,
         }
         p = performance
         self.configuration = QuicConfiguration(

@@ -60,7 +60,13 @@ class QuicConnectionTask:
     def __init__(self, listener: QuicListener, quic: SpookyQuicConnection, original_dcid: bytes, addr: tuple[str, int]) -> None:
         self.listener = listener
         self.quic = quic
-        self.h3 = StreamScopedH3Connection(quic)
+        limits = listener.protocol
+        self.h3 = StreamScopedH3Connection(
+            quic,
+            # like h2's MAX_HEADER_LIST_SIZE: well above the 431 limits, far below a QPACK bomb
+            max_field_section_bytes=4 * limits.max_headers_bytes + 64 * limits.max_headers_count,
+            max_field_lines=2 * limits.max_headers_count + 16,
+        )
         self.original_dcid = original_dcid
         self.addr = addr
         self.streams: dict[int, _RequestStream] = {}
@@ -117,6 +123,9 @@ class QuicConnectionTask:
                 self._client_aborted(event.stream_id)
             for h3_event in self.h3.handle_event(event):
                 self._on_h3_event(h3_event)
+            if self.h3.control_stream_overflows:
+                self.listener.stats["control_stream_overflow"] += self.h3.control_stream_overflows
+                self.h3.control_stream_overflows = 0
         self._close_if_drained()
         self._progress.unpark_all()
 
@@ -133,7 +142,7 @@ class QuicConnectionTask:
                 # request trailers end the body; they are not forwarded
                 stream.body.feed(b"", True, self._read_offset(event.stream_id))
         elif isinstance(event, MalformedRequest):
-            self.listener.stats["malformed_requests"] += 1
+            self.listener.stats["excessive_load" if event.excessive_load else "malformed_requests"] += 1
             log.debug("malformed request on stream %d from %s: %s", event.stream_id, self.addr, event.reason)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -203,6 +212,7 @@ class QuicConnectionTask:
         return error
 
     async def _reject(self, stream_id: int, error: ErrorResponse) -> None:
+        self.listener.on_reject(error.status)
         sink = H3ResponseSink(self, stream_id)
         try:
             await send_error(sink, error)

@@ -45,6 +45,8 @@ log = logging.getLogger("spooky.observability")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ADMIN_PREFIX = "/admin/"
 CONFIG_PATH = "/admin/config"
+#: POST ``CONFIG_PATH/<action>`` (docs/reload.md)
+CONFIG_ACTIONS = ("apply", "validate", "rollback", "promote")
 _TRUE = ("1", "true", "yes")
 
 

@@ -27,7 +27,7 @@ LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10
 
 #: statuses the pipeline answers itself that count as request validation failures / policy denials
 _VALIDATION_STATUSES = frozenset({400})
-_POLICY_STATUSES = frozenset({403, 405, 413, 431})
+_POLICY_STATUSES = frozenset({403, 405, 408, 413, 431})
 
 #: BootstrapTls failure reason -> spec reason label
 _TLS_REASONS = {
@@ -57,7 +57,7 @@ class Metrics:
         self.requests_success = Counter("spooky_requests_success", "Requests answered below 400", registry=r)
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
-        self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/413/431)", registry=r)
+        self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/408/413/431)", registry=r)
         self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)
         self.early_data_rejected = Counter("spooky_early_data_rejected", "0-RTT requests answered 425 Too Early", registry=r)
         self.upstream_requests = Counter(
@@ -237,6 +237,7 @@ class ServerCollector(Collector):
         yield _counter("spooky_ingress_draining_drops", "New QUIC connections refused while draining", qsum("refused_draining"))
         yield _counter("spooky_runtime_panics", "Unexpected exceptions caught at a task boundary",
                        qsum("panics") + sum(t.stats["panics"] for t in tcp))
+        yield _protocol_errors(quic, tcp)
         yield _gauge("spooky_inflight_requests", "Requests in flight", server.activity.count)
         yield _gauge("spooky_config_generation", "Number of the serving config generation", server.generation.number)
         yield from self._tls(server, tcp)
@@ -297,6 +298,31 @@ class ServerCollector(Collector):
             for backend in pool.backends:
                 healthy.add_metric([backend.pool, backend.id], 1.0 if backend.state.available(now) else 0.0)
         yield healthy
+
+
+#: (protocol, reason) label -> the listener ``stats`` key counting it (QUIC or TCP listener)
+_PROTOCOL_ERRORS = {
+    ("h3", "malformed_request"): "malformed_requests",
+    ("h3", "excessive_load"): "excessive_load",
+    ("h3", "control_stream_overflow"): "control_stream_overflow",
+    ("h2", "protocol_error"): "h2_protocol_errors",
+    ("h2", "rapid_reset"): "h2_rapid_reset",
+}
+
+
+def _protocol_errors(quic: list[Any], tcp: list[Any]) -> Metric:
+    """``spooky_protocol_errors_total{protocol,reason}`` (not in the spec; added with the
+    abuse suite): streams reset or connections closed by a protocol rule or abuse guard
+    without a response. h3 ``malformed_request`` (H3_MESSAGE_ERROR) and ``excessive_load``
+    (H3_EXCESSIVE_LOAD: oversized HEADERS frame / field section) are per stream,
+    ``control_stream_overflow`` (a SETTINGS/MAX_PUSH_ID frame too large to buffer) per connection; h2
+    ``protocol_error`` and ``rapid_reset`` (GOAWAY ENHANCE_YOUR_CALM) per connection."""
+    family = CounterMetricFamily("spooky_protocol_errors", "Streams/connections closed by a protocol rule or abuse guard",
+                                 labels=["protocol", "reason"])
+    for (protocol, reason), key in _PROTOCOL_ERRORS.items():
+        listeners = quic if protocol == "h3" else tcp
+        family.add_metric([protocol, reason], sum(listener.stats[key] for listener in listeners))
+    return family
 
 
 def _certificate_expiry(quic_listeners: list[Any]) -> Iterator[Metric]:

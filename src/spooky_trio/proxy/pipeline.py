@@ -177,7 +177,7 @@ class Proxy:
                 log.debug("resetting stream of %s %s: %r", request.method.decode(), request.path.decode("latin-1"), failure)
                 sink.reset(error.reason if error else type(failure).__name__)
                 return None
-            if self._metrics is not None and isinstance(failure, ProxyError):
+            if self._metrics is not None:  # ProxyError and request-body errors (400/408/413)
                 self._metrics.request_rejected(error.status)
             extra: Headers = []
             if isinstance(failure, ShedError):
