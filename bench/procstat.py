@@ -28,16 +28,22 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of ``pid`` and its live descendants (all threads)."""
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and its live descendants (all threads)."""
+    user = system = 0
     for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / CLK_TCK
+        user += int(fields[11])  # utime, stime: fields 14 and 15 of /proc/PID/stat
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of ``pid`` and its live descendants (all threads)."""
+    return sum(cpu_times(pid))
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -14,7 +14,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,12 +90,14 @@ class Bench:
                 if line.strip() != "READY":
                     raise RuntimeError(f"load generator failed before READY (got {line!r})")
             rss_connected = procstat.rss_bytes(pid)
-            cpu0, t0 = procstat.cpu_seconds(pid), time.monotonic()
+            profiler = self._start_profiler(pid, sc)
+            cpu0, t0 = procstat.cpu_times(pid), time.monotonic()
             for p in procs:
                 p.stdin.write("GO\n")  # type: ignore[union-attr]
                 p.stdin.flush()  # type: ignore[union-attr]
             outputs = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
-            cpu1, t1 = procstat.cpu_seconds(pid), time.monotonic()
+            cpu1, t1 = procstat.cpu_times(pid), time.monotonic()
+            self._stop_profiler(profiler)
         finally:
             for p in procs:
                 try:
@@ -106,7 +110,8 @@ class Bench:
             "errors": sum(o["errors"] for o in outputs),
             "error_samples": [s for o in outputs for s in o["error_samples"]][:5],
             "wall_s": t1 - t0,
-            "cpu_s": cpu1 - cpu0,
+            "cpu_s": sum(cpu1) - sum(cpu0),
+            "cpu_sys_s": cpu1[1] - cpu0[1],
             "latencies_us": latencies,
             "connections": sum(o["connections"] for o in outputs),
             "rss_before": rss_before,
@@ -121,10 +126,10 @@ class Bench:
                        capture_output=True, check=False, timeout=120)
         log = self.workdir / f"h2load-{port}.log"
         amount = ["-n", str(a.requests)] if a.requests else ["-D", str(max(1, int(a.duration)))]
-        cpu0, t0 = procstat.cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = procstat.cpu_times(pid), time.monotonic()
         out = subprocess.run(base + amount + ["--log-file", str(log), url], capture_output=True, text=True, check=False,
                              timeout=a.duration + 120)
-        cpu1, t1 = procstat.cpu_seconds(pid), time.monotonic()
+        cpu1, t1 = procstat.cpu_times(pid), time.monotonic()
         latencies, errors = [], 0
         for line in log.read_text().splitlines() if log.exists() else []:
             parts = line.split("\t")
@@ -143,12 +148,40 @@ class Bench:
             errors += 1
         latencies.sort()
         return {"requests": len(latencies), "errors": errors, "error_samples": [out.stderr[-300:]] if out.returncode else [],
-                "wall_s": t1 - t0, "cpu_s": cpu1 - cpu0, "latencies_us": latencies}
+                "wall_s": t1 - t0, "cpu_s": sum(cpu1) - sum(cpu0), "cpu_sys_s": cpu1[1] - cpu0[1], "latencies_us": latencies}
+
+    # --- profiling (py-spy on the proxy, measured phase only) ----------------------------
+
+    def _start_profiler(self, pid: int, sc: dict[str, Any]) -> tuple[subprocess.Popen, Path] | None:
+        if not self.args.profile or self._profiling_target != "spooky":
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"profile-{sc['name']}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        proc = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                                 "--gil", "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        return proc, out
+
+    def _stop_profiler(self, profiler: tuple[subprocess.Popen, Path] | None) -> None:
+        if profiler is None:
+            return
+        proc, out = profiler
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if out.exists():
+            print(f"profile (collapsed stacks): {out}", file=sys.stderr)
+            print(top_functions(out.read_text()), file=sys.stderr)
 
     # --- one measurement ----------------------------------------------------------------
 
     def measure(self, server: Any, origin: Origin, name: str, sc: dict[str, Any]) -> dict[str, Any]:
         port = free_port()
+        sc = dict(sc, name=name)
+        self._profiling_target = server.name
         upstream = origin.h2_url if sc["upstream"] == "h2" else origin.h1_url
         server.start(upstream, port)
         try:
@@ -166,6 +199,7 @@ class Bench:
         row: dict[str, Any] = {
             "scenario": name, "target": server.name, "requests": raw["requests"], "errors": raw["errors"],
             "error_samples": raw["error_samples"], "wall_s": round(raw["wall_s"], 3), "cpu_s": round(raw["cpu_s"], 3),
+            "cpu_sys_s": round(raw["cpu_sys_s"], 3),
             "peak_rss_mb": round(peak / 1e6, 1),
         }
         if sc["kind"] == "idle":
@@ -183,6 +217,32 @@ class Bench:
                 "cpu_s_per_1k": round(raw["cpu_s"] / n * 1000, 3),
             })
         return row
+
+
+_LINE_NUMBER = re.compile(r":\d+\)$")
+
+
+def top_functions(collapsed: str, limit: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_count: dict[str, int] = {}
+    incl_count: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_LINE_NUMBER.sub(")", f) for f in stack.split(";")]
+        for frame in set(frames):
+            incl_count[frame] = incl_count.get(frame, 0) + count
+        self_count[frames[-1]] = self_count.get(frames[-1], 0) + count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; self%  incl%  function"]
+    for frame, count in sorted(self_count.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"  {100 * count / total:5.1f}  {100 * incl_count[frame] / total:5.1f}  {frame}")
+    return "\n".join(lines)
 
 
 def _fmt(v: Any, spec: str = "") -> str:
@@ -254,6 +314,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-r", "--repeat", type=int, default=1, help="measure each scenario and target this many times")
     p.add_argument("--origin", choices=("nginx", "builtin"), default="nginx", help="builtin when nginx is missing")
     p.add_argument("--json", default="", help="write results here (default bench/results/<time>-<commit>.json)")
+    p.add_argument("--profile", action="store_true", help="py-spy the spooky process over each measured phase")
     p.add_argument("--keep-workdir", action="store_true")
     return p.parse_args(argv)
 
