@@ -280,7 +280,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
     for r in rows:
         c = caddy.get((r["scenario"], r.get("run", 1)))
-        if r["target"] != "spooky" or c is None:
+        if not r["target"].startswith("spooky") or c is None:
             continue
         if r.get("cpu_s_per_1k") and c.get("cpu_s_per_1k"):
             r["cpu_ratio"] = round(r["cpu_s_per_1k"] / c["cpu_s_per_1k"], 2)
@@ -288,6 +288,24 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["rps_ratio"] = round(r["rps"] / c["rps"], 2)
         if r.get("rss_per_connection_kib") and c.get("rss_per_connection_kib"):
             r["rss_per_connection_ratio"] = round(r["rss_per_connection_kib"] / c["rss_per_connection_kib"], 2)
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario and target, the median of each number over the repeated runs."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["target"]), []).append(r)
+    out = []
+    for (scenario, target), group in groups.items():
+        m: dict[str, Any] = {"scenario": scenario, "target": target, "run": f"med{len(group)}",
+                             "errors": sum(r["errors"] for r in group)}
+        for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
+                    "rss_per_connection_kib", "connections"):
+            values = sorted(r[key] for r in group if r.get(key) is not None)
+            if values:
+                m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        out.append(m)
+    return out
 
 
 def git_describe() -> str:
@@ -303,7 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("-s", "--scenarios", default=",".join(DEFAULT_ORDER),
                    help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
-    p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed)")
+    p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
+                        "sources in DIR (a src/ directory) as target spooky@NAME, for before/after in one run")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("-p", "--procs", type=int, default=2, help="load-generator processes")
@@ -357,7 +376,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sc["streams"] = args.streams
             for run_index in range(1, args.repeat + 1):
                 for target in targets:
-                    server = SpookyServer(workdir, bench.certs) if target == "spooky" else CaddyServer(workdir, bench.certs)
+                    if target == "caddy":
+                        server = CaddyServer(workdir, bench.certs)
+                    elif "=" in target:  # NAME=DIR: another checkout's src, e.g. base=/tmp/old/src
+                        label, _, src = target.partition("=")
+                        server = SpookyServer(workdir, bench.certs, src=Path(src).resolve(), name=f"spooky@{label}")
+                    else:
+                        server = SpookyServer(workdir, bench.certs)
                     load = procstat.load_average()
                     row = bench.measure(server, origin, name, sc)
                     row["run"] = run_index
@@ -384,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     if result["skipped"]:
         print("skipped: " + ", ".join(result["skipped"]))
     print(render_table(result["rows"]))
+    if args.repeat > 1:
+        result["medians"] = medians(result["rows"])
+        print(f"\nmedians over {args.repeat} runs")
+        print(render_table(result["medians"]))
     path = Path(args.json) if args.json else RESULTS / f"{time.strftime('%Y%m%dT%H%M%S')}-{result['commit']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))

@@ -58,10 +58,10 @@ def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
         proc.wait()
 
 
-def python_env() -> dict[str, str]:
-    """The environment for our Python children: this checkout's sources first on the path."""
+def python_env(src: Path | None = None) -> dict[str, str]:
+    """The environment for our Python children: this checkout's sources (or ``src``) first."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src or REPO / "src"), str(REPO), env.get("PYTHONPATH", "")]))
     return env
 
 
@@ -205,10 +205,12 @@ class SpookyServer(Server):
 
     name = "spooky"
 
-    def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky") -> None:
         super().__init__(workdir, certs)
         self.workers = workers
-        self.extra_env = extra_env or {}
+        #: another checkout's ``src`` to run instead of this one (A/B in one invocation)
+        self.src = src
+        self.name = name
 
     def config_text(self, upstream_url: str, port: int) -> str:
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
@@ -230,6 +232,11 @@ upstream:
 performance:
 {workers}  quic_max_idle_timeout_ms: 120000
   max_request_body_bytes: 16777216
+  # Caddy's defaults: 3 s dial timeout, no response-header timeout (a loaded 2-core box
+  # can take longer than our 500 ms default to accept 32 new connections at once)
+  backend_connect_timeout_ms: 3000
+  backend_timeout_ms: 30000
+  backend_body_idle_timeout_ms: 30000
 log:
   level: warn
 security:
@@ -241,8 +248,7 @@ security:
         self.port = port
         path = self.workdir / f"spooky-{port}.yaml"
         path.write_text(self.config_text(upstream_url, port))
-        env = python_env()
-        env.update(self.extra_env)
+        env = python_env(self.src)
         log = open(self.workdir / f"spooky-{port}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spooky_trio", "run", "--config", str(path)],
