@@ -120,24 +120,28 @@ class UpstreamPool:
         unchanged after aborting. Raises UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout or UpstreamProtocolError (see ``upstream.errors``).
         """
-        async with exchange_scope(response_timeout) as (nursery, control):
+        # a bodiless request has no pump and gets no nursery (nursery None; see exchange_scope)
+        async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
             if target.scheme == "http":
                 connection, response = await self._start_h1(target, request, nursery, control, connect_timeout)
                 try:
                     yield response
                 finally:
-                    nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
-                    # shielded: in the cancelled scope the close would raise Cancelled and
-                    # replace the caller's exception (it never blocks: plain TCP close)
-                    with trio.CancelScope(shield=True):
-                        await self._finish_h1(connection, response)
+                    if nursery is not None:
+                        nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
+                    if not self._pool_h1_nowait(connection, response):
+                        # shielded: in the cancelled scope the close would raise Cancelled and
+                        # replace the caller's exception (it never blocks: plain TCP close)
+                        with trio.CancelScope(shield=True):
+                            await self._finish_h1(connection, response)
             else:
                 h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
                 try:
-                    await h2conn.start(stream, request, nursery=nursery, control=control)
+                    await h2conn.start(stream, request, nursery=nursery, control=control)  # type: ignore[arg-type]
                     yield stream
                 finally:
-                    nursery.cancel_scope.cancel()
+                    if nursery is not None:
+                        nursery.cancel_scope.cancel()
                     h2conn.release(stream)
 
     # -- HTTP/1.1 --
@@ -175,6 +179,21 @@ class UpstreamPool:
             await connection.aclose()
         stream = await open_backend_stream(target, timeout=connect_timeout, require_alpn=None)
         return H1Connection(target, stream)
+
+    def _pool_h1_nowait(self, connection: H1Connection, response: H1Response) -> bool:
+        """The common case of :meth:`_finish_h1` without a checkpoint: a clean connection
+        goes back to a non-full idle list. False: call :meth:`_finish_h1` instead."""
+        if not (response.complete and connection.reusable):
+            return False
+        idle = self._h1_idle.get(connection.target)
+        if idle is not None and len(idle) >= self.max_idle_per_backend:
+            return False
+        connection.prepare_reuse()
+        if idle is None:
+            self._h1_idle[connection.target] = [connection]
+        else:
+            idle.append(connection)
+        return True
 
     async def _finish_h1(self, connection: H1Connection, response: H1Response) -> None:
         if not (response.complete and connection.reusable):
