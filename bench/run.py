@@ -37,9 +37,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "tiny_h2tls": {"kind": "h3", "upstream": "h2", "method": "GET", "path": "/", "connections": 4, "streams": 8,
                    "about": "tiny GET, HTTP/3 -> HTTP/2 over TLS origin"},
     "download_1m": {"kind": "h3", "upstream": "h1", "method": "GET", "path": "/bytes/1048576", "expect": ONE_MIB,
-                    "connections": 4, "streams": 8, "about": "1 MiB GET, 32 concurrent, HTTP/3 -> HTTP/1.1"},
+                    "connections": 4, "streams": 8, "timeout": 180, "warmup": 0, "about": "1 MiB GET, 32 concurrent, HTTP/3 -> HTTP/1.1"},
     "upload_1m": {"kind": "h3", "upstream": "h1", "method": "POST", "path": "/upload", "body": ONE_MIB,
-                  "connections": 4, "streams": 2, "about": "1 MiB POST, 8 concurrent, HTTP/3 -> HTTP/1.1"},
+                  "connections": 4, "streams": 2, "timeout": 180, "warmup": 0, "about": "1 MiB POST, 8 concurrent, HTTP/3 -> HTTP/1.1"},
     "idle_1000": {"kind": "idle", "upstream": "h1", "connections": 1000,
                   "about": "1000 idle QUIC connections: memory per connection"},
     "bootstrap_h2": {"kind": "h2load", "upstream": "h1", "path": "/", "connections": 4, "streams": 8,
@@ -75,7 +75,7 @@ class Bench:
                    "--body-bytes", str(sc.get("body", 0)), "--expect-bytes", str(sc.get("expect", -1)),
                    "--duration", str(a.duration if not a.requests else 0),
                    "--requests", str(-(-a.requests // procs) if a.requests else 0),
-                   "--warmup", str(a.warmup)]
+                   "--warmup", str(min(a.warmup, sc.get("warmup", a.warmup))), "--timeout", str(sc.get("timeout", 30))]
             cmds.append(cmd)
         return cmds
 
@@ -400,8 +400,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop our processes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     result = run(args)
     print(f"\nspooky-trio bench  commit {result['commit']}  origin {result['origin']}  "
           f"cpus {result['host']['cpus']}  load avg before {result['host']['load_before']} "
