@@ -112,6 +112,8 @@ class Stats:
         self.errors = 0
         self.error_samples: list[str] = []
         self.bytes_received = 0
+        #: open loop: requests not sent because every stream slot was busy
+        self.skipped = 0
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -119,28 +121,65 @@ class Stats:
             self.error_samples.append(what)
 
 
-async def _worker(proto: H3LoadProtocol, args: argparse.Namespace, body: bytes, stats: Stats, budget: list[int], deadline: float) -> None:
-    method = args.method.encode()
-    authority = args.authority.encode()
-    path = args.path.encode()
-    while budget[0] > 0 and time.monotonic() < deadline:
-        budget[0] -= 1
-        start = time.perf_counter()
-        try:
-            status, received = await asyncio.wait_for(proto.request(method, authority, path, body), args.timeout)
-        except Exception as exc:  # any failure is an error of the run, counted and sampled
-            stats.error(f"{type(exc).__name__}: {exc}")
-            if proto._quic._close_event is not None:
-                return
-            continue
-        if status != 200:
-            stats.error(f"status {status}")
-            continue
-        if args.expect_bytes >= 0 and received != args.expect_bytes:
-            stats.error(f"received {received} bytes, expected {args.expect_bytes}")
-            continue
+async def _one(proto: H3LoadProtocol, args: argparse.Namespace, body: bytes, stats: Stats, start: float) -> bool:
+    """One request; latency counted from ``start`` (perf_counter). False: the connection died."""
+    try:
+        status, received = await asyncio.wait_for(
+            proto.request(args.method.encode(), args.authority.encode(), args.path.encode(), body), args.timeout
+        )
+    except Exception as exc:  # any failure is an error of the run, counted and sampled
+        stats.error(f"{type(exc).__name__}: {exc}")
+        return proto._quic._close_event is None
+    if status != 200:
+        stats.error(f"status {status}")
+    elif args.expect_bytes >= 0 and received != args.expect_bytes:
+        stats.error(f"received {received} bytes, expected {args.expect_bytes}")
+    else:
         stats.latencies_us.append(int((time.perf_counter() - start) * 1e6))
         stats.bytes_received += received
+    return True
+
+
+async def _worker(proto: H3LoadProtocol, args: argparse.Namespace, body: bytes, stats: Stats, budget: list[int], deadline: float) -> None:
+    """Closed loop: one stream slot, next request when the previous one ended."""
+    while budget[0] > 0 and time.monotonic() < deadline:
+        budget[0] -= 1
+        if not await _one(proto, args, body, stats, time.perf_counter()):
+            return
+
+
+async def _open_loop(protos: list[H3LoadProtocol], args: argparse.Namespace, body: bytes, stats: Stats, total: int, deadline: float) -> None:
+    """Open loop at ``args.rate`` requests/s over all connections, at most ``streams`` in
+    flight per connection. Latency counts from the scheduled start (no coordinated omission);
+    a request due while every slot is busy is skipped and counted."""
+    interval = 1.0 / args.rate
+    inflight = [0] * len(protos)
+    tasks: set[asyncio.Task] = set()
+
+    async def run_one(k: int, scheduled: float) -> None:
+        try:
+            await _one(protos[k], args, body, stats, scheduled)
+        finally:
+            inflight[k] -= 1
+
+    begin = time.perf_counter()
+    i = 0
+    while i < total and time.monotonic() < deadline and protos:
+        scheduled = begin + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        k = min(range(len(protos)), key=inflight.__getitem__)
+        if inflight[k] >= args.streams:
+            stats.skipped += 1
+        else:
+            inflight[k] += 1
+            task = asyncio.ensure_future(run_one(k, scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        i += 1
+    if tasks:
+        await asyncio.gather(*tasks)
 
 
 async def main_async(args: argparse.Namespace) -> dict:
@@ -188,9 +227,12 @@ async def main_async(args: argparse.Namespace) -> dict:
     if args.mode == "load":
         budget = [args.requests if args.requests > 0 else 1 << 60]
         deadline = started + (args.duration if args.duration > 0 else 1e9)
-        await asyncio.gather(*(
-            _worker(p, args, body, stats, budget, deadline) for p in protos for _ in range(args.streams)
-        ))
+        if args.rate > 0:
+            await _open_loop(protos, args, body, stats, budget[0], deadline)
+        else:
+            await asyncio.gather(*(
+                _worker(p, args, body, stats, budget, deadline) for p in protos for _ in range(args.streams)
+            ))
     elapsed = time.monotonic() - started
     async def close(cm) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -207,6 +249,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "elapsed_s": elapsed,
         "bytes_received": stats.bytes_received,
         "connections": len(protos),
+        "skipped": stats.skipped,
         "latencies_us": stats.latencies_us,
     }
 
@@ -227,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--expect-bytes", type=int, default=-1, help="response body size to check (-1: any)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load (0: until --requests)")
     p.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: duration only)")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s (0: closed loop)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up requests per stream slot before READY")
     p.add_argument("--timeout", type=float, default=30.0)
     return p.parse_args(argv)

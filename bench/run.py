@@ -75,6 +75,7 @@ class Bench:
                    "--body-bytes", str(sc.get("body", 0)), "--expect-bytes", str(sc.get("expect", -1)),
                    "--duration", str(a.duration if not a.requests else 0),
                    "--requests", str(-(-a.requests // procs) if a.requests else 0),
+                   "--rate", str(a.rate / procs if a.rate else 0),
                    "--warmup", str(min(a.warmup, sc.get("warmup", a.warmup))), "--timeout", str(sc.get("timeout", 30))]
             cmds.append(cmd)
         return cmds
@@ -114,6 +115,7 @@ class Bench:
             "cpu_sys_s": cpu1[1] - cpu0[1],
             "latencies_us": latencies,
             "connections": sum(o["connections"] for o in outputs),
+            "skipped": sum(o.get("skipped", 0) for o in outputs),
             "rss_before": rss_before,
             "rss_connected": rss_connected,
         }
@@ -209,6 +211,9 @@ class Bench:
             row["rss_connected_mb"] = round(raw["rss_connected"] / 1e6, 1)
         else:
             n = max(raw["requests"], 1)
+            if self.args.rate and sc["kind"] == "h3":
+                row["offered_rate"] = self.args.rate
+                row["skipped"] = raw.get("skipped", 0)
             row.update({
                 "rps": round(raw["requests"] / raw["wall_s"], 1) if raw["wall_s"] > 0 else 0.0,
                 "p50_ms": round(percentile(lat, 0.50) / 1000, 2),
@@ -261,6 +266,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         note = ""
         if "rss_per_connection_kib" in r:
             note = f"{r['connections']} conns, {r['rss_per_connection_kib']} KiB/conn"
+        elif "offered_rate" in r:
+            note = f"open loop {r['offered_rate']:g}/s, {r['skipped']} skipped"
         lines.append([
             r["scenario"], r["target"], str(r.get("run", 1)), _fmt(r.get("rps"), ".0f"), _fmt(r.get("p50_ms"), ".2f"),
             _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("max_ms"), ".1f"), str(r["errors"]), _fmt(r.get("cpu_s_per_1k"), ".3f"),
@@ -300,7 +307,7 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m: dict[str, Any] = {"scenario": scenario, "target": target, "run": f"med{len(group)}",
                              "errors": sum(r["errors"] for r in group)}
         for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
-                    "rss_per_connection_kib", "connections"):
+                    "rss_per_connection_kib", "connections", "offered_rate", "skipped"):
             values = sorted(r[key] for r in group if r.get(key) is not None)
             if values:
                 m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
@@ -325,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sources in DIR (a src/ directory) as target spooky@NAME, for before/after in one run")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="HTTP/3 scenarios: open loop at this many requests/s in total (latency from the scheduled "
+                        "start; requests due while all stream slots are busy are skipped and counted)")
     p.add_argument("-p", "--procs", type=int, default=2, help="load-generator processes")
     p.add_argument("-c", "--connections", type=int, default=0, help="override the scenario's total connections")
     p.add_argument("-m", "--streams", type=int, default=0, help="override the scenario's streams per connection")

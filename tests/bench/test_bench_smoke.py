@@ -36,6 +36,20 @@ def test_bench_run_tiny_and_idle(tmp_path):
     assert "rss_per_connection_kib" in idle
 
 
+def test_bench_open_loop_rate(tmp_path):
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky", "-n", "150", "-p", "1", "--rate", "100",
+         "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(out_json.read_text())["rows"]
+    assert row["errors"] == 0 and row["offered_rate"] == 100
+    assert row["requests"] + row["skipped"] == 150  # every scheduled request was sent or counted as skipped
+    assert "open loop 100/s" in proc.stdout
+
+
 def test_ratios_and_table():
     rows = [
         {"scenario": "tiny_h1", "target": "spooky", "run": 1, "requests": 10, "errors": 0, "rps": 200.0, "p50_ms": 1.0,
