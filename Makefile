@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean check-config fuzz
+.PHONY: run test venv clean check-config fuzz bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ run: $(STAMP) .dev-certs/localhost.pem
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# spooky-trio vs Caddy, same run (bench/run.py; docs/performance.md). BENCH_ARGS passes options,
+# e.g. BENCH_ARGS='-s tiny_h1 -d 20 -r 3'; BENCH_QUICK=1 for a short smoke run. Needs nginx,
+# caddy and h2load for the full table (apt-get install nginx-light caddy nghttp2-client);
+# without them it uses the built-in origin and skips the Caddy rows and h2load scenario.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # every fuzz/fuzz_*.py harness for FUZZ_SECONDS each; new crash inputs land in
 # fuzz/crashes/<harness>/, the growing working corpus in fuzz/.work/<harness>/ (both untracked)

@@ -267,3 +267,19 @@ async def test_caller_exception_inside_exchange_propagates_unchanged(pool: Upstr
                 raise _CallerError
         # the aborted connections were closed, not pooled; the next request works
         assert (await fetch(pool, target, request("GET", "/echo"))).status == 200
+
+
+async def test_retired_target_busy_connection_is_not_pooled_again(pool: UpstreamPool) -> None:
+    """A reload removed the backend while an exchange was running: when it ends, the
+    connection closes instead of going back to the idle list (both finish paths)."""
+    async with run_backend(name="h1") as backend:
+        target = h1_target(backend.port)
+        await fetch(pool, target, request("GET", "/echo"))
+        assert pool.idle_h1_connections(target) == 1
+        async with pool.exchange(target, request("GET", "/echo"), connect_timeout=5, response_timeout=5) as response:
+            assert await pool.retire(keep=set()) == 0  # the only connection is busy
+            await read_all(response)
+        assert pool.idle_h1_connections(target) == 0
+        assert await pool.retire(keep={target}) == 0  # kept again: it pools once more
+        await fetch(pool, target, request("GET", "/echo"))
+        assert pool.idle_h1_connections(target) == 1

@@ -28,6 +28,7 @@ from spooky_trio.ingress.closing import encode_initial_close
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic_connection import QuicConnectionTask
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
+from spooky_trio.ingress.udp_send import DatagramSender
 from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
 from spooky_trio.runtime.activity import Activity
@@ -126,6 +127,7 @@ class QuicListener:
             raise
         sock.setblocking(False)
         self.sock = sock
+        self.sender = DatagramSender(sock, self.stats)
         self.port = sock.getsockname()[1]
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

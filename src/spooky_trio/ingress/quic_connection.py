@@ -305,14 +305,11 @@ class QuicConnectionTask:
             await self._progress.park()
 
     def transmit(self) -> None:
-        sock = self.listener.sock
-        for data, addr in self.quic.datagrams_to_send(trio.current_time()):
-            try:
-                sock.sendto(data, addr)
-            except BlockingIOError:
-                self.listener.stats["send_drops"] += 1  # QUIC loss recovery resends it
-            except OSError as exc:
-                log.debug("sendto %s failed: %s", addr, exc)
+        datagrams = self.quic.datagrams_to_send(trio.current_time())
+        if datagrams:
+            # one sendmsg per run of equal-size datagrams (UDP GSO); drops are counted and
+            # left to QUIC loss recovery
+            self.listener.sender.send(datagrams)
         timer = self.quic.get_timer()
         self._timer_at = math.inf if timer is None else timer
         if self._timer_scope is not None:

@@ -185,13 +185,19 @@ async def pump_body(
 
 
 @contextlib.asynccontextmanager
-async def exchange_scope(response_timeout: float) -> AsyncIterator[tuple[trio.Nursery, ExchangeControl]]:
+async def exchange_scope(response_timeout: float, *, pump: bool = True) -> AsyncIterator[tuple[trio.Nursery | None, ExchangeControl]]:
     """A nursery for one exchange's body pump, with exceptions re-raised unwrapped.
 
     Yields ``(nursery, control)``. On exit the nursery is cancelled (stopping the pump). If
     the pump recorded a client body failure that exception is raised; otherwise whatever the
     block raised propagates as itself (never wrapped in an ExceptionGroup).
+
+    ``pump=False`` (a bodiless request) yields ``(None, control)``: no nursery to open and
+    cancel, which is a measurable share of a tiny proxied request's CPU.
     """
+    if not pump:
+        yield None, ExchangeControl(trio.CancelScope(), response_timeout)
+        return
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
         control = ExchangeControl(nursery.cancel_scope, response_timeout)

@@ -48,6 +48,9 @@ class UpstreamPool:
         self._h2_dialing: dict[BackendTarget, _PendingDial] = {}
         #: targets of backends a reload removed: their connections close once idle
         self._retired: set[BackendTarget] = set()
+        #: targets this pool opened connections to since the last retire (busy ones included:
+        #: a checked-out HTTP/1.1 connection is in no idle list, yet must not pool again)
+        self._known: set[BackendTarget] = set()
 
     # -- introspection (tests, metrics) --
 
@@ -72,7 +75,8 @@ class UpstreamPool:
         taken off the retired set: a backend added back pools again). Returns how many
         connections were told to close.
         """
-        self._retired = {target for target in self._retired | self.targets() if target not in keep}
+        self._retired = {target for target in self._retired | self.targets() | self._known if target not in keep}
+        self._known &= keep
         closed = 0
         for target in list(self._h1_idle):
             if target in self._retired:
@@ -152,24 +156,28 @@ class UpstreamPool:
         unchanged after aborting. Raises UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout or UpstreamProtocolError (see ``upstream.errors``).
         """
-        async with exchange_scope(response_timeout) as (nursery, control):
+        # a bodiless request has no pump and gets no nursery (nursery None; see exchange_scope)
+        async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
             if target.scheme == "http":
                 connection, response = await self._start_h1(target, request, nursery, control, connect_timeout)
                 try:
                     yield response
                 finally:
-                    nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
-                    # shielded: in the cancelled scope the close would raise Cancelled and
-                    # replace the caller's exception (it never blocks: plain TCP close)
-                    with trio.CancelScope(shield=True):
-                        await self._finish_h1(connection, response)
+                    if nursery is not None:
+                        nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
+                    if not self._pool_h1_nowait(connection, response):
+                        # shielded: in the cancelled scope the close would raise Cancelled and
+                        # replace the caller's exception (it never blocks: plain TCP close)
+                        with trio.CancelScope(shield=True):
+                            await self._finish_h1(connection, response)
             else:
                 h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
                 try:
-                    await h2conn.start(stream, request, nursery=nursery, control=control)
+                    await h2conn.start(stream, request, nursery=nursery, control=control)  # type: ignore[arg-type]
                     yield stream
                 finally:
-                    nursery.cancel_scope.cancel()
+                    if nursery is not None:
+                        nursery.cancel_scope.cancel()
                     h2conn.release(stream)
 
     # -- HTTP/1.1 --
@@ -205,8 +213,29 @@ class UpstreamPool:
             if connection.idle_since > cutoff and connection.looks_alive():
                 return connection
             await connection.aclose()
+        self._opening(target)
         stream = await open_backend_stream(target, timeout=connect_timeout, require_alpn=None)
         return H1Connection(target, stream)
+
+    def _opening(self, target: BackendTarget) -> None:
+        """A new connection to ``target``: a live backend uses it (again), so it pools."""
+        self._known.add(target)
+        self._retired.discard(target)
+
+    def _pool_h1_nowait(self, connection: H1Connection, response: H1Response) -> bool:
+        """The common case of :meth:`_finish_h1` without a checkpoint: a clean connection
+        goes back to a non-full idle list. False: call :meth:`_finish_h1` instead."""
+        if not (response.complete and connection.reusable) or connection.target in self._retired:
+            return False  # a backend a reload removed: its connections close (_finish_h1)
+        idle = self._h1_idle.get(connection.target)
+        if idle is not None and len(idle) >= self.max_idle_per_backend:
+            return False
+        connection.prepare_reuse()
+        if idle is None:
+            self._h1_idle[connection.target] = [connection]
+        else:
+            idle.append(connection)
+        return True
 
     async def _finish_h1(self, connection: H1Connection, response: H1Response) -> None:
         if not (response.complete and connection.reusable) or connection.target in self._retired:
@@ -246,6 +275,7 @@ class UpstreamPool:
         self._h2_dialing[target] = pending
         h2conn: H2Connection | None = None
         try:
+            self._opening(target)
             stream = await open_backend_stream(target, timeout=max(0.0, deadline - trio.current_time()), require_alpn="h2")
             h2conn = H2Connection(target, stream, on_idle=self._h2_idle, on_closed=self._h2_closed)
             await nursery.start(h2conn.run)

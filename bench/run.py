@@ -1,0 +1,439 @@
+"""Benchmark spooky-trio against Caddy in one invocation: ``python -m bench.run`` (``make bench``).
+
+Per scenario and target: start the proxy with a generated config in a temporary directory,
+drive it with N load-generator processes (bench/loadgen.py, HTTP/3 over aioquic) or h2load,
+read the proxy's CPU time and memory from /proc around the measured phase, stop it.
+Prints one table and writes the full results as JSON to bench/results/.
+
+``BENCH_QUICK=1`` shortens everything (a smoke run, numbers not meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import procstat
+from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, SpookyServer, free_port, python_env
+
+RESULTS = REPO / "bench" / "results"
+
+#: name -> shape. ``connections`` and ``streams`` are totals over all load processes
+#: (connections are split between processes; streams are per connection).
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "tiny_h1": {"kind": "h3", "upstream": "h1", "method": "GET", "path": "/", "connections": 4, "streams": 8,
+                "about": "tiny GET, HTTP/3 -> HTTP/1.1 origin"},
+    "tiny_h2tls": {"kind": "h3", "upstream": "h2", "method": "GET", "path": "/", "connections": 4, "streams": 8,
+                   "about": "tiny GET, HTTP/3 -> HTTP/2 over TLS origin"},
+    "download_1m": {"kind": "h3", "upstream": "h1", "method": "GET", "path": "/bytes/1048576", "expect": ONE_MIB,
+                    "connections": 4, "streams": 8, "timeout": 180, "warmup": 0, "about": "1 MiB GET, 32 concurrent, HTTP/3 -> HTTP/1.1"},
+    "upload_1m": {"kind": "h3", "upstream": "h1", "method": "POST", "path": "/upload", "body": ONE_MIB,
+                  "connections": 4, "streams": 2, "timeout": 180, "warmup": 0, "about": "1 MiB POST, 8 concurrent, HTTP/3 -> HTTP/1.1"},
+    "idle_1000": {"kind": "idle", "upstream": "h1", "connections": 1000,
+                  "about": "1000 idle QUIC connections: memory per connection"},
+    "bootstrap_h2": {"kind": "h2load", "upstream": "h1", "path": "/", "connections": 4, "streams": 8,
+                     "about": "tiny GET over the TCP bootstrap listener, HTTP/2 (h2load) -> HTTP/1.1"},
+}
+DEFAULT_ORDER = list(SCENARIOS)
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return float(sorted_values[index])
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.certs = workdir / "certs"
+
+    # --- load drivers -----------------------------------------------------------------
+
+    def _loadgen_cmds(self, port: int, sc: dict[str, Any], mode: str, connections: int) -> list[list[str]]:
+        a = self.args
+        procs = max(1, min(a.procs, connections))
+        cmds = []
+        for i in range(procs):
+            conns = connections // procs + (1 if i < connections % procs else 0)
+            cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--cafile", str(self.certs / "ca.pem"),
+                   "--mode", mode, "--connections", str(conns), "--streams", str(sc.get("streams", 1)),
+                   "--method", sc.get("method", "GET"), "--path", sc.get("path", "/"),
+                   "--body-bytes", str(sc.get("body", 0)), "--expect-bytes", str(sc.get("expect", -1)),
+                   "--duration", str(a.duration if not a.requests else 0),
+                   "--requests", str(-(-a.requests // procs) if a.requests else 0),
+                   "--rate", str(a.rate / procs if a.rate else 0),
+                   "--warmup", str(min(a.warmup, sc.get("warmup", a.warmup))), "--timeout", str(sc.get("timeout", 30))]
+            cmds.append(cmd)
+        return cmds
+
+    def _drive_h3(self, pid: int, port: int, sc: dict[str, Any], mode: str, connections: int) -> dict[str, Any]:
+        """Start the load processes, wait until all are connected (READY), then measure."""
+        procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=python_env(), cwd=REPO, text=True)
+                 for cmd in self._loadgen_cmds(port, sc, mode, connections)]
+        try:
+            rss_before = procstat.rss_bytes(pid)
+            for p in procs:
+                line = p.stdout.readline()  # type: ignore[union-attr]
+                if line.strip() != "READY":
+                    raise RuntimeError(f"load generator failed before READY (got {line!r})")
+            rss_connected = procstat.rss_bytes(pid)
+            profiler = self._start_profiler(pid, sc)
+            cpu0, t0 = procstat.cpu_times(pid), time.monotonic()
+            for p in procs:
+                p.stdin.write("GO\n")  # type: ignore[union-attr]
+                p.stdin.flush()  # type: ignore[union-attr]
+            outputs = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+            cpu1, t1 = procstat.cpu_times(pid), time.monotonic()
+            self._stop_profiler(profiler)
+        finally:
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        latencies = sorted(v for o in outputs for v in o["latencies_us"])
+        return {
+            "requests": len(latencies),
+            "errors": sum(o["errors"] for o in outputs),
+            "error_samples": [s for o in outputs for s in o["error_samples"]][:5],
+            "wall_s": t1 - t0,
+            "cpu_s": sum(cpu1) - sum(cpu0),
+            "cpu_sys_s": cpu1[1] - cpu0[1],
+            "latencies_us": latencies,
+            "connections": sum(o["connections"] for o in outputs),
+            "skipped": sum(o.get("skipped", 0) for o in outputs),
+            "rss_before": rss_before,
+            "rss_connected": rss_connected,
+        }
+
+    def _drive_h2load(self, pid: int, port: int, sc: dict[str, Any]) -> dict[str, Any]:
+        a = self.args
+        url = f"https://127.0.0.1:{port}{sc['path']}"
+        base = ["h2load", "-c", str(sc["connections"]), "-m", str(sc["streams"]), "-t", "1"]
+        subprocess.run(base + ["-n", str(max(a.warmup * sc["connections"] * sc["streams"], 64)), url],
+                       capture_output=True, check=False, timeout=120)
+        log = self.workdir / f"h2load-{port}.log"
+        amount = ["-n", str(a.requests)] if a.requests else ["-D", str(max(1, int(a.duration)))]
+        cpu0, t0 = procstat.cpu_times(pid), time.monotonic()
+        out = subprocess.run(base + amount + ["--log-file", str(log), url], capture_output=True, text=True, check=False,
+                             timeout=a.duration + 120)
+        cpu1, t1 = procstat.cpu_times(pid), time.monotonic()
+        latencies, errors = [], 0
+        for line in log.read_text().splitlines() if log.exists() else []:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                if parts[1] == "200":
+                    latencies.append(int(parts[2]))
+                else:
+                    errors += 1
+        for line in out.stdout.splitlines():  # failed/errored/timeout requests never reach the log
+            if line.startswith("requests:"):
+                words = line.replace(",", "").split()
+                for n, w in zip(words, words[1:]):
+                    if w in ("failed", "errored", "timeout") and n.isdigit():
+                        errors += int(n)
+        if out.returncode != 0 and not latencies:
+            errors += 1
+        latencies.sort()
+        return {"requests": len(latencies), "errors": errors, "error_samples": [out.stderr[-300:]] if out.returncode else [],
+                "wall_s": t1 - t0, "cpu_s": sum(cpu1) - sum(cpu0), "cpu_sys_s": cpu1[1] - cpu0[1], "latencies_us": latencies}
+
+    # --- profiling (py-spy on the proxy, measured phase only) ----------------------------
+
+    def _start_profiler(self, pid: int, sc: dict[str, Any]) -> tuple[subprocess.Popen, Path] | None:
+        if not self.args.profile or self._profiling_target != "spooky":
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"profile-{sc['name']}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        proc = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                                 "--gil", "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        return proc, out
+
+    def _stop_profiler(self, profiler: tuple[subprocess.Popen, Path] | None) -> None:
+        if profiler is None:
+            return
+        proc, out = profiler
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if out.exists():
+            print(f"profile (collapsed stacks): {out}", file=sys.stderr)
+            print(top_functions(out.read_text()), file=sys.stderr)
+
+    # --- one measurement ----------------------------------------------------------------
+
+    def measure(self, server: Any, origin: Origin, name: str, sc: dict[str, Any]) -> dict[str, Any]:
+        port = free_port()
+        sc = dict(sc, name=name)
+        self._profiling_target = server.name
+        upstream = origin.h2_url if sc["upstream"] == "h2" else origin.h1_url
+        server.start(upstream, port)
+        try:
+            pid = server.pid
+            if sc["kind"] == "h3":
+                raw = self._drive_h3(pid, port, sc, "load", sc["connections"])
+            elif sc["kind"] == "idle":
+                raw = self._drive_h3(pid, port, sc, "idle", self.args.idle_connections)
+            else:
+                raw = self._drive_h2load(pid, port, sc)
+            peak = procstat.peak_rss_bytes(pid)
+        finally:
+            server.stop()
+        lat = raw.pop("latencies_us")
+        row: dict[str, Any] = {
+            "scenario": name, "target": server.name, "requests": raw["requests"], "errors": raw["errors"],
+            "error_samples": raw["error_samples"], "wall_s": round(raw["wall_s"], 3), "cpu_s": round(raw["cpu_s"], 3),
+            "cpu_sys_s": round(raw["cpu_sys_s"], 3),
+            "peak_rss_mb": round(peak / 1e6, 1),
+        }
+        if sc["kind"] == "idle":
+            conns = raw["connections"]
+            row["connections"] = conns
+            row["rss_per_connection_kib"] = round((raw["rss_connected"] - raw["rss_before"]) / 1024 / max(conns, 1), 1)
+            row["rss_connected_mb"] = round(raw["rss_connected"] / 1e6, 1)
+        else:
+            n = max(raw["requests"], 1)
+            if self.args.rate and sc["kind"] == "h3":
+                row["offered_rate"] = self.args.rate
+                row["skipped"] = raw.get("skipped", 0)
+            row.update({
+                "rps": round(raw["requests"] / raw["wall_s"], 1) if raw["wall_s"] > 0 else 0.0,
+                "p50_ms": round(percentile(lat, 0.50) / 1000, 2),
+                "p99_ms": round(percentile(lat, 0.99) / 1000, 2),
+                "max_ms": round((lat[-1] if lat else float("nan")) / 1000, 2),
+                "cpu_s_per_1k": round(raw["cpu_s"] / n * 1000, 3),
+            })
+        return row
+
+
+_LINE_NUMBER = re.compile(r":\d+\)$")
+
+
+def top_functions(collapsed: str, limit: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_count: dict[str, int] = {}
+    incl_count: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_LINE_NUMBER.sub(")", f) for f in stack.split(";")]
+        for frame in set(frames):
+            incl_count[frame] = incl_count.get(frame, 0) + count
+        self_count[frames[-1]] = self_count.get(frames[-1], 0) + count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; self%  incl%  function"]
+    for frame, count in sorted(self_count.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"  {100 * count / total:5.1f}  {100 * incl_count[frame] / total:5.1f}  {frame}")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v != v:
+        return "nan"
+    return format(v, spec)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    header = ["scenario", "target", "run", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "CPU s/1k req",
+              "peak RSS MB", "CPU x caddy", "req/s x caddy", "note"]
+    lines = [header]
+    for r in rows:
+        note = ""
+        if "rss_per_connection_kib" in r:
+            note = f"{r['connections']} conns, {r['rss_per_connection_kib']} KiB/conn"
+        elif "offered_rate" in r:
+            note = f"open loop {r['offered_rate']:g}/s, {r['skipped']} skipped"
+        lines.append([
+            r["scenario"], r["target"], str(r.get("run", 1)), _fmt(r.get("rps"), ".0f"), _fmt(r.get("p50_ms"), ".2f"),
+            _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("max_ms"), ".1f"), str(r["errors"]), _fmt(r.get("cpu_s_per_1k"), ".3f"),
+            _fmt(r["peak_rss_mb"], ".1f"), _fmt(r.get("cpu_ratio"), ".2f"), _fmt(r.get("rps_ratio"), ".2f"), note,
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append("  ".join(cell.ljust(w) if i in (0, 1, 12) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection."""
+    caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
+    for r in rows:
+        c = caddy.get((r["scenario"], r.get("run", 1)))
+        if not r["target"].startswith("spooky") or c is None:
+            continue
+        if r.get("cpu_s_per_1k") and c.get("cpu_s_per_1k"):
+            r["cpu_ratio"] = round(r["cpu_s_per_1k"] / c["cpu_s_per_1k"], 2)
+        if r.get("rps") and c.get("rps"):
+            r["rps_ratio"] = round(r["rps"] / c["rps"], 2)
+        if r.get("rss_per_connection_kib") and c.get("rss_per_connection_kib"):
+            r["rss_per_connection_ratio"] = round(r["rss_per_connection_kib"] / c["rss_per_connection_kib"], 2)
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario and target, the median of each number over the repeated runs."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["target"]), []).append(r)
+    out = []
+    for (scenario, target), group in groups.items():
+        m: dict[str, Any] = {"scenario": scenario, "target": target, "run": f"med{len(group)}",
+                             "errors": sum(r["errors"] for r in group)}
+        for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
+                    "rss_per_connection_kib", "connections", "offered_rate", "skipped"):
+            values = sorted(r[key] for r in group if r.get(key) is not None)
+            if values:
+                m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        out.append(m)
+    return out
+
+
+def git_describe() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    quick = os.environ.get("BENCH_QUICK") == "1"
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("-s", "--scenarios", default=",".join(DEFAULT_ORDER),
+                   help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
+    p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
+                        "sources in DIR (a src/ directory) as target spooky@NAME, for before/after in one run")
+    p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
+    p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="HTTP/3 scenarios: open loop at this many requests/s in total (latency from the scheduled "
+                        "start; requests due while all stream slots are busy are skipped and counted)")
+    p.add_argument("-p", "--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("-c", "--connections", type=int, default=0, help="override the scenario's total connections")
+    p.add_argument("-m", "--streams", type=int, default=0, help="override the scenario's streams per connection")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up requests per stream slot")
+    p.add_argument("--idle-connections", type=int, default=200 if quick else 1000)
+    p.add_argument("-r", "--repeat", type=int, default=1, help="measure each scenario and target this many times")
+    p.add_argument("--origin", choices=("nginx", "builtin"), default="nginx", help="builtin when nginx is missing")
+    p.add_argument("--json", default="", help="write results here (default bench/results/<time>-<commit>.json)")
+    p.add_argument("--profile", action="store_true", help="py-spy the spooky process over each measured phase")
+    p.add_argument("--keep-workdir", action="store_true")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    names = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
+    targets = [t for t in args.targets.split(",") if t]
+    skipped = []
+    if "caddy" in targets and not shutil.which("caddy"):
+        targets.remove("caddy")
+        skipped.append("caddy (not installed)")
+    if "bootstrap_h2" in names and not shutil.which("h2load"):
+        names.remove("bootstrap_h2")
+        skipped.append("bootstrap_h2 (h2load not installed)")
+    workdir = Path(tempfile.mkdtemp(prefix="spooky-bench-"))
+    started = time.time()
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "commit": git_describe(),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                 "load_before": procstat.load_average()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "keep_workdir")},
+        "skipped": skipped, "rows": [],
+    }
+    bench = Bench(args, workdir)
+    from bench.targets import make_certs
+
+    make_certs(bench.certs)
+    origin = Origin(workdir, bench.certs, prefer=args.origin)
+    result["origin"] = origin.kind
+    origin.start()
+    try:
+        for name in names:
+            sc = dict(SCENARIOS[name])
+            if args.connections and sc["kind"] != "idle":
+                sc["connections"] = args.connections
+            if args.streams:
+                sc["streams"] = args.streams
+            for run_index in range(1, args.repeat + 1):
+                for target in targets:
+                    if target == "caddy":
+                        server = CaddyServer(workdir, bench.certs)
+                    elif "=" in target:  # NAME=DIR: another checkout's src, e.g. base=/tmp/old/src
+                        label, _, src = target.partition("=")
+                        server = SpookyServer(workdir, bench.certs, src=Path(src).resolve(), name=f"spooky@{label}")
+                    else:
+                        server = SpookyServer(workdir, bench.certs)
+                    load = procstat.load_average()
+                    row = bench.measure(server, origin, name, sc)
+                    row["run"] = run_index
+                    row["load_avg"] = load
+                    result["rows"].append(row)
+                    print(f"  {name:<13} {target:<7} run {run_index}: {row.get('rps', '-')} req/s, "
+                          f"{row.get('cpu_s_per_1k', '-')} CPU s/1k, errors {row['errors']}", file=sys.stderr, flush=True)
+    finally:
+        origin.stop()
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    add_ratios(result["rows"])
+    result["host"]["load_after"] = procstat.load_average()
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return result
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop our processes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    result = run(args)
+    print(f"\nspooky-trio bench  commit {result['commit']}  origin {result['origin']}  "
+          f"cpus {result['host']['cpus']}  load avg before {result['host']['load_before']} "
+          f"after {result['host']['load_after']}")
+    if result["skipped"]:
+        print("skipped: " + ", ".join(result["skipped"]))
+    print(render_table(result["rows"]))
+    if args.repeat > 1:
+        result["medians"] = medians(result["rows"])
+        print(f"\nmedians over {args.repeat} runs")
+        print(render_table(result["medians"]))
+    path = Path(args.json) if args.json else RESULTS / f"{time.strftime('%Y%m%dT%H%M%S')}-{result['commit']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"results: {path}")
+    return 1 if any(r["errors"] for r in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""The processes a benchmark run starts: the origin, spooky-trio, Caddy.
+
+Everything lives in one temporary directory (configs, certificates, logs) and every process
+is started by us, by pid, and stopped by that pid at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ONE_MIB = 1 << 20
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP a moment ago (QUIC and the TCP listener share it)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free port")
+
+
+def wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 20.0, what: str = "process") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on tcp {port} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def python_env(src: Path | None = None) -> dict[str, str]:
+    """The environment for our Python children: this checkout's sources (or ``src``) first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src or REPO / "src"), str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def make_certs(directory: Path) -> None:
+    from spooky_trio.devtools.devcerts import make_dev_certs
+
+    make_dev_certs(directory)
+
+
+class Origin:
+    """The upstream: nginx (HTTP/1.1 on one port, HTTP/2 over TLS on another) when installed,
+    else the built-in h11 origin plus hypercorn for HTTP/2 TLS.
+
+    URL space on both: ``GET /`` a tiny text, ``GET /bytes/1048576`` 1 MiB, ``POST /upload``
+    reads the whole body and answers a tiny text.
+    """
+
+    def __init__(self, workdir: Path, certs: Path, *, prefer: str = "nginx") -> None:
+        self.workdir = workdir
+        self.certs = certs
+        self.kind = "nginx" if prefer == "nginx" and shutil.which("nginx") else "builtin"
+        self.h1_port = free_port()
+        self.h2_port = free_port()
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def h1_url(self) -> str:
+        return f"http://127.0.0.1:{self.h1_port}"
+
+    @property
+    def h2_url(self) -> str:
+        return f"https://localhost:{self.h2_port}"
+
+    def start(self) -> None:
+        if self.kind == "nginx":
+            self._start_nginx()
+        else:
+            self._start_builtin()
+
+    def _start_nginx(self) -> None:
+        root = self.workdir / "nginx"
+        for sub in ("", "www", "tmp", "logs"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "www" / "1m.bin").write_bytes(b"x" * ONE_MIB)
+        sink_port = free_port()
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        locations = f"""
+        location = / {{ default_type text/plain; return 200 "hello from the bench origin\\n"; }}
+        location = /bytes/1048576 {{ alias {root}/www/1m.bin; default_type application/octet-stream; }}
+        # proxy_pass buffers the whole request body first: the upload is read to the end
+        location = /upload {{ proxy_pass http://127.0.0.1:{sink_port}/; }}
+"""
+        conf = f"""{user}worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    client_max_body_size 16m;
+    client_body_buffer_size 2m;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    http2_max_requests 1000000;
+    server {{
+        listen 127.0.0.1:{self.h1_port};
+{locations}
+    }}
+    server {{
+        listen 127.0.0.1:{self.h2_port} ssl http2;
+        ssl_certificate {self.certs}/localhost.pem;
+        ssl_certificate_key {self.certs}/localhost.key;
+{locations}
+    }}
+    server {{
+        listen 127.0.0.1:{sink_port};
+        location / {{ default_type text/plain; return 200 "uploaded\\n"; }}
+    }}
+}}
+"""
+        path = root / "nginx.conf"
+        path.write_text(conf)
+        log = open(root / "logs" / "stderr.log", "wb")
+        proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        wait_tcp(self.h1_port, proc, what="nginx")
+        wait_tcp(self.h2_port, proc, what="nginx")
+
+    def _start_builtin(self) -> None:
+        env = python_env()
+        log = open(self.workdir / "origin.log", "wb")
+        h1 = subprocess.Popen(
+            [sys.executable, "-m", "spooky_trio.devtools.origin", "--host", "127.0.0.1", "--port", str(self.h1_port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(h1)
+        wait_tcp(self.h1_port, h1, what="built-in origin")
+        h2 = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "--certfile", str(self.certs / "localhost.pem"),
+             "--keyfile", str(self.certs / "localhost.key"), "--bind", f"127.0.0.1:{self.h2_port}",
+             "bench.asgi_origin:app"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        self.procs.append(h2)
+        wait_tcp(self.h2_port, h2, what="hypercorn origin")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+        self.procs.clear()
+
+
+class Server:
+    """A proxy under test: ``start(upstream_url, port)`` then ``pid``; ``stop()``."""
+
+    name = "?"
+
+    def __init__(self, workdir: Path, certs: Path) -> None:
+        self.workdir = workdir
+        self.certs = certs
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.proc = None
+
+
+class SpookyServer(Server):
+    """The real ``spooky-trio run`` process with a generated config."""
+
+    name = "spooky"
+
+    def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky") -> None:
+        super().__init__(workdir, certs)
+        self.workers = workers
+        #: another checkout's ``src`` to run instead of this one (A/B in one invocation)
+        self.src = src
+        self.name = name
+
+    def config_text(self, upstream_url: str, port: int) -> str:
+        tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
+        workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
+        return f"""version: 1
+listen:
+  address: "127.0.0.1"
+  port: {port}
+  tls:
+    cert: "{self.certs / 'localhost.pem'}"
+    key: "{self.certs / 'localhost.key'}"
+upstream:
+  bench:
+    route:
+      path_prefix: "/"
+{tls}    backends:
+      - id: "origin"
+        address: "{upstream_url}"
+performance:
+{workers}  quic_max_idle_timeout_ms: 120000
+  max_request_body_bytes: 16777216
+  # Caddy's defaults: 3 s dial timeout, no response-header timeout (a loaded 2-core box
+  # can take longer than our 500 ms default to accept 32 new connections at once)
+  backend_connect_timeout_ms: 3000
+  backend_timeout_ms: 30000
+  backend_body_idle_timeout_ms: 30000
+log:
+  level: warn
+security:
+  privileges:
+    enabled: false
+"""
+
+    def start(self, upstream_url: str, port: int) -> None:
+        self.port = port
+        path = self.workdir / f"spooky-{port}.yaml"
+        path.write_text(self.config_text(upstream_url, port))
+        env = python_env(self.src)
+        log = open(self.workdir / f"spooky-{port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spooky_trio", "run", "--config", str(path)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_tcp(port, self.proc, what="spooky-trio")
+
+
+class CaddyServer(Server):
+    """Caddy as an HTTP/3 (and HTTP/1.1+2) reverse proxy to the same origin, same certificate."""
+
+    name = "caddy"
+
+    def start(self, upstream_url: str, port: int) -> None:
+        self.port = port
+        transport = ""
+        if upstream_url.startswith("https"):
+            transport = f"""
+        transport http {{
+            tls_trusted_ca_certs {self.certs / 'ca.pem'}
+        }}"""
+        caddyfile = f"""{{
+    admin off
+    auto_https disable_redirects
+    servers {{
+        protocols h1 h2 h3
+    }}
+}}
+https://:{port} {{
+    bind 127.0.0.1
+    tls {self.certs / 'localhost.pem'} {self.certs / 'localhost.key'}
+    reverse_proxy {upstream_url} {{{transport}
+    }}
+}}
+"""
+        path = self.workdir / f"Caddyfile-{port}"
+        path.write_text(caddyfile)
+        env = dict(os.environ)
+        env["HOME"] = str(self.workdir)
+        env["XDG_DATA_HOME"] = str(self.workdir / "caddy-data")
+        env["XDG_CONFIG_HOME"] = str(self.workdir / "caddy-config")
+        log = open(self.workdir / f"caddy-{port}.log", "wb")
+        self.proc = subprocess.Popen(
+            ["caddy", "run", "--config", str(path), "--adapter", "caddyfile"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_tcp(port, self.proc, what="caddy")

@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark harness: the real ``python -m bench.run`` against the real proxy
+process, a few hundred requests, no Caddy. Checks the table and the JSON are well formed and
+the run had no errors; no timing assertions (timing goals live in the benchmark itself)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from bench.run import add_ratios, percentile, render_table
+from bench.targets import REPO, python_env
+
+
+def test_bench_run_tiny_and_idle(tmp_path):
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1,idle_1000", "-t", "spooky", "-n", "300", "-p", "1",
+         "--idle-connections", "12", "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CPU s/1k req" in proc.stdout and "peak RSS MB" in proc.stdout
+    result = json.loads(out_json.read_text())
+    assert result["skipped"] == [] or all("caddy" in s or "h2load" in s for s in result["skipped"])
+    tiny, idle = result["rows"]
+    assert (tiny["scenario"], tiny["target"]) == ("tiny_h1", "spooky")
+    assert tiny["errors"] == 0 and tiny["error_samples"] == []
+    assert tiny["requests"] >= 300
+    assert tiny["cpu_s"] > 0 and tiny["cpu_s_per_1k"] > 0  # /proc was read for the proxy process
+    assert tiny["peak_rss_mb"] > 0
+    assert 0 < tiny["p50_ms"] <= tiny["p99_ms"] <= tiny["max_ms"]
+    table_row = next(line for line in proc.stdout.splitlines() if line.startswith("tiny_h1"))
+    assert table_row.split()[:3] == ["tiny_h1", "spooky", "1"]
+    assert (idle["scenario"], idle["errors"], idle["connections"]) == ("idle_1000", 0, 12)
+    assert "rss_per_connection_kib" in idle
+
+
+def test_bench_open_loop_rate(tmp_path):
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky", "-n", "150", "-p", "1", "--rate", "100",
+         "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(out_json.read_text())["rows"]
+    assert row["errors"] == 0 and row["offered_rate"] == 100
+    assert row["requests"] + row["skipped"] == 150  # every scheduled request was sent or counted as skipped
+    assert "open loop 100/s" in proc.stdout
+
+
+def test_ratios_and_table():
+    rows = [
+        {"scenario": "tiny_h1", "target": "spooky", "run": 1, "requests": 10, "errors": 0, "rps": 200.0, "p50_ms": 1.0,
+         "p99_ms": 2.0, "max_ms": 3.0, "cpu_s_per_1k": 0.9, "peak_rss_mb": 50.0},
+        {"scenario": "tiny_h1", "target": "caddy", "run": 1, "requests": 10, "errors": 0, "rps": 400.0, "p50_ms": 1.0,
+         "p99_ms": 2.0, "max_ms": 3.0, "cpu_s_per_1k": 0.6, "peak_rss_mb": 40.0},
+    ]
+    add_ratios(rows)
+    assert rows[0]["cpu_ratio"] == 1.5 and rows[0]["rps_ratio"] == 0.5
+    assert "cpu_ratio" not in rows[1]
+    lines = render_table(rows).splitlines()
+    assert len(lines) == 4 and lines[2].split()[10:12] == ["1.50", "0.50"]
+    assert percentile([1, 2, 3, 4], 0.5) in (2.0, 3.0) and percentile([5], 0.99) == 5.0
