@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean check-config fuzz bench
+.PHONY: run test venv clean check-config fuzz bench test-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,21 @@ venv: $(STAMP)
 
 run: $(STAMP) .dev-certs/localhost.pem
 	$(BIN)/python -m spooky_trio.devtools.demo --config conf/dev.yaml
+
+# optional peers some tests and `make bench` use (ngtcp2's gtlsclient for HTTP/3 interop,
+# nginx and caddy as origin and reference proxy, h2load); tests skip with the reason when a
+# tool is missing. Installs from Debian's packages when run as root, else says what to install.
+TEST_TOOLS := ngtcp2-client nginx-light caddy nghttp2-client
+test-tools:
+	@if command -v gtlsclient >/dev/null && command -v nginx >/dev/null && command -v caddy >/dev/null && command -v h2load >/dev/null; then \
+		echo "test tools present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_TOOLS) >/dev/null \
+			&& (service nginx stop >/dev/null 2>&1 || true)) \
+			|| echo "warning: could not install $(TEST_TOOLS); the tests that need them will skip"; \
+	else \
+		echo "optional: sudo apt-get install $(TEST_TOOLS) (tests that need them skip)"; \
+	fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
