@@ -7,7 +7,7 @@ Header names are lowercase ``bytes``; values are ``bytes``. Pseudo-headers never
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -101,3 +101,32 @@ class ResponseSink(Protocol):
 
     def reset(self, reason: str) -> None:
         """Abort the response stream (after headers were sent, the only honest error signal)."""
+
+
+class StreamTunnel:
+    """The client side of a tunnel carried on one HTTP/2 or HTTP/3 request stream (RFC 8441
+    extended CONNECT, RFC 9114 CONNECT): the request body's DATA frames in, the response's
+    DATA frames out; a byte stream for the relay in ``proxy/tunnel.py``.
+
+    ``sink`` is the protocol's response sink (with ``finished``/``aborted`` flags), ``body``
+    the stream's request body.
+    """
+
+    supports_half_close = True
+
+    def __init__(self, sink: Any, body: DownstreamBody) -> None:
+        self._sink = sink
+        self._body = body
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self._body.receive()
+        except RequestBodyError:
+            return b""
+
+    async def send_all(self, data: bytes) -> None:
+        await self._sink.send_data(data)
+
+    async def send_eof(self) -> None:
+        if not self._sink.finished and not self._sink.aborted:
+            await self._sink.send_data(b"", end_stream=True)

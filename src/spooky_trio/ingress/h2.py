@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from spooky_trio.http.headers import HOP_BY_HOP
-from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
+from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError, StreamTunnel
 from spooky_trio.ingress.tls import client_headers
 from spooky_trio.proxy.errors import ErrorResponse, ProxyError
 
@@ -129,35 +129,13 @@ class H2ResponseSink:
         self.aborted = True
         self._conn.reset_stream(self._stream_id, ErrorCodes.INTERNAL_ERROR)
 
-    async def open_tunnel(self, headers: Headers) -> H2Tunnel:
+    async def open_tunnel(self, headers: Headers) -> StreamTunnel:
         """Accept an extended CONNECT: 200 with the backend's 101 headers minus the HTTP/1.1
         handshake fields, then a byte stream of DATA frames both ways."""
         assert self._tunnel_body is not None, "not an extended CONNECT stream"
         await self.send_headers(200, [(n, v) for n, v in headers if n not in _WS_RESPONSE_DROP])
-        return H2Tunnel(self, self._tunnel_body)
+        return StreamTunnel(self, self._tunnel_body)
 
-
-class H2Tunnel:
-    """The client side of an RFC 8441 relay: DATA frames on one stream."""
-
-    supports_half_close = True
-
-    def __init__(self, sink: H2ResponseSink, body: H2RequestBody) -> None:
-        self._sink = sink
-        self._body = body
-
-    async def receive_some(self) -> bytes:
-        try:
-            return await self._body.receive()
-        except RequestBodyError:
-            return b""
-
-    async def send_all(self, data: bytes) -> None:
-        await self._sink.send_data(data)
-
-    async def send_eof(self) -> None:
-        if not self._sink.finished:
-            await self._sink.send_data(b"", end_stream=True)
 
 
 class _Stream:

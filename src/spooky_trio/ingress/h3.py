@@ -34,7 +34,7 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 
-from spooky_trio.http.messages import Headers, RequestBodyError
+from spooky_trio.http.messages import Headers, RequestBodyError, StreamTunnel
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic_connection import QuicConnectionTask
@@ -324,32 +324,9 @@ class H3ResponseSink:
         self.aborted = True
         self._conn.reset_stream(self._stream_id, ErrorCode.H3_INTERNAL_ERROR)
 
-    async def open_tunnel(self, headers: Headers) -> H3Tunnel:
+    async def open_tunnel(self, headers: Headers) -> StreamTunnel:
         """Accept a CONNECT (RFC 9114 4.4): 200, then the stream's DATA both ways."""
         if self._tunnel_body is None:
             raise trio.BrokenResourceError("only a CONNECT stream can become a tunnel")
         await self.send_headers(200, headers)
-        return H3Tunnel(self, self._tunnel_body)
-
-
-class H3Tunnel:
-    """The client side of a CONNECT relay: DATA frames on one request stream."""
-
-    supports_half_close = True
-
-    def __init__(self, sink: H3ResponseSink, body: H3RequestBody) -> None:
-        self._sink = sink
-        self._body = body
-
-    async def receive_some(self) -> bytes:
-        try:
-            return await self._body.receive()
-        except RequestBodyError:
-            return b""
-
-    async def send_all(self, data: bytes) -> None:
-        await self._sink.send_data(data)
-
-    async def send_eof(self) -> None:
-        if not self._sink.finished and not self._sink.aborted:
-            await self._sink.send_data(b"", end_stream=True)
+        return StreamTunnel(self, self._tunnel_body)
