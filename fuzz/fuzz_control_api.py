@@ -33,7 +33,7 @@ with instrumented(__name__):
     from spooky_trio.config.schema_runtime import ControlApiConfig, MetricsConfig
     from spooky_trio.ingress.identities import IdentityError
     from spooky_trio.observability.endpoints import ControlApi, metrics_endpoint
-    from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
+    from spooky_trio.observability.http_server import HttpRequest, HttpResponse
     from spooky_trio.observability.metrics import Metrics
     from spooky_trio.config import load_config_text
     from spooky_trio.runtime.generation import Generation

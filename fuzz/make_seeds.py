@@ -6,7 +6,6 @@ seeds are written with :class:`_fdp.Writer` so they decode to the intended struc
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path

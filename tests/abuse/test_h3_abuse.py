@@ -19,7 +19,6 @@ from tests.abuse.helpers import (
     GET,
     MAX_HEADERS_BYTES,
     MAX_HEADERS_COUNT,
-    MAX_STREAMS,
     MIB,
     abuse_proxy,
     encoder_stream,

@@ -190,7 +190,7 @@ async def test_required_client_certificates(certs_dir: Path, client_ca_file: Pat
         for name, reason in ((None, "missing"), ("expired", "expired"), ("unknown_ca", "unknown_issuer")):
             assert await rejected(port, certs_dir, clients[name] if name else None)
             assert stats[f"handshake_failed.{reason}"] == 1, dict(stats)
-            assert f"client certificate rejected from ('127.0.0.1'" in caplog.text and f": {reason}" in caplog.text
+            assert "client certificate rejected from ('127.0.0.1'" in caplog.text and f": {reason}" in caplog.text
         assert len(backend.requests) == 1
 
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, RejectConnection, RejectData, Request, TextMessage
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, RejectConnection, Request, TextMessage
 
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.proxy import tunnel
