@@ -95,6 +95,7 @@ def cmd_worker(argv: list[str]) -> int:
     parser = _config_parser("spooky-trio worker", "One worker process (started by the supervisor).")
     parser.add_argument("--worker-index", type=int, required=True)
     parser.add_argument("--report-fd", type=int, required=True)
+    parser.add_argument("--lifeline-fd", type=int, default=None)
     args = parser.parse_args(argv)
     config = _load(args.config)
     if config is None:
@@ -107,7 +108,7 @@ def cmd_worker(argv: list[str]) -> int:
     except OSError as exc:
         print(f"spooky-trio worker: cannot open log file: {exc}", file=sys.stderr)
         return 1
-    return run_worker(config, args.config, args.worker_index, args.report_fd)
+    return run_worker(config, args.config, args.worker_index, args.report_fd, args.lifeline_fd)
 
 
 def cmd_request(argv: list[str]) -> int:

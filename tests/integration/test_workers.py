@@ -164,7 +164,7 @@ async def test_two_workers_serve_h3_and_h2_merge_metrics_reload_and_drain(certs_
             assert len(re.findall(rb"worker \d \(pid \d+\) exited with status 0", output.data)) == 2
 
 
-async def test_killed_worker_is_restarted_and_workers_are_pinned(certs_dir: Path, tmp_path: Path) -> None:
+async def test_killed_worker_is_restarted_pinned_workers_and_supervisor_death(certs_dir: Path, tmp_path: Path) -> None:
     ca = str(certs_dir / "ca.pem")
     async with run_backend(name="w") as backend:
         config, port, mport, cport = write_config(tmp_path, certs_dir, backend.url, extra_perf="  pin_workers: true\n")
@@ -195,6 +195,17 @@ async def test_killed_worker_is_restarted_and_workers_are_pinned(certs_dir: Path
             for _ in range(6):
                 async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=ca) as client:
                     assert (await client.request("GET", "/echo", authority="localhost")).status == 200
-            proc.send_signal(signal.SIGTERM)
-            with trio.fail_after(20):
-                assert await proc.wait() == 0
+            # the supervisor dies without a word: each worker sees its lifeline pipe close,
+            # drains and exits (pidfds: readable once the process exited)
+            workers = [first["pid"], pids[1]]
+            pidfds = [os.pidfd_open(pid) for pid in workers]
+            try:
+                proc.kill()
+                await proc.wait()
+                with trio.fail_after(20):
+                    for fd in pidfds:
+                        await trio.lowlevel.wait_readable(fd)
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
+            await output.wait_for(b"the supervisor is gone: draining", 2)

@@ -17,7 +17,8 @@ spooky-trio worker --config FILE --worker-index i --report-fd FD (one per worker
 A worker serves the configured listeners exactly like a single-process server; only its
 ``observability`` section is replaced (:func:`worker_config`): the configured metrics and
 control API belong to the supervisor, the worker's control API listens on 127.0.0.1, port 0,
-default paths, the token the supervisor passed in ``SPOOKY_WORKER_TOKEN``. Once serving, the
+default paths, the token the supervisor passed in ``SPOOKY_WORKER_TOKEN``. A worker drains when
+its lifeline pipe from the supervisor reaches EOF (the supervisor died). Once serving, the
 worker writes one JSON line (``{"control_port": p, "pid": ...}``) to the report pipe: that is
 its readiness signal. See docs/performance.md ("Workers").
 """
@@ -53,8 +54,6 @@ log = logging.getLogger("spooky.workers")
 
 #: environment variable carrying the token of the workers' private control APIs
 TOKEN_ENV = "SPOOKY_WORKER_TOKEN"
-#: environment variable carrying the supervisor's pid (the worker checks it is still there)
-SUPERVISOR_ENV = "SPOOKY_SUPERVISOR_PID"
 #: the paths of every worker's private control API (the schema defaults)
 INTERNAL = ControlApiConfig()
 #: crash restart backoff: first delay, cap; a worker that ran this long resets it
@@ -85,25 +84,24 @@ def pin_to_cpu(index: int) -> int:
     return cpu
 
 
-def _die_with_supervisor() -> None:
-    """Get SIGTERM (a graceful drain) when the supervisor dies, and stop if it already did."""
+async def _watch_lifeline(fd: int, server: Any) -> None:
+    """Drain when the supervisor is gone: it holds the write end of the pipe whose read end
+    is ``fd``, so EOF means it exited (or was killed). (PR_SET_PDEATHSIG is no use here:
+    Trio spawns from a worker thread, and the signal fires when that thread exits.)"""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the supervisor's exit leaves workers running
-        return
-    expected = os.environ.get(SUPERVISOR_ENV)
-    if expected and os.getppid() != int(expected):
-        raise SystemExit(1)
+        await trio.lowlevel.wait_readable(fd)
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+    if not server.draining:
+        log.warning("the supervisor is gone: draining")
+    server.request_drain()
 
 
-def run_worker(config: Any, config_path: str, index: int, report_fd: int) -> int:
+def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
     """The body of ``spooky-trio worker`` (logging is configured by the caller)."""
     from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
 
-    _die_with_supervisor()
     token = os.environ.pop(TOKEN_ENV, "") or secrets.token_urlsafe(32)
     if config.performance.pin_workers:
         try:
@@ -120,9 +118,13 @@ def run_worker(config: Any, config_path: str, index: int, report_fd: int) -> int
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
+            if lifeline_fd is not None:
+                nursery.start_soon(_watch_lifeline, lifeline_fd, server)
             port = server.endpoints[0][0].port
             os.write(report_fd, json.dumps({"control_port": port, "pid": os.getpid()}).encode() + b"\n")
             os.close(report_fd)
+            await server.stopped.wait()
+            nursery.cancel_scope.cancel()  # the lifeline watcher
 
     try:
         trio.run(main)
@@ -342,18 +344,29 @@ class Supervisor:
         slot.state = "stopped"
 
     async def _run_once(self, slot: WorkerSlot) -> int:
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = os.pipe()  # the worker reports readiness on it
+        life_read, life_write = os.pipe()  # held open here: EOF tells the worker we are gone
         env = dict(os.environ)
         env[TOKEN_ENV] = self.token
-        env[SUPERVISOR_ENV] = str(os.getpid())
         argv = [sys.executable, "-m", "spooky_trio", "worker", "--config", self.config_path,
-                "--worker-index", str(slot.index), "--report-fd", str(write_fd)]
+                "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read)]
         slot.state, slot.control_port = "starting", None
         try:
             # own session: a terminal's Ctrl-C reaches the supervisor only, which drains them
-            process = await trio.lowlevel.open_process(argv, pass_fds=(write_fd,), env=env, start_new_session=True)
+            process = await trio.lowlevel.open_process(argv, pass_fds=(write_fd, life_read), env=env, start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            os.close(life_write)
+            raise
         finally:
             os.close(write_fd)
+            os.close(life_read)
+        try:
+            return await self._wait_worker(slot, process, read_fd)
+        finally:
+            os.close(life_write)
+
+    async def _wait_worker(self, slot: WorkerSlot, process: trio.Process, read_fd: int) -> int:
         slot.process, slot.pid, slot.started_at = process, process.pid, time.monotonic()
         log.info("worker %d started (pid %d)", slot.index, process.pid)
         if self.draining:  # the drain began while it was being spawned
