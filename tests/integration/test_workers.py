@@ -209,3 +209,36 @@ async def test_killed_worker_is_restarted_pinned_workers_and_supervisor_death(ce
                 for fd in pidfds:
                     os.close(fd)
             await output.wait_for(b"the supervisor is gone: draining", 2)
+
+
+async def test_restart_path_drains_every_worker_and_exits_75(certs_dir: Path, tmp_path: Path) -> None:
+    async with run_backend(name="w") as backend:
+        config, port, mport, cport = write_config(tmp_path, certs_dir, backend.url)
+        async with supervisor(config) as (proc, output), httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", timeout=20) as api:
+            assert (await api.post("/admin/runtime/restart")).status_code == 401
+            r = await api.post("/admin/runtime/restart", headers=AUTH)
+            assert r.status_code == 202
+            with trio.fail_after(20):
+                assert await proc.wait() == 75
+            await output.wait_for(b"all workers stopped")
+            assert len(re.findall(rb"worker \d \(pid \d+\) exited with status 0", output.data)) == 2
+
+
+async def test_worker_that_cannot_bind_stops_the_supervisor(certs_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    async with run_backend(name="w") as backend:
+        config, port, mport, cport = write_config(tmp_path, certs_dir, backend.url)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:  # no SO_REUSEPORT: nobody can share it
+            squatter.bind(("127.0.0.1", port))
+            proc = await trio.lowlevel.open_process([sys.executable, "-m", "spooky_trio", "run", "--config", str(config)],
+                                                    stderr=subprocess.PIPE)
+            assert proc.stderr is not None
+            output = Output(proc.stderr)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(output.pump)
+                with trio.fail_after(30):
+                    assert await proc.wait() == 1  # not a restart loop
+                    await output.wait_for(b"spooky-trio: worker \\d exited with status 1 before serving")
+            assert re.search(rb"spooky-trio worker \d: cannot bind UDP 127.0.0.1:%d" % port, output.data), bytes(output.data[-2000:])
+            assert b"restarting it" not in output.data and b"Traceback" not in output.data

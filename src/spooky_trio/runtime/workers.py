@@ -126,13 +126,23 @@ def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeli
             await server.stopped.wait()
             nursery.cancel_scope.cancel()  # the lifeline watcher
 
+    failure: BaseException | None = None
     try:
         trio.run(main)
     except StartupError as exc:
-        print(f"spooky-trio worker {index}: {exc}", file=sys.stderr)
-        return 1
+        failure = exc
+    except BaseExceptionGroup as group:  # server.run failed inside main's nursery
+        startup, rest = group.split(StartupError)
+        if startup is None or rest is not None:
+            raise
+        failure = startup
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
     except KeyboardInterrupt:
         return EXIT_FORCED
+    if failure is not None:
+        print(f"spooky-trio worker {index}: {failure}", file=sys.stderr)
+        return 1
     if server.forced:
         return EXIT_FORCED
     return EXIT_RESTART if server.restart_requested else 0
