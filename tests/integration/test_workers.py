@@ -142,6 +142,11 @@ async def test_two_workers_serve_h3_and_h2_merge_metrics_reload_and_drain(certs_
             bad = await api.post("/admin/config/apply", headers=AUTH, content=b"version: 1\nlisten: [\n")
             assert bad.status_code == 400 and [w["status"] for w in bad.json()["workers"]] == [400, 400]
 
+            # SIGHUP to the supervisor: every worker reloads the file
+            proc.send_signal(signal.SIGHUP)
+            with trio.fail_after(20):
+                await output.wait_for(rb"config generation 3 applied \(SIGHUP", 2)
+
             # SIGTERM: every worker drains; a request in flight completes; the supervisor exits 0
             async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=ca) as inflight:
                 result: dict[str, int] = {}
