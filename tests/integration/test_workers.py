@@ -132,6 +132,8 @@ async def test_two_workers_serve_h3_and_h2_merge_metrics_reload_and_drain(certs_
             assert metric(text, "spooky_workers") == 2 and metric(text, "spooky_workers_serving") == 2
             assert metric(text, "spooky_config_generation") == 1  # a gauge: not summed
             assert 'spooky_worker_restarts_total{reason="crash"} 0.0' in text
+            types = re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE)
+            assert len(types) == len(set(types)), sorted(t for t in set(types) if types.count(t) > 1)  # one family per name
 
             # a reload reaches every worker; the answer lists each one's result
             r = await api.post("/admin/runtime/reload", headers=AUTH)

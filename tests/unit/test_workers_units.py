@@ -78,3 +78,10 @@ observability:
     assert adapted.performance == config.performance
     # idempotent: a reload adapts the re-read file the same way, so nothing "changes"
     assert worker_config(load_config_text(text), "private").observability == adapted.observability
+
+
+def test_merge_drops_excluded_families_with_their_created_gauge() -> None:
+    text = Metrics().render().decode()
+    assert "spooky_control_api_connection_limit_drops_created" in text
+    merged = merge_expositions([text, text], frozenset({"spooky_control_api_connection_limit_drops"})).decode()
+    assert "spooky_control_api_connection_limit_drops" not in merged and "spooky_requests_total 0.0" in merged

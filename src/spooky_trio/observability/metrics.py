@@ -377,6 +377,9 @@ class SupervisorMetrics:
             "spooky_control_api_connection_limit_drops", "Control API connections closed at max_connections", registry=r
         )
         self.registry.register(_WorkerGauges(workers, serving))
+        #: families the supervisor reports itself: dropped from the workers' merged output
+        #: (a worker's own control API drops concern its private endpoint)
+        self.own_families = frozenset({"spooky_control_api_connection_limit_drops"})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -402,16 +405,19 @@ _SUMMED_GAUGES = frozenset({"spooky_active_connections", "spooky_inflight_reques
 _MAX_GAUGES = frozenset({"spooky_brownout_active"})
 
 
-def merge_expositions(texts: list[str]) -> bytes:
+def merge_expositions(texts: list[str], exclude: frozenset[str] = frozenset()) -> bytes:
     """Merge the workers' Prometheus text expositions into one: samples with the same name
     and labels are added (counters, histogram buckets/sums/counts, the gauges in
-    ``_SUMMED_GAUGES``), ``*_created`` and other gauges take the min (brownout: the max)."""
+    ``_SUMMED_GAUGES``), ``*_created`` and other gauges take the min (brownout: the max).
+    Families named in ``exclude`` are dropped (the supervisor reports its own)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
+            if family.name in exclude or family.name.removesuffix("_created") in exclude:
+                continue  # (the text format exposes a counter's ``_created`` as its own gauge family)
             if family.name not in families:
                 families[family.name] = Metric(family.name, family.documentation, family.type)
                 values[family.name] = {}

@@ -458,7 +458,7 @@ class Supervisor:
                 texts.append(entry["body"].decode("utf-8", "replace"))
             elif self.slots[entry["worker"]].state == "serving":
                 self.metrics.scrape_errors.inc()
-        return merge_expositions(texts) + self.metrics.render()
+        return merge_expositions(texts, self.metrics.own_families) + self.metrics.render()
 
 
 class SupervisorControlApi(ControlApi):
