@@ -268,6 +268,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             note = f"{r['connections']} conns, {r['rss_per_connection_kib']} KiB/conn"
         elif "offered_rate" in r:
             note = f"open loop {r['offered_rate']:g}/s, {r['skipped']} skipped"
+        if r.get("rps_vs_one_worker") is not None:
+            note = (note + ", " if note else "") + f"{r['rps_vs_one_worker']:.2f}x req/s of 1 worker"
         lines.append([
             r["scenario"], r["target"], str(r.get("run", 1)), _fmt(r.get("rps"), ".0f"), _fmt(r.get("p50_ms"), ".2f"),
             _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("max_ms"), ".1f"), str(r["errors"]), _fmt(r.get("cpu_s_per_1k"), ".3f"),
@@ -283,7 +285,13 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection."""
+    """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection;
+    spooky-wN / spooky (one worker): requests/s."""
+    single = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "spooky"}
+    for r in rows:
+        one = single.get((r["scenario"], r.get("run", 1)))
+        if r["target"].startswith("spooky-w") and one is not None and r.get("rps") and one.get("rps"):
+            r["rps_vs_one_worker"] = round(r["rps"] / one["rps"], 2)
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
     for r in rows:
         c = caddy.get((r["scenario"], r.get("run", 1)))
@@ -307,7 +315,7 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m: dict[str, Any] = {"scenario": scenario, "target": target, "run": f"med{len(group)}",
                              "errors": sum(r["errors"] for r in group)}
         for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
-                    "rss_per_connection_kib", "connections", "offered_rate", "skipped"):
+                    "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker"):
             values = sorted(r[key] for r in group if r.get(key) is not None)
             if values:
                 m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
@@ -330,6 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
     p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
                         "sources in DIR (a src/ directory) as target spooky@NAME, for before/after in one run")
+    p.add_argument("-w", "--workers", default="1",
+                   help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
+                        "target spooky-wN; its note gives req/s relative to the 1-worker row)")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("--rate", type=float, default=0.0,
@@ -354,6 +365,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
     targets = [t for t in args.targets.split(",") if t]
+    counts = [int(n) for n in args.workers.split(",") if n]
+    if "spooky" in targets and counts != [1]:  # --workers 1,2: spooky (1 worker) and spooky-w2
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if n == 1 else f"spooky-w{n}" for n in counts]
     skipped = []
     if "caddy" in targets and not shutil.which("caddy"):
         targets.remove("caddy")
@@ -391,6 +406,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     elif "=" in target:  # NAME=DIR: another checkout's src, e.g. base=/tmp/old/src
                         label, _, src = target.partition("=")
                         server = SpookyServer(workdir, bench.certs, src=Path(src).resolve(), name=f"spooky@{label}")
+                    elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
+                        server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)
                     else:
                         server = SpookyServer(workdir, bench.certs)
                     load = procstat.load_average()

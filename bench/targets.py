@@ -47,6 +47,25 @@ def wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 20.0, what: str
     raise RuntimeError(f"{what} did not listen on tcp {port} within {timeout}s")
 
 
+def wait_ready(control_port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Poll the control API's /ready until 200 (with workers: every worker serves)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"spooky-trio exited with status {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"spooky-trio not ready within {timeout}s")
+
+
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -208,6 +227,7 @@ class SpookyServer(Server):
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky") -> None:
         super().__init__(workdir, certs)
         self.workers = workers
+        self.control_port = free_port() if workers > 1 else 0
         #: another checkout's ``src`` to run instead of this one (A/B in one invocation)
         self.src = src
         self.name = name
@@ -215,6 +235,9 @@ class SpookyServer(Server):
     def config_text(self, upstream_url: str, port: int) -> str:
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
+        # with workers: the supervisor's /ready (every worker serving) gates the load
+        control = (f"observability:\n  control_api:\n    enabled: true\n    port: {self.control_port}\n"
+                   if self.workers > 1 else "")
         return f"""version: 1
 listen:
   address: "127.0.0.1"
@@ -242,7 +265,7 @@ log:
 security:
   privileges:
     enabled: false
-"""
+{control}"""
 
     def start(self, upstream_url: str, port: int) -> None:
         self.port = port
@@ -255,6 +278,8 @@ security:
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         wait_tcp(port, self.proc, what="spooky-trio")
+        if self.workers > 1:  # every worker must have bound its sockets before the load connects
+            wait_ready(self.control_port, self.proc)
 
 
 class CaddyServer(Server):

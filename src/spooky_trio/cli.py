@@ -55,6 +55,8 @@ def cmd_run(argv: list[str]) -> int:
     except OSError as exc:
         print(f"spooky-trio: cannot open log file: {exc}", file=sys.stderr)
         return 1
+    if config.performance.worker_threads > 1:
+        return _run_supervisor(config, args.config)
     try:
         server = Server(config, config_path=args.config)
         trio.run(server.run)
@@ -68,13 +70,54 @@ def cmd_run(argv: list[str]) -> int:
     return EXIT_RESTART if server.restart_requested else 0
 
 
+def _run_supervisor(config, path: str) -> int:  # type: ignore[no-untyped-def]
+    """``worker_threads > 1``: this process supervises worker processes (runtime/workers.py)."""
+    import trio
+
+    from spooky_trio.runtime.workers import Supervisor
+    from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, StartupError
+
+    try:
+        supervisor = Supervisor(config, path)
+        trio.run(supervisor.run)
+    except StartupError as exc:
+        print(f"spooky-trio: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return EXIT_FORCED
+    if supervisor.forced or supervisor.unclean_exit:
+        return EXIT_FORCED
+    return EXIT_RESTART if supervisor.restart_requested else 0
+
+
+def cmd_worker(argv: list[str]) -> int:
+    """Hidden: one worker process under ``spooky-trio run`` (runtime/workers.py)."""
+    parser = _config_parser("spooky-trio worker", "One worker process (started by the supervisor).")
+    parser.add_argument("--worker-index", type=int, required=True)
+    parser.add_argument("--report-fd", type=int, required=True)
+    parser.add_argument("--lifeline-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from spooky_trio.observability.logging import configure_logging
+    from spooky_trio.runtime.workers import run_worker
+
+    try:
+        configure_logging(config.log)
+    except OSError as exc:
+        print(f"spooky-trio worker: cannot open log file: {exc}", file=sys.stderr)
+        return 1
+    return run_worker(config, args.config, args.worker_index, args.report_fd, args.lifeline_fd)
+
+
 def cmd_request(argv: list[str]) -> int:
     from spooky_trio.clients.request_cmd import main as request_main
 
     return request_main(argv)
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "request": cmd_request}
+COMMANDS = {"run": cmd_run, "check": cmd_check, "request": cmd_request, "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

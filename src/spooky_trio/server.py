@@ -231,8 +231,15 @@ class Server:
     ``POST /admin/config/apply?persist=true`` writes; None when the config came from text.
     """
 
-    def __init__(self, config: Any, *, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: Any, *, config_path: str | None = None, worker_index: int | None = None,
+        adapt_config: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.config_path = config_path
+        #: this process's index under a supervisor (``performance.worker_threads > 1``), else None
+        self.worker_index = worker_index
+        #: applied to every config a reload loads (a worker's private control API: runtime/workers.py)
+        self.adapt_config = adapt_config
         #: backend health, ejection, latency, DNS addresses: survives reloads (keyed by backend)
         self.state = StateStore()
         self.generation = Generation.build(config, number=1, state=self.state)

@@ -63,3 +63,18 @@ def test_ratios_and_table():
     lines = render_table(rows).splitlines()
     assert len(lines) == 4 and lines[2].split()[10:12] == ["1.50", "0.50"]
     assert percentile([1, 2, 3, 4], 0.5) in (2.0, 3.0) and percentile([5], 0.99) == 5.0
+
+
+def test_bench_workers_one_and_two(tmp_path):
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky", "-w", "1,2", "-n", "200", "-p", "1",
+         "-c", "8", "-m", "2", "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one, two = json.loads(out_json.read_text())["rows"]
+    assert (one["target"], two["target"]) == ("spooky", "spooky-w2")
+    assert one["errors"] == two["errors"] == 0 and two["requests"] >= 200
+    assert two["rps_vs_one_worker"] == round(two["rps"] / one["rps"], 2)
+    assert "x req/s of 1 worker" in proc.stdout

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import time
 import urllib.parse
 from typing import Any
@@ -48,6 +49,8 @@ CONFIG_PATH = "/admin/config"
 #: POST ``CONFIG_PATH/<action>`` (docs/reload.md)
 CONFIG_ACTIONS = ("apply", "validate", "rollback", "promote")
 _TRUE = ("1", "true", "yes")
+#: a worker's metrics on its private control API (runtime/workers.py scrapes it)
+WORKER_METRICS_PATH = "/admin/worker/metrics"
 
 
 class EndpointSetupError(Exception):
@@ -138,6 +141,8 @@ class ControlApi:
             return HttpResponse(200, body, content_type="application/json")
         if request.path == CONFIG_PATH:
             return _json(200, self.server.reloads.describe())
+        if request.path == WORKER_METRICS_PATH and getattr(self.server, "worker_index", None) is not None:
+            return HttpResponse(200, self.server.metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
         return HttpResponse(404, b"not found\n")
 
     async def _config_change(self, request: HttpRequest) -> HttpResponse:
@@ -213,7 +218,7 @@ class ControlApi:
             pools[name] = {"backends": backends}
         quic_conns = sum(len(q.connections) for q in server.listeners)
         tcp_conns = sum(t.open_connections for t in server.bootstrap_listeners)
-        return {
+        snapshot = {
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "config_generation": server.generation.number,
@@ -229,6 +234,10 @@ class ControlApi:
             "in_flight_requests": server.activity.count,
             "overload": _overload_snapshot(server),
         }
+        if getattr(server, "worker_index", None) is not None:
+            requests = server.metrics.registry.get_sample_value("spooky_requests_total") or 0
+            snapshot["worker"] = {"index": server.worker_index, "pid": os.getpid(), "requests": int(requests)}
+        return snapshot
 
 
 def _overload_snapshot(server: Any) -> dict[str, Any]:

@@ -407,7 +407,8 @@ class ConfigManager:
         problems = check_files(config)
         if problems:
             raise ReloadFailed(422, "invalid", problems)
-        return config
+        adapt = getattr(self.server, "adapt_config", None)
+        return config if adapt is None else adapt(config)
 
     def _check_canary(self, config: Any) -> None:
         current = self.server.generation.config

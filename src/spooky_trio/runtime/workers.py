@@ -1,0 +1,569 @@
+"""Worker processes: ``performance.worker_threads: N`` (N > 1) under one supervisor.
+
+```
+spooky-trio run (supervisor, Trio)
+├─ metrics endpoint (the configured address): scrapes every worker, merges, + its own metrics
+├─ control API (the configured address): health, ready (every worker), runtime (all),
+│    reload / reload-certs / /admin/config/* forwarded to every worker, restart (all)
+├─ signal watcher: TERM/INT -> drain every worker (a second one: stop now), HUP -> each worker
+└─ one keeper task per worker: spawn ``python -m spooky_trio worker``, wait, restart on a
+   crash with backoff (0.5 s doubling to 10 s)
+
+spooky-trio worker --config FILE --worker-index i --report-fd FD (one per worker)
+└─ a normal Server: the listeners bound with SO_REUSEPORT on the configured ports, its own
+   control API (plus its metrics) on a private loopback port with a random bearer token
+```
+
+A worker serves the configured listeners exactly like a single-process server; only its
+``observability`` section is replaced (:func:`worker_config`): the configured metrics and
+control API belong to the supervisor, the worker's control API listens on 127.0.0.1, port 0,
+default paths, the token the supervisor passed in ``SPOOKY_WORKER_TOKEN``. A worker drains when
+its lifeline pipe from the supervisor reaches EOF (the supervisor died). Once serving, the
+worker writes one JSON line (``{"control_port": p, "pid": ...}``) to the report pipe: that is
+its readiness signal. See docs/performance.md ("Workers").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from typing import Any
+
+import attrs
+import h11
+import trio
+
+from spooky_trio import __version__
+from spooky_trio.config.schema_runtime import ControlApiConfig
+from spooky_trio.observability.endpoints import (
+    CONFIG_PATH,
+    PROMETHEUS_CONTENT_TYPE,
+    WORKER_METRICS_PATH,
+    ControlApi,
+    EndpointSetupError,
+)
+from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
+from spooky_trio.observability.metrics import SupervisorMetrics, merge_expositions
+
+log = logging.getLogger("spooky.workers")
+
+#: environment variable carrying the token of the workers' private control APIs
+TOKEN_ENV = "SPOOKY_WORKER_TOKEN"
+#: the paths of every worker's private control API (the schema defaults)
+INTERNAL = ControlApiConfig()
+#: crash restart backoff: first delay, cap; a worker that ran this long resets it
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 10.0
+#: how long a worker may take to start serving before it counts as failed
+START_TIMEOUT = 60.0
+#: largest answer read from a worker (metrics text, runtime JSON)
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
+
+def worker_config(config: Any, token: str) -> Any:
+    """``config`` as a worker serves it: no metrics endpoint of its own, the control API on
+    a private loopback port (the supervisor serves the configured ones)."""
+    obs = config.observability
+    control = ControlApiConfig(enabled=True, required=True, address="127.0.0.1", port=0, auth_token=token,
+                               max_connections=64, connection_timeout_ms=obs.control_api.connection_timeout_ms)
+    return attrs.evolve(config, observability=attrs.evolve(obs, metrics=attrs.evolve(obs.metrics, enabled=False), control_api=control))
+
+
+# -- the worker process --
+
+
+def pin_to_cpu(index: int) -> int:
+    """Pin this process to one CPU of the allowed set, round-robin by worker ``index``."""
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[index % len(cpus)]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+async def _watch_lifeline(fd: int, server: Any) -> None:
+    """Drain when the supervisor is gone: it holds the write end of the pipe whose read end
+    is ``fd``, so EOF means it exited (or was killed). (PR_SET_PDEATHSIG is no use here:
+    Trio spawns from a worker thread, and the signal fires when that thread exits.)"""
+    try:
+        await trio.lowlevel.wait_readable(fd)
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+    if not server.draining:
+        log.warning("the supervisor is gone: draining")
+    server.request_drain()
+
+
+def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
+    """The body of ``spooky-trio worker`` (logging is configured by the caller)."""
+    from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
+
+    token = os.environ.pop(TOKEN_ENV, "") or secrets.token_urlsafe(32)
+    if config.performance.pin_workers:
+        try:
+            cpu = pin_to_cpu(index)
+            log.info("worker %d pinned to CPU %d", index, cpu)
+        except OSError as exc:
+            log.warning("worker %d: cannot pin to a CPU: %s", index, exc)
+
+    def adapt(cfg: Any) -> Any:
+        return worker_config(cfg, token)
+
+    server = Server(adapt(config), config_path=config_path, worker_index=index, adapt_config=adapt)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            if lifeline_fd is not None:
+                nursery.start_soon(_watch_lifeline, lifeline_fd, server)
+            port = server.endpoints[0][0].port
+            os.write(report_fd, json.dumps({"control_port": port, "pid": os.getpid()}).encode() + b"\n")
+            os.close(report_fd)
+            await server.stopped.wait()
+            nursery.cancel_scope.cancel()  # the lifeline watcher
+
+    failure: BaseException | None = None
+    try:
+        trio.run(main)
+    except StartupError as exc:
+        failure = exc
+    except BaseExceptionGroup as group:  # server.run failed inside main's nursery
+        startup, rest = group.split(StartupError)
+        if startup is None or rest is not None:
+            raise
+        failure = startup
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+    except KeyboardInterrupt:
+        return EXIT_FORCED
+    if failure is not None:
+        print(f"spooky-trio worker {index}: {failure}", file=sys.stderr)
+        return 1
+    if server.forced:
+        return EXIT_FORCED
+    return EXIT_RESTART if server.restart_requested else 0
+
+
+# -- talking to a worker --
+
+
+class WorkerUnreachable(Exception):
+    pass
+
+
+async def fetch(port: int, method: str, target: str, token: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange with a worker's private control API: (status, body)."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                conn = h11.Connection(h11.CLIENT)
+                headers = [("host", "127.0.0.1"), ("authorization", f"Bearer {token}"), ("connection", "close"),
+                           ("content-length", str(len(body)))]
+                out = conn.send(h11.Request(method=method, target=target, headers=headers))
+                if body:
+                    out += conn.send(h11.Data(data=body))
+                out += conn.send(h11.EndOfMessage())
+                await stream.send_all(out)
+                status, answer = 0, bytearray()
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        answer += event.data
+                        if len(answer) > MAX_ANSWER_BYTES:
+                            raise WorkerUnreachable("answer too large")
+                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                        return status, bytes(answer)
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+        raise WorkerUnreachable(f"{type(exc).__name__}: {exc}") from exc
+
+
+# -- the supervisor --
+
+
+class WorkerSlot:
+    """One worker index: the current process (if any) and its history."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: trio.Process | None = None
+        self.pid: int | None = None
+        self.control_port: int | None = None
+        #: "starting", "serving", "backoff", "stopped"
+        self.state = "starting"
+        self.restarts = 0
+        self.started_at: float | None = None
+        self.last_exit: int | None = None
+        self.ever_served = False
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            try:
+                self.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.pid, "state": self.state, "restarts": self.restarts,
+                "control_port": self.control_port, "last_exit_status": self.last_exit,
+                "uptime_seconds": None if self.started_at is None else round(time.monotonic() - self.started_at, 3)}
+
+
+class Supervisor:
+    """Runs ``worker_threads`` worker processes (module docstring); ``run`` returns once
+    every worker exited after a drain (or the startup failed)."""
+
+    def __init__(self, config: Any, config_path: str) -> None:
+        from spooky_trio.server import StartupError
+
+        self.config = config
+        self.config_path = os.path.abspath(config_path)
+        self.count = config.performance.worker_threads
+        for listener in config.effective_listeners():
+            if listener.port == 0:
+                raise StartupError(f"listener {listener.address}: port 0 cannot be shared by {self.count} workers; configure a port")
+        self.token = secrets.token_urlsafe(32)
+        self.slots = [WorkerSlot(i) for i in range(self.count)]
+        self.metrics = SupervisorMetrics(self.count, lambda: sum(slot.state == "serving" for slot in self.slots))
+        self.started_monotonic = time.monotonic()
+        self.draining = False
+        self.forced = False
+        self.restart_requested = False
+        self.startup_failure: str | None = None
+        self.unclean_exit = False
+        self._drain_requested = trio.Event()
+        #: set once every worker served at least once
+        self.all_started = trio.Event()
+        self.endpoints: list[tuple[HttpEndpoint, bool]] = []
+        obs = config.observability
+        if obs.metrics.enabled:
+            self.endpoints.append((self._metrics_endpoint(obs.metrics), obs.metrics.required))
+        if obs.control_api.enabled:
+            try:
+                api = SupervisorControlApi(obs.control_api, self)
+            except EndpointSetupError as exc:
+                raise StartupError(str(exc)) from exc
+            self.endpoints.append((api.endpoint(self.metrics.control_api_drops.inc), obs.control_api.required))
+
+    # -- lifecycle --
+
+    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+        from spooky_trio.server import StartupError
+
+        bound = []
+        for endpoint, required in self.endpoints:
+            try:
+                endpoint.bind()
+                bound.append(endpoint)
+            except OSError as exc:
+                message = f"cannot bind the {endpoint.name} on tcp {endpoint.address}:{endpoint.port}: {exc.strerror or exc}"
+                if required:
+                    for other in bound:
+                        other.unbind()
+                    raise StartupError(message) from exc
+                log.error("%s; serving without it", message)
+        log.info("supervisor (pid %d) starting %d workers", os.getpid(), self.count)
+        async with trio.open_nursery() as root:
+            await root.start(self._watch_signals, root.cancel_scope)
+            async with trio.open_nursery() as services:
+                for endpoint in bound:
+                    await services.start(endpoint.serve)
+                    log.info("serving the %s on tcp %s:%d", endpoint.name, endpoint.address, endpoint.port)
+                async with trio.open_nursery() as keepers:
+                    for slot in self.slots:
+                        keepers.start_soon(self._keep, slot)
+                    task_status.started(self)
+                    await self._drain_requested.wait()
+                    self.draining = True
+                    log.info("draining %d workers", self.count)
+                    for slot in self.slots:
+                        slot.signal(signal.SIGTERM)
+                services.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+        if self.startup_failure is not None:
+            raise StartupError(self.startup_failure)
+        log.info("all workers stopped")
+
+    def request_drain(self) -> None:
+        self._drain_requested.set()
+
+    def request_restart(self) -> None:
+        if not self._drain_requested.is_set():
+            log.info("restart requested: draining every worker, then exit status 75")
+            self.restart_requested = True
+        self.request_drain()
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and all(slot.state == "serving" for slot in self.slots)
+
+    async def _watch_signals(self, root_scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP: every worker reloads the configuration file")
+                    for slot in self.slots:
+                        slot.signal(signal.SIGHUP)
+                elif not self._drain_requested.is_set():
+                    log.info("received %s: graceful drain of every worker", signal.Signals(signum).name)
+                    self.request_drain()
+                else:
+                    log.warning("received %s again: workers stop now", signal.Signals(signum).name)
+                    self.forced = True
+                    for slot in self.slots:
+                        slot.signal(signal.SIGTERM)  # their second signal: stop at once
+
+    async def _keep(self, slot: WorkerSlot) -> None:
+        """Run the worker at ``slot.index`` until the drain; restart it when it exits."""
+        backoff = BACKOFF_FIRST
+        while not self.draining:
+            started = time.monotonic()
+            status = await self._run_once(slot)
+            slot.last_exit = status
+            if self.draining:
+                if status not in (0, -signal.SIGTERM):  # -SIGTERM: stopped before it served
+                    self.unclean_exit = True
+                break
+            if not slot.ever_served and not self.all_started.is_set():
+                self.startup_failure = f"worker {slot.index} exited with status {status} before serving"
+                log.error("%s: stopping", self.startup_failure)
+                self.request_drain()
+                break
+            if time.monotonic() - started >= BACKOFF_RESET_AFTER:
+                backoff = BACKOFF_FIRST
+            reason = "restart_requested" if status == 75 else "crash"
+            delay = 0.0 if reason == "restart_requested" else backoff
+            slot.restarts += 1
+            self.metrics.worker_restarts.labels(reason).inc()
+            log.warning("worker %d (pid %s) exited with status %s; restarting it in %.1fs (restart %d)",
+                        slot.index, slot.pid, status, delay, slot.restarts)
+            slot.state = "backoff"
+            with trio.move_on_after(delay):
+                await self._drain_requested.wait()
+            if reason == "crash":
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        slot.state = "stopped"
+
+    async def _run_once(self, slot: WorkerSlot) -> int:
+        read_fd, write_fd = os.pipe()  # the worker reports readiness on it
+        life_read, life_write = os.pipe()  # held open here: EOF tells the worker we are gone
+        env = dict(os.environ)
+        env[TOKEN_ENV] = self.token
+        argv = [sys.executable, "-m", "spooky_trio", "worker", "--config", self.config_path,
+                "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read)]
+        slot.state, slot.control_port = "starting", None
+        try:
+            # own session: a terminal's Ctrl-C reaches the supervisor only, which drains them
+            process = await trio.lowlevel.open_process(argv, pass_fds=(write_fd, life_read), env=env, start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            os.close(life_write)
+            raise
+        finally:
+            os.close(write_fd)
+            os.close(life_read)
+        try:
+            return await self._wait_worker(slot, process, read_fd)
+        finally:
+            os.close(life_write)
+
+    async def _wait_worker(self, slot: WorkerSlot, process: trio.Process, read_fd: int) -> int:
+        slot.process, slot.pid, slot.started_at = process, process.pid, time.monotonic()
+        log.info("worker %d started (pid %d)", slot.index, process.pid)
+        if self.draining:  # the drain began while it was being spawned
+            slot.signal(signal.SIGTERM)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_report, slot, read_fd)
+            status = await process.wait()
+            nursery.cancel_scope.cancel()
+        slot.state = "stopped"
+        (log.info if status == 0 else log.warning)("worker %d (pid %d) exited with status %d", slot.index, process.pid, status)
+        return status
+
+    async def _read_report(self, slot: WorkerSlot, read_fd: int) -> None:
+        stream = trio.lowlevel.FdStream(read_fd)
+        async with stream:
+            seen = bytearray()
+            with trio.move_on_after(START_TIMEOUT) as scope:
+                while b"\n" not in seen and len(seen) < 4096:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return  # exited before serving
+                    seen += chunk
+            if scope.cancelled_caught:
+                log.error("worker %d did not start serving within %.0fs: stopping it", slot.index, START_TIMEOUT)
+                if slot.process is not None:
+                    slot.process.kill()
+                return
+        try:
+            report = json.loads(bytes(seen).split(b"\n", 1)[0])
+            slot.control_port = int(report["control_port"])
+        except (ValueError, KeyError, TypeError):
+            log.error("worker %d sent an unreadable report: %r", slot.index, bytes(seen[:200]))
+            if slot.process is not None:
+                slot.process.kill()
+            return
+        slot.state, slot.ever_served = "serving", True
+        log.info("worker %d (pid %s) serving; private control API on 127.0.0.1:%d", slot.index, slot.pid, slot.control_port)
+        if all(s.ever_served for s in self.slots) and not self.all_started.is_set():
+            self.all_started.set()
+            log.info("all %d workers serving", self.count)
+
+    # -- reaching the workers --
+
+    async def each_worker(self, method: str, target: str, body: bytes = b"", timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Ask every worker (concurrently): one entry per worker with ``status`` and
+        ``body`` (bytes), or ``error`` when it cannot be reached."""
+        results: list[dict[str, Any]] = [{"worker": s.index, "pid": s.pid} for s in self.slots]
+
+        async def ask(slot: WorkerSlot, entry: dict[str, Any]) -> None:
+            if slot.state != "serving" or slot.control_port is None:
+                entry["error"] = f"worker is {slot.state}"
+                return
+            try:
+                entry["status"], entry["body"] = await fetch(slot.control_port, method, target, self.token, body, timeout)
+            except WorkerUnreachable as exc:
+                entry["error"] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for slot, entry in zip(self.slots, results):
+                nursery.start_soon(ask, slot, entry)
+        return results
+
+    def _metrics_endpoint(self, config: Any) -> HttpEndpoint:
+        async def handle(request: HttpRequest) -> HttpResponse:
+            if request.path != config.path:
+                return HttpResponse(404, b"not found\n")
+            if request.method not in ("GET", "HEAD"):
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+            return HttpResponse(200, await self.render_metrics(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+        return HttpEndpoint(name="metrics", address=config.address, port=config.port, handler=handle,
+                            max_connections=config.max_connections, connection_timeout=config.connection_timeout_ms / 1000)
+
+    async def render_metrics(self) -> bytes:
+        """Every worker's metrics merged (docs/performance.md, "Workers"), then the supervisor's."""
+        texts = []
+        for entry in await self.each_worker("GET", WORKER_METRICS_PATH):
+            if entry.get("status") == 200:
+                texts.append(entry["body"].decode("utf-8", "replace"))
+            elif self.slots[entry["worker"]].state == "serving":
+                self.metrics.scrape_errors.inc()
+        return merge_expositions(texts, self.metrics.own_families) + self.metrics.render()
+
+
+class SupervisorControlApi(ControlApi):
+    """The configured control API, served by the supervisor (see docs/performance.md)."""
+
+    def __init__(self, config: Any, supervisor: Supervisor) -> None:
+        super().__init__(config, supervisor)
+        self.supervisor = supervisor
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        cfg, sup = self.config, self.supervisor
+        admin_paths = (cfg.runtime_path, cfg.restart_path, cfg.reload_path, cfg.reload_certs_path)
+        if request.path.startswith("/admin") or request.path in admin_paths:
+            denied = self._auth_failure(request)
+            if denied is not None:
+                return denied
+        forwarded = {cfg.reload_path: INTERNAL.reload_path, cfg.reload_certs_path: INTERNAL.reload_certs_path}
+        if request.path == cfg.restart_path:
+            if request.method != "POST":
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
+            return HttpResponse(202, b"draining every worker; the supervisor exits with status 75\n", after_send=sup.request_restart)
+        if request.path in forwarded or request.path.startswith(CONFIG_PATH + "/"):
+            if request.method != "POST":
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
+            target = forwarded.get(request.path, request.path)
+            return await self._forward("POST", target, request)
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+        if request.path == cfg.health_path:
+            return HttpResponse(200, b"ok\n")
+        if request.path == cfg.ready_path:
+            return await self._ready()
+        if request.path == cfg.runtime_path:
+            return _json(200, await self.supervisor_snapshot())
+        if request.path == CONFIG_PATH:
+            return await self._forward("GET", CONFIG_PATH, request)
+        return HttpResponse(404, b"not found\n")
+
+    async def _ready(self) -> HttpResponse:
+        sup = self.supervisor
+        if sup.draining:
+            return HttpResponse(503, b"draining\n")
+        answers = await sup.each_worker("GET", INTERNAL.ready_path, timeout=2.0)
+        if all(entry.get("status") == 200 for entry in answers):
+            return HttpResponse(200, b"ready\n")
+        return HttpResponse(503, b"not ready\n")
+
+    async def _forward(self, method: str, target: str, request: HttpRequest) -> HttpResponse:
+        """Send the request to every worker; answer with the first worker's document plus
+        ``workers`` (each one's status and generation). When the workers disagree (status,
+        or the sha256 of the config they serve) or one cannot be reached: 502,
+        ``result: inconsistent`` and each worker's full answer."""
+        full = target + ("?" + request.query if request.query else "")
+        entries = await self.supervisor.each_worker(method, full, request.body, timeout=30.0)
+        summary, documents = [], []
+        for entry in entries:
+            doc: Any = None
+            if "body" in entry:
+                try:
+                    doc = json.loads(entry["body"])
+                except ValueError:
+                    doc = entry["body"].decode("utf-8", "replace")
+            documents.append(doc)
+            item = {"worker": entry["worker"], "pid": entry["pid"], "status": entry.get("status")}
+            if "error" in entry:
+                item["error"] = entry["error"]
+            if isinstance(doc, dict):
+                for key in ("result", "generation", "sha256"):
+                    if key in doc:
+                        item[key] = doc[key]
+            summary.append(item)
+        statuses = {item["status"] for item in summary}
+        hashes = {item.get("sha256") for item in summary}
+        if len(statuses) == 1 and None not in statuses and len(hashes) == 1 and isinstance(documents[0], dict):
+            return _json(summary[0]["status"], {**documents[0], "workers": summary})
+        failed = [item["worker"] for item in summary if item.get("status") != summary[0].get("status") or "error" in item]
+        log.error("workers disagree on %s %s: %s", method, target, summary)
+        return _json(502, {"result": "inconsistent", "failed_workers": failed, "workers": summary,
+                           "answers": documents})
+
+    async def supervisor_snapshot(self) -> dict[str, Any]:
+        sup = self.supervisor
+        answers = await sup.each_worker("GET", INTERNAL.runtime_path)
+        workers = []
+        for slot, entry in zip(sup.slots, answers):
+            item = slot.describe()
+            if entry.get("status") == 200:
+                try:
+                    item["runtime"] = json.loads(entry["body"])
+                except ValueError:
+                    item["runtime_error"] = "unreadable runtime document"
+            else:
+                item["runtime_error"] = entry.get("error") or f"status {entry.get('status')}"
+            workers.append(item)
+        return {
+            "version": __version__,
+            "supervisor": {"pid": os.getpid(), "worker_threads": sup.count,
+                           "pin_workers": sup.config.performance.pin_workers,
+                           "restarts": sum(slot.restarts for slot in sup.slots)},
+            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "ready": sup.ready,
+            "draining": sup.draining,
+            "workers": workers,
+        }
+
+
+def _json(status: int, body: Any) -> HttpResponse:
+    return HttpResponse(status, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json")
