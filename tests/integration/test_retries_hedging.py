@@ -124,3 +124,25 @@ app:
             assert connections and all(c.active_streams == 0 for c in connections)
             assert stall_backend.state.in_flight == 0 and stall_backend.state.slots.held == 0
             assert stall_backend.state.breaker.state == "closed"  # cancelled: no verdict on it
+
+
+async def test_bodyless_post_that_reached_the_backend_is_not_replayed(certs_dir: Path) -> None:
+    """A POST without a body that a backend took (then hung up on) is answered with an error,
+    never sent to the other backend: it may have been processed (found in review: bodiless
+    requests used to count as replayable whatever their method)."""
+    taken: list[bytes] = []
+
+    async def take_request_and_hang_up(stream: trio.SocketStream) -> None:
+        head = await stream.receive_some(65536)
+        if not head.startswith(b"GET /health"):
+            taken.append(head.split(b"\r\n", 1)[0])
+
+    extra = "resilience:\n  circuit_breaker: {enabled: false}\n  retry_budget: {ratio_percent: 100}\n"
+    async with run_raw_backend(take_request_and_hang_up) as broken, run_backend(name="good") as good:
+        config = proxy_yaml(two_backend_pool(broken.url, good.url), certs_dir=certs_dir, extra=extra)
+        async with running_proxy(config) as server, h3(server, certs_dir) as client:
+            statuses = [(await client.request("POST", "/echo", authority="localhost")).status for _ in range(4)]
+            gets = [(await client.request("GET", "/echo", authority="localhost")).status for _ in range(4)]
+    assert taken and statuses.count(502) == sum(line.startswith(b"POST") for line in taken), (statuses, taken)
+    assert [r["method"] for r in good.requests].count("POST") == statuses.count(200)
+    assert gets == [200] * 4  # an idempotent GET the broken backend took is retried on the good one

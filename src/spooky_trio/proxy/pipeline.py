@@ -253,7 +253,10 @@ class Proxy:
         budget: RetryBudget | None = None
         ratio = 0
         chunks: list[bytes] | None = None
-        replayable = request.body is None
+        # a request that may have reached the backend is only sent again when its method is
+        # idempotent (RFC 9110 9.2.2) and its body, if any, is buffered below; connect
+        # failures (never reached) are retried for any method (retry_reason)
+        replayable = request.body is None and request.method in IDEMPOTENT_METHODS
         try:
             if rb.enabled:
                 budget, ratio = self._state.resilience.budgets.for_path(request.path, rb)
