@@ -49,3 +49,15 @@ def test_settles_when_every_started_attempt_failed() -> None:
     assert not race.settled.is_set() and race.running == 1
     race.failed(1, ValueError("b"))
     assert race.settled.is_set() and race.winner is None
+
+
+async def test_an_attempt_started_after_a_win_is_cancelled_at_once() -> None:
+    """The hedge task can start (register its scope) just after the primary claimed the
+    response: it must not go on to send a second request (found in review)."""
+    race = HedgeRace()
+    primary = trio.CancelScope()
+    race.start(0, primary)
+    assert race.claim(0)
+    late = trio.CancelScope()
+    race.start(1, late)
+    assert late.cancel_called and not primary.cancel_called

@@ -177,8 +177,8 @@ class Proxy:
                 log.debug("resetting stream of %s %s: %r", request.method.decode(), request.path.decode("latin-1"), failure)
                 sink.reset(error.reason if error else type(failure).__name__)
                 return None
-            if self._metrics is not None:  # ProxyError and request-body errors (400/408/413)
-                self._metrics.request_rejected(error.status)
+            if self._metrics is not None and isinstance(failure, (ProxyError, RequestBodyError)):
+                self._metrics.request_rejected(error.status)  # ours (400/403/408/413/503...), not a backend's 502/504
             extra: Headers = []
             if isinstance(failure, ShedError):
                 extra = [(b"retry-after", str(failure.retry_after).encode())]

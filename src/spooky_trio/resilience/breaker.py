@@ -67,7 +67,7 @@ class CircuitBreaker:
     def success(self, probe: bool) -> str | None:
         """The backend answered (not a 5xx). Returns ``closed`` when that closed the breaker."""
         if probe:
-            self.probes -= 1
+            self.probes = max(0, self.probes - 1)  # a probe of an earlier half-open phase may end late
         if self.state is HALF_OPEN:
             self.state = CLOSED
             self.failures = 0
@@ -80,7 +80,7 @@ class CircuitBreaker:
         """The backend failed (connect, timeout, protocol, 5xx). Returns ``open`` when that
         opened the breaker."""
         if probe:
-            self.probes -= 1
+            self.probes = max(0, self.probes - 1)  # a probe of an earlier half-open phase may end late
         if self.state is HALF_OPEN:
             return self._open(now)
         if self.state is OPEN:
@@ -93,7 +93,7 @@ class CircuitBreaker:
     def abandon(self, probe: bool) -> None:
         """The request ended without a verdict on the backend."""
         if probe:
-            self.probes -= 1
+            self.probes = max(0, self.probes - 1)  # a probe of an earlier half-open phase may end late
 
     def _open(self, now: float) -> str:
         self.state = OPEN

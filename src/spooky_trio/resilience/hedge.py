@@ -48,6 +48,8 @@ class HedgeRace:
 
     def start(self, index: int, scope: trio.CancelScope) -> None:
         self.scopes[index] = scope
+        if self.winner is not None and index != self.winner:
+            scope.cancel()  # started after another attempt already won: do not send it
 
     def claim(self, index: int) -> bool:
         """Attempt ``index`` has a response head: True if it is the first (it wins and every
