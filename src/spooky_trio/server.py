@@ -581,7 +581,7 @@ class Server:
         generations, endpoints and logging move. Returns the step to run once the caller
         answered (stop the endpoints that moved: a control API request that triggered the
         reload gets its answer on the old socket first)."""
-        staged.generation.activate()
+        staged.generation.activate(beside=self.generation if canary_percent is not None else None)
         for pair in staged.added:
             await self._start_pair(pair)
         for pair, fresh in staged.kept:

@@ -510,3 +510,23 @@ async def test_watchdog_follows_reloads(certs_dir: Path, ports: tuple[int, int, 
             assert server.watchdog is first and first.config.check_interval_ms == 7000
             assert (await api.post("/admin/config/apply", content=plain)).status_code == 200
             assert server.watchdog is None
+
+
+async def test_canary_does_not_retune_health_checks_of_stable_backends(certs_dir: Path) -> None:
+    """A 1 % canary that changes a shared backend's health_check leaves the stable settings
+    in force (found in review: it retuned the shared state for 100 % of traffic); promote
+    applies them."""
+    def pools(threshold: int) -> str:
+        return ("app:\n  route: {path_prefix: /}\n  backends:\n"
+                f'    - {{id: a, address: "http://127.0.0.1:9", health_check: {{interval: 3600000, failure_threshold: {threshold}, success_threshold: 1}}}}\n')
+
+    async with running_proxy(proxy_yaml(pools(5), certs_dir=certs_dir)) as server:
+        state = server.generation.pools["app"].backends[0].state
+        canary = proxy_yaml(pools(1000), certs_dir=certs_dir, port=server.listeners[0].port).encode()
+        assert (await server.reloads.apply(canary, persist=False, canary_percent=1.0)).status == 200
+        assert state.active.failure_threshold == 5
+        assert (await server.reloads.rollback()).status == 200
+        assert state.active.failure_threshold == 5
+        assert (await server.reloads.apply(canary, persist=False, canary_percent=1.0)).status == 200
+        assert (await server.reloads.promote()).status == 200
+        assert server.generation.pools["app"].backends[0].state is state and state.active.failure_threshold == 1000

@@ -154,7 +154,13 @@ class Generation:
         """Every backend of every pool."""
         return [backend for pool in self.pools.values() for backend in pool.backends]
 
-    def activate(self) -> None:
-        """Apply each backend's health_check to its long-lived state (keeps the verdicts)."""
+    def activate(self, beside: Generation | None = None) -> None:
+        """Apply each backend's health_check to its long-lived state (keeps the verdicts).
+
+        ``beside``: the stable generation a canary runs next to. Backends that generation
+        shares (same state entry) keep the stable settings: a canary for N % of requests must
+        not retune health checking for all of them (promote activates it fully)."""
+        shared = {id(b.state) for b in beside.backends()} if beside is not None else set()
         for backend in self.backends():
-            backend.state.configure(backend.health_check)
+            if id(backend.state) not in shared:
+                backend.state.configure(backend.health_check)

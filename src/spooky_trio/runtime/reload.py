@@ -348,6 +348,7 @@ class ConfigManager:
                         raise ReloadFailed(500, "failed", _whole(f"cannot write {server.config_path}: {exc.strerror or exc}")) from exc
                 except ReloadFailed as exc:
                     return self._fail(exc, "promote")
+            canary.generation.activate()  # its health settings now apply to shared backends too
             server.generation, server.canary, server.canary_percent = canary.generation, None, 0.0
             self.canary = None
             self.history.append(self.current)
