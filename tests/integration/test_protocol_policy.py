@@ -28,7 +28,7 @@ async def _echo(stream: trio.SocketStream) -> None:
     await stream.send_eof()
 
 
-def _connect(ports: list[int], *, authorities: str = "[]", extra: str = "") -> str:
+def _connect(ports: list[int], *, authorities: str = "[127.0.0.1]", extra: str = "") -> str:
     return f"""
 resilience:
   protocol:

@@ -76,7 +76,9 @@ def test_connect_target_parsing() -> None:
     ("ports", "authorities", "target", "allowed"),
     [
         ([], [], ConnectTarget("db.internal", 5432), False),  # both empty: never an open relay
-        ([5432], [], ConnectTarget("db.internal", 5432), True),
+        ([5432], [], ConnectTarget("db.internal", 5432), False),  # ports alone: any host, refused
+        ([5432], [], ConnectTarget("127.0.0.1", 5432), False),
+        ([5432], ["db.internal"], ConnectTarget("db.internal", 5432), True),
         ([5432], [], ConnectTarget("db.internal", 22), False),
         ([], ["db.internal"], ConnectTarget("DB.internal".lower(), 22), True),
         ([], ["db.internal:5432"], ConnectTarget("db.internal", 22), False),

@@ -6,9 +6,9 @@ request that arrived in 0-RTT with a method outside ``early_data_safe_methods``)
 target without a port). Header limits (431) are enforced earlier, by each ingress.
 
 CONNECT allowlists: a target ``host:port`` is allowed when ``connect_allowed_authorities``
-is empty or names it (an entry is ``host``, ``host:port`` or ``*.suffix``), and
-``connect_allowed_ports`` is empty or lists its port. When *both* lists are empty every
-CONNECT is refused: an empty allowlist must never turn the edge into an open relay.
+names it (an entry is ``host``, ``host:port`` or ``*.suffix``) and ``connect_allowed_ports``
+is empty or lists its port. With no authorities every CONNECT is refused, whatever the
+ports: a port list alone would make the edge an open relay into internal addresses.
 """
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ def parse_connect_authority(authority: bytes) -> ConnectTarget:
 def connect_permitted(protocol: Any, target: ConnectTarget) -> bool:
     """Whether the allowlists admit ``target`` (see the module docstring)."""
     ports, authorities = protocol.connect_allowed_ports, protocol.connect_allowed_authorities
-    if not ports and not authorities:
+    # the authorities must name the targets: a port list alone would admit any host on
+    # those ports (loopback, private ranges, 169.254.169.254...), an open relay inward
+    if not authorities:
         return False
     if ports and target.port not in ports:
         return False
-    if not authorities:
-        return True
     return any(_authority_matches(entry.strip().lower(), target) for entry in authorities)
 
 
