@@ -31,13 +31,17 @@ def _batch(a: tuple[str, int], b: tuple[str, int]) -> list[tuple[bytes, tuple[st
 class _NoGsoSocket:
     """A real UDP socket whose sendmsg fails as on a kernel without UDP_SEGMENT."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, code: int = errno.EIO) -> None:
         self._sock = sock
         self.sendmsg_calls = 0
+        self.code = code
 
     def sendmsg(self, *args: object) -> int:
         self.sendmsg_calls += 1
-        raise OSError(errno.EIO, "no GSO here")
+        raise OSError(self.code, "no GSO here")
+
+    def getsockopt(self, level: int, option: int) -> int:
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
         return self._sock.sendto(data, addr)
@@ -77,3 +81,26 @@ def test_falls_back_for_good_when_the_kernel_refuses_gso() -> None:
         for receiver in (ra, rb):
             expected = [d for d, addr in batch if addr == receiver.getsockname()]
             assert _drain(receiver, 2 * len(expected)) == expected * 2
+
+
+def test_einval_sends_that_run_plainly_and_turns_gso_off_only_when_repeated() -> None:
+    """EINVAL can be one path's limit: the run still arrives, GSO stays on for a while."""
+    ra, rb = _receiver(), _receiver()
+    with ra, rb, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        fake = _NoGsoSocket(out, errno.EINVAL)
+        sender = DatagramSender(fake, {}, gso=True)  # type: ignore[arg-type]
+        batch = _batch(ra.getsockname(), rb.getsockname())
+        sender.send(batch)
+        assert sender.gso is True and fake.sendmsg_calls >= 1
+        for receiver in (ra, rb):
+            expected = [d for d, addr in batch if addr == receiver.getsockname()]
+            assert _drain(receiver, len(expected)) == expected
+        for _ in range(8):
+            sender.send(batch)
+        assert sender.gso is False
+
+
+def test_a_kernel_without_udp_segment_is_detected_up_front() -> None:
+    """Before Linux 4.18 the UDP_SEGMENT cmsg is ignored, not refused: probe the option."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        assert DatagramSender(_NoGsoSocket(out), {}).gso is False  # type: ignore[arg-type]

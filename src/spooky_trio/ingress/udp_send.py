@@ -27,7 +27,20 @@ MAX_SEGMENTS = 64
 #: payload bytes per GSO send (an IP packet's 64 KiB limit, minus headers)
 MAX_GSO_BYTES = 65000
 #: errors meaning "this kernel/socket does not do GSO" (not a transient send failure)
-_GSO_UNSUPPORTED = {errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO}
+_GSO_UNSUPPORTED = {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO}
+#: EINVAL can also be one destination's problem (a segment larger than that path allows):
+#: that run goes out datagram by datagram, and GSO is only turned off after this many
+_EINVAL_LIMIT = 8
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """Whether the kernel knows UDP_SEGMENT for ``sock``: a kernel before 4.18 would ignore
+    the cmsg silently and send the whole run as one oversized datagram, so probe first."""
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
 
 
 class DatagramSender:
@@ -40,7 +53,8 @@ class DatagramSender:
     def __init__(self, sock: socket.socket, stats: dict[str, int], *, gso: bool | None = None) -> None:
         self.sock = sock
         self.stats = stats
-        self.gso = sys.platform.startswith("linux") if gso is None else gso
+        self.gso = (sys.platform.startswith("linux") and gso_supported(sock)) if gso is None else gso
+        self._einval = 0
         stats.setdefault("send_drops", 0)
         stats.setdefault("gso_sends", 0)
 
@@ -86,11 +100,17 @@ class DatagramSender:
             self.stats["send_drops"] += stop - start
             return
         except OSError as exc:
-            if exc.errno not in _GSO_UNSUPPORTED:
+            if exc.errno == errno.EINVAL:
+                self._einval += 1
+                if self._einval >= _EINVAL_LIMIT:
+                    log.info("UDP GSO refused %d times (%s): sending one datagram per syscall", self._einval, exc)
+                    self.gso = False
+            elif exc.errno in _GSO_UNSUPPORTED:
+                log.info("UDP GSO unavailable (%s): sending one datagram per syscall", exc)
+                self.gso = False
+            else:
                 log.debug("sendmsg to %s failed: %s", addr, exc)
                 return
-            log.info("UDP GSO unavailable (%s): sending one datagram per syscall", exc)
-            self.gso = False
         for data, dest in datagrams[start:stop]:
             self._sendto(data, dest)
 
