@@ -19,6 +19,7 @@ BACKEND = "    backends:\n      - id: a\n        address: http://127.0.0.1:8080\
 # (config text, issue path, text of the line the issue must point at, message fragment)
 CASES = [
     ("version: 2\n" + BASE, "version", "version: 2", "unsupported version"),
+    (pool("    route:\n      path_prefix: /\n" + BACKEND, name='"@connect"'), 'upstream["@connect"]', '"@connect":', "reserved"),
     (BASE.replace("listen:\n", "listen:\n  protocol: http2\n"), "listen.protocol", "protocol: http2", "http3"),
     (BASE.replace("listen:\n", "listen:\n  address: example.com\n"), "listen.address", "address: example", "IPv4 or IPv6"),
     (BASE.replace("listen:\n", "listen:\n  port: 0\n"), "listen.port", "port: 0", "65535"),

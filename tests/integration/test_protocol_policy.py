@@ -11,6 +11,7 @@ import h2.connection
 import h2.events
 import pytest
 import trio
+import trio.testing
 from aioquic.tls import SessionTicket
 
 from spooky_trio.clients.errors import H3StreamReset
@@ -276,3 +277,37 @@ async def test_a_ticket_resumes_once(certs_dir: Path) -> None:
                     outcomes.append((r.status, c.session_resumed, c.early_data_accepted))
         assert outcomes == [(200, True, True), (200, False, False)]
         assert "spooky_early_data_accepted_total 1.0" in server.metrics.render().decode()
+
+
+async def test_connect_tunnels_count_against_the_inflight_limit(certs_dir: Path) -> None:
+    """An open CONNECT tunnel holds a global inflight slot like any request (found in review:
+    tunnels bypassed admission), and gives it back when it ends."""
+    async with run_raw_backend(_echo) as target, run_backend(name="app") as backend:
+        limits = f"""
+performance:
+  global_inflight_limit: 1
+resilience:
+  adaptive_admission: {{enabled: false, min_limit: 1}}
+  brownout: {{enabled: false}}
+  protocol:
+    allow_connect: true
+    connect_allowed_ports: [{target.port}]
+    connect_allowed_authorities: [127.0.0.1]
+"""
+        config = proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=limits)
+        async with running_proxy(config) as server:
+            port = server.listeners[0].port
+            async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=str(certs_dir / "ca.pem")) as c:
+                send, receive = trio.open_memory_channel[bytes](4)
+                head = [(b":method", b"CONNECT"), (b":authority", f"127.0.0.1:{target.port}".encode())]
+                with trio.fail_after(10):
+                    async with c.stream_raw(head, body=_lines(receive)) as resp:
+                        assert resp.status == 200
+                        await send.send(b"ping")
+                        assert await resp.receive() == b"PING"
+                        shed = await c.request("GET", "/echo", authority="localhost")
+                        assert shed.status == 503 and b"global_inflight" in shed.body
+                        await send.aclose()
+                        assert await resp.receive() == b""
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert (await c.request("GET", "/echo", authority="localhost")).status == 200

@@ -144,6 +144,8 @@ def _validate_pools(out: Problems, config: Config) -> None:
         path: KeyPath = ("upstream", name)
         if not name.strip():
             out.add(path, "pool name must not be empty")
+        elif name.startswith("@"):
+            out.add(path, "pool names starting with '@' are reserved (CONNECT tunnels are admitted as pool '@connect')")
         _validate_pool(out, path, pool)
         route = pool.route
         if route.host is None and route.path_prefix is None:

@@ -48,6 +48,9 @@ from spooky_trio.upstream import UpstreamPool
 from spooky_trio.upstream.errors import UpstreamError
 
 log = logging.getLogger("spooky.proxy")
+
+#: the pseudo pool CONNECT tunnels are admitted as (config pool names cannot start with "@")
+CONNECT_POOL = "@connect"
 route_log = logging.getLogger("spooky.routing")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -139,8 +142,15 @@ class Proxy:
             # resilience.protocol: methods, denied paths, 0-RTT, CONNECT (resilience/policy.py)
             connect_target = check_request(generation.config.resilience.protocol, request, self._metrics)
             if connect_target is not None:
+                # a CONNECT tunnel holds an outbound socket for its life: it counts against the
+                # global limit, brownout sheds it, and per_upstream_inflight_limit caps tunnels
+                # as if they were one pool (CONNECT_POOL)
                 record.outcome = "tunnel"
-                await relay_connect(generation.config.performance, connect_target, request, sink)
+                tunnel_slots = await self._guard.admit(config, CONNECT_POOL, request.path)
+                try:
+                    await relay_connect(config.performance, connect_target, request, sink)
+                finally:
+                    self._guard.release(config, tunnel_slots)
                 return 200
             pool_name, authority = self._route(generation, request, record)
             pool = generation.pools[pool_name]
