@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import trio
 
-from spooky_trio.http.messages import RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge
+from spooky_trio.http.messages import Headers, RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge, ResponseSink
 from spooky_trio.upstream.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -103,3 +103,14 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
     if isinstance(exc, RequestBodyError):
         return None
     return None
+
+
+async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: Headers = ()) -> None:  # type: ignore[assignment]
+    body = error.body()
+    headers: Headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    await sink.send_headers(error.status, headers)
+    await sink.send_data(body, end_stream=True)

@@ -11,7 +11,7 @@ retries and hedging are driven from :meth:`Proxy._forward` (see ``resilience/ret
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -24,19 +24,17 @@ from spooky_trio.http.headers import (
     upstream_authority,
 )
 from spooky_trio.http.messages import (
-    DownstreamBody,
     DownstreamRequest,
     Headers,
     RequestBodyError,
-    RequestBodyTimeout,
-    RequestBodyTooLarge,
     ResponseSink,
     UpstreamRequest,
 )
 from spooky_trio.observability.access import AccessRecord, CountingBody, CountingSink
 from spooky_trio.observability.metrics import Metrics
+from spooky_trio.proxy.bodies import limited_body, replay_body
 from spooky_trio.proxy.connect import relay_connect
-from spooky_trio.proxy.errors import ErrorResponse, ProxyError, ShedError, error_response_for, unwrap
+from spooky_trio.proxy.errors import ProxyError, ShedError, error_response_for, send_error, unwrap
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
 from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
 from spooky_trio.resilience.overload import OverloadGuard
@@ -58,43 +56,6 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 class ResponseTooLarge(Exception):
     """The backend's body passed ``max_response_body_bytes`` after headers were sent."""
-
-
-async def _limited_body(body: DownstreamBody, *, limit: int, declared: int | None, idle_timeout: float) -> AsyncIterator[bytes]:
-    """Client body with the size limit, the declared length and the idle gap enforced."""
-    total = 0
-    while True:
-        with trio.move_on_after(idle_timeout) as scope:
-            chunk = await body.receive()
-        if scope.cancelled_caught:
-            raise RequestBodyTimeout(f"no request body bytes for {idle_timeout:g}s")
-        if not chunk:
-            if declared is not None and total != declared:
-                raise RequestBodyError(f"request body ended at {total} of {declared} declared bytes")
-            return
-        total += len(chunk)
-        if total > limit:
-            raise RequestBodyTooLarge(f"request body exceeds {limit} bytes")
-        if declared is not None and total > declared:
-            raise RequestBodyError("request body longer than its content-length")
-        yield chunk
-
-
-async def _replay_body(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    """A buffered request body, as many times as attempts need it."""
-    for chunk in chunks:
-        yield chunk
-
-
-async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: Headers = ()) -> None:  # type: ignore[assignment]
-    body = error.body()
-    headers: Headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        *extra_headers,
-    ]
-    await sink.send_headers(error.status, headers)
-    await sink.send_data(body, end_stream=True)
 
 
 class Proxy:
@@ -330,7 +291,7 @@ class Proxy:
     async def _buffer_body(self, perf: Any, request: DownstreamRequest) -> list[bytes]:
         """Read a small declared-length request body into memory so attempts can replay it."""
         assert request.body is not None
-        body = _limited_body(request.body, limit=perf.max_request_body_bytes, declared=request.content_length,
+        body = limited_body(request.body, limit=perf.max_request_body_bytes, declared=request.content_length,
                              idle_timeout=perf.client_body_idle_timeout_ms / 1000)
         return [chunk async for chunk in body]
 
@@ -455,9 +416,9 @@ class Proxy:
         headers = [(n, v) for n, v in headers if n != b"content-length"]
         body = None
         if chunks is not None:
-            body = _replay_body(chunks)
+            body = replay_body(chunks)
         elif request.body is not None:
-            body = _limited_body(
+            body = limited_body(
                 request.body,
                 limit=perf.max_request_body_bytes,
                 declared=request.content_length,
