@@ -60,6 +60,8 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.certs = workdir / "certs"
+        self._cprofile_out: Path | None = None
+        self._pid = 0
 
     # --- load drivers -----------------------------------------------------------------
 
@@ -91,6 +93,7 @@ class Bench:
                 if line.strip() != "READY":
                     raise RuntimeError(f"load generator failed before READY (got {line!r})")
             rss_connected = procstat.rss_bytes(pid)
+            self._pid = pid
             profiler = self._start_profiler(pid, sc)
             cpu0, t0 = procstat.cpu_times(pid), time.monotonic()
             for p in procs:
@@ -155,6 +158,10 @@ class Bench:
     # --- profiling (py-spy on the proxy, measured phase only) ----------------------------
 
     def _start_profiler(self, pid: int, sc: dict[str, Any]) -> tuple[subprocess.Popen, Path] | None:
+        if self._cprofile_out is not None:
+            self._cprofile_out.unlink(missing_ok=True)
+            os.kill(pid, signal.SIGUSR1)  # bench/cprofile_run.py: profile from here
+            return None
         if not self.args.profile or self._profiling_target != "spooky":
             return None
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -166,6 +173,13 @@ class Bench:
         return proc, out
 
     def _stop_profiler(self, profiler: tuple[subprocess.Popen, Path] | None) -> None:
+        if self._cprofile_out is not None:
+            os.kill(self._pid, signal.SIGUSR2)  # ... to here; the stats file appears when written
+            deadline = time.monotonic() + 30
+            while not self._cprofile_out.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            return
         if profiler is None:
             return
         proc, out = profiler
@@ -184,6 +198,7 @@ class Bench:
         port = free_port()
         sc = dict(sc, name=name)
         self._profiling_target = server.name
+        self._cprofile_out = getattr(server, "cprofile_out", None)
         upstream = origin.h2_url if sc["upstream"] == "h2" else origin.h1_url
         server.start(upstream, port)
         try:
@@ -197,6 +212,11 @@ class Bench:
             peak = procstat.peak_rss_bytes(pid)
         finally:
             server.stop()
+        if self._cprofile_out is not None and self._cprofile_out.exists():
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            kept = RESULTS / f"cprofile-{name}-{server.name}-{time.strftime('%Y%m%dT%H%M%S')}.pstats"
+            shutil.move(str(self._cprofile_out), kept)
+            print(cprofile_summary(kept, max(raw["requests"], 1), f"{name} {server.name}"), file=sys.stderr)
         lat = raw.pop("latencies_us")
         row: dict[str, Any] = {
             "scenario": name, "target": server.name, "requests": raw["requests"], "errors": raw["errors"],
@@ -225,6 +245,23 @@ class Bench:
 
 
 _LINE_NUMBER = re.compile(r":\d+\)$")
+
+
+def cprofile_summary(path: Path, requests: int, title: str, limit: int = 30) -> str:
+    """Python calls per request and the top functions by self time from a cProfile dump."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    rows = stats.stats  # type: ignore[attr-defined]
+    total_calls = sum(v[1] for v in rows.values())
+    total_time = sum(v[2] for v in rows.values()) or 1e-9
+    lines = [f"cProfile {title}: {requests} requests, {total_calls / requests:.0f} Python calls per request,"
+             f" {total_time / requests * 1e6:.0f} us profiled per request (profiler overhead included); {path}",
+             f"{'self %':>7} {'us/req':>7} {'calls/req':>9}  function"]
+    for (file, line, func), (_cc, nc, tt, _ct, _callers) in sorted(rows.items(), key=lambda kv: -kv[1][2])[:limit]:
+        where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if file != "~" else "builtin"
+        lines.append(f"{tt / total_time * 100:6.1f}% {tt / requests * 1e6:7.1f} {nc / requests:9.2f}  {func} ({where})")
+    return "\n".join(lines)
 
 
 def top_functions(collapsed: str, limit: int = 25) -> str:
@@ -355,6 +392,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--origin", choices=("nginx", "builtin"), default="nginx", help="builtin when nginx is missing")
     p.add_argument("--json", default="", help="write results here (default bench/results/<time>-<commit>.json)")
     p.add_argument("--profile", action="store_true", help="py-spy the spooky process over each measured phase")
+    p.add_argument("--cprofile", action="store_true",
+                   help="cProfile the spooky process over each measured phase: top functions and Python calls per request")
     p.add_argument("--keep-workdir", action="store_true")
     return p.parse_args(argv)
 
@@ -405,11 +444,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         server = CaddyServer(workdir, bench.certs)
                     elif "=" in target:  # NAME=DIR: another checkout's src, e.g. base=/tmp/old/src
                         label, _, src = target.partition("=")
-                        server = SpookyServer(workdir, bench.certs, src=Path(src).resolve(), name=f"spooky@{label}")
+                        server = SpookyServer(workdir, bench.certs, src=Path(src).resolve(), name=f"spooky@{label}",
+                                              cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
                         server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)
                     else:
-                        server = SpookyServer(workdir, bench.certs)
+                        server = SpookyServer(workdir, bench.certs,
+                                              cprofile_out=workdir / "cprofile-spooky.pstats" if args.cprofile else None)
                     load = procstat.load_average()
                     row = bench.measure(server, origin, name, sc)
                     row["run"] = run_index

@@ -224,9 +224,12 @@ class SpookyServer(Server):
 
     name = "spooky"
 
-    def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky") -> None:
+    def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
+                 cprofile_out: Path | None = None) -> None:
         super().__init__(workdir, certs)
         self.workers = workers
+        #: run under bench/cprofile_run.py (profiling switched by SIGUSR1/SIGUSR2) writing here
+        self.cprofile_out = cprofile_out
         self.control_port = free_port() if workers > 1 else 0
         #: another checkout's ``src`` to run instead of this one (A/B in one invocation)
         self.src = src
@@ -272,10 +275,14 @@ security:
         path = self.workdir / f"spooky-{port}.yaml"
         path.write_text(self.config_text(upstream_url, port))
         env = python_env(self.src)
+        module = "spooky_trio"
+        if self.cprofile_out is not None:
+            module = "bench.cprofile_run"
+            env["SPOOKY_CPROFILE_OUT"] = str(self.cprofile_out)
         log = open(self.workdir / f"spooky-{port}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spooky_trio", "run", "--config", str(path)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", module, "run", "--config", str(path)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         wait_tcp(port, self.proc, what="spooky-trio")
         if self.workers > 1:  # every worker must have bound its sockets before the load connects

@@ -78,3 +78,30 @@ def test_bench_workers_one_and_two(tmp_path):
     assert one["errors"] == two["errors"] == 0 and two["requests"] >= 200
     assert two["rps_vs_one_worker"] == round(two["rps"] / one["rps"], 2)
     assert "x req/s of 1 worker" in proc.stdout
+
+
+def test_bench_cprofile_measured_phase_only(tmp_path):
+    """--cprofile profiles the proxy between the load's start and end (SIGUSR1/SIGUSR2 to
+    bench/cprofile_run.py) and prints calls per request from the kept pstats file."""
+    import pstats
+    import re
+    from pathlib import Path
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky", "-n", "200", "-p", "1", "--cprofile",
+         "--json", str(tmp_path / "result.json")],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"cProfile tiny_h1 spooky: (\d+) requests, (\d+) Python calls per request.*; (\S+\.pstats)", proc.stderr)
+    assert match, proc.stderr
+    path = Path(match.group(3))
+    try:
+        assert int(match.group(1)) >= 200 and int(match.group(2)) > 100
+        stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+        served = sum(nc for (file, _line, func), (_cc, nc, *_rest) in stats.items()
+                     if func == "_start_request" and file.endswith("quic_connection.py"))
+        # the request tasks of the measured phase, not the warm-up's (2 per stream slot here)
+        assert 200 <= served < 200 + 64, served
+    finally:
+        path.unlink(missing_ok=True)
