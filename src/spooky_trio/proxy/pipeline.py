@@ -372,20 +372,25 @@ class Proxy:
             upstream_request = self._upstream_request(generation, pool.config, backend, request, authority.encode("latin-1"), chunks)
             # observe() counts the exchange in flight and turns its outcome into passive health;
             # it wraps the total deadline so that a TooSlowError counts as a backend timeout
-            with backend.state.observe() as observation, trio.fail_after(perf.backend_total_request_timeout_ms / 1000):
-                async with self._upstream.exchange(
-                    backend.connect_target,
-                    upstream_request,
-                    connect_timeout=perf.backend_connect_timeout_ms / 1000,
-                    response_timeout=perf.backend_timeout_ms / 1000,
-                ) as response:
-                    status = response.status
-                    latency_ms = (trio.current_time() - observation.started) * 1000
-                    observation.response_started(response.status)
-                    self._guard.latency_sample(config, latency_ms)
-                    if race is not None and not race.claim(index):
-                        return None
-                    await self._relay_response(perf, request, response, sink)
+            with backend.state.observe() as observation:
+                # trio.fail_after without its generator context manager (once per request)
+                total_scope = trio.CancelScope(deadline=trio.current_time() + perf.backend_total_request_timeout_ms / 1000)
+                with total_scope:
+                    async with self._upstream.exchange(
+                        backend.connect_target,
+                        upstream_request,
+                        connect_timeout=perf.backend_connect_timeout_ms / 1000,
+                        response_timeout=perf.backend_timeout_ms / 1000,
+                    ) as response:
+                        status = response.status
+                        latency_ms = (trio.current_time() - observation.started) * 1000
+                        observation.response_started(response.status)
+                        self._guard.latency_sample(config, latency_ms)
+                        if race is not None and not race.claim(index):
+                            return None
+                        await self._relay_response(perf, request, response, sink)
+                if total_scope.cancelled_caught:
+                    raise trio.TooSlowError
         except BaseException as exc:
             reason = failure_reason(exc)
             failed = True if reason is not None else None if status is None else status >= 500
@@ -457,10 +462,9 @@ class Proxy:
         # the stream: one DATA frame with FIN instead of a second, empty one
         last = b""
         while True:
-            if total == length and response.http_version == "1.1":
-                # h11 ends a content-length body without reading: no timer needed
-                chunk = await response.receive()
-            else:
+            # data the engine already holds needs no timer (a tiny response's whole body)
+            chunk = response.receive_nowait()
+            if chunk is None:
                 with trio.move_on_after(timeout) as scope:
                     chunk = await response.receive()
                 if scope.cancelled_caught:

@@ -10,7 +10,6 @@ an explicit ``now`` (the Trio clock in production, ``MockClock`` in tests).
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Hashable, Iterator
@@ -69,6 +68,25 @@ class ExchangeObservation:
         if self.state is not None:
             now = trio.current_time()
             self.state.latency_ewma.update(now - self.started, now)
+
+    def __enter__(self) -> ExchangeObservation:
+        assert self.state is not None
+        self.state.in_flight += 1
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        state = self.state
+        assert state is not None
+        try:
+            if exc is not None:
+                reason = failure_reason(exc)
+                if reason is not None:
+                    state.record_failure(reason, trio.current_time())
+                    return
+            if self.status is not None:
+                state._record_status(self.status)
+        finally:
+            state.in_flight -= 1
 
 
 @attrs.define(eq=False)
@@ -169,32 +187,18 @@ class BackendState:
             log.info("backend %s restored after its ejection", self.label)
             self.on_change()
 
-    @contextlib.contextmanager
-    def observe(self) -> Iterator[ExchangeObservation]:
-        """Wrap one exchange: counts it in flight and records its outcome for passive health.
+    def observe(self) -> ExchangeObservation:
+        """Wrap one exchange (``with state.observe() as observation``): counts it in flight
+        and records its outcome for passive health.
 
-        Call ``response_started(status)`` on the yielded observation when the response head
-        arrives (that records the latency sample). Outcome: an upstream failure or timeout
-        raised out of the block counts as that failure; otherwise a 5xx status counts as a
-        ``5xx`` failure and any other status as a success; an exception that is not the
-        backend's fault (the client went away) with no status received records nothing.
+        Call ``response_started(status)`` on the observation when the response head arrives
+        (that records the latency sample). Outcome: an upstream failure or timeout raised out
+        of the block counts as that failure; otherwise a 5xx status counts as a ``5xx``
+        failure and any other status as a success; an exception that is not the backend's
+        fault (the client went away) with no status received records nothing. (A plain class,
+        not a generator context manager: this runs once per proxied request.)
         """
-        observation = ExchangeObservation(started=trio.current_time(), state=self)
-        self.in_flight += 1
-        try:
-            yield observation
-        except BaseException as exc:
-            reason = failure_reason(exc)
-            if reason is not None:
-                self.record_failure(reason, trio.current_time())
-            elif observation.status is not None:
-                self._record_status(observation.status)
-            raise
-        else:
-            if observation.status is not None:
-                self._record_status(observation.status)
-        finally:
-            self.in_flight -= 1
+        return ExchangeObservation(started=trio.current_time(), state=self)
 
     def _record_status(self, status: int) -> None:
         reason = status_failure_reason(status)

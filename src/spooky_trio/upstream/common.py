@@ -79,6 +79,13 @@ class UpstreamResponse(abc.ABC):
         mid-body; calling again after b"" returns b"" again.
         """
 
+    def receive_nowait(self) -> bytes | None:
+        """What :meth:`receive` would return if that needs no I/O; None when it would wait.
+
+        Lets the caller skip its idle timer for data already buffered (HTTP/1.1: h11 holds
+        a small response's whole body after the read that brought its head)."""
+        return None
+
     @property
     @abc.abstractmethod
     def complete(self) -> bool:
