@@ -1,6 +1,7 @@
-"""aioquic subclasses for the server side: SNI certificate choice and consumption-based
-stream windows. They override private aioquic hooks; tests/integration cover both (SNI
-selection, slow-backend upload backpressure), so an aioquic upgrade that moves them fails loudly.
+"""aioquic subclasses for the server side: SNI certificate choice, consumption-based
+stream windows and an RFC 9000 acknowledgement policy. They override private aioquic hooks;
+tests cover each (SNI selection, slow-backend upload backpressure, tests/ingress/test_quic_acks.py),
+so an aioquic upgrade that moves them fails loudly.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicReceiveContext
 from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
 
 from spooky_trio.ingress.identities import IdentityStore
 
@@ -18,6 +21,15 @@ from spooky_trio.ingress.identities import IdentityStore
 #: below this many bytes left in a packet, no STREAM frame worth building fits (its header
 #: alone takes up to 19 bytes); skipping only defers the stream to the next packet
 _MIN_STREAM_FRAME_SPACE = 32
+
+#: how long a lone ack-eliciting 1-RTT packet may wait for its ACK (below the 25 ms
+#: max_ack_delay aioquic advertises, leaving room for a late timer). aioquic's own 1 ms
+#: means one ACK-only datagram and one timer wake-up per request, since a response rarely
+#: leaves within a millisecond of its request.
+ACK_DELAY = 0.015
+#: ack-eliciting 1-RTT packets after which an ACK is due at once (RFC 9000 13.2.2: "SHOULD
+#: send an ACK frame after receiving at least two ack-eliciting packets")
+ACK_ELICITING_THRESHOLD = 2
 
 
 class _SniContext(tls.Context):
@@ -49,6 +61,11 @@ class SpookyQuicConnection(QuicConnection):
 
     def __init__(self, *, identities: IdentityStore, max_streams_bidi: int, max_streams_uni: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._ack_delay = ACK_DELAY
+        #: ack-eliciting 1-RTT packets received since our last ACK frame in that space
+        self._eliciting_unacked = 0
+        #: stream data was queued since the last datagrams_to_send: a pending ACK rides along
+        self._data_queued = False
         self._identities = identities
         self._stream_window = self._configuration.max_stream_data
         #: stream id -> stream offset the application has consumed up to
@@ -60,6 +77,36 @@ class SpookyQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         self.tls.__class__ = _SniContext
         self.tls.identities = self._identities  # type: ignore[attr-defined]
+
+    # --- acknowledgements (RFC 9000 13.2): delay a lone ACK, piggyback it on responses,
+    # send one at once after every second ack-eliciting packet ---
+
+    def _payload_received(self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False) -> tuple[bool, bool]:
+        is_ack_eliciting, is_probing = super()._payload_received(context, plain, crypto_frame_required=crypto_frame_required)
+        if is_ack_eliciting and context.epoch == tls.Epoch.ONE_RTT:
+            self._eliciting_unacked += 1
+            if self._eliciting_unacked >= ACK_ELICITING_THRESHOLD:
+                # due now: aioquic only sets ack_at when it is None, so this one stands
+                self._spaces[tls.Epoch.ONE_RTT].ack_at = context.time
+        return is_ack_eliciting, is_probing
+
+    def _write_ack_frame(self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float) -> None:
+        super()._write_ack_frame(builder, space, now)
+        if space is self._spaces.get(tls.Epoch.ONE_RTT):
+            self._eliciting_unacked = 0
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        if data or end_stream:  # (aioquic's H3 layer also "sends" b"" on its QPACK streams)
+            self._data_queued = True
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        if self._data_queued:
+            self._data_queued = False
+            space = self._spaces.get(tls.Epoch.ONE_RTT)
+            if space is not None and space.ack_at is not None and space.ack_at > now:
+                space.ack_at = now  # a pending ACK goes out with the data instead of on its own
+        return super().datagrams_to_send(now)
 
     # aioquic's _write_application calls the two hooks below for every open stream in every
     # packet it builds: with 32 streams downloading, ~15 calls per packet. The early returns
