@@ -4,7 +4,8 @@ Input: a sequence of client actions on a real aioquic client/server pair (datagr
 passed in memory, no sockets): HEADERS frames with header lists encoded by a real QPACK
 encoder (its dynamic-table inserts sent on the encoder stream before or after the frame, so
 streams can block), HEADERS frames with a raw field section (references beyond the table),
-raw encoder-stream instructions (large inserts, duplicates, capacity changes), DATA, unknown
+raw encoder-stream instructions (large inserts, duplicates, capacity changes: the server
+allows no dynamic table, so these are connection errors), DATA, unknown
 and forbidden frame types, HEADERS frames announcing a huge length, control-stream frames
 (also announcing a huge length), raw stream bytes, and client stream resets. The server side is ``StreamScopedH3Connection`` with the limits
 ``QuicConnectionTask`` gives it; each ``HeadersReceived`` goes through the conversion steps
@@ -17,7 +18,7 @@ every request-stream problem is stream-scoped (a ``MalformedRequest`` whose stre
 with H3_MESSAGE_ERROR or H3_EXCESSIVE_LOAD) or a ``MessageError`` from
 ``parse_request_head`` (``_start_request`` resets that stream); a converted request has
 lowercase non-pseudo names and no CR/LF/NUL anywhere; a decoded field section is bounded
-(at most ``max_field_lines`` lines, so never more than lines x table capacity bytes); no
+(at most ``max_field_lines`` lines of static entries or literals); no
 request stream buffers more than ``max_field_section_bytes``, no unidirectional stream more
 than ``MAX_UNI_STREAM_BUFFER``.
 """
@@ -57,7 +58,11 @@ MAX_HEADERS_COUNT = 16
 MAX_HEADERS_BYTES = 1024
 MAX_FIELD_SECTION_BYTES = 4 * MAX_HEADERS_BYTES + 64 * MAX_HEADERS_COUNT
 MAX_FIELD_LINES = 2 * MAX_HEADERS_COUNT + 16
-TABLE_CAPACITY = 4096  # what aioquic's H3Connection advertises (QPACK_MAX_TABLE_CAPACITY)
+#: the server advertises QPACK_MAX_TABLE_CAPACITY 0 (no dynamic table); the client picks one
+#: of these, and any above 0 is a misbehaving client the server must close cleanly
+CLIENT_TABLE_CAPACITIES = [0, 256, 4096]
+#: the longest QPACK static-table field line is under 100 bytes
+MAX_STATIC_LINE_BYTES = 128
 SERVER_ADDR = ("192.0.2.1", 443)
 CLIENT_ADDR = ("198.51.100.7", 50000)
 STREAM_IDS = [0, 4, 8, 12]
@@ -182,7 +187,7 @@ class Client:
         self.pair = pair
         self.quic = pair.client
         self.encoder = pylsqpack.Encoder()
-        capacity = r.pick([0, 256, TABLE_CAPACITY])
+        capacity = r.pick(CLIENT_TABLE_CAPACITIES)
         self.encoder_stream = self.quic.get_next_available_stream_id(is_unidirectional=True)
         self.quic.send_stream_data(self.encoder_stream, b"\x02" + self.encoder.apply_settings(capacity, 16))
         self.control: int | None = None
@@ -247,7 +252,8 @@ class Client:
 def _check_request(stream_id: int, raw: list[tuple[bytes, bytes]]) -> None:
     lines_bytes = sum(len(n) + len(v) for n, v in raw)
     assert len(raw) <= MAX_FIELD_LINES, (stream_id, len(raw))
-    assert lines_bytes <= MAX_FIELD_LINES * TABLE_CAPACITY + MAX_FIELD_SECTION_BYTES, lines_bytes
+    # no dynamic table: a line is a static entry or literals (Huffman expands at most 8/5)
+    assert lines_bytes <= MAX_FIELD_LINES * MAX_STATIC_LINE_BYTES + 2 * MAX_FIELD_SECTION_BYTES, lines_bytes
     try:
         pseudo, headers = parse_request_head(raw)
     except MessageError:

@@ -182,14 +182,19 @@ def h3_frames_seeds() -> dict[str, bytes]:
     _h3_headers_action(w, 0, big, True, encoder_first=False)  # encoder data after the frame: blocked
     _h3_headers_action(w, 1, big, True)  # the same fields again: dynamic-table references
     seeds["dynamic_table_blocked"] = w.getvalue()
-    # one ~4000-byte insert, then a field section of 2400 one-byte references to it
+    # one ~4000-byte insert, then a field section of 2400 one-byte references to it: the
+    # server allows no dynamic table, so the insert closes the connection (QPACK encoder error)
     w = _h3_start(2).int_in_range(6, 0, 9).byte(0).int_in_range(1, 1, 4)
     w.int_in_range(0, 0, 3).bytes_(b"x-big").bytes_(b"v" * 40).int_in_range(100, 1, 100)
     w.int_in_range(3, 0, 9).byte(0).byte(2).byte(0).bytes_(b"\x80" * 60).int_in_range(40, 1, 40).boolean(True)
     seeds["qpack_bomb"] = w.getvalue()
+    # 2400 one-byte static-table references (~25 bytes each decoded): refused undecoded
+    w = _h3_start(1, capacity_index=0)
+    w.int_in_range(3, 0, 9).byte(0).byte(0).byte(0).bytes_(b"\xd1" * 60).int_in_range(40, 1, 40).boolean(True)
+    seeds["qpack_static_bomb"] = w.getvalue()
     w = _h3_start(1).int_in_range(3, 0, 9).byte(1).byte(0).byte(0).bytes_(b"\x80\x81").int_in_range(1, 1, 40).boolean(True)
     seeds["reference_beyond_table"] = w.getvalue()
-    w = _h3_start(2).int_in_range(8, 0, 9).byte(0).byte(2).bytes_(b"\x00" * 100).int_in_range(30, 1, 30)
+    w = _h3_start(2, capacity_index=0).int_in_range(8, 0, 9).byte(0).byte(2).bytes_(b"\x00" * 100).int_in_range(30, 1, 30)
     _h3_headers_action(w, 1, get, True)
     seeds["huge_headers_frame"] = w.getvalue()
     w = _h3_start(3).int_in_range(5, 0, 9).byte(0).byte(0).bytes_(b"grease").boolean(False)

@@ -86,61 +86,54 @@ async def test_header_block_far_over_the_limit_is_a_stream_reset_without_decodin
 
 
 async def test_qpack_bomb_and_dynamic_table_abuse(certs_dir: Path) -> None:
-    """One ~4 KiB dynamic-table entry referenced by 200 000 one-byte field lines would decode
-    to ~800 MB; the proxy refuses the section by counting its lines. Inserting many and large
-    entries only evicts (the table is bounded by its capacity)."""
+    """The proxy allows no QPACK dynamic table (QPACK_MAX_TABLE_CAPACITY 0), so the classic
+    bomb (one ~4 KiB entry referenced by 200 000 one-byte lines, ~800 MB decoded) cannot be
+    built: the insert itself is a QPACK_ENCODER_STREAM_ERROR that closes only the abuser's
+    connection. 200 000 one-byte static-table references are refused by counting lines."""
     async with run_backend(name="app") as backend, abuse_proxy(h1_pool(backend.url), certs_dir) as (server, metrics):
-        async with h3_connect(server, certs_dir) as normal_client, h3_connect(server, certs_dir) as abuser:
+        async with h3_connect(server, certs_dir) as normal_client, h3_connect(server, certs_dir) as abuser, \
+                h3_connect(server, certs_dir) as inserter:
 
             async def abuse() -> tuple[int | None, str]:
-                # 300 inserts of ~3.9 KB each into a 4 KiB table: each evicts the previous one
-                for i in range(300):
-                    encoder_stream(abuser, insert_literal(b"x-big", b"%03d" % i + b"v" * 3900))
-                await abuser._transmit()
-                inserted = 300
-                max_entries = 4096 // 32
-                required = (inserted % (2 * max_entries)) + 1  # RFC 9204 4.5.1.1
-                prefix = qpack_int(required, 8) + qpack_int(0, 7)
-                bomb = await raw_exchange(abuser, headers_frame(prefix + b"\x80" * 200_000))
-                # a reference to an entry evicted long ago: QPACK_DECOMPRESSION_FAILED closes
-                # this connection (RFC 9204 2.2.3), and only this one
+                bomb = await raw_exchange(abuser, headers_frame(qpack_int(0, 8) + qpack_int(0, 7) + b"\xd1" * 200_000))
+                encoder_stream(inserter, insert_literal(b"x-big", b"v" * 3900))
                 with pytest.raises(H3ConnectionLost) as lost:
-                    await raw_exchange(abuser, headers_frame(prefix + b"\xbf\x80\x02"))
+                    await raw_exchange(inserter, headers_frame(static_block(GET)))
                 return bomb.reset_code, str(lost.value)
 
             with memory_bound(24 * MIB):
-                (bomb, evicted), normal = await while_serving(h3_normal(normal_client), abuse)
+                (bomb, inserted), normal = await while_serving(h3_normal(normal_client), abuse)
             assert bomb == ErrorCode.H3_EXCESSIVE_LOAD
-            assert "error 0x200" in evicted
+            assert "error 0x201" in inserted  # QPACK_ENCODER_STREAM_ERROR
             assert set(normal) == {200}
             assert await metrics.value(PROTOCOL_ERRORS, protocol="h3", reason="excessive_load") >= 1
             assert server.listeners[0].stats["panics"] == 0
             assert (await normal_client.request("GET", "/echo", authority="localhost")).status == 200
+            # the abuser's connection keeps serving after its stream was refused
+            assert (await raw_exchange(abuser, headers_frame(static_block(GET)))).status == 200
 
 
-async def test_blocked_streams_cannot_buffer_past_the_bound(certs_dir: Path) -> None:
-    """Header sections that reference inserts which never come block their streams; aioquic
-    would buffer everything sent after such a HEADERS frame (the stream has no request yet,
-    so its window grows as data arrives). Past max_field_section_bytes the stream is reset
-    with H3_EXCESSIVE_LOAD; the connection keeps serving."""
+async def test_references_to_a_table_that_does_not_exist_close_only_that_connection(certs_dir: Path) -> None:
+    """With a dynamic table, header sections referencing inserts that never come would block
+    their streams (and aioquic would buffer what follows). With none, such a section is a
+    QPACK_DECOMPRESSION_FAILED connection error at once: nothing blocks or buffers, and only
+    the offending connection closes."""
     async with run_backend(name="app") as backend, abuse_proxy(h1_pool(backend.url), certs_dir) as (server, metrics):
         async with h3_connect(server, certs_dir) as normal_client, h3_connect(server, certs_dir) as abuser:
 
-            async def abuse() -> list[int | None]:
-                prefix = qpack_int(5 + 1, 8) + qpack_int(0, 7)  # requires 5 inserts never sent
+            async def abuse() -> str:
+                prefix = qpack_int(5 + 1, 8) + qpack_int(0, 7)  # requires 5 inserts
                 body = encode_frame(FrameType.DATA, b"x" * 100_000)
-                responses = [await raw_stream(abuser, headers_frame(prefix + b"\x80") + body, end=False) for _ in range(10)]
-                for response in responses:
-                    await response._wait_response_start()
-                return [r.reset_code for r in responses]
+                with pytest.raises(H3ConnectionLost) as lost:
+                    for _ in range(10):
+                        await raw_exchange(abuser, headers_frame(prefix + b"\x80") + body, end=False)
+                return str(lost.value)
 
             with memory_bound(16 * MIB):
-                codes, normal = await while_serving(h3_normal(normal_client), abuse)
-            assert codes == [ErrorCode.H3_EXCESSIVE_LOAD] * 10
+                lost, normal = await while_serving(h3_normal(normal_client), abuse)
+            assert "error 0x200" in lost  # QPACK_DECOMPRESSION_FAILED
             assert set(normal) == {200}
-            assert await metrics.value(PROTOCOL_ERRORS, protocol="h3", reason="excessive_load") == 10
-            assert (await raw_exchange(abuser, headers_frame(static_block(GET)))).status == 200
-
+            assert server.listeners[0].stats["panics"] == 0
 
 async def _read_forever(stream: trio.SocketStream) -> None:
     while await stream.receive_some(65536):

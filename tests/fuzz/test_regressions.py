@@ -96,9 +96,9 @@ def _h3_events(seed: str) -> tuple[list[object], object]:
 @pytest.mark.parametrize(
     ("seed", "reason"),
     [
-        # 2400 one-byte references to a ~4 KiB dynamic-table entry: decoding would make ~10 MB
-        # (a 100 KB frame made 400 MB in 2 s before the bound); refused undecoded
-        ("qpack_bomb", "too many field lines"),
+        # 2400 one-byte static-table references: refused undecoded (with a dynamic table, a
+        # 100 KB frame of such references to a 4 KiB entry decoded to 400 MB in 2 s)
+        ("qpack_static_bomb", "too many field lines"),
         # a HEADERS frame announcing 2^62 bytes was buffered for as long as the client sent
         ("huge_headers_frame", "HEADERS frame too large"),
     ],
@@ -113,6 +113,17 @@ def test_h3_header_blocks_are_bounded_per_stream(seed: str, reason: str) -> None
     assert [(e.reason, e.excessive_load) for e in malformed] == [(reason, True)]
     assert pair.client_resets == {malformed[0].stream_id: ErrorCode.H3_EXCESSIVE_LOAD}  # type: ignore[attr-defined]
     assert not pair.close_codes  # type: ignore[attr-defined]  # the connection lives on
+
+
+def test_h3_dynamic_table_inserts_close_only_that_connection() -> None:
+    """The server advertises QPACK_MAX_TABLE_CAPACITY 0: the qpack_bomb seed's ~4 KB insert
+    (whose 2400 references once decoded to ~10 MB) is a QPACK encoder-stream error, which
+    closes the connection before any field section is decoded (RFC 9204 4.3.1)."""
+    from aioquic.h3.connection import ErrorCode
+
+    events, pair = _h3_events("qpack_bomb")
+    assert pair.close_codes == [ErrorCode.QPACK_ENCODER_STREAM_ERROR]  # type: ignore[attr-defined]
+    assert not [e for e in events if type(e).__name__ == "HeadersReceived"]
 
 
 def test_count_field_lines_reads_lengths_only() -> None:

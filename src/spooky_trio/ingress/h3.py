@@ -8,10 +8,11 @@ It also bounds what a HEADERS frame may cost before QPACK decodes it (aioquic ha
 limit): a frame longer than ``max_field_section_bytes`` is refused as soon as its length is
 known, instead of being buffered until complete (a 2^62-byte HEADERS frame would otherwise
 grow the stream buffer for as long as the client sends), and a field section with more than
-``max_field_lines`` field lines is refused without decoding it. The latter matters because
-one byte of a field section can reference a ~4 KiB dynamic-table entry: a 100 KB frame
-decoded to 400 MB in 2 s. A stream blocked on the QPACK encoder stream may buffer no more than
-``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
+``max_field_lines`` field lines is refused without decoding it. The latter mattered most while
+the dynamic table was on (one byte could reference a ~4 KiB entry: a 100 KB frame decoded to
+400 MB in 2 s); QPACK now runs without a dynamic table (see ``_init_connection``), so a line
+decodes to at most a static entry. A stream blocked on the QPACK encoder stream (impossible
+without a table) may buffer no more than ``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
 A control-stream frame (SETTINGS) that would be buffered past :data:`MAX_UNI_STREAM_BUFFER` is
 a connection error with the same code.
 """
@@ -22,6 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import attrs
+import pylsqpack
 import trio
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
@@ -126,6 +128,21 @@ def count_field_lines(block: bytes, stop_after: int) -> int:
     return lines
 
 
+class _StaticTableEncoder:
+    """pylsqpack's encoder told the peer allows no dynamic table, whatever its SETTINGS say
+    (an encoder may always use less than the decoder's capacity, RFC 9204 3.2.3)."""
+
+    __slots__ = ("_encoder", "encode", "feed_decoder")
+
+    def __init__(self) -> None:
+        self._encoder = pylsqpack.Encoder()
+        self.encode = self._encoder.encode
+        self.feed_decoder = self._encoder.feed_decoder
+
+    def apply_settings(self, max_table_capacity: int, blocked_streams: int) -> bytes:
+        return self._encoder.apply_settings(max_table_capacity=0, blocked_streams=0)
+
+
 class StreamScopedH3Connection(H3Connection):
     """H3Connection whose message errors reset one stream instead of closing the connection."""
 
@@ -140,6 +157,19 @@ class StreamScopedH3Connection(H3Connection):
         self.max_field_section_bytes = max_field_section_bytes
         #: field sections with more lines than this are refused undecoded
         self.max_field_lines = max_field_lines
+
+    def _init_connection(self) -> None:
+        # QPACK without the dynamic table, both ways (like quic-go, Caddy's HTTP/3 stack). With
+        # it, every request costs an extra datagram each way: the decoder's Section
+        # Acknowledgment for a field section that referenced the table (RFC 9204 4.4.1) goes
+        # out at once on its own, and so does the client's for our response. Capacity 0 also
+        # takes the dynamic-table amplification attacks off the table and saves ~8 KiB per
+        # connection; field sections grow by a few literal bytes.
+        self._max_table_capacity = 0
+        self._blocked_streams = 0
+        self._decoder = pylsqpack.Decoder(0, 0)
+        self._encoder = _StaticTableEncoder()
+        super()._init_connection()
 
     def _receive_stream_data_uni(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
         # aioquic waits for a whole SETTINGS / MAX_PUSH_ID frame and grows the stream's window
