@@ -53,6 +53,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        #: (pool, backend, status class, outcome) -> label children (see backend_exchange)
+        self._exchange_children: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
         self.requests = Counter("spooky_requests", "Requests handled by the pipeline", registry=r)
         self.requests_success = Counter("spooky_requests_success", "Requests answered below 400", registry=r)
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
@@ -144,10 +146,20 @@ class Metrics:
         """One forwarded exchange ended: ``failure`` is the upstream failure reason or None."""
         outcome = "failure" if failure is not None or (status is not None and status >= 500) else "success"
         cls = status_class(status)
-        self.upstream_requests.labels(pool, cls, outcome).inc()
-        self.backend_requests.labels(pool, backend, cls, outcome).inc()
+        # labels() costs a lock and a tuple per call; children never go away (labels are not
+        # removed), so the three for one (pool, backend, class, outcome) are looked up once
+        key = (pool, backend, cls, outcome)
+        children = self._exchange_children.get(key)
+        if children is None:
+            children = self._exchange_children[key] = (
+                self.upstream_requests.labels(pool, cls, outcome),
+                self.backend_requests.labels(pool, backend, cls, outcome),
+                self.upstream_latency.labels(pool, outcome),
+            )
+        children[0].inc()
+        children[1].inc()
         if latency_ms is not None:
-            self.upstream_latency.labels(pool, outcome).observe(latency_ms)
+            children[2].observe(latency_ms)
         if failure is not None:
             (self.backend_timeouts if failure == "timeout" else self.backend_errors).inc()
             self.health_failures.labels(failure).inc()
