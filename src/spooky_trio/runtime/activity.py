@@ -16,22 +16,28 @@ class Activity:
     def __init__(self, parent: Activity | None = None) -> None:
         self.count = 0
         self.parent = parent
-        self._idle = trio.Event()
-        self._idle.set()
+        #: made only while someone waits for zero (a drain): enter/exit run once per
+        #: request and an Event per idle-to-busy transition was measurable
+        self._idle: trio.Event | None = None
 
     def enter(self) -> None:
         self.count += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
         if self.parent is not None:
             self.parent.enter()
 
     def exit(self) -> None:
         self.count -= 1
-        if self.count == 0:
+        if self.count == 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
         if self.parent is not None:
             self.parent.exit()
 
     async def wait_idle(self) -> None:
+        """Return once the count is (or drops to) zero."""
+        if self.count == 0:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._idle is None:
+            self._idle = trio.Event()
         await self._idle.wait()
