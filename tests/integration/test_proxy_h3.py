@@ -266,3 +266,21 @@ async def test_header_limits_and_extended_connect_answered_without_backend(certs
             assert r.status == 501 and b"RFC 9220" in r.body
             assert (await c.request("GET", "/echo", headers=many[:5], authority="localhost")).status == 200
     assert len(backend.requests) == 1
+
+
+async def test_quic_timers_close_an_idle_connection_after_requests_moved_them(certs_dir: Path) -> None:
+    """The connection timer is only pulled earlier on transmit and re-armed when it fires
+    early (quic_connection.py): after a few requests moved aioquic's timer back and forth
+    (ACK delay, loss detection, idle deadline), a silent client is still closed at the idle
+    timeout, and the server-side connection task ends."""
+    extra = "performance:\n  quic_max_idle_timeout_ms: 600\n"
+    async with run_backend(name="h1") as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=extra)) as server:
+        listener = server.listeners[0]
+        async with client(server, certs_dir) as c:
+            for _ in range(5):
+                assert (await c.request("GET", "/echo", authority="localhost")).status == 200
+            (conn,) = listener.connections
+            assert not conn.closed.is_set()
+            with trio.fail_after(10):  # the idle timeout is 0.6 s (at least 3 PTOs in aioquic)
+                await conn.closed.wait()
+        assert listener.connections == set()
