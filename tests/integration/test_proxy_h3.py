@@ -269,10 +269,10 @@ async def test_header_limits_and_extended_connect_answered_without_backend(certs
 
 
 async def test_quic_timers_close_an_idle_connection_after_requests_moved_them(certs_dir: Path) -> None:
-    """The connection timer is only pulled earlier on transmit and re-armed when it fires
-    early (quic_connection.py): after a few requests moved aioquic's timer back and forth
-    (ACK delay, loss detection, idle deadline), a silent client is still closed at the idle
-    timeout, and the server-side connection task ends."""
+    """The connection task's timer (quic_connection.py, re-armed after every transmit): after
+    a few requests moved aioquic's timer back and forth (ACK delay, loss detection, idle
+    deadline), a silent client is closed at the idle timeout and the server-side connection
+    task ends."""
     extra = "performance:\n  quic_max_idle_timeout_ms: 600\n"
     async with run_backend(name="h1") as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=extra)) as server:
         listener = server.listeners[0]
