@@ -111,3 +111,60 @@ def test_plain_aioquic_would_send_a_separate_ack(pair):
     _client_sends(client, server, 0, now)
     assert server.get_timer() <= now + 0.001
     assert len(server.datagrams_to_send(now + 0.001)) == 1
+
+
+# --- needs_transmit: a receive burst of STREAM/ACK frames with nothing waiting sends nothing ---
+
+
+def test_request_packet_needs_no_transmit_but_a_ping_does(pair):
+    client, server, now = pair
+    _client_sends(client, server, 0, now)
+    assert server.needs_transmit(now) is False  # the request's ACK is delayed; no reply yet
+    assert server.datagrams_to_send(now) == []  # (what the skipped call would have returned)
+    now += 0.002
+    client.send_ping(7)
+    datagrams = client.datagrams_to_send(now)
+    server.receive_datagram(datagrams[0][0], ("127.0.0.1", 1234), now)
+    assert server.needs_transmit(now) is True  # a PING (any non-STREAM/ACK frame) is "loud"
+    server.datagrams_to_send(now)
+    assert server.needs_transmit(now) is False  # reset by datagrams_to_send
+
+
+def test_pending_response_data_or_due_ack_needs_transmit(pair):
+    client, server, now = pair
+    _client_sends(client, server, 0, now)
+    server.send_stream_data(0, b"response", end_stream=True)
+    assert server.needs_transmit(now) is True  # data queued
+    server.datagrams_to_send(now)
+    assert server.needs_transmit(now) is False
+    _client_sends(client, server, 4, now + 0.002)
+    now += 0.004
+    _client_sends(client, server, 8, now)
+    assert server.needs_transmit(now) is True  # the second ack-eliciting packet: ACK due now
+
+
+def test_declared_loss_needs_transmit(pair):
+    client, server, now = pair
+    _client_sends(client, server, 0, now)
+    server.send_stream_data(0, b"a" * 100)
+    lost = server.datagrams_to_send(now)  # never delivered
+    assert len(lost) == 1
+    now += 0.002
+    server.send_stream_data(0, b"b" * 100, end_stream=True)
+    for data, _ in server.datagrams_to_send(now):
+        client.receive_datagram(data, ("127.0.0.1", 4433), now)
+    # the client acknowledges the later packets; three more make the first one lost (RFC 9002
+    # packet threshold) when their ACK arrives
+    for i in range(3):
+        now += 0.002
+        server.send_ping(i)
+        for data, _ in server.datagrams_to_send(now):
+            client.receive_datagram(data, ("127.0.0.1", 4433), now)
+    now += 0.030  # past the client's ACK delay
+    acks = client.datagrams_to_send(now)
+    assert acks
+    for data, _ in acks:
+        server.receive_datagram(data, ("127.0.0.1", 1234), now)
+    assert server.needs_transmit(now) is True  # the lost STREAM data is queued again
+    resent = server.datagrams_to_send(now)
+    assert resent

@@ -170,13 +170,18 @@ class QuicListener:
                     continue
                 touched.add(conn)
             for conn in touched:
+                quiet = False
                 try:
                     conn.process_events()
+                    quiet = not conn.quic.needs_transmit(now)
                 except Exception:
                     self.stats["panics"] += 1
                     log.exception("error processing events of connection from %s", conn.addr)
                     conn.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
-            self._dirty |= touched
+                if quiet:  # nothing to send (quic_engine.needs_transmit); the timer still moved
+                    conn.update_timer()
+                else:
+                    self._dirty.add(conn)
             self._flush()
             await trio.lowlevel.checkpoint_if_cancelled()
 

@@ -310,6 +310,10 @@ class QuicConnectionTask:
             # one sendmsg per run of equal-size datagrams (UDP GSO); drops are counted and
             # left to QUIC loss recovery
             self.listener.sender.send(datagrams)
+        self.update_timer()
+
+    def update_timer(self) -> None:
+        """Move the connection task's wake-up to aioquic's timer (after any state change)."""
         timer = self.quic.get_timer()
         self._timer_at = math.inf if timer is None else timer
         if self._timer_scope is not None:

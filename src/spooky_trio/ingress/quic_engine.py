@@ -10,7 +10,7 @@ from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicReceiveContext
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState, QuicReceiveContext
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
@@ -30,6 +30,13 @@ ACK_DELAY = 0.015
 #: ack-eliciting 1-RTT packets after which an ACK is due at once (RFC 9000 13.2.2: "SHOULD
 #: send an ACK frame after receiving at least two ack-eliciting packets")
 ACK_ELICITING_THRESHOLD = 2
+
+#: frame types whose receipt asks for no immediate reply of ours: PADDING, ACK (its effects
+#: are watched separately: declared losses, data waiting for the window it opens) and STREAM
+#: (answered by the application, which schedules its own transmit; the ACK it elicits is
+#: delayed anyway). Any other frame (PING, MAX_DATA, PATH_CHALLENGE, CRYPTO, ...) means
+#: "transmit after this burst".
+_QUIET_FRAME_TYPES = frozenset({0x00, 0x02, 0x03, *range(0x08, 0x10)})
 
 
 class _SniContext(tls.Context):
@@ -66,6 +73,9 @@ class SpookyQuicConnection(QuicConnection):
         self._eliciting_unacked = 0
         #: stream data was queued since the last datagrams_to_send: a pending ACK rides along
         self._data_queued = False
+        #: something arrived since the last datagrams_to_send that may want an answer
+        self._reply_due = True
+        self._skip_idle_transmits = self._watch_frames()
         self._identities = identities
         self._stream_window = self._configuration.max_stream_data
         #: stream id -> stream offset the application has consumed up to
@@ -100,7 +110,72 @@ class SpookyQuicConnection(QuicConnection):
         if data or end_stream:  # (aioquic's H3 layer also "sends" b"" on its QPACK streams)
             self._data_queued = True
 
+    # --- transmit only when something may be sent (see needs_transmit) ---
+
+    def _watch_frames(self) -> bool:
+        """Mark a reply due whenever a frame outside _QUIET_FRAME_TYPES is handled or a
+        packet is declared lost. False (never skip a transmit) if aioquic's internals moved."""
+        handlers = getattr(self, "_QuicConnection__frame_handlers", None)
+        original_lost = getattr(self._loss, "_on_packets_lost", None)
+        if not isinstance(handlers, dict) or original_lost is None:
+            return False
+
+        def loud(handler: Any) -> Any:
+            def handle(context: QuicReceiveContext, frame_type: int, buf: Buffer) -> Any:
+                self._reply_due = True
+                return handler(context, frame_type, buf)
+
+            return handle
+
+        for frame_type, (handler, epochs) in list(handlers.items()):
+            if frame_type not in _QUIET_FRAME_TYPES:
+                handlers[frame_type] = (loud(handler), epochs)
+
+        def on_packets_lost(*, packets: Any, **kwargs: Any) -> None:
+            packets = list(packets)
+            if packets:  # their frames are queued again: retransmit
+                self._reply_due = True
+            original_lost(packets=packets, **kwargs)
+
+        self._loss._on_packets_lost = on_packets_lost  # type: ignore[method-assign]
+        return True
+
+    def needs_transmit(self, now: float) -> bool:
+        """Whether datagrams_to_send(now) may have anything to send after a receive burst.
+
+        False only when the burst brought nothing but STREAM/ACK/PADDING frames and nothing
+        is waiting to go out: the common case of a request (its ACK is delayed, the response
+        comes later) and of the client's ACK of a response. Skipping then saves a full walk
+        of aioquic's packet builder over every stream; the caller still updates the timer.
+        Conservative: any doubt (handshake, closing, pending frames or stream data, an ACK
+        due) answers True.
+        """
+        if (
+            self._reply_due
+            or not self._skip_idle_transmits
+            or self._data_queued
+            or self._state is not QuicConnectionState.CONNECTED
+            or not self._handshake_complete
+            or self._close_pending
+            or self._probe_pending
+            or self._ping_pending
+            or self._handshake_done_pending
+            or self._retire_connection_ids
+            or self._streams_blocked_pending
+            or self._datagrams_pending
+        ):
+            return True
+        for space in self._spaces.values():
+            if space.ack_at is not None and space.ack_at <= now:
+                return True
+        for stream in self._streams.values():
+            sender = stream.sender
+            if len(sender._pending) or sender._pending_eof or sender.reset_pending or stream.receiver.stop_pending:
+                return True
+        return False
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        self._reply_due = False
         if self._data_queued:
             self._data_queued = False
             space = self._spaces.get(tls.Epoch.ONE_RTT)
