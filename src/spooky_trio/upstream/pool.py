@@ -138,15 +138,14 @@ class UpstreamPool:
 
     # -- the exchange --
 
-    @contextlib.asynccontextmanager
-    async def exchange(
+    def exchange(
         self,
         target: BackendTarget,
         request: UpstreamRequest,
         *,
         connect_timeout: float,
         response_timeout: float,
-    ) -> AsyncIterator[UpstreamResponse]:
+    ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]:
         """Send ``request`` to ``target`` and yield the response once its head arrived.
 
         The request body is pumped concurrently in a nursery inside this block. Leaving the
@@ -156,6 +155,19 @@ class UpstreamPool:
         unchanged after aborting. Raises UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout or UpstreamProtocolError (see ``upstream.errors``).
         """
+        if request.body is None and target.scheme == "http":
+            return _BodilessH1Exchange(self, target, request, connect_timeout, response_timeout)
+        return self._exchange(target, request, connect_timeout=connect_timeout, response_timeout=response_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self,
+        target: BackendTarget,
+        request: UpstreamRequest,
+        *,
+        connect_timeout: float,
+        response_timeout: float,
+    ) -> AsyncIterator[UpstreamResponse]:
         # a bodiless request has no pump and gets no nursery (nursery None; see exchange_scope)
         async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
             if target.scheme == "http":
@@ -313,3 +325,33 @@ class UpstreamPool:
             conns.remove(h2conn)
             if not conns:
                 del self._h2_conns[h2conn.target]
+
+
+class _BodilessH1Exchange:
+    """:meth:`UpstreamPool.exchange` for the most common request, a bodiless one to an
+    HTTP/1.1 backend: what ``_exchange`` does for it, without two generator-based context
+    managers (they ran once per proxied request). No body pump, so no nursery."""
+
+    __slots__ = ("_pool", "_target", "_request", "_connect_timeout", "_response_timeout", "_connection", "_response")
+
+    def __init__(self, pool: UpstreamPool, target: BackendTarget, request: UpstreamRequest, connect_timeout: float, response_timeout: float) -> None:
+        self._pool = pool
+        self._target = target
+        self._request = request
+        self._connect_timeout = connect_timeout
+        self._response_timeout = response_timeout
+
+    async def __aenter__(self) -> H1Response:
+        control = ExchangeControl(trio.CancelScope(), self._response_timeout)
+        self._connection, self._response = await self._pool._start_h1(
+            self._target, self._request, None, control, self._connect_timeout  # type: ignore[arg-type]
+        )
+        return self._response
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if not self._pool._pool_h1_nowait(self._connection, self._response):
+            # shielded: in a cancelled scope the close would raise Cancelled and replace the
+            # caller's exception (it never blocks: plain TCP close)
+            with trio.CancelScope(shield=True):
+                await self._pool._finish_h1(self._connection, self._response)
+        return False
