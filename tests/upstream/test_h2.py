@@ -279,3 +279,32 @@ async def test_goaway_fails_later_streams_and_finishes_earlier_ones(pool: Upstre
         with trio.fail_after(2):  # the connection closes once its last stream is done
             while pool.h2_connections(target):
                 await trio.sleep(0.01)
+
+
+async def test_leaving_with_a_buffered_body_returns_its_window(pool: UpstreamPool, certs_dir: Path) -> None:
+    """The whole response (head, body, end) arrives in one write; the exchange ends without
+    reading the body. Releasing the stream hands the buffered bytes back to the connection
+    window (h2 rejects stream id 0 there) and the connection keeps serving."""
+    body = b"x" * 10_000  # one DATA frame
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await tls.send_all(conn.data_to_send())
+        while data := await tls.receive_some(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(event.stream_id, [(b":status", b"200")])
+                    conn.send_data(event.stream_id, body, end_stream=True)
+            await tls.send_all(conn.data_to_send())
+
+    async with run_raw_backend(await _raw_tls(certs_dir, ["h2"], serve)) as raw:
+        target = h2_target(raw.port, certs_dir)
+        for _ in range(3):
+            async with pool.exchange(target, request("GET", "/"), connect_timeout=2, response_timeout=2) as response:
+                assert isinstance(response, H2Stream)
+                assert response.status == 200 and response.buffered_bytes == len(body)
+        conn = pool.h2_connections(target)[0]
+        assert conn.active_streams == 0 and conn.failure is None
+        assert (await fetch(pool, target, request("GET", "/"))).body == body
+        assert raw.connections == 1

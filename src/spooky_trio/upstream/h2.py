@@ -166,7 +166,7 @@ class H2Connection:
             except _H2_ERRORS:
                 pass
         stream.on_error(UpstreamProtocolError("the exchange is over"))
-        self.acknowledge(0, stream.take_unconsumed())
+        self.acknowledge(stream.stream_id, stream.take_unconsumed())
         self.kick()
         if not self._streams:
             self.idle_since = trio.current_time()
@@ -198,7 +198,8 @@ class H2Connection:
         self._kick_event.set()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
-        """Return ``size`` consumed bytes to the flow-control windows (0 = connection only)."""
+        """Return ``size`` consumed bytes of ``stream_id`` to the flow-control windows (only the
+        connection's once the stream is closed; h2 rejects stream 0)."""
         if size <= 0 or self.failure is not None:
             return
         try:
