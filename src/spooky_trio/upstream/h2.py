@@ -109,13 +109,17 @@ class H2Connection:
 
     @property
     def can_open_stream(self) -> bool:
-        """Ready, healthy, not going away, and below the server's MAX_CONCURRENT_STREAMS."""
+        """Ready, healthy, not going away, and below the server's MAX_CONCURRENT_STREAMS.
+
+        Counts our unreleased streams, a superset of h2's open ones (h2's own count walks
+        every stream it knows; it still checks on send, see :meth:`try_open_stream`).
+        """
         return (
             self.ready.is_set()
             and self.failure is None
             and not self.goaway
             and not self._closing
-            and self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams
+            and len(self._streams) < self._h2.remote_settings.max_concurrent_streams
         )
 
     def try_open_stream(self, request: UpstreamRequest) -> H2Stream | None:
@@ -132,12 +136,14 @@ class H2Connection:
             return None
         try:
             self._h2.send_headers(stream_id, request_headers(request), end_stream=request.body is None)
+        except h2.exceptions.TooManyStreamsError:
+            return None  # h2 still counts a stream we released as open
         except h2.exceptions.ProtocolError as exc:
             raise UpstreamProtocolError(f"cannot send this request over HTTP/2: {exc}") from exc
         stream = H2Stream(self, stream_id)
         stream.request_ended = request.body is None
         self._streams[stream_id] = stream
-        self.kick()
+        self._queue_output()
         return stream
 
     async def start(self, stream: H2Stream, request: UpstreamRequest, *, nursery: trio.Nursery, control: ExchangeControl) -> None:
@@ -167,7 +173,7 @@ class H2Connection:
                 pass
         stream.on_error(UpstreamProtocolError("the exchange is over"))
         self.acknowledge(stream.stream_id, stream.take_unconsumed())
-        self.kick()
+        self._queue_output()
         if not self._streams:
             self.idle_since = trio.current_time()
             if self._closing or self.goaway:
@@ -193,9 +199,17 @@ class H2Connection:
     # -- engine internals --
 
     def kick(self) -> None:
-        """Tell the writer that h2 has bytes to send."""
+        """Tell the writer that h2 (or the outbox) has bytes to send."""
         self._kick_seq += 1
         self._kick_event.set()
+
+    def _queue_output(self) -> None:
+        """Move what h2 queued to the outbox and wake the writer, only when there is some
+        (most state changes, a response's events or a small acknowledgement, send nothing)."""
+        data = self._h2.data_to_send()
+        if data:
+            self._outbox += data
+            self.kick()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """Return ``size`` consumed bytes of ``stream_id`` to the flow-control windows (only the
@@ -206,7 +220,7 @@ class H2Connection:
             self._h2.acknowledge_received_data(size, stream_id)
         except _H2_ERRORS:
             return
-        self.kick()
+        self._queue_output()
 
     def _wake_senders(self) -> None:
         event, self._send_wakeup = self._send_wakeup, trio.Event()
@@ -313,7 +327,7 @@ class H2Connection:
                     return
                 for event in events:
                     self._dispatch(event)
-                self.kick()
+                self._queue_output()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(UpstreamProtocolError(f"connection to {self.target} lost: {exc!r}"))
         except Exception as exc:  # a bug must fail this connection, not the pool
