@@ -154,3 +154,48 @@ async def test_http2_drain_sends_goaway_and_finishes_open_streams(certs_dir: Pat
         assert b"".join(f.data for f in data_frames) == b"slow ok"
         assert "END_STREAM" in data_frames[-1].flags
         assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+
+
+async def test_http2_client_gets_a_valid_head_body_and_trailers(certs_dir: Path) -> None:
+    """A strict h2 client (inbound validation on) reads head, body and trailers relayed from
+    an HTTP/2 backend over the TCP listener: the blocks we build ourselves pass its checks."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from tests.support.bootstrap import client_context, tls_connect
+
+    async with run_backend(name="h2", tls=True, certfile=certs_dir / "localhost.pem", keyfile=certs_dir / "localhost.key") as backend:
+        async with running_proxy(proxy_yaml(h2_pool(backend.port, certs_dir), certs_dir=certs_dir)) as server:
+            stream = await tls_connect(tcp_port(server), client_context(certs_dir, alpn=["h2"]))
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True))
+            conn.initiate_connection()
+            head = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/trailers"), (b":authority", b"localhost"), (b"te", b"trailers")]
+            for stream_id in (1, 3):
+                conn.send_headers(stream_id, head, end_stream=True)
+            await stream.send_all(conn.data_to_send())
+            heads: dict[int, dict[bytes, bytes]] = {}
+            bodies: dict[int, bytes] = {1: b"", 3: b""}
+            trailers: dict[int, list[tuple[bytes, bytes]]] = {}
+            ended: set[int] = set()
+            with trio.fail_after(5):
+                while ended != {1, 3}:
+                    data = await stream.receive_some(65536)
+                    assert data
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            heads[event.stream_id] = dict(event.headers)
+                        elif isinstance(event, h2.events.DataReceived):
+                            bodies[event.stream_id] += event.data
+                            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        elif isinstance(event, h2.events.TrailersReceived):
+                            trailers[event.stream_id] = list(event.headers)
+                        elif isinstance(event, h2.events.StreamEnded):
+                            ended.add(event.stream_id)
+                    await stream.send_all(conn.data_to_send())
+            await trio.aclose_forcefully(stream)
+    for stream_id in (1, 3):
+        assert heads[stream_id][b":status"] == b"200"
+        assert heads[stream_id][b"alt-svc"] == f'h3=":{tcp_port(server)}"; ma=86400'.encode()
+        assert bodies[stream_id] == b"trailer body"
+        assert trailers[stream_id] == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]

@@ -35,6 +35,7 @@ import h2.exceptions
 import h2.settings
 import trio
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
 
 from spooky_trio.http.headers import HOP_BY_HOP
@@ -54,6 +55,29 @@ SEND_HIGH_WATER = 64 * 1024
 #: may take to reach a client that stopped reading
 CLOSE_FLUSH_TIMEOUT = 10.0
 _WS_RESPONSE_DROP = frozenset({b"sec-websocket-accept"}) | HOP_BY_HOP
+#: fields an HTTP/2 response or trailer block must not carry (RFC 9113 8.2.2, and ``te``,
+#: which only requests may carry); h2's outbound normalization would drop or refuse them
+_RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"})
+#: never added to HPACK tables (h2's own rule for these, with cookies shorter than 20 bytes)
+_NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization"})
+
+
+def header_block(block: Headers, fields: Headers) -> Headers:
+    """``block`` (the ``:status`` of a head, empty for trailers) plus ``fields`` as h2's
+    outbound normalization and validation would pass them, in one pass: names lowercased,
+    values stripped of surrounding whitespace, pseudo-headers and connection-specific fields
+    dropped, credentials and short cookies never indexed. The connection switches h2's own
+    (a chain of generators per field) off."""
+    for raw_name, raw_value in fields:
+        name = raw_name.lower().strip()
+        if name in _RESPONSE_DROP or name[:1] == b":":
+            continue
+        value = raw_value.strip()
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20):
+            block.append(NeverIndexedHeaderTuple(name, value))
+        else:
+            block.append((name, value))
+    return block
 
 
 class H2RequestBody:
@@ -111,7 +135,7 @@ class H2ResponseSink:
         self.aborted = False
 
     async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
-        head = [(b":status", str(status).encode("ascii")), *self._conn.ctx.response_headers(headers)]
+        head = header_block([(b":status", str(status).encode("ascii"))], self._conn.ctx.response_headers(headers))
         self._conn.call(self._stream_id, "send_headers", head, end_stream=end_stream)
         self.headers_sent = True
         self.finished = end_stream
@@ -150,7 +174,7 @@ class H2ResponseSink:
                 await conn.wait_writer()
 
     async def send_trailers(self, trailers: Headers) -> None:
-        self._conn.call(self._stream_id, "send_headers", trailers, end_stream=True)
+        self._conn.call(self._stream_id, "send_headers", header_block([], trailers), end_stream=True)
         self.finished = True
         await self._conn.wait_written()
 
@@ -191,7 +215,14 @@ class H2ServerConnection:
         self.subject = subject
         limits = ctx.limits
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+            # header_block() builds what h2's outbound normalization and validation would pass
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.h2.local_settings = h2.settings.Settings(
             client=False,

@@ -71,7 +71,10 @@ class H2Connection:
         self._stream = stream
         self._on_idle = on_idle
         self._on_closed = on_closed
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # request_headers() builds blocks that pass h2's outbound normalization and checks
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.state_machine = _GoawayTolerantStateMachine()
         self._h2.local_settings = h2.settings.Settings(
