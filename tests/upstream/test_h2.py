@@ -365,3 +365,40 @@ async def test_request_heads_are_normalized_on_our_side(pool: UpstreamPool, cert
     assert never_indexed[0] == [b"Bearer secret-token-value", b"a=1"]
     assert second[4:] == [(b"te", b"trailers")]
     assert len(seen) == 3 and raw.connections == 1
+
+
+async def test_ping_flood_from_a_backend_that_does_not_read_stalls_the_connection(pool: UpstreamPool, certs_dir: Path) -> None:
+    """Each PING queues an ACK; a backend that floods PINGs and never reads makes the
+    connection stop reading once the ACKs back up, instead of queueing without bound."""
+    from hyperframe.frame import PingFrame
+
+    from spooky_trio.upstream.h2 import OUTBOX_LIMIT
+    from tests.integration.test_backpressure import _wait_until_stalled
+
+    sent = 0
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        nonlocal sent
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await tls.send_all(conn.data_to_send())
+        pings = PingFrame(0, opaque_data=b"12345678").serialize() * 4096
+        while True:
+            await tls.send_all(pings)
+            sent += len(pings)
+
+    async with run_raw_backend(await _raw_tls(certs_dir, ["h2"], serve)) as raw:
+        target = h2_target(raw.port, certs_dir)
+
+        async def waiting_exchange() -> None:
+            with pytest.raises((UpstreamProtocolError, UpstreamTimeout)):
+                await fetch(pool, target, request("GET", "/"), response_timeout=60)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_exchange)
+            stalled_at = await _wait_until_stalled(lambda: sent, limit=30.0)
+            (conn,) = pool.h2_connections(target)
+            queued = len(conn._outbox)  # noqa: SLF001 - the bound under test
+            nursery.cancel_scope.cancel()
+        assert stalled_at > 0 and conn.failure is None
+        assert queued < OUTBOX_LIMIT + 128 * 1024, queued

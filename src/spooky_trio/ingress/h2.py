@@ -9,7 +9,8 @@ Backpressure both ways: a request body's flow-control window is acknowledged onl
 pipeline consumes it (:meth:`H2ServerConnection.body_consumed`), and a response waits for
 the client's window before each DATA frame and, while more than :data:`SEND_HIGH_WATER`
 bytes of DATA are queued for the writer, for the writer to take them (which it does only
-once its previous ``send_all`` returned). ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
+once its previous ``send_all`` returned). The reader, likewise, stops reading while that
+much of its own output (acks of the client's PINGs and SETTINGS, resets) waits. ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
 advertised: an extended CONNECT (RFC 8441) with ``:protocol websocket`` becomes a GET with
 ``upgrade: websocket`` for the pipeline, and its sink can :meth:`open_tunnel`.
 
@@ -325,6 +326,10 @@ class H2ServerConnection:
                         self._collect()  # a GOAWAY we queued (ENHANCE_YOUR_CALM)
                         return
                 self._collect()
+                if len(self._outbox) >= SEND_HIGH_WATER:
+                    # our answers to the client's frames (PING and SETTINGS acks, resets) pile
+                    # up while it does not read: stop reading until the writer takes them
+                    await self._outbox_taken()
         self._read_scope = None
         if scope.cancelled_caught and not self.streams and self._goaway_last is None:
             self.begin_drain()  # idle: say goodbye properly
@@ -526,6 +531,10 @@ class H2ServerConnection:
         while self.unsent >= SEND_HIGH_WATER:
             if self._closed:
                 raise trio.BrokenResourceError("client connection is gone")
+            await self._taken.park()
+
+    async def _outbox_taken(self) -> None:
+        while len(self._outbox) >= SEND_HIGH_WATER and not self._closed:
             await self._taken.park()
 
     async def flush(self) -> None:

@@ -39,6 +39,10 @@ STREAM_WINDOW = 1 << 20
 #: receive window of the whole connection
 CONNECTION_WINDOW = 16 << 20
 _MAX_HEADER_LIST = 64 * 1024
+#: our queued answers to the server's frames (PING/SETTINGS acks) above which the reader
+#: stops reading until the writer sent them: a server that floods PINGs and never reads
+#: meets backpressure instead of an ever-growing queue
+OUTBOX_LIMIT = 64 * 1024
 _H2_ERRORS = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError, KeyError)
 
 
@@ -331,6 +335,8 @@ class H2Connection:
                 for event in events:
                     self._dispatch(event)
                 self._queue_output()
+                while len(self._outbox) >= OUTBOX_LIMIT and self.failure is None:
+                    await self._sent_event.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(UpstreamProtocolError(f"connection to {self.target} lost: {exc!r}"))
         except Exception as exc:  # a bug must fail this connection, not the pool
