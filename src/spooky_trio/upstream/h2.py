@@ -46,13 +46,19 @@ OUTBOX_LIMIT = 64 * 1024
 _H2_ERRORS = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError, KeyError)
 
 
+_RECV_GOAWAY = h2.connection.ConnectionInputs.RECV_GOAWAY
+_CLOSED = h2.connection.ConnectionState.CLOSED
+_process_input = h2.connection.H2ConnectionStateMachine.process_input
+
+
 class _GoawayTolerantStateMachine(h2.connection.H2ConnectionStateMachine):
     """Keep the connection state open when a GOAWAY arrives (see the module docstring)."""
 
     def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
-        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state is not h2.connection.ConnectionState.CLOSED:
+        # runs for every frame sent and received: module-level names, no super() lookup
+        if input_ is _RECV_GOAWAY and self.state is not _CLOSED:
             return []
-        return super().process_input(input_)
+        return _process_input(self, input_)
 
 
 class H2Connection:
@@ -343,22 +349,24 @@ class H2Connection:
             self._fail(UpstreamProtocolError(f"HTTP/2 reader failed: {exc!r}"))
 
     def _dispatch(self, event: h2.events.Event) -> None:
+        # a response's events first, by exact type (h2's event classes have no subclasses)
+        kind = type(event)
         stream_id = getattr(event, "stream_id", None)
         stream = self._streams.get(stream_id) if stream_id else None
-        if isinstance(event, h2.events.DataReceived):
+        if kind is h2.events.ResponseReceived:
+            if stream is not None:
+                stream.on_head(event.headers or [])
+        elif kind is h2.events.DataReceived:
             if stream is None:
                 self.acknowledge(event.stream_id, event.flow_controlled_length or 0)
             else:
                 stream.on_data(event.data or b"", event.flow_controlled_length or 0)
-        elif isinstance(event, h2.events.ResponseReceived):
+        elif kind is h2.events.StreamEnded:
             if stream is not None:
-                stream.on_head(event.headers or [])
+                stream.on_end()
         elif isinstance(event, h2.events.TrailersReceived):
             if stream is not None:
                 stream.on_trailers(event.headers or [])
-        elif isinstance(event, h2.events.StreamEnded):
-            if stream is not None:
-                stream.on_end()
         elif isinstance(event, h2.events.StreamReset):
             if stream is not None:
                 code = event.error_code
