@@ -489,10 +489,12 @@ class H2ServerConnection:
         self.kick()
 
     def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
+        """Queue RST_STREAM (unless the stream is already closed) and wake the writer."""
         try:
             self.h2.reset_stream(stream_id, code)
         except h2.exceptions.ProtocolError:
-            pass
+            return
+        self.kick()
 
     async def wait_window(self, stream_id: int) -> int:
         """Bytes we may send on the stream now (> 0), waiting for WINDOW_UPDATEs."""
