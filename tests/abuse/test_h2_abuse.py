@@ -282,3 +282,36 @@ async def test_streams_never_finished_within_the_limit_end_with_408_and_the_conn
             assert conn.goaway_code is None
             assert set(normal) == {200}
             assert await metrics.value("spooky_policy_denied_total") == denied_before + MAX_STREAMS
+
+
+async def test_ping_flood_from_a_client_that_does_not_read_stalls_the_connection(certs_dir: Path) -> None:
+    """Each PING queues an ACK; a client that floods PINGs and never reads must be met with
+    a connection that stops reading once the ACKs back up, not with an ever-growing queue."""
+    from hyperframe.frame import PingFrame
+
+    from tests.integration.test_backpressure import _wait_until_stalled
+
+    async with run_backend(name="app") as backend, abuse_proxy(h1_pool(backend.url), certs_dir) as (server, _metrics):
+        listener = server.bootstrap_listeners[0]
+        conn = await connect_h2(server, certs_dir)
+        conn.h2.initiate_connection()
+        await conn.send(conn.h2.data_to_send())
+        pings = PingFrame(0, opaque_data=b"12345678").serialize() * 4096
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            while True:
+                await conn.stream.send_all(pings)
+                sent += len(pings)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            stalled_at = await _wait_until_stalled(lambda: sent, limit=30.0)
+            (h2conn,) = listener.connections
+            queued = len(h2conn._outbox)  # noqa: SLF001 - the bound under test
+            nursery.cancel_scope.cancel()
+        # socket buffers hold the rest; what the proxy itself queued stays near the bound
+        assert queued < 256 * 1024, queued
+        assert stalled_at > 0
+        await trio.aclose_forcefully(conn.stream)

@@ -10,6 +10,7 @@ import trio
 
 from spooky_trio.ingress.bootstrap import BootstrapLimits, ServeContext
 from spooky_trio.ingress.h1 import raw_response
+from spooky_trio.ingress.h2 import header_block
 from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, classify_handshake_failure, client_headers, escape_subject
 from spooky_trio.proxy.errors import ProxyError
 from spooky_trio.proxy.tunnel import websocket_accept
@@ -70,3 +71,34 @@ def test_raw_response_is_complete_and_closing() -> None:
 
 def test_websocket_accept_matches_rfc6455_example() -> None:
     assert websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_http2_header_blocks_are_normalized_in_one_pass() -> None:
+    """h2's outbound normalization and validation are off for responses: header_block does
+    what they did (lowercase, strip, drop what HTTP/2 forbids, never index credentials)."""
+    from hpack import NeverIndexedHeaderTuple
+
+    fields = [
+        (b"Content-Type", b" text/plain "),
+        (b"connection", b"close"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"h2c"),
+        (b"te", b"trailers"),
+        (b":status", b"500"),
+        (b"authorization", b"Basic abc"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"long-enough-cookie=1234567890"),
+        (b"set-cookie", b"s=1"),
+    ]
+    block = header_block([(b":status", b"200")], fields)
+    assert block == [
+        (b":status", b"200"),
+        (b"content-type", b"text/plain"),
+        (b"authorization", b"Basic abc"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"long-enough-cookie=1234567890"),
+        (b"set-cookie", b"s=1"),
+    ]
+    assert [type(h) is NeverIndexedHeaderTuple for h in block] == [False, False, True, True, False, False]
+    assert header_block([], [(b"Grpc-Status", b"0 "), (b":path", b"/")]) == [(b"grpc-status", b"0")]

@@ -110,3 +110,53 @@ performance:
                     release.set()
             assert result["status"] == 200
             assert result["body"] == str(total).encode()
+
+
+async def test_slow_http2_client_on_the_tcp_listener_holds_back_a_large_download(certs_dir: Path) -> None:
+    """HTTP/2 over the bootstrap listener with flow-control windows too large to matter: only
+    the proxy's own send buffering (a bounded queue ahead of one socket write) and the socket
+    buffers may stand between a client that stops reading and the backend."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    from tests.support.bootstrap import client_context, tls_connect
+
+    total = 40 * MiB
+    async with run_backend(name="big") as backend:
+        pools = f'app:\n  route:\n    path_prefix: "/"\n  backends:\n    - id: "big"\n      address: "{backend.url}"\n'
+        extra = "performance:\n  backend_body_idle_timeout_ms: 30000\n  backend_timeout_ms: 30000\n"
+        async with running_proxy(proxy_yaml(pools, certs_dir=certs_dir, extra=extra)) as server:
+            stream = await tls_connect(server.bootstrap_listeners[0].port, client_context(certs_dir, alpn=["h2"]))
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+            conn.local_settings = h2.settings.Settings(client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            conn.initiate_connection()
+            conn.increment_flow_control_window(2**31 - 1 - 65535)
+            conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", f"/bytes/{total}".encode()), (b":authority", b"localhost")], end_stream=True)
+            await stream.send_all(conn.data_to_send())
+            received, status, ended = 0, None, False
+            with trio.fail_after(10):
+                while status is None:
+                    for event in conn.receive_data(await stream.receive_some(65536)):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            status = dict(event.headers)[b":status"]
+                        elif isinstance(event, h2.events.DataReceived):
+                            received += len(event.data)
+            assert status == b"200"
+            await backend.wait_for_requests(1)
+            record = backend.requests[0]
+            stalled_at = await _wait_until_stalled(lambda: record.get("sent", 0))
+            # socket buffers and the proxy's bounded send queue, not the windows, bound this
+            assert stalled_at < 8 * MiB, stalled_at
+            with trio.fail_after(30):
+                while not ended:
+                    data = await stream.receive_some(1 << 20)
+                    assert data
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.DataReceived):
+                            received += len(event.data)
+                        elif isinstance(event, h2.events.StreamEnded):
+                            ended = True
+            assert received == total and record["sent"] == total
+            await trio.aclose_forcefully(stream)

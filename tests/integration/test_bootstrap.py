@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import ssl
+import struct
 from pathlib import Path
 
 import httpx
@@ -154,3 +156,82 @@ async def test_http2_drain_sends_goaway_and_finishes_open_streams(certs_dir: Pat
         assert b"".join(f.data for f in data_frames) == b"slow ok"
         assert "END_STREAM" in data_frames[-1].flags
         assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+
+
+async def test_http2_client_gets_a_valid_head_body_and_trailers(certs_dir: Path) -> None:
+    """A strict h2 client (inbound validation on) reads head, body and trailers relayed from
+    an HTTP/2 backend over the TCP listener: the blocks we build ourselves pass its checks."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from tests.support.bootstrap import client_context, tls_connect
+
+    async with run_backend(name="h2", tls=True, certfile=certs_dir / "localhost.pem", keyfile=certs_dir / "localhost.key") as backend:
+        async with running_proxy(proxy_yaml(h2_pool(backend.port, certs_dir), certs_dir=certs_dir)) as server:
+            stream = await tls_connect(tcp_port(server), client_context(certs_dir, alpn=["h2"]))
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True))
+            conn.initiate_connection()
+            head = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/trailers"), (b":authority", b"localhost"), (b"te", b"trailers")]
+            for stream_id in (1, 3):
+                conn.send_headers(stream_id, head, end_stream=True)
+            await stream.send_all(conn.data_to_send())
+            heads: dict[int, dict[bytes, bytes]] = {}
+            bodies: dict[int, bytes] = {1: b"", 3: b""}
+            trailers: dict[int, list[tuple[bytes, bytes]]] = {}
+            ended: set[int] = set()
+            with trio.fail_after(5):
+                while ended != {1, 3}:
+                    data = await stream.receive_some(65536)
+                    assert data
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            heads[event.stream_id] = dict(event.headers)
+                        elif isinstance(event, h2.events.DataReceived):
+                            bodies[event.stream_id] += event.data
+                            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        elif isinstance(event, h2.events.TrailersReceived):
+                            trailers[event.stream_id] = list(event.headers)
+                        elif isinstance(event, h2.events.StreamEnded):
+                            ended.add(event.stream_id)
+                    await stream.send_all(conn.data_to_send())
+            await trio.aclose_forcefully(stream)
+    for stream_id in (1, 3):
+        assert heads[stream_id][b":status"] == b"200"
+        assert heads[stream_id][b"alt-svc"] == f'h3=":{tcp_port(server)}"; ma=86400'.encode()
+        assert bodies[stream_id] == b"trailer body"
+        assert trailers[stream_id] == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]
+
+
+async def test_http2_client_vanishing_mid_download_frees_the_connection(certs_dir: Path) -> None:
+    """The client stops reading a large download and then drops the TCP connection: the
+    connection's writer fails, the connection ends, its request stops counting as in flight,
+    and the listener serves the next client."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from tests.support.bootstrap import client_context, tls_connect
+
+    async with run_backend(name="big") as backend:
+        async with running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir)) as server:
+            listener = server.bootstrap_listeners[0]
+            stream = await tls_connect(tcp_port(server), client_context(certs_dir, alpn=["h2"]))
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+            conn.initiate_connection()
+            conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", f"/bytes/{64 * MiB}".encode()), (b":authority", b"localhost")], end_stream=True)
+            await stream.send_all(conn.data_to_send())
+            await backend.wait_for_requests(1)
+            with trio.fail_after(5):
+                while not any(isinstance(e, h2.events.ResponseReceived) for e in conn.receive_data(await stream.receive_some(65536))):
+                    pass
+            assert server.activity.count == 1 and len(listener.connections) == 1
+            stream.transport_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await trio.aclose_forcefully(stream)  # RST: the proxy's next write fails
+            with trio.fail_after(10):
+                await server.activity.wait_idle()
+                while listener.connections:
+                    await trio.sleep(0.01)
+            async with http_client(certs_dir, http2=True) as client:
+                r = await client.get(f"https://localhost:{tcp_port(server)}/bytes/1000")
+                assert r.status_code == 200 and r.content == pattern_bytes(1000)

@@ -279,3 +279,126 @@ async def test_goaway_fails_later_streams_and_finishes_earlier_ones(pool: Upstre
         with trio.fail_after(2):  # the connection closes once its last stream is done
             while pool.h2_connections(target):
                 await trio.sleep(0.01)
+
+
+async def test_leaving_with_a_buffered_body_returns_its_window(pool: UpstreamPool, certs_dir: Path) -> None:
+    """The whole response (head, body, end) arrives in one write; the exchange ends without
+    reading the body. Releasing the stream hands the buffered bytes back to the connection
+    window (h2 rejects stream id 0 there) and the connection keeps serving."""
+    body = b"x" * 10_000  # one DATA frame
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await tls.send_all(conn.data_to_send())
+        while data := await tls.receive_some(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(event.stream_id, [(b":status", b"200")])
+                    conn.send_data(event.stream_id, body, end_stream=True)
+            await tls.send_all(conn.data_to_send())
+
+    async with run_raw_backend(await _raw_tls(certs_dir, ["h2"], serve)) as raw:
+        target = h2_target(raw.port, certs_dir)
+        for _ in range(3):
+            async with pool.exchange(target, request("GET", "/"), connect_timeout=2, response_timeout=2) as response:
+                assert isinstance(response, H2Stream)
+                assert response.status == 200 and response.buffered_bytes == len(body)
+        conn = pool.h2_connections(target)[0]
+        assert conn.active_streams == 0 and conn.failure is None
+        assert (await fetch(pool, target, request("GET", "/"))).body == body
+        assert raw.connections == 1
+
+
+async def test_request_heads_are_normalized_on_our_side(pool: UpstreamPool, certs_dir: Path) -> None:
+    """h2's outbound normalization is off (request_headers does it): what the backend decodes
+    is lowercased, stripped, free of connection-specific fields, with te only as trailers
+    and credentials never indexed in HPACK; requests h2 would refuse fail cleanly."""
+    from hpack import NeverIndexedHeaderTuple
+
+    seen: list[list[tuple[bytes, bytes]]] = []
+    never_indexed: list[list[bytes]] = []
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        # inbound validation on (it checks the block), normalization off: cookies stay apart
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, normalize_inbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        await tls.send_all(conn.data_to_send())
+        while data := await tls.receive_some(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    seen.append([(bytes(n), bytes(v)) for n, v in event.headers])
+                    never_indexed.append([bytes(v) for n, v in (h for h in event.headers if isinstance(h, NeverIndexedHeaderTuple))])
+                    conn.send_headers(event.stream_id, [(b":status", b"204")], end_stream=True)
+            await tls.send_all(conn.data_to_send())
+
+    sent = [
+        (b"X-Mixed-Case", b"  padded value \t"),
+        (b"connection", b"keep-alive, x-hop"),
+        (b"keep-alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"h2c"),
+        (b"host", b"other.test"),
+        (b"te", b"gzip"),
+        (b"authorization", b"Bearer secret-token-value"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"session=a-long-enough-cookie-value"),
+    ]
+    async with run_raw_backend(await _raw_tls(certs_dir, ["h2"], serve)) as raw:
+        target = h2_target(raw.port, certs_dir)
+        assert (await fetch(pool, target, request("GET", "/p?q=1", headers=sent))).status == 204
+        assert (await fetch(pool, target, request("GET", "/p", headers=[(b"TE", b" Trailers ")]))).status == 204
+        for method, path in (("CONNECT", "/"), ("GET", "")):
+            with pytest.raises(UpstreamProtocolError):
+                await fetch(pool, target, request(method, path))
+        assert (await fetch(pool, target, request("GET", "/again"))).status == 204
+    first, second = seen[0], seen[1]
+    assert first[:4] == [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"backend.test"), (b":path", b"/p?q=1")]
+    assert first[4:] == [
+        (b"x-mixed-case", b"padded value"),
+        (b"authorization", b"Bearer secret-token-value"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"session=a-long-enough-cookie-value"),
+        (b"te", b"trailers"),
+    ]
+    assert never_indexed[0] == [b"Bearer secret-token-value", b"a=1"]
+    assert second[4:] == [(b"te", b"trailers")]
+    assert len(seen) == 3 and raw.connections == 1
+
+
+async def test_ping_flood_from_a_backend_that_does_not_read_stalls_the_connection(pool: UpstreamPool, certs_dir: Path) -> None:
+    """Each PING queues an ACK; a backend that floods PINGs and never reads makes the
+    connection stop reading once the ACKs back up, instead of queueing without bound."""
+    from hyperframe.frame import PingFrame
+
+    from spooky_trio.upstream.h2 import OUTBOX_LIMIT
+    from tests.integration.test_backpressure import _wait_until_stalled
+
+    sent = 0
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        nonlocal sent
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await tls.send_all(conn.data_to_send())
+        pings = PingFrame(0, opaque_data=b"12345678").serialize() * 4096
+        while True:
+            await tls.send_all(pings)
+            sent += len(pings)
+
+    async with run_raw_backend(await _raw_tls(certs_dir, ["h2"], serve)) as raw:
+        target = h2_target(raw.port, certs_dir)
+
+        async def waiting_exchange() -> None:
+            with pytest.raises((UpstreamProtocolError, UpstreamTimeout)):
+                await fetch(pool, target, request("GET", "/"), response_timeout=60)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_exchange)
+            stalled_at = await _wait_until_stalled(lambda: sent, limit=30.0)
+            (conn,) = pool.h2_connections(target)
+            queued = len(conn._outbox)  # noqa: SLF001 - the bound under test
+            nursery.cancel_scope.cancel()
+        assert stalled_at > 0 and conn.failure is None
+        assert queued < OUTBOX_LIMIT + 128 * 1024, queued

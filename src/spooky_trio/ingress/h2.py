@@ -1,8 +1,16 @@
-"""HTTP/2 ingress on a TLS stream (h2): one reader per connection, one task per stream.
+"""HTTP/2 ingress on a TLS stream (h2): one reader and one writer per connection, one task per stream.
+
+Stream tasks never touch the socket: they change the h2 state synchronously and wake the
+writer (:meth:`H2ServerConnection.kick`), which sends everything queued by then in one
+``send_all``, so the frames of many streams (and a stream's HEADERS and DATA) share one TLS
+record and one syscall instead of one each.
 
 Backpressure both ways: a request body's flow-control window is acknowledged only as the
 pipeline consumes it (:meth:`H2ServerConnection.body_consumed`), and a response waits for
-the client's window before each DATA frame. ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
+the client's window before each DATA frame and, while more than :data:`SEND_HIGH_WATER`
+bytes of DATA are queued for the writer, for the writer to take them (which it does only
+once its previous ``send_all`` returned). The reader, likewise, stops reading while that
+much of its own output (acks of the client's PINGs and SETTINGS, resets) waits. ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
 advertised: an extended CONNECT (RFC 8441) with ``:protocol websocket`` becomes a GET with
 ``upgrade: websocket`` for the pipeline, and its sink can :meth:`open_tunnel`.
 
@@ -28,6 +36,7 @@ import h2.exceptions
 import h2.settings
 import trio
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
 
 from spooky_trio.http.headers import HOP_BY_HOP
@@ -41,7 +50,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("spooky.ingress.h2")
 
 RECEIVE_SIZE = 64 * 1024
+#: queued DATA bytes (not yet taken by the writer) above which a response waits for the writer
+SEND_HIGH_WATER = 64 * 1024
+#: how long the frames still queued when the connection ends (a response's tail, a GOAWAY)
+#: may take to reach a client that stopped reading
+CLOSE_FLUSH_TIMEOUT = 10.0
 _WS_RESPONSE_DROP = frozenset({b"sec-websocket-accept"}) | HOP_BY_HOP
+#: fields an HTTP/2 response or trailer block must not carry (RFC 9113 8.2.2, and ``te``,
+#: which only requests may carry); h2's outbound normalization would drop or refuse them
+_RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"})
+#: never added to HPACK tables (h2's own rule for these, with cookies shorter than 20 bytes)
+_NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization"})
+
+
+def header_block(block: Headers, fields: Headers) -> Headers:
+    """``block`` (the ``:status`` of a head, empty for trailers) plus ``fields`` as h2's
+    outbound normalization and validation would pass them, in one pass: names lowercased,
+    values stripped of surrounding whitespace, pseudo-headers and connection-specific fields
+    dropped, credentials and short cookies never indexed. The connection switches h2's own
+    (a chain of generators per field) off."""
+    for raw_name, raw_value in fields:
+        name = raw_name.lower().strip()
+        if name in _RESPONSE_DROP or name[:1] == b":":
+            continue
+        value = raw_value.strip()
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20):
+            block.append(NeverIndexedHeaderTuple(name, value))
+        else:
+            block.append((name, value))
+    return block
 
 
 class H2RequestBody:
@@ -78,7 +115,7 @@ class H2RequestBody:
                 raise self._error
             while self._chunks:
                 chunk, flow_length = self._chunks.popleft()
-                await self._conn.body_consumed(self._stream_id, flow_length)
+                self._conn.body_consumed(self._stream_id, flow_length)
                 if chunk:
                     return chunk
             if self.ended:
@@ -99,29 +136,48 @@ class H2ResponseSink:
         self.aborted = False
 
     async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
-        head = [(b":status", str(status).encode("ascii")), *self._conn.ctx.response_headers(headers)]
+        head = header_block([(b":status", str(status).encode("ascii"))], self._conn.ctx.response_headers(headers))
         self._conn.call(self._stream_id, "send_headers", head, end_stream=end_stream)
         self.headers_sent = True
         self.finished = end_stream
-        await self._conn.flush()
+        if end_stream:
+            await self._conn.wait_written()
 
     async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
-        conn = self._conn
-        view = memoryview(data)
-        while view:
-            window = await conn.wait_window(self._stream_id)
-            conn.call(self._stream_id, "send_data", bytes(view[:window]))
-            view = view[window:]
-            await conn.flush()
-        if end_stream:
-            conn.call(self._stream_id, "end_stream")
-            self.finished = True
-            await conn.flush()
+        """Queue ``data`` as DATA frames within the client's windows; the last frame carries
+        END_STREAM (no separate empty frame), and with it we wait until the writer wrote the
+        response's end (the response is over for drain and accounting only then)."""
+        conn, stream_id = self._conn, self._stream_id
+        total = len(data)
+        if not total:
+            if end_stream:
+                conn.call(stream_id, "end_stream")
+                self.finished = True
+                await conn.wait_written()
+            return
+        view = memoryview(data) if total > RECEIVE_SIZE else None
+        offset = 0
+        while offset < total:
+            window = await conn.wait_window(stream_id)
+            end = offset + window
+            last = end >= total
+            if view is None:
+                chunk = data if offset == 0 and last else data[offset:end]
+            else:
+                chunk = view[offset:end].tobytes()
+            conn.call(stream_id, "send_data", chunk, end_stream=end_stream and last)
+            offset = end
+            conn.unsent += len(chunk)
+            if end_stream and last:
+                self.finished = True
+                await conn.wait_written()
+            elif conn.unsent >= SEND_HIGH_WATER:
+                await conn.wait_writer()
 
     async def send_trailers(self, trailers: Headers) -> None:
-        self._conn.call(self._stream_id, "send_headers", trailers, end_stream=True)
+        self._conn.call(self._stream_id, "send_headers", header_block([], trailers), end_stream=True)
         self.finished = True
-        await self._conn.flush()
+        await self._conn.wait_written()
 
     def reset(self, reason: str) -> None:
         if self.finished or self.aborted:
@@ -160,7 +216,14 @@ class H2ServerConnection:
         self.subject = subject
         limits = ctx.limits
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+            # header_block() builds what h2's outbound normalization and validation would pass
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.h2.local_settings = h2.settings.Settings(
             client=False,
@@ -174,11 +237,19 @@ class H2ServerConnection:
         )
         self.streams: dict[int, _Stream] = {}
         self._nursery: trio.Nursery | None = None
-        self._send_lock = trio.Lock()
         self._window_changed = trio.lowlevel.ParkingLot()
+        #: DATA bytes queued in h2 that the writer has not taken yet (see SEND_HIGH_WATER)
+        self.unsent = 0
+        self._kick_seq = 0
+        self._written_seq = 0
+        self._kick_event = trio.Event()
+        #: woken when the writer takes the queued bytes (wait_writer) and when it wrote them (flush)
+        self._taken = trio.lowlevel.ParkingLot()
+        self._written = trio.lowlevel.ParkingLot()
         self._read_scope: trio.CancelScope | None = None
         self._goaway_last: int | None = None
-        self._pending_raw = b""
+        #: bytes to write before what h2 holds now (h2's output moved here, our own GOAWAY)
+        self._outbox = bytearray()
         self._closed = False
         self._any_request = False
         #: client resets of unfinished streams minus responses finished normally (see module doc)
@@ -193,16 +264,23 @@ class H2ServerConnection:
             extra = self.ctx.limits.h2_connection_window - 65535
             if extra > 0:
                 self.h2.increment_flow_control_window(extra)
+            # our SETTINGS go first, before a GOAWAY queued by a drain that began earlier
+            self._outbox[:0] = self.h2.data_to_send()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._writer)
                 try:
-                    await self.flush()
+                    self.kick()
                     await self._read_loop()
+                    with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+                        await self.flush()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
                 finally:
                     self._closed = True
                     self._window_changed.unpark_all()
+                    self._taken.unpark_all()
+                    self._written.unpark_all()
                     nursery.cancel_scope.cancel()
         finally:
             with trio.move_on_after(1.0) as scope:
@@ -214,33 +292,47 @@ class H2ServerConnection:
         return self._goaway_last is not None and not self.streams
 
     async def _read_loop(self) -> None:
+        """Read and dispatch until the connection is over; what it queued (a GOAWAY) is
+        written by the caller's final :meth:`flush`.
+
+        One cancel scope serves the whole loop: its deadline is the idle timeout while no
+        stream is open, and it is cancelled when a drain completes (:meth:`_finish_stream`).
+        Either way the connection is over: an idle connection with no streams gets GOAWAY,
+        after which it is done.
+        """
         limits = self.ctx.limits
-        while not self._done():
-            idle = limits.keepalive_timeout if self._any_request else limits.header_timeout
-            deadline = float("inf") if self.streams else trio.current_time() + idle
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._read_scope = scope
+        never = float("inf")
+        with trio.CancelScope() as scope:
+            self._read_scope = scope
+            while not self._done():
+                if self.streams:
+                    if scope.deadline != never:
+                        scope.deadline = never
+                else:
+                    idle = limits.keepalive_timeout if self._any_request else limits.header_timeout
+                    scope.deadline = trio.current_time() + idle
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-            self._read_scope = None
-            if scope.cancelled_caught:
-                if not self.streams and self._goaway_last is None:
-                    self.begin_drain()  # idle: say goodbye properly
-                    await self.flush()
-                continue
-            if not data:
-                return
-            try:
-                events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                log.debug("HTTP/2 protocol error from %s: %s", self.client_address, exc)
-                self.ctx.stats["h2_protocol_errors"] += 1
-                await self.flush()  # h2 queued a GOAWAY
-                return
-            for event in events:
-                if not self._on_event(event):
-                    await self.flush()  # a GOAWAY we queued (ENHANCE_YOUR_CALM)
+                if not data:
                     return
-            await self.flush()
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError as exc:
+                    log.debug("HTTP/2 protocol error from %s: %s", self.client_address, exc)
+                    self.ctx.stats["h2_protocol_errors"] += 1
+                    self._collect()  # h2 queued a GOAWAY
+                    return
+                for event in events:
+                    if not self._on_event(event):
+                        self._collect()  # a GOAWAY we queued (ENHANCE_YOUR_CALM)
+                        return
+                self._collect()
+                if len(self._outbox) >= SEND_HIGH_WATER:
+                    # our answers to the client's frames (PING and SETTINGS acks, resets) pile
+                    # up while it does not read: stop reading until the writer takes them
+                    await self._outbox_taken()
+        self._read_scope = None
+        if scope.cancelled_caught and not self.streams and self._goaway_last is None:
+            self.begin_drain()  # idle: say goodbye properly
 
     def _on_event(self, event: h2.events.Event) -> bool:
         """Handle one event; False when the connection is over."""
@@ -380,14 +472,13 @@ class H2ServerConnection:
             self.h2.acknowledge_received_data(body.unconsumed, stream_id)
         if self._done() and self._read_scope is not None:
             self._read_scope.cancel()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._flush_in_background)
+        self.kick()
 
     # --- send path ---
 
     def call(self, stream_id: int, method: str, *args: object, **kwargs: object) -> None:
-        """Call an ``H2Connection`` send method; a stream the client reset (or a closed
-        connection) becomes :class:`trio.BrokenResourceError` for the pipeline."""
+        """Call an ``H2Connection`` send method and wake the writer; a stream the client reset
+        (or a closed connection) becomes :class:`trio.BrokenResourceError` for the pipeline."""
         stream = self.streams.get(stream_id)
         if self._closed or (stream is not None and stream.sink.aborted):
             raise trio.BrokenResourceError("client stream or connection is gone")
@@ -395,12 +486,15 @@ class H2ServerConnection:
             getattr(self.h2, method)(stream_id, *args, **kwargs)
         except h2.exceptions.ProtocolError as exc:
             raise trio.BrokenResourceError(f"cannot {method} on stream {stream_id}: {exc}") from exc
+        self.kick()
 
     def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
+        """Queue RST_STREAM (unless the stream is already closed) and wake the writer."""
         try:
             self.h2.reset_stream(stream_id, code)
         except h2.exceptions.ProtocolError:
-            pass
+            return
+        self.kick()
 
     async def wait_window(self, stream_id: int) -> int:
         """Bytes we may send on the stream now (> 0), waiting for WINDOW_UPDATEs."""
@@ -416,25 +510,79 @@ class H2ServerConnection:
                 return min(window, self.h2.max_outbound_frame_size)
             await self._window_changed.park()
 
-    async def body_consumed(self, stream_id: int, flow_length: int) -> None:
+    def body_consumed(self, stream_id: int, flow_length: int) -> None:
         """The pipeline took ``flow_length`` flow-controlled bytes: let the client send more."""
         if flow_length and not self._closed:
             self.h2.acknowledge_received_data(flow_length, stream_id)
-            await self.flush()
+            self.kick()
+
+    def _collect(self) -> None:
+        """Move what h2 queued to the outbox and wake the writer (only when there is some)."""
+        data = self.h2.data_to_send()
+        if data:
+            self._outbox += data
+            self.kick()
+
+    def kick(self) -> None:
+        """Tell the writer that h2 (or the outbox) has bytes to send."""
+        self._kick_seq += 1
+        self._kick_event.set()
+
+    async def wait_writer(self) -> None:
+        """Wait until the writer took the queued DATA (below :data:`SEND_HIGH_WATER`)."""
+        while self.unsent >= SEND_HIGH_WATER:
+            if self._closed:
+                raise trio.BrokenResourceError("client connection is gone")
+            await self._taken.park()
+
+    async def _outbox_taken(self) -> None:
+        while len(self._outbox) >= SEND_HIGH_WATER and not self._closed:
+            await self._taken.park()
 
     async def flush(self) -> None:
-        """Write everything h2 (and a pending GOAWAY) has queued; one writer at a time."""
-        async with self._send_lock:
-            data = self.h2.data_to_send() + self._pending_raw
-            self._pending_raw = b""
-            if data:
-                await self.stream.send_all(data)
+        """Wait until everything queued so far was written (or the connection closed)."""
+        target = self._kick_seq
+        while self._written_seq < target and not self._closed:
+            await self._written.park()
 
-    async def _flush_in_background(self) -> None:
+    async def wait_written(self) -> None:
+        """Wait until everything queued so far was written; raises
+        :class:`trio.BrokenResourceError` if the connection closed first."""
+        target = self._kick_seq
+        while self._written_seq < target:
+            if self._closed:
+                raise trio.BrokenResourceError("client connection is gone")
+            await self._written.park()
+
+    async def _writer(self) -> None:
+        """Send what h2 (and a pending GOAWAY) queued, all of it in one ``send_all``; a
+        failed write closes the connection (the pipeline's sends then fail as before)."""
         try:
-            await self.flush()
+            while True:
+                if self._written_seq == self._kick_seq:
+                    self._kick_event = trio.Event()
+                    await self._kick_event.wait()
+                    continue
+                seq = self._kick_seq
+                data = self.h2.data_to_send()
+                if self._outbox:  # queued before what h2 holds now
+                    data = bytes(self._outbox) + data
+                    self._outbox.clear()
+                self.unsent = 0
+                if self._taken:
+                    self._taken.unpark_all()
+                if data:
+                    await self.stream.send_all(data)
+                self._written_seq = seq
+                if self._written:
+                    self._written.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the reader notices the broken connection and ends it
+            self._closed = True  # the client went away: end the connection
+            self._taken.unpark_all()
+            self._written.unpark_all()
+            self._window_changed.unpark_all()
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
 
     def begin_drain(self) -> None:
         """GOAWAY naming the last stream we accepted; close once those streams are done.
@@ -445,8 +593,8 @@ class H2ServerConnection:
         if self._goaway_last is not None:
             return
         self._goaway_last = self.h2.highest_inbound_stream_id
-        self._pending_raw += GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0).serialize()
-        if self._nursery is not None and not self._closed:
-            self._nursery.start_soon(self._flush_in_background)
+        self._outbox += self.h2.data_to_send()
+        self._outbox += GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0).serialize()
+        self.kick()
         if self._done() and self._read_scope is not None:
             self._read_scope.cancel()

@@ -39,16 +39,26 @@ STREAM_WINDOW = 1 << 20
 #: receive window of the whole connection
 CONNECTION_WINDOW = 16 << 20
 _MAX_HEADER_LIST = 64 * 1024
+#: our queued answers to the server's frames (PING/SETTINGS acks) above which the reader
+#: stops reading until the writer sent them: a server that floods PINGs and never reads
+#: meets backpressure instead of an ever-growing queue
+OUTBOX_LIMIT = 64 * 1024
 _H2_ERRORS = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError, KeyError)
+
+
+_RECV_GOAWAY = h2.connection.ConnectionInputs.RECV_GOAWAY
+_CLOSED = h2.connection.ConnectionState.CLOSED
+_process_input = h2.connection.H2ConnectionStateMachine.process_input
 
 
 class _GoawayTolerantStateMachine(h2.connection.H2ConnectionStateMachine):
     """Keep the connection state open when a GOAWAY arrives (see the module docstring)."""
 
     def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
-        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state is not h2.connection.ConnectionState.CLOSED:
+        # runs for every frame sent and received: module-level names, no super() lookup
+        if input_ is _RECV_GOAWAY and self.state is not _CLOSED:
             return []
-        return super().process_input(input_)
+        return _process_input(self, input_)
 
 
 class H2Connection:
@@ -71,7 +81,10 @@ class H2Connection:
         self._stream = stream
         self._on_idle = on_idle
         self._on_closed = on_closed
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # request_headers() builds blocks that pass h2's outbound normalization and checks
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.state_machine = _GoawayTolerantStateMachine()
         self._h2.local_settings = h2.settings.Settings(
@@ -109,13 +122,17 @@ class H2Connection:
 
     @property
     def can_open_stream(self) -> bool:
-        """Ready, healthy, not going away, and below the server's MAX_CONCURRENT_STREAMS."""
+        """Ready, healthy, not going away, and below the server's MAX_CONCURRENT_STREAMS.
+
+        Counts our unreleased streams, a superset of h2's open ones (h2's own count walks
+        every stream it knows; it still checks on send, see :meth:`try_open_stream`).
+        """
         return (
             self.ready.is_set()
             and self.failure is None
             and not self.goaway
             and not self._closing
-            and self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams
+            and len(self._streams) < self._h2.remote_settings.max_concurrent_streams
         )
 
     def try_open_stream(self, request: UpstreamRequest) -> H2Stream | None:
@@ -132,12 +149,14 @@ class H2Connection:
             return None
         try:
             self._h2.send_headers(stream_id, request_headers(request), end_stream=request.body is None)
+        except h2.exceptions.TooManyStreamsError:
+            return None  # h2 still counts a stream we released as open
         except h2.exceptions.ProtocolError as exc:
             raise UpstreamProtocolError(f"cannot send this request over HTTP/2: {exc}") from exc
         stream = H2Stream(self, stream_id)
         stream.request_ended = request.body is None
         self._streams[stream_id] = stream
-        self.kick()
+        self._queue_output()
         return stream
 
     async def start(self, stream: H2Stream, request: UpstreamRequest, *, nursery: trio.Nursery, control: ExchangeControl) -> None:
@@ -166,8 +185,8 @@ class H2Connection:
             except _H2_ERRORS:
                 pass
         stream.on_error(UpstreamProtocolError("the exchange is over"))
-        self.acknowledge(0, stream.take_unconsumed())
-        self.kick()
+        self.acknowledge(stream.stream_id, stream.take_unconsumed())
+        self._queue_output()
         if not self._streams:
             self.idle_since = trio.current_time()
             if self._closing or self.goaway:
@@ -193,19 +212,28 @@ class H2Connection:
     # -- engine internals --
 
     def kick(self) -> None:
-        """Tell the writer that h2 has bytes to send."""
+        """Tell the writer that h2 (or the outbox) has bytes to send."""
         self._kick_seq += 1
         self._kick_event.set()
 
+    def _queue_output(self) -> None:
+        """Move what h2 queued to the outbox and wake the writer, only when there is some
+        (most state changes, a response's events or a small acknowledgement, send nothing)."""
+        data = self._h2.data_to_send()
+        if data:
+            self._outbox += data
+            self.kick()
+
     def acknowledge(self, stream_id: int, size: int) -> None:
-        """Return ``size`` consumed bytes to the flow-control windows (0 = connection only)."""
+        """Return ``size`` consumed bytes of ``stream_id`` to the flow-control windows (only the
+        connection's once the stream is closed; h2 rejects stream 0)."""
         if size <= 0 or self.failure is not None:
             return
         try:
             self._h2.acknowledge_received_data(size, stream_id)
         except _H2_ERRORS:
             return
-        self.kick()
+        self._queue_output()
 
     def _wake_senders(self) -> None:
         event, self._send_wakeup = self._send_wakeup, trio.Event()
@@ -312,29 +340,33 @@ class H2Connection:
                     return
                 for event in events:
                     self._dispatch(event)
-                self.kick()
+                self._queue_output()
+                while len(self._outbox) >= OUTBOX_LIMIT and self.failure is None:
+                    await self._sent_event.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(UpstreamProtocolError(f"connection to {self.target} lost: {exc!r}"))
         except Exception as exc:  # a bug must fail this connection, not the pool
             self._fail(UpstreamProtocolError(f"HTTP/2 reader failed: {exc!r}"))
 
     def _dispatch(self, event: h2.events.Event) -> None:
+        # a response's events first, by exact type (h2's event classes have no subclasses)
+        kind = type(event)
         stream_id = getattr(event, "stream_id", None)
         stream = self._streams.get(stream_id) if stream_id else None
-        if isinstance(event, h2.events.DataReceived):
+        if kind is h2.events.ResponseReceived:
+            if stream is not None:
+                stream.on_head(event.headers or [])
+        elif kind is h2.events.DataReceived:
             if stream is None:
                 self.acknowledge(event.stream_id, event.flow_controlled_length or 0)
             else:
                 stream.on_data(event.data or b"", event.flow_controlled_length or 0)
-        elif isinstance(event, h2.events.ResponseReceived):
+        elif kind is h2.events.StreamEnded:
             if stream is not None:
-                stream.on_head(event.headers or [])
+                stream.on_end()
         elif isinstance(event, h2.events.TrailersReceived):
             if stream is not None:
                 stream.on_trailers(event.headers or [])
-        elif isinstance(event, h2.events.StreamEnded):
-            if stream is not None:
-                stream.on_end()
         elif isinstance(event, h2.events.StreamReset):
             if stream is not None:
                 code = event.error_code

@@ -11,6 +11,7 @@ from collections import deque
 from typing import Protocol
 
 import trio
+from hpack import NeverIndexedHeaderTuple
 
 from spooky_trio.http.messages import Headers, UpstreamRequest
 from spooky_trio.upstream.common import UpstreamResponse
@@ -19,6 +20,8 @@ from spooky_trio.upstream.errors import UpstreamProtocolError
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host", b"content-length"}
 )
+#: never added to HPACK tables (h2's own rule for these, with cookies shorter than 20 bytes)
+_NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization"})
 
 
 class _FlowControl(Protocol):
@@ -28,23 +31,42 @@ class _FlowControl(Protocol):
 
 def request_headers(request: UpstreamRequest) -> Headers:
     """HTTP/2 request headers: pseudo-headers first, connection-specific fields dropped,
-    ``content-length`` from the request, and ``te: trailers`` (trailers are relayed)."""
+    ``content-length`` from the request, and ``te: trailers`` (trailers are relayed).
+
+    The result is what h2's outbound normalization and validation would let through, which
+    the connection therefore switches off (they cost a chain of generators per field):
+    exactly the four request pseudo-headers, first; names lowercased and values stripped of
+    surrounding whitespace; no connection-specific field, no ``host`` (so ``:authority``
+    stands alone), ``te`` only as ``trailers``; ``authorization``, ``proxy-authorization``
+    and short cookies never indexed. Raises :class:`UpstreamProtocolError` for a request
+    h2 would reject: CONNECT (tunnels never use this engine) or an empty path.
+    """
+    if request.method == b"CONNECT" or not request.target:
+        raise UpstreamProtocolError(f"cannot send {request.method!r} {request.target!r} over HTTP/2")
     headers: Headers = [
         (b":method", request.method),
         (b":scheme", b"https"),
         (b":authority", request.authority),
         (b":path", request.target),
     ]
-    for raw_name, value in request.headers:
-        name = raw_name.lower()
+    has_te = False
+    for raw_name, raw_value in request.headers:
+        name = raw_name.lower().strip()
         if name in _CONNECTION_SPECIFIC or name.startswith(b":"):
             continue
-        if name == b"te" and value.strip().lower() != b"trailers":
+        value = raw_value.strip()
+        if name == b"te":
+            if value.lower() == b"trailers":
+                headers.append((b"te", b"trailers"))
+                has_te = True
+            continue
+        if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20):
+            headers.append(NeverIndexedHeaderTuple(name, value))
             continue
         headers.append((name, value))
     if request.body is not None and request.content_length is not None:
         headers.append((b"content-length", str(request.content_length).encode("ascii")))
-    if not any(name == b"te" for name, _ in headers):
+    if not has_te:
         headers.append((b"te", b"trailers"))  # we relay trailers, so say that we accept them
     return headers
 
