@@ -131,10 +131,13 @@ class Bench:
                        capture_output=True, check=False, timeout=120)
         log = self.workdir / f"h2load-{port}.log"
         amount = ["-n", str(a.requests)] if a.requests else ["-D", str(max(1, int(a.duration)))]
+        self._pid = pid
+        profiler = self._start_profiler(pid, sc)
         cpu0, t0 = procstat.cpu_times(pid), time.monotonic()
         out = subprocess.run(base + amount + ["--log-file", str(log), url], capture_output=True, text=True, check=False,
                              timeout=a.duration + 120)
         cpu1, t1 = procstat.cpu_times(pid), time.monotonic()
+        self._stop_profiler(profiler)
         latencies, errors = [], 0
         for line in log.read_text().splitlines() if log.exists() else []:
             parts = line.split("\t")
@@ -302,9 +305,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         note = ""
         if "rss_per_connection_kib" in r:
-            note = f"{r['connections']} conns, {r['rss_per_connection_kib']} KiB/conn"
+            note = f"{r['connections']:g} conns, {r['rss_per_connection_kib']:.1f} KiB/conn"
         elif "offered_rate" in r:
-            note = f"open loop {r['offered_rate']:g}/s, {r['skipped']} skipped"
+            note = f"open loop {r['offered_rate']:g}/s, {r['skipped']:g} skipped"
         if r.get("rps_vs_one_worker") is not None:
             note = (note + ", " if note else "") + f"{r['rps_vs_one_worker']:.2f}x req/s of 1 worker"
         lines.append([
