@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 #: Unacknowledged response bytes buffered in aioquic per stream before ``send_data`` waits.
 SEND_BUFFER_HIGH_WATER = 256 * 1024
+#: queued request-body chunks handed to the pipeline together, up to about this many bytes
+BODY_COALESCE_BYTES = 64 * 1024
 
 
 @attrs.define(slots=True)
@@ -301,6 +303,16 @@ class H3RequestBody:
                 raise self._error
             if self._chunks:
                 chunk, offset = self._chunks.popleft()
+                if self._chunks:
+                    # a receive burst queues one chunk per QUIC packet (~1.2 KB): hand over
+                    # what is queued at once, so the upstream side writes once per burst
+                    parts = [chunk]
+                    size = len(chunk)
+                    while self._chunks and size < BODY_COALESCE_BYTES:
+                        chunk, offset = self._chunks.popleft()
+                        parts.append(chunk)
+                        size += len(chunk)
+                    chunk = b"".join(parts)
                 self._conn.body_consumed(self._stream_id, offset)
                 return chunk
             if self.ended:
