@@ -105,3 +105,25 @@ def test_bench_cprofile_measured_phase_only(tmp_path):
         assert 200 <= served < 200 + 64, served
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_bench_cprofile_covers_the_h2load_run(tmp_path):
+    """--cprofile also profiles the bootstrap_h2 row (h2load drives the TCP listener)."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    if shutil.which("h2load") is None:
+        pytest.skip("h2load (nghttp2-client) is not installed; make test-tools installs it")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "bootstrap_h2", "-t", "spooky", "-n", "300", "--cprofile",
+         "--json", str(tmp_path / "result.json")],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"cProfile bootstrap_h2 spooky: (\d+) requests, (\d+) Python calls per request.*; (\S+\.pstats)", proc.stderr)
+    assert match, proc.stderr
+    Path(match.group(3)).unlink(missing_ok=True)
+    assert int(match.group(1)) >= 300 and int(match.group(2)) > 100
