@@ -4,15 +4,14 @@ and the one-pass header block builder (h2's outbound normalization is off, see
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
-import trio
 from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
 
 from spooky_trio.http.headers import HOP_BY_HOP
-from spooky_trio.http.messages import Headers, RequestBodyError, StreamTunnel
+from spooky_trio.http.messages import Headers, StreamTunnel
+from spooky_trio.ingress.request_body import QueuedRequestBody
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.h2 import H2ServerConnection
@@ -48,16 +47,10 @@ def header_block(block: Headers, fields: Headers) -> Headers:
     return block
 
 
-class H2RequestBody:
+class H2RequestBody(QueuedRequestBody):
     """A stream's request body; ``receive`` acknowledges flow control as it hands data out."""
 
-    def __init__(self, conn: H2ServerConnection, stream_id: int) -> None:
-        self._conn = conn
-        self._stream_id = stream_id
-        self._chunks: deque[tuple[bytes, int]] = deque()
-        self.ended = False
-        self._error: RequestBodyError | None = None
-        self._wakeup = trio.Event()
+    _conn: H2ServerConnection
 
     @property
     def unconsumed(self) -> int:
@@ -71,24 +64,10 @@ class H2RequestBody:
         self.ended = True
         self._wakeup.set()
 
-    def fail(self, error: RequestBodyError) -> None:
-        if self._error is None:
-            self._error = error
-        self._wakeup.set()
-
-    async def receive(self) -> bytes:
-        while True:
-            if self._error is not None:
-                raise self._error
-            while self._chunks:
-                chunk, flow_length = self._chunks.popleft()
-                self._conn.body_consumed(self._stream_id, flow_length)
-                if chunk:
-                    return chunk
-            if self.ended:
-                return b""
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+    def _take(self) -> bytes:
+        chunk, flow_length = self._chunks.popleft()
+        self._conn.body_consumed(self._stream_id, flow_length)
+        return chunk
 
 
 class H2ResponseSink:

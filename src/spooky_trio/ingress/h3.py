@@ -19,7 +19,6 @@ a connection error with the same code.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 import attrs
@@ -36,7 +35,8 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 
-from spooky_trio.http.messages import Headers, RequestBodyError, StreamTunnel
+from spooky_trio.http.messages import Headers, StreamTunnel
+from spooky_trio.ingress.request_body import QueuedRequestBody
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic_connection import QuicConnectionTask
@@ -267,20 +267,14 @@ def parse_request_head(headers: Headers) -> tuple[dict[bytes, bytes], Headers]:
     return pseudo, regular
 
 
-class H3RequestBody:
+class H3RequestBody(QueuedRequestBody):
     """The body of one request stream, fed by the connection's receive path.
 
     ``receive`` hands chunks to the pipeline and reports the stream offset consumed, so the
     QUIC connection opens the client's flow-control window only as far as the pipeline read.
     """
 
-    def __init__(self, conn: QuicConnectionTask, stream_id: int) -> None:
-        self._conn = conn
-        self._stream_id = stream_id
-        self._chunks: deque[tuple[bytes, int]] = deque()
-        self.ended = False
-        self._error: RequestBodyError | None = None
-        self._wakeup = trio.Event()
+    _conn: QuicConnectionTask
 
     def feed(self, data: bytes, end: bool, offset: int) -> None:
         """Queue ``data``, received up to QUIC stream ``offset``; ``end`` marks the last chunk."""
@@ -292,33 +286,20 @@ class H3RequestBody:
             self.ended = True
         self._wakeup.set()
 
-    def fail(self, error: RequestBodyError) -> None:
-        if self._error is None:
-            self._error = error
-        self._wakeup.set()
-
-    async def receive(self) -> bytes:
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._chunks:
+    def _take(self) -> bytes:
+        chunk, offset = self._chunks.popleft()
+        if self._chunks:
+            # a receive burst queues one chunk per QUIC packet (~1.2 KB): hand over what is
+            # queued at once, so the upstream side writes once per burst
+            parts = [chunk]
+            size = len(chunk)
+            while self._chunks and size < BODY_COALESCE_BYTES:
                 chunk, offset = self._chunks.popleft()
-                if self._chunks:
-                    # a receive burst queues one chunk per QUIC packet (~1.2 KB): hand over
-                    # what is queued at once, so the upstream side writes once per burst
-                    parts = [chunk]
-                    size = len(chunk)
-                    while self._chunks and size < BODY_COALESCE_BYTES:
-                        chunk, offset = self._chunks.popleft()
-                        parts.append(chunk)
-                        size += len(chunk)
-                    chunk = b"".join(parts)
-                self._conn.body_consumed(self._stream_id, offset)
-                return chunk
-            if self.ended:
-                return b""
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+                parts.append(chunk)
+                size += len(chunk)
+            chunk = b"".join(parts)
+        self._conn.body_consumed(self._stream_id, offset)
+        return chunk
 
 
 class H3ResponseSink:
