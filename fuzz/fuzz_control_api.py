@@ -32,13 +32,13 @@ with instrumented(__name__):
     import trio
     from spooky_trio.config.schema_runtime import ControlApiConfig, MetricsConfig
     from spooky_trio.ingress.identities import IdentityError
-    from spooky_trio.observability.endpoints import ControlApi, metrics_endpoint
+    from spooky_trio.serving.control import ControlApi, metrics_endpoint
     from spooky_trio.observability.http_server import HttpRequest, HttpResponse
     from spooky_trio.observability.metrics import Metrics
     from spooky_trio.config import load_config_text
-    from spooky_trio.runtime.generation import Generation
-    from spooky_trio.runtime.reload import Outcome
-    from spooky_trio.runtime.state import StateStore
+    from spooky_trio.core.generation import Generation
+    from spooky_trio.serving.reload import Outcome
+    from spooky_trio.core.state import StateStore
 
 TOKEN = "s3cret-token"
 # 503: /ready while draining (found by the 10-minute campaign: the harness, not the API, was wrong)

@@ -45,7 +45,7 @@ with instrumented(__name__):
     from spooky_trio.http.messages import DownstreamRequest
     from spooky_trio.ingress.h3 import MAX_UNI_STREAM_BUFFER, MalformedRequest, StreamScopedH3Connection, parse_request_head
     from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, client_headers
-    from spooky_trio.proxy.errors import header_limit_error
+    from spooky_trio.http.errors import header_limit_error
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes

@@ -29,7 +29,7 @@ with instrumented(__name__):
     from spooky_trio.http.messages import DownstreamRequest
     from spooky_trio.ingress.h3 import parse_request_head
     from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, client_headers
-    from spooky_trio.proxy.errors import header_limit_error
+    from spooky_trio.http.errors import header_limit_error
 
 
 NAMES = [

@@ -48,7 +48,7 @@ def cmd_run(argv: list[str]) -> int:
     import trio
 
     from spooky_trio.observability.logging import configure_logging
-    from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
+    from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
 
     try:
         configure_logging(config.log)
@@ -71,11 +71,11 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def _run_supervisor(config, path: str) -> int:  # type: ignore[no-untyped-def]
-    """``worker_threads > 1``: this process supervises worker processes (runtime/workers.py)."""
+    """``worker_threads > 1``: this process supervises worker processes (serving/workers.py)."""
     import trio
 
-    from spooky_trio.runtime.workers import Supervisor
-    from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, StartupError
+    from spooky_trio.serving.workers import Supervisor
+    from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, StartupError
 
     try:
         supervisor = Supervisor(config, path)
@@ -91,7 +91,7 @@ def _run_supervisor(config, path: str) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_worker(argv: list[str]) -> int:
-    """Hidden: one worker process under ``spooky-trio run`` (runtime/workers.py)."""
+    """Hidden: one worker process under ``spooky-trio run`` (serving/workers.py)."""
     parser = _config_parser("spooky-trio worker", "One worker process (started by the supervisor).")
     parser.add_argument("--worker-index", type=int, required=True)
     parser.add_argument("--report-fd", type=int, required=True)
@@ -101,7 +101,7 @@ def cmd_worker(argv: list[str]) -> int:
     if config is None:
         return 1
     from spooky_trio.observability.logging import configure_logging
-    from spooky_trio.runtime.workers import run_worker
+    from spooky_trio.serving.workers import run_worker
 
     try:
         configure_logging(config.log)

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.clients.h3_stream import H3StreamResponse, StreamState
-from spooky_trio.server import Server
+from spooky_trio.serving.server import Server
 from tests.support.proxy import free_udp_port, proxy_yaml, running_proxy
 
 T = TypeVar("T")

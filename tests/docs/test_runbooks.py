@@ -19,7 +19,7 @@ import pytest
 from spooky_trio import cli
 from spooky_trio.config.schema_runtime import ControlApiConfig, MetricsConfig
 from spooky_trio.observability import metrics as metrics_module
-from spooky_trio.observability.endpoints import CONFIG_ACTIONS, CONFIG_PATH
+from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / "security.md"]

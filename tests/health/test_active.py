@@ -13,7 +13,7 @@ import trio.testing
 
 from spooky_trio.config.schema import HealthCheckConfig
 from spooky_trio.health.active import ActiveHealth, HealthChecker
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.state import StateStore
 from spooky_trio.upstream import BackendTarget, UpstreamConnectError, UpstreamTLSError
 
 TARGET = BackendTarget(scheme="http", host="127.0.0.1", port=8080)

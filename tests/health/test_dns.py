@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from spooky_trio.health.dns import DnsRefresher, choose_address, make_resolver, resolve_addresses
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.state import StateStore
 
 
 @attrs.define

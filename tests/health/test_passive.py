@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy, failure_reason
-from spooky_trio.runtime.state import BackendState, StateStore
+from spooky_trio.core.state import BackendState, StateStore
 from spooky_trio.upstream import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout, UpstreamTLSError
 from spooky_trio.upstream.errors import UpstreamError
 

@@ -10,8 +10,8 @@ import trio.testing
 
 from spooky_trio.config import load_config_text
 from spooky_trio.config.schema import HealthCheckConfig
-from spooky_trio.runtime.generation import Generation
-from spooky_trio.runtime.state import BackendState, Ewma, StateStore
+from spooky_trio.core.generation import Generation
+from spooky_trio.core.state import BackendState, Ewma, StateStore
 from spooky_trio.upstream import BackendTarget
 from tests.balancing.helpers import request
 

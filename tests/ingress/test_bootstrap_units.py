@@ -12,7 +12,7 @@ from spooky_trio.ingress.bootstrap import BootstrapLimits, ServeContext
 from spooky_trio.ingress.h1 import raw_response
 from spooky_trio.ingress.h2_stream import header_block
 from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, classify_handshake_failure, client_headers, escape_subject
-from spooky_trio.proxy.errors import ProxyError
+from spooky_trio.http.errors import ProxyError
 from spooky_trio.proxy.tunnel import websocket_accept
 
 

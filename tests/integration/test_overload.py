@@ -11,7 +11,7 @@ import trio
 
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.clients.h3_stream import H3Response
-from spooky_trio.server import Server
+from spooky_trio.serving.server import Server
 from tests.support.backends import run_backend
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml, running_proxy
 

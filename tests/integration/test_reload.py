@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from spooky_trio.clients.h3 import H3Client
-from spooky_trio.server import Server
+from spooky_trio.serving.server import Server
 from tests.integration.test_observability import TOKEN, observability_yaml, scrape
 from tests.support.backends import run_backend
 from tests.support.proxy import free_udp_port, proxy_yaml, running_proxy

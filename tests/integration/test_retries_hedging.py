@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from spooky_trio.clients.h3 import H3Client
-from spooky_trio.server import Server
+from spooky_trio.serving.server import Server
 from tests.support.backends import run_backend, run_raw_backend
 from tests.support.proxy import proxy_yaml, running_proxy
 

@@ -229,7 +229,7 @@ async def test_websocket_on_http3_is_refused(certs_dir: Path) -> None:
 async def test_tunnel_needs_a_tunnel_capable_sink() -> None:
     """The 501 an ingress without tunnels (HTTP/3) gets if an upgrade reaches the pipeline."""
     from spooky_trio.http.messages import DownstreamRequest
-    from spooky_trio.proxy.errors import ProxyError
+    from spooky_trio.http.errors import ProxyError
 
     class PlainSink:
         headers_sent = False

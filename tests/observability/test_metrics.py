@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from spooky_trio.config import load_config_text
 from spooky_trio.ingress.identities import IdentityStore, load_identity
 from spooky_trio.observability.metrics import Metrics, status_class
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.state import StateStore
 
 
 def values(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,10 +10,10 @@ import trio.testing
 
 from spooky_trio.config import load_config_text
 from spooky_trio.observability.metrics import Metrics
-from spooky_trio.proxy.errors import ProxyError, ShedError
+from spooky_trio.http.errors import ProxyError, ShedError
 from spooky_trio.resilience.overload import OverloadGuard
-from spooky_trio.runtime.generation import Generation
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.generation import Generation
+from spooky_trio.core.state import StateStore
 from tests.balancing.helpers import request
 
 CONFIG = """

@@ -6,7 +6,7 @@ import pytest
 
 from spooky_trio.config.schema_runtime import ProtocolConfig
 from spooky_trio.http.messages import DownstreamRequest
-from spooky_trio.proxy.errors import ProxyError
+from spooky_trio.http.errors import ProxyError
 from spooky_trio.resilience.policy import ConnectTarget, check_request, connect_permitted, parse_connect_authority
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from spooky_trio.config import load_config_text
-from spooky_trio.server import Server
+from spooky_trio.serving.server import Server
 
 
 def free_udp_port() -> int:

@@ -1,11 +1,11 @@
-"""Activity: the in-flight count drain waits on (runtime/activity.py)."""
+"""Activity: the in-flight count drain waits on (core/activity.py)."""
 
 from __future__ import annotations
 
 import trio
 import trio.testing
 
-from spooky_trio.runtime.activity import Activity
+from spooky_trio.core.activity import Activity
 
 
 async def test_wait_idle_returns_at_zero_and_waits_while_busy() -> None:

@@ -14,10 +14,10 @@ import trio.testing
 
 from spooky_trio.config import load_config_text
 from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
-from spooky_trio.runtime.activity import Activity
-from spooky_trio.runtime.generation import Generation
-from spooky_trio.runtime.reload import diff_line, diff_summary, write_atomic
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.activity import Activity
+from spooky_trio.core.generation import Generation
+from spooky_trio.serving.reload import diff_line, diff_summary, write_atomic
+from spooky_trio.core.state import StateStore
 
 BASE = """
 listeners:

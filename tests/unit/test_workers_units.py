@@ -1,4 +1,4 @@
-"""Pieces of runtime/workers.py that need no processes: the metrics merge and the worker's
+"""Pieces of serving/workers.py that need no processes: the metrics merge and the worker's
 config (its observability section replaced)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spooky_trio.config import load_config_text
 from spooky_trio.observability.metrics import Metrics, merge_expositions
-from spooky_trio.runtime.workers import INTERNAL, worker_config
+from spooky_trio.serving.workers import INTERNAL, worker_config
 from tests.support.proxy import h1_pool, proxy_yaml
 
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
 from spooky_trio.health.passive import failure_reason, status_failure_reason
+from spooky_trio.health.targets import ProbeState
 from spooky_trio.http.messages import UpstreamRequest
 from spooky_trio.upstream import BackendTarget, UpstreamPool
-
-if TYPE_CHECKING:
-    from spooky_trio.runtime.state import BackendState
 
 log = logging.getLogger("spooky.health")
 
@@ -72,7 +70,7 @@ class HealthChecker:
     def __init__(
         self,
         *,
-        state: BackendState,
+        state: ProbeState,
         check: Any,
         authority: bytes,
         target: Callable[[], BackendTarget],

@@ -1,16 +1,17 @@
-"""The background nursery's owner: health checkers and DNS refreshers for a generation.
+"""The background nursery's owner: health checkers and DNS refreshers for the live backends.
 
 One task per actively checked backend and one per hostname backend when DNS refresh is on.
-:meth:`HealthSupervisor.apply` reconciles the running tasks with a generation: a task whose
-backend and settings are unchanged keeps running (its probe rhythm and streaks are not
-reset), others are cancelled or started. The Server calls :meth:`run` with the first
-generation; a reload calls :meth:`apply` with the next.
+:meth:`HealthSupervisor.apply` reconciles the running tasks with a set of backends (those
+of every live generation: the stable one and a canary): a task whose backend and settings
+are unchanged keeps running (its probe rhythm and streaks are not reset), others are
+cancelled or started. The serving layer calls :meth:`run` with the first generation's
+backends and :meth:`apply` after each reload.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import trio
@@ -18,7 +19,7 @@ import trio
 from spooky_trio.config.address import is_ip_literal
 from spooky_trio.health.active import HealthChecker
 from spooky_trio.health.dns import DnsRefresher, make_resolver
-from spooky_trio.runtime.generation import BackendRuntime, Generation
+from spooky_trio.health.targets import CheckedBackend
 from spooky_trio.upstream import UpstreamPool
 
 log = logging.getLogger("spooky.health")
@@ -43,24 +44,28 @@ class HealthSupervisor:
         """Checker and refresher tasks currently running."""
         return len(self._tasks)
 
-    async def run(self, generation: Generation, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, backends: Iterable[CheckedBackend], performance: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Own the background tasks until cancelled. Started once the first DNS resolutions
         finished (each bounded by the resolver lifetime), so the first requests use them."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                await self.apply(generation)
+                await self.apply(backends, performance)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
                 self._tasks.clear()
 
-    async def apply(self, generation: Generation) -> None:
-        """Make the running tasks match ``generation`` (see the module docstring)."""
+    async def apply(self, backends: Iterable[CheckedBackend], performance: Any) -> None:
+        """Make the running tasks match ``backends`` under ``performance`` (the DNS refresh
+        settings; see the module docstring). A backend listed twice (a canary shares it with
+        the stable generation) runs one task with the settings of its last entry."""
         if self._nursery is None:
             raise RuntimeError("HealthSupervisor.run() is not running")
-        wanted = self._wanted(generation)
+        wanted = self._wanted(backends, performance)
         for key in list(self._tasks):
             settings, scope = self._tasks[key]
             if key not in wanted or wanted[key][0] != settings:
@@ -71,22 +76,20 @@ class HealthSupervisor:
                 if key not in self._tasks:
                     starters.start_soon(self._nursery.start, self._supervised, key, settings, factory)
 
-    def _wanted(self, generation: Generation) -> dict[Hashable, tuple[Any, _TaskFactory]]:
-        perf = generation.config.performance
+    def _wanted(self, backends: Iterable[CheckedBackend], perf: Any) -> dict[Hashable, tuple[Any, _TaskFactory]]:
         wanted: dict[Hashable, tuple[Any, _TaskFactory]] = {}
         resolver = None
-        for pool in generation.pools.values():
-            for backend in pool.backends:
-                if backend.health_check is not None:
-                    settings = (backend.health_check, backend.authority, backend.target)
-                    wanted[("health", backend.key)] = (settings, self._checker(backend))
-                if perf.backend_dns_refresh_enabled and not is_ip_literal(backend.target.host):
+        for backend in backends:
+            if backend.health_check is not None:
+                settings = (backend.health_check, backend.authority, backend.target)
+                wanted[("health", backend.key)] = (settings, self._checker(backend))
+            if perf.backend_dns_refresh_enabled and not is_ip_literal(backend.target.host):
+                if resolver is None:
+                    resolver = self._resolver(perf)
                     if resolver is None:
-                        resolver = self._resolver(perf)
-                        if resolver is None:
-                            continue
-                    settings = (perf.backend_dns_refresh_interval_ms, tuple(perf.backend_dns_nameservers))
-                    wanted[("dns", backend.key)] = (settings, self._refresher(backend, resolver, perf.backend_dns_refresh_interval_ms / 1000))
+                        continue
+                settings = (perf.backend_dns_refresh_interval_ms, tuple(perf.backend_dns_nameservers))
+                wanted[("dns", backend.key)] = (settings, self._refresher(backend, resolver, perf.backend_dns_refresh_interval_ms / 1000))
         return wanted
 
     @staticmethod
@@ -100,7 +103,7 @@ class HealthSupervisor:
             log.error("DNS refresh disabled: cannot configure a resolver: %s", exc)
             return None
 
-    def _checker(self, backend: BackendRuntime) -> _TaskFactory:
+    def _checker(self, backend: CheckedBackend) -> _TaskFactory:
         checker = HealthChecker(
             state=backend.state,
             check=backend.health_check,
@@ -116,7 +119,7 @@ class HealthSupervisor:
 
         return run
 
-    def _refresher(self, backend: BackendRuntime, resolver: Any, interval: float) -> _TaskFactory:
+    def _refresher(self, backend: CheckedBackend, resolver: Any, interval: float) -> _TaskFactory:
         refresher = DnsRefresher(state=backend.state, host=backend.target.host, resolver=resolver, interval=interval, metrics=self.metrics)
 
         async def run(task_status: trio.TaskStatus[None]) -> None:

@@ -31,7 +31,7 @@ from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.tls import BootstrapTls, classify_handshake_failure, peer_subject
-from spooky_trio.proxy.errors import header_limit_error, ErrorResponse, ProxyError
+from spooky_trio.http.errors import header_limit_error, ErrorResponse, ProxyError
 
 log = logging.getLogger("spooky.ingress.bootstrap")
 

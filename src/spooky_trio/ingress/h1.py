@@ -20,7 +20,7 @@ import trio
 
 from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
 from spooky_trio.ingress.tls import client_headers
-from spooky_trio.proxy.errors import ProxyError
+from spooky_trio.http.errors import ProxyError
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.bootstrap import ServeContext

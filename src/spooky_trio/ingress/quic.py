@@ -31,7 +31,7 @@ from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.udp_send import DatagramSender
 from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
-from spooky_trio.runtime.activity import Activity
+from spooky_trio.core.activity import Activity
 
 __all__ = ["Activity", "Handler", "QuicListener"]
 

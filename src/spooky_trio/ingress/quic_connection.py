@@ -29,8 +29,8 @@ from spooky_trio.ingress.h3 import (
 )
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.tls import client_headers
-from spooky_trio.proxy.errors import ErrorResponse, header_limit_error
-from spooky_trio.proxy.errors import send_error
+from spooky_trio.http.errors import ErrorResponse, header_limit_error
+from spooky_trio.proxy.answers import send_error
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener

@@ -373,7 +373,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 class SupervisorMetrics:
-    """The supervisor's own metrics when ``performance.worker_threads > 1`` (runtime/workers.py)."""
+    """The supervisor's own metrics when ``performance.worker_threads > 1`` (serving/workers.py)."""
 
     def __init__(self, workers: int, serving: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

@@ -34,14 +34,15 @@ from spooky_trio.observability.access import AccessRecord, CountingBody, Countin
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.bodies import limited_body, replay_body
 from spooky_trio.proxy.connect import relay_connect
-from spooky_trio.proxy.errors import ProxyError, ShedError, error_response_for, send_error, unwrap
+from spooky_trio.http.errors import ProxyError, ShedError, unwrap
+from spooky_trio.proxy.answers import error_response_for, send_error
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
 from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
 from spooky_trio.resilience.overload import OverloadGuard
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.resilience.retry import IDEMPOTENT_METHODS, MAX_ATTEMPTS, REPLAY_BUFFER_BYTES, RetryBudget, retry_reason
-from spooky_trio.runtime.generation import BackendRuntime, Generation, PoolRuntime
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.generation import BackendRuntime, Generation, PoolRuntime
+from spooky_trio.core.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 from spooky_trio.upstream.errors import UpstreamError
 

@@ -20,7 +20,7 @@ import trio
 
 from spooky_trio.http.headers import build_upstream_headers, strip_response_hop_by_hop, upstream_authority
 from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
-from spooky_trio.proxy.errors import ProxyError
+from spooky_trio.http.errors import ProxyError
 from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 
 #: a relay with no bytes in either direction for this long is closed (seconds)

@@ -11,7 +11,7 @@ While half-open at most ``half_open_max_probes`` requests are let through at onc
 that ends without a verdict (the client went away, a hedge loser was cancelled) gives its
 place back. A success in closed resets the consecutive-failure count.
 
-The breaker lives in the backend's :class:`~spooky_trio.runtime.state.BackendState`, so a
+The breaker lives in the backend's :class:`~spooky_trio.core.state.BackendState`, so a
 config reload keeps it; thresholds come from the generation's config on every call.
 Methods that change the state return the new state name (None when nothing changed) so
 the caller can log and wake waiters.

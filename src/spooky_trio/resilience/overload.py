@@ -2,12 +2,12 @@
 
 ``brownout -> adaptive admission -> global/per-pool limits (route queues) -> per-backend
 limit -> circuit breaker``; the first that refuses sheds the request with a
-:class:`~spooky_trio.proxy.errors.ShedError` (503, ``Retry-After:
+:class:`~spooky_trio.http.errors.ShedError` (503, ``Retry-After:
 route_queue.shed_retry_after_seconds``, the reason in the body) and counts it in
 ``spooky_overload_shed_total`` and ``spooky_overload_shed_by_reason_total{reason}``.
 
 :class:`ResilienceState` is the process-wide state of these mechanisms; it lives in the
-Server's :class:`~spooky_trio.runtime.state.StateStore` so a config reload keeps counts,
+Server's :class:`~spooky_trio.core.state.StateStore` so a config reload keeps counts,
 the admission limit, the brownout state and the retry budgets. Per-backend state (inflight
 slots, breaker) lives in each backend's ``BackendState``. Every limit is read from the
 config of the request's generation on each call.
@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from spooky_trio.proxy.errors import ProxyError, ShedError
+from spooky_trio.http.errors import ProxyError, ShedError
 from spooky_trio.resilience.admission import AdaptiveAdmission
 from spooky_trio.resilience.breaker import CLOSED, OPEN
 from spooky_trio.resilience.brownout import Brownout

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from spooky_trio.http.messages import DownstreamRequest
-from spooky_trio.proxy.errors import ProxyError
+from spooky_trio.http.errors import ProxyError
 
 
 @attrs.frozen(slots=True)

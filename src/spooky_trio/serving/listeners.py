@@ -1,7 +1,7 @@
 """Serving units a reload can add, keep or stop one at a time: the QUIC + TCP listener pair
 of one listener block, and an HTTP endpoint service (metrics or control API).
 
-The Server (server.py) owns them in its task tree; each runs in its own cancel scope.
+The Server (serving/server.py) owns them in its task tree; each runs in its own cancel scope.
 """
 
 from __future__ import annotations

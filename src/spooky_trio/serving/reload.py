@@ -34,8 +34,8 @@ import trio
 
 from spooky_trio.config import ConfigError, check_files, load_config_text
 from spooky_trio.config.issues import ConfigIssue
-from spooky_trio.runtime.generation import Generation
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.generation import Generation
+from spooky_trio.core.state import StateStore
 
 log = logging.getLogger("spooky.reload")
 
@@ -196,7 +196,7 @@ def diff_line(diff: dict[str, Any]) -> str:
 
 
 class ConfigManager:
-    """The reload transaction for a :class:`~spooky_trio.server.Server` (module docstring)."""
+    """The reload transaction for a :class:`~spooky_trio.serving.server.Server` (module docstring)."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
@@ -433,7 +433,7 @@ class ConfigManager:
             raise ReloadFailed(422, "failed", _whole(f"cannot build the generation: {exc}")) from exc
 
     def _stage(self, config: Any, generation: Generation, *, listeners_and_services: bool) -> Any:
-        from spooky_trio.server import StageError
+        from spooky_trio.serving.server import StageError
 
         try:
             return self.server.stage(config, generation, listeners_and_services=listeners_and_services)

@@ -11,7 +11,7 @@ Control API (``observability.control_api``):
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
-* ``POST reload_path``: re-read the config file and apply it (runtime/reload.py);
+* ``POST reload_path``: re-read the config file and apply it (serving/reload.py);
 * ``GET /admin/config``: generation, sha256 of its source, applied time, source, canary and
   history; ``POST /admin/config/validate`` (YAML body: dry run, errors or the diff),
   ``POST /admin/config/apply`` (YAML body; ``?persist=true`` writes the file,
@@ -49,7 +49,7 @@ CONFIG_PATH = "/admin/config"
 #: POST ``CONFIG_PATH/<action>`` (docs/reload.md)
 CONFIG_ACTIONS = ("apply", "validate", "rollback", "promote")
 _TRUE = ("1", "true", "yes")
-#: a worker's metrics on its private control API (runtime/workers.py scrapes it)
+#: a worker's metrics on its private control API (serving/workers.py scrapes it)
 WORKER_METRICS_PATH = "/admin/worker/metrics"
 
 
@@ -78,7 +78,7 @@ def metrics_endpoint(config: Any, metrics: Any) -> HttpEndpoint:
 
 
 class ControlApi:
-    """Request handling of the control API for ``server`` (a :class:`~spooky_trio.server.Server`)."""
+    """Request handling of the control API for ``server`` (a :class:`~spooky_trio.serving.server.Server`)."""
 
     def __init__(self, config: Any, server: Any) -> None:
         if not config.auth_token and not is_loopback(config.address):
@@ -187,7 +187,7 @@ class ControlApi:
         return HttpResponse(200, body, content_type="application/json")
 
     def _restart(self) -> HttpResponse:
-        from spooky_trio.server import EXIT_RESTART
+        from spooky_trio.serving.server import EXIT_RESTART
 
         # the drain starts once the answer is written, so the caller always gets it
         return HttpResponse(202, f"draining; the process exits with status {EXIT_RESTART}\n".encode(),

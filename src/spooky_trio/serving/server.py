@@ -11,7 +11,7 @@ Server.run
 └─ signal watcher: TERM/INT -> drain, a second one -> stop at once; HUP -> config reload
 ```
 
-A configuration reload (runtime/reload.py) calls :meth:`Server.stage` (build the new
+A configuration reload (serving/reload.py) calls :meth:`Server.stage` (build the new
 Generation, bind added listeners and moved endpoints, open a new log file: nothing running
 is touched, and :meth:`Staged.abort` undoes it all) and then :meth:`Server.commit` (the
 swap; see docs/reload.md).
@@ -37,16 +37,16 @@ from spooky_trio.ingress.bootstrap import BootstrapListener
 from spooky_trio.ingress.identities import IdentityError, IdentityStore
 from spooky_trio.ingress.quic import Activity, QuicListener
 from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
-from spooky_trio.observability.endpoints import ControlApi, EndpointSetupError, metrics_endpoint
+from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.pipeline import Proxy
 from spooky_trio.resilience.watchdog import Watchdog
-from spooky_trio.runtime.generation import Generation
-from spooky_trio.runtime.listeners import BindError, ListenerPair, Service
-from spooky_trio.runtime.reload import ConfigManager
-from spooky_trio.runtime.state import StateStore
+from spooky_trio.core.generation import Generation
+from spooky_trio.serving.listeners import BindError, ListenerPair, Service
+from spooky_trio.serving.reload import ConfigManager
+from spooky_trio.core.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 
 log = logging.getLogger("spooky.server")
@@ -115,7 +115,7 @@ class Server:
         self.config_path = config_path
         #: this process's index under a supervisor (``performance.worker_threads > 1``), else None
         self.worker_index = worker_index
-        #: applied to every config a reload loads (a worker's private control API: runtime/workers.py)
+        #: applied to every config a reload loads (a worker's private control API: serving/workers.py)
         self.adapt_config = adapt_config
         #: backend health, ejection, latency, DNS addresses: survives reloads (keyed by backend)
         self.state = StateStore()
@@ -169,7 +169,7 @@ class Server:
             except EndpointSetupError as exc:
                 raise StartupError(str(exc)) from exc
             self._services["control"] = Service(self.control_api.endpoint(self.metrics.control_api_drops.inc), obs.control_api)
-        #: the reload transaction, history, rollback and canary (runtime/reload.py)
+        #: the reload transaction, history, rollback and canary (serving/reload.py)
         self.reloads = ConfigManager(self)
 
     @property
@@ -265,7 +265,7 @@ class Server:
         async with trio.open_nursery() as root:
             self._nursery = root
             await root.start(self.upstream.run)
-            await root.start(self.health.run, self.generation)  # background nursery: probes, DNS
+            await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
             for pair in self._pairs:
                 await self._start_pair(pair)
             for service in self._services.values():
@@ -335,7 +335,7 @@ class Server:
         log.info("listener certificates reloaded (%d listener(s)); new handshakes use them", len(summary))
         return summary
 
-    # -- reload: stage, then commit (driven by runtime/reload.py) --
+    # -- reload: stage, then commit (driven by serving/reload.py) --
 
     def stage(self, config: Any, generation: Generation, *, listeners_and_services: bool = True) -> Staged:
         """Prepare everything ``config`` needs beside the running server: ``generation``
@@ -510,7 +510,7 @@ class Server:
         removed backends stop, new ones start, unchanged ones keep running; removed
         backends' connections drain."""
         live = self.live_generations()
-        await self.health.apply(_LiveBackends(live))
+        await self.health.apply([b for generation in live for b in generation.backends()], live[-1].config.performance)
         keep = set()
         for generation in live:
             for backend in generation.backends():
@@ -570,15 +570,6 @@ class Server:
         outcome = await self.reloads.reload_file("SIGHUP")
         if outcome.after is not None:
             outcome.after()  # nobody to answer: moved endpoints stop now
-
-
-class _LiveBackends:
-    """What :meth:`HealthSupervisor.apply` reads (``pools``, ``config``) over several
-    generations at once: the stable one and a canary probe the union of their backends."""
-
-    def __init__(self, generations: list[Generation]) -> None:
-        self.config = generations[-1].config
-        self.pools = {f"{i}/{name}": pool for i, generation in enumerate(generations) for name, pool in generation.pools.items()}
 
 
 def drop_privileges(privileges: Any) -> None:

@@ -14,7 +14,7 @@ import trio
 
 from spooky_trio.balancing import Balancer, PickRequest, make_balancer
 from spooky_trio.routing.table import RoutingTable
-from spooky_trio.runtime.state import BackendState, StateStore
+from spooky_trio.core.state import BackendState, StateStore
 from spooky_trio.upstream import BackendTarget, make_client_ssl_context
 
 

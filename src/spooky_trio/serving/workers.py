@@ -40,7 +40,7 @@ import trio
 
 from spooky_trio import __version__
 from spooky_trio.config.schema_runtime import ControlApiConfig
-from spooky_trio.observability.endpoints import (
+from spooky_trio.serving.control import (
     CONFIG_PATH,
     PROMETHEUS_CONTENT_TYPE,
     WORKER_METRICS_PATH,
@@ -100,7 +100,7 @@ async def _watch_lifeline(fd: int, server: Any) -> None:
 
 def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
     """The body of ``spooky-trio worker`` (logging is configured by the caller)."""
-    from spooky_trio.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
+    from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
 
     token = os.environ.pop(TOKEN_ENV, "") or secrets.token_urlsafe(32)
     if config.performance.pin_workers:
@@ -222,7 +222,7 @@ class Supervisor:
     every worker exited after a drain (or the startup failed)."""
 
     def __init__(self, config: Any, config_path: str) -> None:
-        from spooky_trio.server import StartupError
+        from spooky_trio.serving.server import StartupError
 
         self.config = config
         self.config_path = os.path.abspath(config_path)
@@ -256,7 +256,7 @@ class Supervisor:
     # -- lifecycle --
 
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
-        from spooky_trio.server import StartupError
+        from spooky_trio.serving.server import StartupError
 
         bound = []
         for endpoint, required in self.endpoints:
