@@ -37,6 +37,7 @@ with instrumented(__name__):
     from spooky_trio.observability.metrics import Metrics
     from spooky_trio.config import load_config_text
     from spooky_trio.core.generation import Generation
+    from spooky_trio.core.generations import GenerationSet
     from spooky_trio.serving.reload import Outcome
     from spooky_trio.core.state import StateStore
 
@@ -95,7 +96,7 @@ class _Server:
         self.config = load_config_text(_CONFIG_TEXT)
         self.state = StateStore()
         self.generation = Generation.build(self.config, number=3, state=self.state)
-        self.canary = None
+        self.generations = GenerationSet(self.generation)
         self.reloads = _Reloads()
         self.listeners: list[object] = []
         self.bootstrap_listeners: list[object] = []

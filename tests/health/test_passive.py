@@ -6,7 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from spooky_trio.health.passive import PassiveHealth, PassivePolicy, failure_reason
+from spooky_trio.health.passive import PassiveHealth, PassivePolicy
+from spooky_trio.upstream.errors import failure_reason
 from spooky_trio.core.state import BackendState, StateStore
 from spooky_trio.upstream import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout, UpstreamTLSError
 from spooky_trio.upstream.errors import UpstreamError
@@ -78,48 +79,6 @@ async def test_backend_state_ejects_and_recovers_on_the_trio_clock(autojump_cloc
     assert state.available(trio.current_time())
     state.record_success(trio.current_time())
     assert not state.passive.probation
-
-
-async def test_observe_counts_in_flight_latency_and_outcomes(autojump_clock: trio.testing.MockClock) -> None:
-    state = BackendState(key="k", label="p/b")
-    state.passive.policy = PassivePolicy(failure_threshold=2, cooldown=1.0)
-    with state.observe() as obs:
-        assert state.in_flight == 1
-        await trio.sleep(0.25)
-        obs.response_started(200)
-        await trio.sleep(1)  # body time is not latency
-    assert state.in_flight == 0
-    assert state.latency == pytest.approx(0.25)
-    assert state.passive.consecutive_failures == 0
-
-    with state.observe() as obs:
-        obs.response_started(503)
-    assert state.failures["5xx"] == 1 and state.passive.consecutive_failures == 1
-
-    with pytest.raises(UpstreamTLSError), state.observe():
-        raise UpstreamTLSError("bad cert")
-    assert state.failures["tls"] == 1
-    assert not state.available(trio.current_time())  # two in a row: ejected
-
-
-async def test_observe_ignores_client_side_failures(autojump_clock: trio.testing.MockClock) -> None:
-    state = BackendState(key="k", label="p/b")
-    with pytest.raises(trio.BrokenResourceError), state.observe():
-        raise trio.BrokenResourceError  # the client went away before any response
-    assert sum(state.failures.values()) == 0 and state.passive.consecutive_failures == 0
-    state.passive.consecutive_failures = 1
-    with pytest.raises(trio.BrokenResourceError), state.observe() as obs:
-        obs.response_started(200)
-        raise trio.BrokenResourceError  # mid-body: the backend did answer
-    assert state.passive.consecutive_failures == 0
-    assert state.in_flight == 0
-
-
-async def test_total_deadline_counts_as_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    state = BackendState(key="k", label="p/b")
-    with pytest.raises(trio.TooSlowError), state.observe(), trio.fail_after(2):
-        await trio.sleep(5)
-    assert state.failures == {"timeout": 1}
 
 
 async def test_store_wait_for_wakes_on_ejection(autojump_clock: trio.testing.MockClock) -> None:

@@ -11,6 +11,7 @@ import trio.testing
 from spooky_trio.config import load_config_text
 from spooky_trio.config.schema import HealthCheckConfig
 from spooky_trio.core.generation import Generation
+from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.core.state import BackendState, Ewma, StateStore
 from spooky_trio.upstream import BackendTarget
 from tests.balancing.helpers import request
@@ -89,16 +90,22 @@ def test_connect_target_follows_dns_and_is_cached() -> None:
     assert state.connect_target(configured) != first  # a different pool key: new connections
 
 
-async def test_pick_skips_unavailable_and_returns_none_when_all_are() -> None:
+async def test_the_balance_step_skips_unavailable_backends_and_finds_none_when_all_are() -> None:
     store = StateStore()
-    pool = Generation.build(config(), state=store).pools["app"]
+    generation = Generation.build(config(), state=store)
+    pool = generation.pools["app"]
+    guard = OverloadGuard(store.resilience)
     a, b, c = pool.backends
-    assert {pool.pick(request()).id for _ in range(4)} == {"a", "b", "c"}  # type: ignore[union-attr]
+
+    def picked() -> set[str | None]:
+        return {getattr(guard.pick(generation.config, pool, request())[0], "id", None) for _ in range(6)}
+
+    assert picked() == {"a", "b", "c"}
     b.state.active.healthy = False  # type: ignore[union-attr]
     c.state.passive.ejected_until = trio.current_time() + 60
-    assert {pool.pick(request()).id for _ in range(4)} == {"a"}  # type: ignore[union-attr]
+    assert picked() == {"a"}
     a.state.passive.ejected_until = trio.current_time() + 60
-    assert pool.pick(request()) is None
+    assert guard.pick(generation.config, pool, request()) == (None, None)
 
 
 async def test_state_survives_a_rebuild_and_balancers_follow_config() -> None:

@@ -19,7 +19,7 @@ from tests.support.backends import run_backend
 from tests.support.proxy import h1_pool, proxy_yaml, running_proxy
 
 FIELDS = {"time", "client", "protocol", "method", "authority", "path", "status", "pool",
-          "backend", "bytes_in", "bytes_out", "duration_ms", "outcome"}
+          "backend", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason"}
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[dict]:

@@ -28,9 +28,9 @@ def test_status_class() -> None:
 
 def test_event_hooks() -> None:
     m = Metrics()
-    m.request_done(200)
-    m.request_done(404)
-    m.request_done(None)
+    m.request_done(200, "ok")
+    m.request_done(404, "test")
+    m.request_done(None, "test")
     m.request_rejected(400)
     m.request_rejected(405)
     m.backend_exchange("p", "b", 502, None, 12.0)
@@ -59,7 +59,7 @@ def test_event_hooks() -> None:
 
 def test_two_servers_do_not_share_a_registry() -> None:
     a, b = Metrics(), Metrics()
-    a.request_done(200)
+    a.request_done(200, "ok")
     assert values(b)[("spooky_requests_total", ())] == 0
 
 

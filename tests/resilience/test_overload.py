@@ -11,7 +11,8 @@ import trio.testing
 from spooky_trio.config import load_config_text
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.http.errors import ProxyError, ShedError
-from spooky_trio.resilience.overload import OverloadGuard
+from spooky_trio.proxy.admission import OverloadGuard
+from spooky_trio.proxy.lease import breaker_verdict
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
 from tests.balancing.helpers import request
@@ -166,37 +167,40 @@ async def test_choose_avoids_open_breakers_then_sheds_circuit_open(autojump_cloc
     config = generation.config
     pool = generation.pools["web"]
     w1, w2 = pool.backends
+    cb = config.resilience.circuit_breaker
     for _ in range(2):
-        guard.breaker_outcome(config, w1, False, True)
+        breaker_verdict(cb, w1, False, True)
     assert w1.state.breaker.state == "open"
     for _ in range(4):
         chosen = await guard.choose(config, pool, request())
-        assert chosen is w2
-        guard.release_backend(chosen)
+        assert chosen.backend is w2
+        chosen.release()
     for _ in range(2):
-        guard.breaker_outcome(config, w2, False, True)
+        breaker_verdict(cb, w2, False, True)
     with pytest.raises(ShedError, match="circuit breaker"):
         await guard.choose(config, pool, request())
     assert metrics.registry.get_sample_value("spooky_circuit_breaker_rejected_total") == 1
     await trio.sleep(1.0)  # open_ms: half-open, one probe each
     first = await guard.choose(config, pool, request())
-    probe = first.state.breaker.begin()
+    first.begin()  # the exchange starts: the lease takes the half-open probe
     second = await guard.choose(config, pool, request())
-    assert {first.id, second.id} == {"w1", "w2"}
-    second_probe = second.state.breaker.begin()
+    assert {first.backend.id, second.backend.id} == {"w1", "w2"}
+    second.begin()
     with pytest.raises(ShedError, match="circuit breaker"):  # both probes in flight
         await guard.choose(config, pool, request())
-    guard.breaker_outcome(config, first, probe, False)
-    assert first.state.breaker.state == "closed"
-    guard.breaker_outcome(config, second, second_probe, None)  # no verdict: still half-open
-    assert second.state.breaker.state == "half_open"
+    first.response_started(200)
+    first.finish()  # a 200: the probe succeeded
+    assert first.backend.state.breaker.state == "closed"
+    second.finish(trio.BrokenResourceError())  # the client went away before a status: no verdict
+    assert second.backend.state.breaker.state == "half_open"
+    assert first.backend.state.slots.held == second.backend.state.slots.held == 0
 
 
 async def test_backend_limit_sheds_backend_inflight_and_no_backend_is_a_plain_503() -> None:
     generation, guard, metrics, _ = setup(backend_limit=1)
     config = generation.config
     pool = generation.pools["web"]
-    chosen = {(await guard.choose(config, pool, request())).id for _ in range(2)}
+    chosen = {(await guard.choose(config, pool, request())).backend.id for _ in range(2)}
     assert chosen == {"w1", "w2"}
     with pytest.raises(ShedError, match="inflight limit"):
         await guard.choose(config, pool, request())
@@ -217,12 +221,12 @@ async def test_backend_wait_takes_whichever_backend_frees_first(autojump_clock: 
     got: list[str] = []
 
     async def waiter() -> None:
-        got.append((await guard.choose(config, pool, request())).id)
+        got.append((await guard.choose(config, pool, request())).backend.id)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(waiter)
         await trio.sleep(0.2)
-        guard.release_backend(w2 if w1.id == "w1" else w1)
+        (w2 if w1.backend.id == "w1" else w1).release()
     assert got == ["w2"]
     assert metrics.registry.get_sample_value("spooky_inflight_wait_admit_total", {"scope": "backend"}) == 1
 
@@ -232,7 +236,7 @@ async def test_state_survives_a_rebuild_of_the_generation() -> None:
     config = generation.config
     pool = generation.pools["web"]
     for _ in range(2):
-        guard.breaker_outcome(config, pool.backends[0], False, True)
+        breaker_verdict(config.resilience.circuit_breaker, pool.backends[0], False, True)
     for _ in range(5):
         await guard.admit(config, "core", b"/core")
     rebuilt = Generation.build(config, number=2, state=store)

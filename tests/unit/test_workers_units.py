@@ -21,9 +21,9 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def test_merge_sums_counters_and_histograms_and_takes_min_of_other_gauges() -> None:
     one, two = Metrics(), Metrics()
     for _ in range(3):
-        one.request_done(200)
-    two.request_done(200)
-    two.request_done(502)
+        one.request_done(200, "ok")
+    two.request_done(200, "ok")
+    two.request_done(502, "test")
     one.backend_exchange("app", "a", 200, None, 3.0)
     two.backend_exchange("app", "a", 200, None, 30.0)
     two.backend_exchange("app", "b", 503, None, 7.0)

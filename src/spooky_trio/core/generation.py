@@ -10,9 +10,9 @@ import random
 from typing import Any
 
 import attrs
-import trio
 
-from spooky_trio.balancing import Balancer, PickRequest, make_balancer
+
+from spooky_trio.balancing import Balancer, make_balancer
 from spooky_trio.routing.table import RoutingTable
 from spooky_trio.core.state import BackendState, StateStore
 from spooky_trio.upstream import BackendTarget, make_client_ssl_context
@@ -59,18 +59,6 @@ class PoolRuntime:
         self.config = config
         self.backends = backends
         self.balancer = balancer
-
-    def pick(self, request: PickRequest) -> BackendRuntime | None:
-        """The backend for ``request`` among those available now; None when none is.
-
-        Available means actively healthy and not passively ejected. There is deliberately
-        no fallback to an unavailable backend: the caller answers 503 instead.
-        """
-        now = trio.current_time()
-        candidates = [i for i, backend in enumerate(self.backends) if backend.state.available(now)]
-        if not candidates:
-            return None
-        return self.backends[self.balancer.choose(candidates, request)]
 
 
 def _format_authority(host: str, port: int, default_port: int) -> bytes:

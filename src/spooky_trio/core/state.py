@@ -19,10 +19,11 @@ import attrs
 import trio
 
 from spooky_trio.health.active import ActiveHealth
-from spooky_trio.health.passive import PassiveHealth, PassivePolicy, failure_reason, status_failure_reason
+from spooky_trio.health.passive import PassiveHealth, PassivePolicy
+from spooky_trio.upstream.errors import status_failure_reason
 from spooky_trio.resilience.breaker import CircuitBreaker
 from spooky_trio.resilience.limits import Slots
-from spooky_trio.resilience.overload import ResilienceState
+from spooky_trio.resilience.state import ResilienceState
 from spooky_trio.upstream import BackendTarget
 
 log = logging.getLogger("spooky.health")
@@ -52,41 +53,6 @@ class Ewma:
             self.value += alpha * (sample - self.value)
         self.last_update = now
         return self.value
-
-
-@attrs.define(eq=False)
-class ExchangeObservation:
-    """Handed to the pipeline inside :meth:`BackendState.observe`; see there."""
-
-    started: float
-    status: int | None = None
-    state: BackendState | None = None
-
-    def response_started(self, status: int) -> None:
-        """The backend's response head arrived: record the latency sample."""
-        self.status = status
-        if self.state is not None:
-            now = trio.current_time()
-            self.state.latency_ewma.update(now - self.started, now)
-
-    def __enter__(self) -> ExchangeObservation:
-        assert self.state is not None
-        self.state.in_flight += 1
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        state = self.state
-        assert state is not None
-        try:
-            if exc is not None:
-                reason = failure_reason(exc)
-                if reason is not None:
-                    state.record_failure(reason, trio.current_time())
-                    return
-            if self.status is not None:
-                state._record_status(self.status)
-        finally:
-            state.in_flight -= 1
 
 
 @attrs.define(eq=False)
@@ -187,20 +153,8 @@ class BackendState:
             log.info("backend %s restored after its ejection", self.label)
             self.on_change()
 
-    def observe(self) -> ExchangeObservation:
-        """Wrap one exchange (``with state.observe() as observation``): counts it in flight
-        and records its outcome for passive health.
-
-        Call ``response_started(status)`` on the observation when the response head arrives
-        (that records the latency sample). Outcome: an upstream failure or timeout raised out
-        of the block counts as that failure; otherwise a 5xx status counts as a ``5xx``
-        failure and any other status as a success; an exception that is not the backend's
-        fault (the client went away) with no status received records nothing. (A plain class,
-        not a generator context manager: this runs once per proxied request.)
-        """
-        return ExchangeObservation(started=trio.current_time(), state=self)
-
-    def _record_status(self, status: int) -> None:
+    def record_status(self, status: int) -> None:
+        """A backend's answer: a 5xx counts as a ``5xx`` failure, any other status as a success."""
         reason = status_failure_reason(status)
         if reason is None:
             self.record_success(trio.current_time())

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from spooky_trio.health.passive import failure_reason, status_failure_reason
+from spooky_trio.upstream.errors import failure_reason, status_failure_reason
 from spooky_trio.health.targets import ProbeState
 from spooky_trio.http.messages import UpstreamRequest
 from spooky_trio.upstream import BackendTarget, UpstreamPool

@@ -15,9 +15,6 @@ state: the cooldown is what gives a struggling backend room to recover.
 from __future__ import annotations
 
 import attrs
-import trio
-
-from spooky_trio.upstream.errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
 
 #: failure reasons recorded per backend (``spooky_health_failures_total{reason}``); active
 #: probes add ``status`` (a non-2xx/3xx answer that is not a 5xx, e.g. 404 on the health path)
@@ -27,25 +24,6 @@ FAILURE_REASONS = ("5xx", "timeout", "transport", "tls", "status")
 #: so a backend ejects alike whether or not it is also actively probed
 DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_COOLDOWN_S = 5.0
-
-
-def failure_reason(exc: BaseException) -> str | None:
-    """The health failure reason ``exc`` stands for, or None when it says nothing about the
-    backend (the client's body failed, the client went away, a local limit)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, UpstreamTLSError):
-        return "tls"
-    if isinstance(exc, UpstreamTimeout) or isinstance(exc, trio.TooSlowError):
-        return "timeout"
-    if isinstance(exc, UpstreamError):
-        return "timeout" if exc.reason == "body_timeout" else "transport"
-    return None
-
-
-def status_failure_reason(status: int) -> str | None:
-    """``5xx`` for a server error status, else None (the backend answered)."""
-    return "5xx" if 500 <= status <= 599 else None
 
 
 @attrs.frozen

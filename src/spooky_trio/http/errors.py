@@ -6,24 +6,11 @@ Bottom layer: imports nothing from the project but :mod:`spooky_trio.http.messag
 
 from __future__ import annotations
 
+import http
+
 import attrs
 
-_PHRASES = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    425: "Too Early",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
+from spooky_trio.http.messages import Headers
 
 @attrs.frozen
 class ErrorResponse:
@@ -34,16 +21,33 @@ class ErrorResponse:
     message: str
 
     def body(self) -> bytes:
-        phrase = _PHRASES.get(self.status, "Error")
-        return f"{self.status} {phrase}: {self.message} ({self.reason})\n".encode()
+        """``<status> <phrase>: <message> (<reason>)``, one line of UTF-8 text."""
+        return f"{self.status} {reason_phrase(self.status)}: {self.message} ({self.reason})\n".encode()
+
+
+#: RFC 9110 renamed these; Python 3.11's http.HTTPStatus has the RFC 7231 phrases
+_RFC9110_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
+
+
+def reason_phrase(status: int, unknown: str = "Error") -> str:
+    """The RFC 9110 reason phrase of ``status`` (``unknown`` for an unregistered code)."""
+    phrase = _RFC9110_PHRASES.get(status)
+    if phrase is not None:
+        return phrase
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return unknown
 
 
 class ProxyError(Exception):
-    """Raised inside the pipeline to answer the client with an error response."""
+    """Raised by a filter (or anything below it) to answer the client with
+    :attr:`response`, plus ``headers`` (e.g. ``Retry-After``), through the answer door."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, headers: Headers = ()) -> None:  # type: ignore[assignment]
         super().__init__(message)
         self.response = ErrorResponse(status, reason, message)
+        self.headers = list(headers)
 
 
 class ShedError(ProxyError):
@@ -52,8 +56,15 @@ class ShedError(ProxyError):
     ``backend_inflight``, ``route_queue``, ``circuit_open``) named in the body."""
 
     def __init__(self, reason: str, message: str, retry_after: int) -> None:
-        super().__init__(503, reason, message)
+        super().__init__(503, reason, message, [(b"retry-after", str(retry_after).encode())])
         self.retry_after = retry_after
+
+
+class ResponseTooLarge(Exception):
+    """The backend's body passed ``max_response_body_bytes`` after the head was sent: the
+    only honest answer left is a stream reset (``response_body_too_large``)."""
+
+    reason = "response_body_too_large"
 
 
 def header_limit_error(headers: list[tuple[bytes, bytes]], *, max_count: int, max_bytes: int) -> ErrorResponse | None:

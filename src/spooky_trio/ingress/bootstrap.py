@@ -8,10 +8,11 @@ BootstrapListener.serve (nursery owned by the listener)
      └─ H2ServerConnection.run     one task per stream in the connection's nursery
 ```
 
-Every request goes to the same pipeline as HTTP/3 (``Proxy.handle``) inside
+Every request goes to the same filter chain as HTTP/3 (``Proxy.handle``) inside
 :meth:`ServeContext.serve_request`, which counts it in the shared :class:`Activity` so drain
-waits for it. Every response, error responses included, carries ``Alt-Svc`` naming the QUIC
-port. Drain: the accept loop stops, HTTP/2 connections get GOAWAY, HTTP/1.1 connections
+waits for it; a request refused before the chain (431, 400, 408, 501) is answered through
+the same answer door (``Proxy.reject``), so it is access-logged and counted alike. Every
+response, error responses included, carries ``Alt-Svc`` naming the QUIC port. Drain: the accept loop stops, HTTP/2 connections get GOAWAY, HTTP/1.1 connections
 answer their current request with ``connection: close`` and idle ones close at once.
 """
 
@@ -31,11 +32,13 @@ from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.tls import BootstrapTls, classify_handshake_failure, peer_subject
-from spooky_trio.http.errors import header_limit_error, ErrorResponse, ProxyError
+from spooky_trio.http.errors import ErrorResponse, ProxyError, header_limit_error
 
 log = logging.getLogger("spooky.ingress.bootstrap")
 
 Handler = Callable[[DownstreamRequest, ResponseSink], Awaitable[None]]
+#: answers a request refused before the chain, through the answer door (``Proxy.reject``)
+Rejecter = Callable[[DownstreamRequest, ResponseSink, ErrorResponse], Awaitable[None]]
 
 #: pending connections the kernel queues before accept
 LISTEN_BACKLOG = 1024
@@ -71,14 +74,13 @@ class BootstrapLimits:
 class ServeContext:
     """What every connection of one listener shares: pipeline, limits, Alt-Svc and counters."""
 
-    def __init__(self, handler: Handler, activity: Any, limits: BootstrapLimits, stats: Counter[str]) -> None:
+    def __init__(self, handler: Handler, activity: Any, limits: BootstrapLimits, stats: Counter[str], reject: Rejecter | None = None) -> None:
         self.handler = handler
         self.activity = activity
         self.limits = limits
         self.stats = stats
         self.alt_svc = b""
-        #: told the status of every answer given before the pipeline (metrics)
-        self.on_reject: Callable[[int], None] = lambda status: None
+        self._reject = reject
 
     def response_headers(self, headers: Headers) -> Headers:
         """``headers`` plus our ``alt-svc`` (replacing a backend's, which names another port)."""
@@ -87,10 +89,14 @@ class ServeContext:
             out.append((b"alt-svc", self.alt_svc))
         return out
 
+    def head_limit_error(self, headers: Headers) -> ErrorResponse | None:
+        """431 when the request's fields pass ``max_headers_count`` or ``max_headers_bytes``
+        (sum of names and values), else None."""
+        return header_limit_error(headers, max_count=self.limits.max_headers_count, max_bytes=self.limits.max_headers_bytes)
+
     def check_head(self, headers: Headers) -> None:
-        """Raise :class:`ProxyError` 431 when the request's fields pass
-        ``max_headers_count`` or ``max_headers_bytes`` (sum of names and values)."""
-        error = header_limit_error(headers, max_count=self.limits.max_headers_count, max_bytes=self.limits.max_headers_bytes)
+        """Raise :class:`ProxyError` with :meth:`head_limit_error`'s 431, if any."""
+        error = self.head_limit_error(headers)
         if error is not None:
             raise ProxyError(error.status, error.reason, error.message)
 
@@ -106,13 +112,15 @@ class ServeContext:
         finally:
             self.activity.exit()
 
-    async def send_error(self, sink: ResponseSink, error: ErrorResponse) -> None:
-        """A short plain-text error response (the pipeline's error shape)."""
-        self.on_reject(error.status)
-        body = error.body()
-        headers: Headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        await sink.send_headers(error.status, headers)
-        await sink.send_data(body, end_stream=True)
+    async def reject(self, request: DownstreamRequest, sink: ResponseSink, error: ErrorResponse) -> None:
+        """Answer a request refused before the chain through the answer door, counted as
+        in flight like a served one (a drain waits for its record)."""
+        assert self._reject is not None, "a serving listener is built with its Rejecter"
+        self.activity.enter()
+        try:
+            await self._reject(request, sink, error)
+        finally:
+            self.activity.exit()
 
 
 class BootstrapListener:
@@ -132,6 +140,7 @@ class BootstrapListener:
         performance: Any,
         protocol: Any,
         handler: Handler,
+        reject: Rejecter,
         activity: Any,
     ) -> None:
         self.address = address
@@ -148,7 +157,7 @@ class BootstrapListener:
             h2_max_reset_debt=2 * performance.quic_initial_max_streams_bidi,
         )
         self.stats: Counter[str] = Counter()
-        self.ctx = ServeContext(handler, activity, self.limits, self.stats)
+        self.ctx = ServeContext(handler, activity, self.limits, self.stats, reject)
         self.connections: set[H1ServerConnection | H2ServerConnection] = set()
         #: accepted TCP connections, handshaking ones included (``max_active_connections``)
         self.open_connections = 0

@@ -9,7 +9,6 @@ reaches the proxy pipeline when the problem is in the head or the first body chu
 
 from __future__ import annotations
 
-import http
 import logging
 import re
 import socket
@@ -18,9 +17,9 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
+from spooky_trio.http.errors import ErrorResponse, reason_phrase
 from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
 from spooky_trio.ingress.tls import client_headers
-from spooky_trio.http.errors import ProxyError
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.bootstrap import ServeContext
@@ -36,20 +35,51 @@ _OBS_FOLD = re.compile(rb"\n[ \t]")
 
 
 class _Reject(Exception):
-    """Answer with ``status`` and close the connection; the pipeline is not involved."""
+    """Answer with ``status`` and close the connection; the chain is not involved.
+    ``request``: what is known of the refused request (for its access-log line)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, request: DownstreamRequest | None = None) -> None:
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
+        self.request = request
 
 
 def raw_response(status: int, headers: Headers, body: bytes) -> bytes:
-    """A complete ``connection: close`` response serialized by hand (h11 may be in ERROR)."""
-    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
-    lines = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
-    lines += [n + b": " + v for n, v in headers]
+    """A complete ``connection: close`` response serialized by hand (h11 may be in ERROR);
+    ``content-length`` is set from ``body`` (one in ``headers`` is dropped)."""
+    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}".encode("ascii")]
+    lines += [n + b": " + v for n, v in headers if n != b"content-length"]
     lines += [b"content-length: " + str(len(body)).encode("ascii"), b"connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class _ClosingAnswerSink:
+    """The sink of an answer given before a request could be served (a malformed or slow
+    head): the whole response is written in one piece with ``connection: close``, by hand,
+    because h11 may be in its ERROR state."""
+
+    def __init__(self, conn: H1ServerConnection) -> None:
+        self._conn = conn
+        self._head: tuple[int, Headers] | None = None
+        self.headers_sent = False
+
+    async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
+        self._head = (status, self._conn.ctx.response_headers(headers))
+        self.headers_sent = True
+        if end_stream:
+            await self.send_data(b"", end_stream=True)
+
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
+        assert self._head is not None and end_stream, "an answer is one head and one body"
+        status, headers = self._head
+        async with self._conn._send_lock:
+            await self._conn.stream.send_all(raw_response(status, headers, data))
+
+    async def send_trailers(self, trailers: Headers) -> None:
+        raise AssertionError("an answer has no trailers")
+
+    def reset(self, reason: str) -> None:
+        """Nothing to reset: the connection closes after the answer."""
 
 
 class H1RequestBody:
@@ -98,8 +128,7 @@ class H1ResponseSink:
         if conn.close_after_response():
             out.append((b"connection", b"close"))
         self._chunked = not has_length and (conn.h11.their_http_version or b"1.0") >= b"1.1"
-        phrase = http.HTTPStatus(status).phrase.encode() if status in http.HTTPStatus._value2member_map_ else b""
-        await conn.send(h11.Response(status_code=status, headers=out, reason=phrase))
+        await conn.send(h11.Response(status_code=status, headers=out, reason=reason_phrase(status, "").encode()))
         self.headers_sent = True
         if end_stream:
             await conn.send(h11.EndOfMessage())
@@ -199,13 +228,10 @@ class H1ServerConnection:
                         return
                 except _Reject as rej:
                     self.ctx.stats[f"h1_rejected.{rej.reason}"] += 1
-                    self.ctx.on_reject(rej.status)
                     log.debug("rejecting request from %s: %s %s", self.client_address, rej.status, rej.message)
-                    body = f"{rej.status} {http.HTTPStatus(rej.status).phrase}: {rej.message} ({rej.reason})\n".encode()
-                    head = self.ctx.response_headers([(b"content-type", b"text/plain; charset=utf-8")])
                     self._linger = True
-                    async with self._send_lock:
-                        await self.stream.send_all(raw_response(rej.status, head, body))
+                    request = rej.request or self._unknown_request()
+                    await self.ctx.reject(request, _ClosingAnswerSink(self), ErrorResponse(rej.status, rej.reason, rej.message))
                     return
                 self.requests_served += 1
                 self.h11.start_next_cycle()
@@ -285,15 +311,24 @@ class H1ServerConnection:
         if end is not None and _OBS_FOLD.search(pending, 0, end.start() + 1):
             raise _Reject(400, "obs_fold", "obsolete line folding in the request head")
 
+    def _unknown_request(self, method: bytes = b"", target: bytes = b"", host: bytes = b"") -> DownstreamRequest:
+        """What the access log shows of a request refused before it could be built."""
+        return DownstreamRequest(method=method, scheme=b"https", authority=host, path=target, headers=[],
+                                 protocol="HTTP/1.1", client_address=self.client_address)
+
     def _build(self, event: h11.Request) -> tuple[DownstreamRequest, H1RequestBody | None]:
         headers: Headers = [(bytes(n), bytes(v)) for n, v in event.headers]
         names = {n for n, _ in headers}
+
+        def refused(status: int, reason: str, message: str) -> _Reject:
+            host = next((v for n, v in headers if n == b"host"), b"")
+            return _Reject(status, reason, message, self._unknown_request(bytes(event.method), bytes(event.target), host))
+
         if b"content-length" in names and b"transfer-encoding" in names:
-            raise _Reject(400, "ambiguous_framing", "both Content-Length and Transfer-Encoding")
-        try:
-            self.ctx.check_head(headers)
-        except ProxyError as exc:
-            raise _Reject(exc.response.status, exc.response.reason, exc.response.message) from None
+            raise refused(400, "ambiguous_framing", "both Content-Length and Transfer-Encoding")
+        error = self.ctx.head_limit_error(headers)
+        if error is not None:
+            raise refused(error.status, error.reason, error.message)
         host = next((v for n, v in headers if n == b"host"), None)
         target = bytes(event.target)
         authority, host_header = host or b"", None
@@ -328,9 +363,9 @@ class H1ServerConnection:
                 try:
                     await body.prefetch()
                 except RequestBodyError as exc:
-                    raise _Reject(400, "bad_body_framing", str(exc)) from None
+                    raise _Reject(400, "bad_body_framing", str(exc), request) from None
             if scope.cancelled_caught:
-                raise _Reject(408, "client_body_timeout", "no request body bytes in time")
+                raise _Reject(408, "client_body_timeout", "no request body bytes in time", request)
         else:
             end = self.h11.next_event()  # a body-less request ends with its head
             assert isinstance(end, h11.EndOfMessage), end
@@ -338,7 +373,7 @@ class H1ServerConnection:
         await self.ctx.serve_request(request, sink)
         if not sink.finished:
             if not sink.headers_sent and self._body_error is not None:
-                raise _Reject(400, "bad_body_framing", self._body_error)
+                raise _Reject(400, "bad_body_framing", self._body_error, request)
             return False
         if sink.tunnelled:
             return False

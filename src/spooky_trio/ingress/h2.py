@@ -262,6 +262,11 @@ class H2ServerConnection:
             request = self._build(pseudo, headers, body)
         except ProxyError as exc:
             error = exc.response
+            # what the access log shows of the refused request
+            request = DownstreamRequest(
+                method=pseudo.get(b":method", b""), scheme=b"https", authority=pseudo.get(b":authority", b""),
+                path=pseudo.get(b":path", b""), headers=[], protocol="HTTP/2", client_address=self.client_address,
+            )
         # extended CONNECT (WebSocket) and plain CONNECT: the stream's DATA is the tunnel
         tunnel_body = body if pseudo.get(b":protocol") is not None or pseudo.get(b":method") == b"CONNECT" else None
         sink = H2ResponseSink(self, stream_id, tunnel_body)
@@ -303,10 +308,10 @@ class H2ServerConnection:
     async def _serve_stream(self, stream: _Stream) -> None:
         try:
             with stream.cancel_scope:
+                assert stream.request is not None
                 if stream.error is not None:
-                    await self.ctx.send_error(stream.sink, stream.error)
+                    await self.ctx.reject(stream.request, stream.sink, stream.error)
                 else:
-                    assert stream.request is not None
                     await self.ctx.serve_request(stream.request, stream.sink)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             stream.sink.aborted = True

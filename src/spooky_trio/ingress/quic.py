@@ -23,6 +23,7 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
+from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.messages import DownstreamRequest, ResponseSink
 from spooky_trio.ingress.closing import encode_initial_close
 from spooky_trio.ingress.identities import IdentityStore
@@ -33,11 +34,13 @@ from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
 from spooky_trio.core.activity import Activity
 
-__all__ = ["Activity", "Handler", "QuicListener"]
+__all__ = ["Activity", "Handler", "QuicListener", "Rejecter"]
 
 log = logging.getLogger("spooky.ingress.quic")
 
 Handler = Callable[[DownstreamRequest, ResponseSink], Awaitable[None]]
+#: answers a request refused before the chain, through the answer door (``Proxy.reject``)
+Rejecter = Callable[[DownstreamRequest, ResponseSink, ErrorResponse], Awaitable[None]]
 
 #: Datagrams read from the socket before events are processed and replies sent.
 RECV_BURST = 64
@@ -56,6 +59,7 @@ class QuicListener:
         identities: IdentityStore,
         performance: Any,
         handler: Handler,
+        reject: Rejecter,
         activity: Activity,
         protocol: Any,
     ) -> None:
@@ -66,6 +70,8 @@ class QuicListener:
         #: resilience.protocol: header limits checked before a request reaches the pipeline
         self.protocol = protocol
         self.handler = handler
+        #: answers header-limit and extended-CONNECT refusals (quic_connection.py)
+        self.reject = reject
         self.activity = activity
         self.sock: socket.socket = None  # type: ignore[assignment]
         self.connections: set[QuicConnectionTask] = set()
@@ -73,8 +79,6 @@ class QuicListener:
         self._dirty: set[QuicConnectionTask] = set()
         self._flush_wakeup = trio.Event()
         self.draining = False
-        #: told the status of every answer given before the pipeline (metrics)
-        self.on_reject: Callable[[int], None] = lambda status: None
         self.stats: dict[str, int] = {
             "datagrams": 0, "bad_headers": 0, "unroutable": 0, "send_drops": 0,
             "refused_draining": 0, "cap_rejects": 0, "malformed_requests": 0, "panics": 0,

@@ -30,7 +30,6 @@ from spooky_trio.ingress.h3 import (
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.tls import client_headers
 from spooky_trio.http.errors import ErrorResponse, header_limit_error
-from spooky_trio.proxy.answers import send_error
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener
@@ -169,7 +168,7 @@ class QuicConnectionTask:
             return
         rejection = self._rejection(pseudo, headers)
         if rejection is not None:
-            self._nursery.start_soon(self._reject, stream_id, rejection)  # type: ignore[union-attr]
+            self._nursery.start_soon(self._reject, stream_id, pseudo, rejection)  # type: ignore[union-attr]
             return
         # QUIC clients present no certificate: a client-sent subject header is always forged
         headers = client_headers(headers, None)
@@ -211,12 +210,20 @@ class QuicConnectionTask:
             error = ErrorResponse(501, "extended_connect_unsupported", "WebSocket over HTTP/3 (RFC 9220) is not supported; use the TCP listener")
         return error
 
-    async def _reject(self, stream_id: int, error: ErrorResponse) -> None:
-        self.listener.on_reject(error.status)
+    async def _reject(self, stream_id: int, pseudo: dict[bytes, bytes], error: ErrorResponse) -> None:
+        """Answer a request refused before the chain through the answer door."""
+        request = DownstreamRequest(
+            method=pseudo.get(b":method", b""), scheme=b"https", authority=pseudo.get(b":authority", b""),
+            path=pseudo.get(b":path", b""), headers=[], protocol="HTTP/3", client_address=self.addr,
+        )
         sink = H3ResponseSink(self, stream_id)
+        activity = self.listener.activity
+        activity.enter()  # in flight like a served request: a drain waits for its record
         try:
-            await send_error(sink, error)
-        except trio.BrokenResourceError:
+            await self.listener.reject(request, sink, error)
+        finally:
+            activity.exit()
+        if not sink.finished:
             return
         try:  # the request body, if any, is not wanted (RFC 9114 4.1)
             self.quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)

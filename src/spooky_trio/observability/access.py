@@ -1,9 +1,11 @@
 """The access log: one line per request on logger ``spooky.access``.
 
-:class:`AccessRecord` collects what the pipeline learns about a request (route, backend,
-status, bytes each way); :class:`CountingSink` and :class:`CountingBody` count the bytes
-without the ingress knowing. ``Proxy.handle`` writes the line once, in a ``finally``, so
-HTTP/3 and bootstrap (HTTP/1.1, HTTP/2) requests, error answers and resets alike get one.
+:class:`AccessRecord` holds what the log line shows of a request (route, backend, status,
+bytes each way, the outcome and the ``reason`` that decided the answer); the proxy's
+per-request context extends it (``proxy/context.py``), and :class:`CountingBody` counts the
+request body bytes without the ingress knowing. The proxy's record step
+(``proxy/answers.py``) writes the line exactly once per request, whoever answered: a
+backend, a filter, the ingress (431, 400, 408...), or nobody (a reset).
 
 The line is formatted by the ``log.format`` handler: the message is a readable
 ``key=value`` line (``plain``), and the fields ride on the record as ``record.access`` so
@@ -18,22 +20,23 @@ from typing import Any
 
 import trio
 
-from spooky_trio.http.messages import DownstreamBody, DownstreamRequest, Headers, ResponseSink
+from spooky_trio.http.messages import DownstreamBody, DownstreamRequest
 
 access_log = logging.getLogger("spooky.access")
 
 #: field order of the plain line and the JSON object
 FIELDS = (
     "time", "client", "protocol", "method", "authority", "path", "status", "pool",
-    "backend", "bytes_in", "bytes_out", "duration_ms", "outcome",
+    "backend", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason",
 )
 
 
 class AccessRecord:
-    """What one request did; filled by the pipeline and the counting wrappers."""
+    """What one request did, as the access log shows it; filled by the proxy's filters,
+    its answer door and the byte-counting wrappers."""
 
     __slots__ = ("request", "started", "started_wall", "status", "pool", "backend", "bytes_in", "bytes_out", "outcome",
-                 "extra_headers")
+                 "reason")
 
     def __init__(self, request: DownstreamRequest) -> None:
         self.request = request
@@ -45,10 +48,12 @@ class AccessRecord:
         self.bytes_in = 0
         self.bytes_out = 0
         #: ``ok`` (answered by a backend), ``error`` (the proxy answered an error itself),
-        #: ``reset`` (stream reset or client gone), ``tunnel`` (WebSocket relayed)
+        #: ``reset`` (stream reset or client gone), ``tunnel`` (WebSocket or CONNECT relayed)
         self.outcome = "reset"
-        #: added to the response head (the route-decision header)
-        self.extra_headers: Headers = []
+        #: the step that decided the answer: ``ok`` for a backend's answer, else the short
+        #: machine-readable reason of the proxy's own answer or reset (``no_route``,
+        #: ``headers_too_large``, ``connect_failed``, ``client_gone``...)
+        self.reason: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The access-log fields, in :data:`FIELDS` order."""
@@ -68,6 +73,7 @@ class AccessRecord:
             "bytes_out": self.bytes_out,
             "duration_ms": round((trio.current_time() - self.started) * 1000, 3),
             "outcome": self.outcome,
+            "reason": self.reason,
         }
 
     def emit(self) -> None:
@@ -101,35 +107,3 @@ class CountingBody:
         chunk = await self._inner.receive()
         self._record.bytes_in += len(chunk)
         return chunk
-
-
-class CountingSink:
-    """A response sink that records the status and the body bytes sent; other attributes
-    (``open_tunnel``...) pass through to the ingress's sink."""
-
-    def __init__(self, inner: ResponseSink, record: AccessRecord) -> None:
-        self._inner = inner
-        self._record = record
-
-    @property
-    def headers_sent(self) -> bool:
-        return self._inner.headers_sent
-
-    async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
-        if self._record.extra_headers:
-            headers = [*headers, *self._record.extra_headers]
-        await self._inner.send_headers(status, headers, end_stream=end_stream)
-        self._record.status = status
-
-    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
-        await self._inner.send_data(data, end_stream=end_stream)
-        self._record.bytes_out += len(data)
-
-    async def send_trailers(self, trailers: Headers) -> None:
-        await self._inner.send_trailers(trailers)
-
-    def reset(self, reason: str) -> None:
-        self._inner.reset(reason)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -58,6 +58,13 @@ class Metrics:
         self.requests = Counter("spooky_requests", "Requests handled by the pipeline", registry=r)
         self.requests_success = Counter("spooky_requests_success", "Requests answered below 400", registry=r)
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
+        # (not in the spec; added with the filter chain) every request once, by the step that
+        # decided its answer: ``ok`` for a backend's answer, else the proxy's reason
+        self.requests_by_reason = Counter(
+            "spooky_requests_by_reason", "Requests by the reason that decided the answer", ["reason", "status_class"], registry=r
+        )
+        #: (reason, status class) -> label child (see request_done)
+        self._reason_children: dict[tuple[str, str], Any] = {}
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
         self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/408/413/431)", registry=r)
         self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)
@@ -125,13 +132,19 @@ class Metrics:
 
     # -- event hooks --
 
-    def request_done(self, status: int | None) -> None:
-        """One pipeline request finished with ``status`` (None: reset without an answer)."""
+    def request_done(self, status: int | None, reason: str) -> None:
+        """One request finished with ``status`` (None: reset without an answer), decided by
+        ``reason`` (the access log's field)."""
         self.requests.inc()
         if status is not None and status < 400:
             self.requests_success.inc()
         else:
             self.requests_failure.inc()
+        key = (reason, status_class(status))
+        child = self._reason_children.get(key)
+        if child is None:
+            child = self._reason_children[key] = self.requests_by_reason.labels(*key)
+        child.inc()
 
     def request_rejected(self, status: int) -> None:
         """The pipeline answered ``status`` itself before forwarding (validation / policy)."""

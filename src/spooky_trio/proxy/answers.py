@@ -1,11 +1,30 @@
-"""The one place that maps failures to client-facing HTTP statuses, and writes error answers."""
+"""The answer door: every response the proxy makes itself, and the record step of every request.
+
+Three functions, one per way a request can end, all used by the chain
+(:class:`~spooky_trio.proxy.chain.Proxy`) and by nothing else:
+
+* :meth:`AnswerDoor.answer`: a local answer (:class:`Answer`): a filter's refusal (405, 403,
+  404, 413, 503 shed...), an ingress-level rejection (400, 408, 431, 501), a backend failure
+  mapped to 502/504. It writes the head (through the response hooks of the filters that
+  ran) and the body, and sets the status and ``reason`` the record shows.
+* :meth:`AnswerDoor.fail`: an exception ended the request: :func:`error_response_for` maps it
+  to an answer (the one place that maps failures to statuses), or, when no answer is
+  possible any more (the head went out, the client is gone), the stream is reset.
+* :meth:`AnswerDoor.record`: once per request, whatever happened: the access-log line and
+  ``spooky_requests_total`` / ``spooky_requests_by_reason_total{reason,status_class}``
+  (plus the validation / policy / early-data counters for the proxy's own refusals).
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
 import trio
 
-from spooky_trio.http.errors import ErrorResponse, ProxyError, unwrap
-from spooky_trio.http.messages import Headers, RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge, ResponseSink
+from spooky_trio.http.errors import ErrorResponse, ProxyError, ResponseTooLarge, unwrap
+from spooky_trio.http.messages import Headers, RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge
 from spooky_trio.upstream.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -13,6 +32,36 @@ from spooky_trio.upstream.errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
+
+if TYPE_CHECKING:
+    from spooky_trio.observability.metrics import Metrics
+    from spooky_trio.proxy.context import RequestContext
+
+log = logging.getLogger("spooky.proxy")
+
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+
+
+@attrs.frozen(slots=True)
+class Answer:
+    """A complete response the proxy makes itself.
+
+    ``reason`` names the step that decided it (the access log's ``reason``). ``rejection``:
+    the proxy refused the request (counted in ``spooky_request_validation_rejects`` /
+    ``spooky_policy_denied`` / ``spooky_early_data_rejected`` by status), as opposed to a
+    backend failure it reports (502/504).
+    """
+
+    status: int
+    reason: str
+    body: bytes = b""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    rejection: bool = True
+
+    @classmethod
+    def from_error(cls, error: ErrorResponse, headers: Headers = (), *, rejection: bool = True) -> Answer:  # type: ignore[assignment]
+        """The plain-text error answer of ``error`` (the one shape of every error body)."""
+        return cls(error.status, error.reason, error.body(), (_TEXT_PLAIN, *headers), rejection)
 
 
 def error_response_for(exc: BaseException) -> ErrorResponse | None:
@@ -36,17 +85,76 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
         return ErrorResponse(413, "request_body_too_large", str(exc))
     if isinstance(exc, RequestBodyTimeout):
         return ErrorResponse(408, "client_body_timeout", str(exc))
-    if isinstance(exc, RequestBodyError):
-        return None
     return None
 
 
-async def send_error(sink: ResponseSink, error: ErrorResponse, extra_headers: Headers = ()) -> None:  # type: ignore[assignment]
-    body = error.body()
-    headers: Headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        *extra_headers,
-    ]
-    await sink.send_headers(error.status, headers)
-    await sink.send_data(body, end_stream=True)
+def _reset_reason(exc: BaseException) -> str:
+    if isinstance(exc, trio.BrokenResourceError):
+        return "client_gone"
+    if isinstance(exc, RequestBodyError):
+        return "client_body_error"
+    if isinstance(exc, (UpstreamError, ResponseTooLarge)):
+        return exc.reason
+    if isinstance(exc, trio.Cancelled):
+        return "cancelled"
+    return type(exc).__name__
+
+
+class AnswerDoor:
+    """The three ways a request ends (module docstring); ``metrics`` may be None (tests)."""
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+
+    async def answer(self, ctx: RequestContext, answer: Answer) -> None:
+        """Send ``answer`` to the client through ``ctx.sink``; a client that went away
+        meanwhile turns it into a reset (recorded as ``client_gone``)."""
+        sink = ctx.sink
+        assert sink is not None
+        ctx.outcome = "error" if answer.status >= 400 else "local"
+        ctx.reason = answer.reason
+        if answer.rejection and self.metrics is not None:
+            self.metrics.request_rejected(answer.status)
+        headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode())]
+        try:
+            await sink.send_headers(answer.status, headers, end_stream=not answer.body)
+            if answer.body:
+                await sink.send_data(answer.body, end_stream=True)
+        except trio.BrokenResourceError:
+            log.debug("client went away before the %d answer", answer.status)
+            ctx.outcome, ctx.reason = "reset", "client_gone"
+
+    async def fail(self, ctx: RequestContext, exc: BaseException) -> None:
+        """``exc`` ended the request: answer the error it stands for, or reset the stream.
+        Re-raises what is neither a request nor a backend failure (a bug: the ingress's task
+        boundary logs and counts it)."""
+        failure = unwrap(exc)
+        error = error_response_for(failure)
+        request = ctx.request
+        if isinstance(failure, UpstreamError):
+            where = f"{ctx.pool}/{ctx.backend}" if ctx.backend is not None else "-"
+            log.warning("upstream %s failed for %s %s: %s: %s", where, request.method.decode(), request.path.decode("latin-1"), failure.reason, failure)
+        elif error is None and not isinstance(failure, (RequestBodyError, ResponseTooLarge, trio.BrokenResourceError)):
+            ctx.outcome, ctx.reason = "reset", "internal_error"
+            raise exc
+        sink = ctx.sink
+        assert sink is not None
+        if sink.headers_sent or error is None:
+            log.debug("resetting stream of %s %s: %r", request.method.decode(), request.path.decode("latin-1"), failure)
+            reason = error.reason if error is not None else _reset_reason(failure)
+            sink.reset(reason)
+            ctx.outcome, ctx.reason = "reset", reason
+            return
+        headers = failure.headers if isinstance(failure, ProxyError) else ()
+        ours = isinstance(failure, (ProxyError, RequestBodyError))
+        await self.answer(ctx, Answer.from_error(error, headers, rejection=ours))
+
+    def record(self, ctx: RequestContext) -> None:
+        """The record step: count the request and write its access-log line (once)."""
+        if ctx.reason is None:
+            ctx.reason = "ok" if ctx.outcome in ("ok", "tunnel") else ctx.outcome
+        if self.metrics is not None:
+            self.metrics.request_done(ctx.status if ctx.outcome != "reset" else None, ctx.reason)
+        ctx.emit()

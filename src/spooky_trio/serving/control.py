@@ -222,7 +222,7 @@ class ControlApi:
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "config_generation": server.generation.number,
-            "config_canary_generation": None if server.canary is None else server.canary.number,
+            "config_canary_generation": None if server.generations.canary is None else server.generations.canary.number,
             "ready": server.ready,
             "draining": server.draining,
             "listeners": [

@@ -11,8 +11,10 @@ transaction:
 3. stage it on the server (:meth:`Server.stage`): added listeners and moved endpoints are
    bound, a changed log file is opened. Any failure undoes the staging;
 4. (``persist``) write the text to the config file: temp file + ``os.replace``;
-5. commit (:meth:`Server.commit`): the one-reference swap, then the health supervisor, the
-   upstream pool, removed listeners and endpoints follow.
+5. commit (:meth:`Server.commit`): around the one-reference swap in the
+   :class:`~spooky_trio.core.generations.GenerationSet` this manager owns (the request
+   path reads it), the health supervisor, the upstream pool, removed listeners and
+   endpoints follow.
 
 A failure in steps 1-4 leaves the running generation untouched. The generations replaced
 by a commit are kept (the last :data:`HISTORY` of them) for :meth:`ConfigManager.rollback`.
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 import collections
 import datetime
+import hashlib
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -35,6 +38,7 @@ import trio
 from spooky_trio.config import ConfigError, check_files, load_config_text
 from spooky_trio.config.issues import ConfigIssue
 from spooky_trio.core.generation import Generation
+from spooky_trio.core.generations import GenerationSet
 from spooky_trio.core.state import StateStore
 
 log = logging.getLogger("spooky.reload")
@@ -66,6 +70,39 @@ class Applied:
             "source": self.source,
             "trigger": self.trigger,
         }
+
+
+class StageError(Exception):
+    """A reload cannot be staged; ``issues`` lists every problem (key path, line, message)."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("; ".join(str(issue) for issue in issues))
+
+
+class ReloadTarget(Protocol):
+    """What the reload transaction drives: the serving process (``serving/server.py``)."""
+
+    #: the file a reload re-reads and ``persist=true`` writes (None: started from text)
+    config_path: str | None
+    #: applied to every loaded config (a worker's private control API), or None
+    adapt_config: Callable[[Any], Any] | None
+    state: StateStore
+    metrics: Any
+    draining: bool
+    serving: bool
+
+    def stage(self, config: Any, generation: Generation, *, listeners_and_services: bool = True) -> Any:
+        """Prepare ``generation`` and what ``config`` needs beside the running server; raises StageError."""
+        ...
+
+    async def commit(self, staged: Any, swap: Callable[[], None], *, canary: bool = False) -> Callable[[], None]:
+        """Go over to ``staged``, calling ``swap()`` at the switch point; returns the after-answer step."""
+        ...
+
+    async def follow_generations(self) -> None:
+        """Health checks and pooled connections follow the live generations."""
+        ...
 
 
 class ReloadFailed(Exception):
@@ -198,15 +235,17 @@ def diff_line(diff: dict[str, Any]) -> str:
 class ConfigManager:
     """The reload transaction for a :class:`~spooky_trio.serving.server.Server` (module docstring)."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: ReloadTarget, generation: Generation) -> None:
         self.server = server
         self.lock = trio.Lock()
-        self.current = Applied(server.generation, self._startup_text(server), "startup", "startup")
+        #: what requests use: written here only (by the transactions below)
+        self.generations = GenerationSet(generation)
+        self.current = Applied(generation, self._startup_text(server.config_path, generation), "startup", "startup")
         #: replaced generations, newest last
         self.history: collections.deque[Applied] = collections.deque(maxlen=HISTORY)
         #: the staged generation taking a share of new requests, or None
         self.canary: Applied | None = None
-        self._next_number = server.generation.number + 1
+        self._next_number = generation.number + 1
         self._counter = getattr(server.metrics, "config_reloads", None)
         #: finished transactions (any result), for :meth:`wait_transactions`
         self.transactions = 0
@@ -252,9 +291,18 @@ class ConfigManager:
                     except OSError as exc:
                         staged.abort()
                         raise ReloadFailed(500, "failed", _whole(f"cannot write {self.server.config_path}: {exc.strerror or exc}")) from exc
-                diff = diff_summary(self.server.generation.config, config)
+                diff = diff_summary(self.generations.stable.config, config)
+                generations = self.generations
+                if canary_percent is not None:
+                    percent = canary_percent
+
+                    def swap() -> None:
+                        generations.stage_canary(generation, percent)
+                else:
+                    def swap() -> None:
+                        generations.commit(generation)
                 with trio.CancelScope(shield=True):  # a commit is never left half done
-                    after = await self.server.commit(staged, canary_percent=canary_percent)
+                    after = await self.server.commit(staged, swap, canary=canary_percent is not None)
             except ReloadFailed as exc:
                 return self._fail(exc, trigger)
             self._next_number += 1
@@ -281,10 +329,10 @@ class ConfigManager:
             config = self._load(text, "api")
             self._build(config, 0, StateStore())
         except ReloadFailed as exc:
-            return Outcome(exc.status, {"result": "invalid", "generation": self.server.generation.number,
+            return Outcome(exc.status, {"result": "invalid", "generation": self.generations.stable.number,
                                         "errors": [issue_json(i) for i in exc.issues]})
         return Outcome(200, {"result": "valid", "sha256": config.source_sha256,
-                             "diff": diff_summary(self.server.generation.config, config)})
+                             "diff": diff_summary(self.generations.stable.config, config)})
 
     async def rollback(self, *, persist: bool = False) -> Outcome:
         """Drop the canary if one is active; otherwise return to the previous generation."""
@@ -293,12 +341,12 @@ class ConfigManager:
             if self.canary is not None:
                 dropped = self.canary
                 self.canary = None
-                server.canary, server.canary_percent = None, 0.0
+                self.generations.drop_canary()
                 with trio.CancelScope(shield=True):
                     await server.follow_generations()
                 self._count("success")
                 log.info("canary generation %d rolled back; generation %d serves every request",
-                         dropped.generation.number, server.generation.number)
+                         dropped.generation.number, self.generations.stable.number)
                 return Outcome(200, {"result": "canary rolled back", "dropped": dropped.describe(), **self.current.describe()})
             if not self.history:
                 return self._fail(ReloadFailed(409, "invalid", _whole("no previous generation to roll back to")), "rollback")
@@ -316,9 +364,10 @@ class ConfigManager:
                     except OSError as exc:
                         staged.abort()
                         raise ReloadFailed(500, "failed", _whole(f"cannot write {server.config_path}: {exc.strerror or exc}")) from exc
-                diff = diff_summary(server.generation.config, config)
+                diff = diff_summary(self.generations.stable.config, config)
+                generations = self.generations
                 with trio.CancelScope(shield=True):
-                    after = await server.commit(staged)
+                    after = await server.commit(staged, lambda: generations.commit(previous.generation))
             except ReloadFailed as exc:
                 return self._fail(exc, "rollback")
             self.history.pop()
@@ -349,7 +398,7 @@ class ConfigManager:
                 except ReloadFailed as exc:
                     return self._fail(exc, "promote")
             canary.generation.activate()  # its health settings now apply to shared backends too
-            server.generation, server.canary, server.canary_percent = canary.generation, None, 0.0
+            self.generations.promote()
             self.canary = None
             self.history.append(self.current)
             self.current = Applied(canary.generation, canary.text, canary.source, "promote")
@@ -364,26 +413,24 @@ class ConfigManager:
         return {
             **self.current.describe(),
             "path": self.server.config_path,
-            "canary": None if self.canary is None else {**self.canary.describe(), "percent": self.server.canary_percent},
+            "canary": None if self.canary is None else {**self.canary.describe(), "percent": self.generations.canary_percent},
             "history": [entry.describe() for entry in reversed(self.history)],
         }
 
     # -- steps --
 
     @staticmethod
-    def _startup_text(server: Any) -> str | None:
+    def _startup_text(path: str | None, generation: Generation) -> str | None:
         """The config file's text when it still is what the server started with (for a
         rollback with persist=true to the startup generation)."""
-        if server.config_path is None:
+        if path is None:
             return None
         try:
-            with open(server.config_path, "rb") as handle:
+            with open(path, "rb") as handle:
                 text = handle.read().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             return None
-        import hashlib
-
-        return text if hashlib.sha256(text.encode("utf-8")).hexdigest() == server.generation.config.source_sha256 else None
+        return text if hashlib.sha256(text.encode("utf-8")).hexdigest() == generation.config.source_sha256 else None
 
     def _check_serving(self) -> None:
         if self.server.draining or not self.server.serving:
@@ -408,11 +455,11 @@ class ConfigManager:
         problems = check_files(config)
         if problems:
             raise ReloadFailed(422, "invalid", problems)
-        adapt = getattr(self.server, "adapt_config", None)
+        adapt = self.server.adapt_config
         return config if adapt is None else adapt(config)
 
     def _check_canary(self, config: Any) -> None:
-        current = self.server.generation.config
+        current = self.generations.stable.config
         fixed = [
             ("listeners", config.effective_listeners() != current.effective_listeners()),
             ("log", config.log != current.log),
@@ -433,8 +480,6 @@ class ConfigManager:
             raise ReloadFailed(422, "failed", _whole(f"cannot build the generation: {exc}")) from exc
 
     def _stage(self, config: Any, generation: Generation, *, listeners_and_services: bool) -> Any:
-        from spooky_trio.serving.server import StageError
-
         try:
             return self.server.stage(config, generation, listeners_and_services=listeners_and_services)
         except StageError as exc:
@@ -456,7 +501,7 @@ class ConfigManager:
 
     def _fail(self, exc: ReloadFailed, trigger: str) -> Outcome:
         self._count(exc.result)
-        log.warning("config reload (%s) rejected, generation %d keeps serving: %s", trigger, self.server.generation.number,
+        log.warning("config reload (%s) rejected, generation %d keeps serving: %s", trigger, self.generations.stable.number,
                     "; ".join(str(issue) for issue in exc.issues))
-        return Outcome(exc.status, {"result": exc.result, "generation": self.server.generation.number,
+        return Outcome(exc.status, {"result": exc.result, "generation": self.generations.stable.number,
                                     "errors": [issue_json(issue) for issue in exc.issues]})

@@ -12,9 +12,10 @@ Server.run
 ```
 
 A configuration reload (serving/reload.py) calls :meth:`Server.stage` (build the new
-Generation, bind added listeners and moved endpoints, open a new log file: nothing running
-is touched, and :meth:`Staged.abort` undoes it all) and then :meth:`Server.commit` (the
-swap; see docs/reload.md).
+generation's filter chain, bind added listeners and moved endpoints, open a new log file:
+nothing running is touched, and :meth:`Staged.abort` undoes it all) and then
+:meth:`Server.commit` (around the swap of the reload manager's
+:class:`~spooky_trio.core.generations.GenerationSet`; see docs/reload.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import grp
 import logging
 import os
 import pwd
-import random
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -41,11 +41,13 @@ from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
-from spooky_trio.proxy.pipeline import Proxy
+from spooky_trio.proxy.chain import Proxy
+from spooky_trio.proxy.filters import build_chain
 from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.core.generation import Generation
+from spooky_trio.core.generations import GenerationSet
 from spooky_trio.serving.listeners import BindError, ListenerPair, Service
-from spooky_trio.serving.reload import ConfigManager
+from spooky_trio.serving.reload import ConfigManager, StageError
 from spooky_trio.core.state import StateStore
 from spooky_trio.upstream import UpstreamPool
 
@@ -60,14 +62,6 @@ EXIT_RESTART = 75
 
 class StartupError(Exception):
     """The server cannot start (bind failure, unreadable certificate...); one-line message."""
-
-
-class StageError(Exception):
-    """A reload cannot be staged; ``issues`` lists every problem (key path, line, message)."""
-
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        self.issues = issues
-        super().__init__("; ".join(str(issue) for issue in issues))
 
 
 @attrs.define(eq=False)
@@ -119,11 +113,7 @@ class Server:
         self.adapt_config = adapt_config
         #: backend health, ejection, latency, DNS addresses: survives reloads (keyed by backend)
         self.state = StateStore()
-        self.generation = Generation.build(config, number=1, state=self.state)
-        #: a staged generation that takes ``canary_percent`` % of new requests, or None
-        self.canary: Generation | None = None
-        self.canary_percent = 0.0
-        self._rng = random.Random()
+        first = Generation.build(config, number=1, state=self.state)
         perf = config.performance
         self.activity = Activity()
         self.upstream = UpstreamPool(
@@ -132,7 +122,15 @@ class Server:
         )
         #: this server's own Prometheus registry (several servers may share a process)
         self.metrics = Metrics()
-        self.proxy = Proxy(self.current_generation, self.upstream, self.metrics, self.state)
+        #: the reload transaction, history, rollback and canary (serving/reload.py); it owns
+        #: the GenerationSet the request path reads
+        self.reloads = ConfigManager(self, first)
+        self.proxy = Proxy(
+            self.reloads.generations.pick,
+            lambda generation: build_chain(generation, upstream=self.upstream, state=self.state, metrics=self.metrics),
+            self.metrics,
+        )
+        self.proxy.chain_for(first)
         self.health = HealthSupervisor(self.upstream, self.metrics)
         #: one QUIC + TCP listener pair per listener block, in config order
         self._pairs: list[ListenerPair] = []
@@ -169,13 +167,21 @@ class Server:
             except EndpointSetupError as exc:
                 raise StartupError(str(exc)) from exc
             self._services["control"] = Service(self.control_api.endpoint(self.metrics.control_api_drops.inc), obs.control_api)
-        #: the reload transaction, history, rollback and canary (serving/reload.py)
-        self.reloads = ConfigManager(self)
 
     @property
     def ready(self) -> bool:
         """Every listener is bound and serving, and the server is not draining."""
         return self.serving and not self.draining
+
+    @property
+    def generations(self) -> GenerationSet:
+        """The stable generation and the canary (owned by :attr:`reloads`; read here)."""
+        return self.reloads.generations
+
+    @property
+    def generation(self) -> Generation:
+        """The stable generation."""
+        return self.reloads.generations.stable
 
     @property
     def config(self) -> Any:
@@ -196,17 +202,6 @@ class Server:
         """(endpoint, required) for the metrics endpoint and control API that are enabled."""
         return [(service.endpoint, service.required) for service in self._services.values()]
 
-    def current_generation(self) -> Generation:
-        """The generation a new request uses: the canary's share goes to :attr:`canary`."""
-        canary = self.canary
-        if canary is not None and self._rng.random() * 100 < self.canary_percent:
-            return canary
-        return self.generation
-
-    def live_generations(self) -> list[Generation]:
-        """The generations new requests may use (the stable one, then the canary)."""
-        return [self.generation] if self.canary is None else [self.generation, self.canary]
-
     def _make_pair(self, listener: Any, config: Any) -> ListenerPair:
         perf = config.performance
         activity = Activity(parent=self.activity)
@@ -218,6 +213,7 @@ class Server:
             performance=perf,
             protocol=config.resilience.protocol,
             handler=self.proxy.handle,
+            reject=self.proxy.reject,
             activity=activity,
         )
         quic = QuicListener(
@@ -226,12 +222,10 @@ class Server:
             identities=identities,
             performance=perf,
             handler=self.proxy.handle,
+            reject=self.proxy.reject,
             activity=activity,
             protocol=config.resilience.protocol,
         )
-        # answers given before the pipeline (431, 400, 501...) count in the request metrics
-        quic.on_reject = self.metrics.request_rejected
-        tcp.ctx.on_reject = self.metrics.request_rejected
         return ListenerPair(listener, quic, tcp, activity)
 
     def bind(self) -> None:
@@ -339,12 +333,16 @@ class Server:
 
     def stage(self, config: Any, generation: Generation, *, listeners_and_services: bool = True) -> Staged:
         """Prepare everything ``config`` needs beside the running server: ``generation``
-        (already built), a fresh listener pair for each listener block (added ones bound
-        now, so a bind failure fails the transaction), moved endpoints bound, a changed log
-        handler opened. Raises :class:`StageError` with every problem, after undoing the
-        rest. ``listeners_and_services=False`` (a canary) keeps listeners, endpoints and
-        logging as they are."""
+        (already built) and its filter chain, a fresh listener pair for each listener block
+        (added ones bound now, so a bind failure fails the transaction), moved endpoints
+        bound, a changed log handler opened. Raises :class:`StageError` with every problem,
+        after undoing the rest. ``listeners_and_services=False`` (a canary) keeps
+        listeners, endpoints and logging as they are."""
         staged = Staged(generation=generation, config=config)
+        try:
+            self.proxy.chain_for(generation)
+        except Exception as exc:  # noqa: BLE001 - a filter that cannot be built from a config that validated
+            raise StageError([ConfigIssue("", None, None, f"cannot build the request chain: {exc}")]) from exc
         if not listeners_and_services:
             staged.pairs = list(self._pairs)
             return staged
@@ -451,23 +449,20 @@ class Server:
         with scope:
             await watchdog.run()
 
-    async def commit(self, staged: Staged, *, canary_percent: float | None = None) -> Callable[[], None]:
-        """Swap to ``staged``: added listeners start serving, kept ones adopt their new
-        settings, the generation reference is swapped (or the canary set), removed listeners
-        drain in the background, the health supervisor and upstream pool follow the live
-        generations, endpoints and logging move. Returns the step to run once the caller
-        answered (stop the endpoints that moved: a control API request that triggered the
-        reload gets its answer on the old socket first)."""
-        staged.generation.activate(beside=self.generation if canary_percent is not None else None)
+    async def commit(self, staged: Staged, swap: Callable[[], None], *, canary: bool = False) -> Callable[[], None]:
+        """Go over to ``staged``: added listeners start serving, kept ones adopt their new
+        settings, ``swap()`` (the reload manager's: its GenerationSet takes the generation,
+        as the stable one or, with ``canary``, as the canary) makes requests that start from
+        then on use it, removed listeners drain in the background, the health supervisor and
+        upstream pool follow the live generations, endpoints and logging move. Returns the
+        step to run once the caller answered (stop the endpoints that moved: a control API
+        request that triggered the reload gets its answer on the old socket first)."""
+        staged.generation.activate(beside=self.generation if canary else None)
         for pair in staged.added:
             await self._start_pair(pair)
         for pair, fresh in staged.kept:
             pair.adopt(fresh)
-        # the swap: requests that start from here on use the new generation
-        if canary_percent is not None:
-            self.canary, self.canary_percent = staged.generation, canary_percent
-        else:
-            self.generation, self.canary, self.canary_percent = staged.generation, None, 0.0
+        swap()
         self._pairs = list(staged.pairs)
         assert self._nursery is not None
         for pair in staged.removed:
@@ -490,12 +485,12 @@ class Server:
             self.control_api = staged.control_api
         if staged.log_handler is not None:
             install_handler(staged.log_handler, staged.config.log)
-        if canary_percent is None:  # the pool is process-wide: a canary does not retune it
+        if not canary:  # the pool is process-wide: a canary does not retune it
             perf = staged.config.performance
             self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
             self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
         await self.follow_generations()
-        if canary_percent is None:
+        if not canary:
             self._follow_watchdog()
 
         def stop_moved() -> None:
@@ -509,7 +504,7 @@ class Server:
         """Health checks and pooled connections follow the live generations: probes of
         removed backends stop, new ones start, unchanged ones keep running; removed
         backends' connections drain."""
-        live = self.live_generations()
+        live = self.generations.live()
         await self.health.apply([b for generation in live for b in generation.backends()], live[-1].config.performance)
         keep = set()
         for generation in live:

@@ -1,6 +1,13 @@
-"""Upstream failure types. ``proxy.errors`` maps each to a client-facing status."""
+"""Upstream failure types and what they say about the backend.
+
+``proxy/answers.py`` maps each type to a client-facing status; :func:`failure_reason` maps
+it to the health failure reason that passive health, the circuit breaker and the metrics
+count against the backend.
+"""
 
 from __future__ import annotations
+
+import trio
 
 
 class UpstreamError(Exception):
@@ -37,3 +44,22 @@ class UpstreamProtocolError(UpstreamError):
     """The backend broke the protocol, closed early or reset the stream."""
 
     reason = "protocol_error"
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """The health failure reason ``exc`` stands for, or None when it says nothing about the
+    backend (the client's body failed, the client went away, a local limit)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, UpstreamTLSError):
+        return "tls"
+    if isinstance(exc, UpstreamTimeout) or isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    if isinstance(exc, UpstreamError):
+        return "timeout" if exc.reason == "body_timeout" else "transport"
+    return None
+
+
+def status_failure_reason(status: int) -> str | None:
+    """``5xx`` for a server error status, else None (the backend answered)."""
+    return "5xx" if 500 <= status <= 599 else None

@@ -6,11 +6,12 @@ limit -> circuit breaker``; the first that refuses sheds the request with a
 route_queue.shed_retry_after_seconds``, the reason in the body) and counts it in
 ``spooky_overload_shed_total`` and ``spooky_overload_shed_by_reason_total{reason}``.
 
-:class:`ResilienceState` is the process-wide state of these mechanisms; it lives in the
-Server's :class:`~spooky_trio.core.state.StateStore` so a config reload keeps counts,
-the admission limit, the brownout state and the retry budgets. Per-backend state (inflight
-slots, breaker) lives in each backend's ``BackendState``. Every limit is read from the
-config of the request's generation on each call.
+The state these checks read and update is process-wide
+(:class:`~spooky_trio.resilience.state.ResilienceState`, kept in the server's
+:class:`~spooky_trio.core.state.StateStore` so a config reload keeps it); per-backend state
+(inflight slots, breaker) lives in each backend's ``BackendState``. Every limit is read from
+the config of the request's generation on each call. A backend is handed out as a
+:class:`~spooky_trio.proxy.lease.BackendLease` that owns its slot.
 
 A disabled mechanism costs one attribute test; the fast path (a slot is free) takes no
 allocation beyond what the request already has.
@@ -20,16 +21,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
+from spooky_trio.config import Config
+from spooky_trio.core.generation import BackendRuntime, PoolRuntime
 from spooky_trio.http.errors import ProxyError, ShedError
-from spooky_trio.resilience.admission import AdaptiveAdmission
-from spooky_trio.resilience.breaker import CLOSED, OPEN
-from spooky_trio.resilience.brownout import Brownout
-from spooky_trio.resilience.limits import RouteQueues, Slots
-from spooky_trio.resilience.retry import RetryBudgets
+from spooky_trio.http.messages import DownstreamRequest
+from spooky_trio.proxy.lease import BackendLease
+from spooky_trio.resilience.limits import Slots
+from spooky_trio.resilience.state import ResilienceState
+
+if TYPE_CHECKING:
+    from spooky_trio.observability.metrics import Metrics
 
 log = logging.getLogger("spooky.overload")
 
@@ -44,32 +49,16 @@ _MESSAGES = {
 }
 
 
-class ResilienceState:
-    """Process-wide overload state that survives reloads (see the module docstring).
-
-    ``on_change`` is called when the global inflight count falls, brownout turns on or off,
-    and a request starts or ends a wait in a route queue (``StateStore.wait_for`` wakes)."""
-
-    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
-        self.global_slots = Slots()
-        self.pool_slots: dict[str, Slots] = {}
-        self.admission = AdaptiveAdmission()
-        self.brownout = Brownout()
-        self.queues = RouteQueues()
-        self.budgets = RetryBudgets()
-        self.on_change = on_change
-
-
 class OverloadGuard:
     """Applies the checks for the pipeline; ``metrics`` may be None (tests)."""
 
-    def __init__(self, state: ResilienceState, metrics: Any | None = None) -> None:
+    def __init__(self, state: ResilienceState, metrics: Metrics | None = None) -> None:
         self.state = state
         self.metrics = metrics
 
     # -- shedding --
 
-    def shed(self, config: Any, reason: str) -> ShedError:
+    def shed(self, config: Config, reason: str) -> ShedError:
         """Count a shed request and build its error (the caller raises it)."""
         if self.metrics is not None:
             self.metrics.overload_shed(reason)
@@ -77,7 +66,7 @@ class OverloadGuard:
 
     # -- admission: brownout, adaptive admission, global and pool slots --
 
-    async def admit(self, config: Any, pool: str, path: bytes) -> Slots:
+    async def admit(self, config: Config, pool: str, path: bytes) -> Slots:
         """Take a global and a pool slot for a request routed to ``pool``, or raise
         :class:`ShedError`. Returns the pool's slots, to hand back to :meth:`release`."""
         state = self.state
@@ -115,12 +104,12 @@ class OverloadGuard:
             self._brownout_changed(gslots.held, perf.global_inflight_limit)
         return pslots
 
-    def release(self, config: Any, pslots: Slots) -> None:
+    def release(self, config: Config, pslots: Slots) -> None:
         """Give back what :meth:`admit` took."""
         pslots.release()
         self._release_global(config)
 
-    def _release_global(self, config: Any) -> None:
+    def _release_global(self, config: Config) -> None:
         state = self.state
         gslots = state.global_slots
         gslots.release()
@@ -137,7 +126,7 @@ class OverloadGuard:
             log.info("brownout off: %d of %d requests in flight", inflight, limit)
         self.state.on_change()
 
-    async def _wait(self, config: Any, slots: Sequence[Slots], acquire: Callable[[], bool], scope: str, pool: str, path: bytes) -> bool:
+    async def _wait(self, config: Config, slots: Sequence[Slots], acquire: Callable[[], bool], scope: str, pool: str, path: bytes) -> bool:
         """The micro-wait: queue for up to ``inflight_acquire_wait_ms``, calling ``acquire``
         after each release of one of ``slots`` until it succeeds. False when no wait is
         configured or it expired; sheds ``route_queue`` when the queue is full."""
@@ -165,17 +154,17 @@ class OverloadGuard:
 
     # -- backend choice: per-backend limit, then the breaker --
 
-    async def choose(self, config: Any, pool: Any, request: Any, exclude: Sequence[Any] = ()) -> Any:
-        """Pick a backend of ``pool`` (a ``PoolRuntime``) for ``request`` among the available
-        ones not in ``exclude`` and take one of its slots; the balancer only sees backends
-        under ``per_backend_inflight_limit`` whose breaker lets a request through. Raises
+    async def choose(self, config: Config, pool: PoolRuntime, request: DownstreamRequest, exclude: Sequence[BackendRuntime] = ()) -> BackendLease:
+        """Pick a backend of ``pool`` for ``request`` among the available ones not in
+        ``exclude`` and lease one of its slots; the balancer only sees backends under
+        ``per_backend_inflight_limit`` whose breaker lets a request through. Raises
         :class:`ShedError` (``backend_inflight``, ``circuit_open``) or a 503 ProxyError when
         no backend is available at all."""
         backend, reason = self.pick(config, pool, request, exclude)
         if backend is None and reason == "backend_inflight":
             now = trio.current_time()
             blocked = [b.state.slots for b in pool.backends if b.state.available(now) and not _is_in(b, exclude)]
-            found: list[Any] = []
+            found: list[BackendRuntime] = []
 
             def acquire() -> bool:
                 nonlocal reason
@@ -192,10 +181,16 @@ class OverloadGuard:
             if reason == "circuit_open" and self.metrics is not None:
                 self.metrics.circuit_breaker_rejected()
             raise self.shed(config, reason)
-        backend.state.slots.held += 1
-        return backend
+        return self.lease(config, backend)
 
-    def pick(self, config: Any, pool: Any, request: Any, exclude: Sequence[Any] = ()) -> tuple[Any | None, str | None]:
+    def lease(self, config: Config, backend: BackendRuntime) -> BackendLease:
+        """Take one of ``backend``'s slots (the caller checked its limit: :meth:`pick`)."""
+        backend.state.slots.held += 1
+        return BackendLease(backend, config, self.state, self.metrics)
+
+    def pick(
+        self, config: Config, pool: PoolRuntime, request: DownstreamRequest, exclude: Sequence[BackendRuntime] = ()
+    ) -> tuple[BackendRuntime | None, str | None]:
         """(backend, None), or (None, why: ``backend_inflight``, ``circuit_open``, or None when
         no backend is available). Takes no slot."""
         now = trio.current_time()
@@ -226,37 +221,16 @@ class OverloadGuard:
             return pool.backends[pool.balancer.choose(candidates, request)], None
         return None, "backend_inflight" if at_limit else "circuit_open" if broken else None
 
-    @staticmethod
-    def release_backend(backend: Any) -> None:
-        backend.state.slots.release()
-
     # -- outcomes --
 
-    def latency_sample(self, config: Any, latency_ms: float) -> None:
+    def latency_sample(self, config: Config, latency_ms: float) -> None:
         """Feed adaptive admission with a time-to-response-head sample."""
         admission = config.resilience.adaptive_admission
         if admission.enabled:
             self.state.admission.observe(latency_ms, admission)
 
-    @staticmethod
-    def breaker_outcome(config: Any, backend: Any, probe: bool, failed: bool | None) -> None:
-        """Record an attempt's verdict on ``backend`` (``failed`` None: no verdict)."""
-        cb = config.resilience.circuit_breaker
-        state = backend.state
-        breaker = state.breaker
-        if failed is None:
-            breaker.abandon(probe)
-            return
-        changed = breaker.failure(probe, trio.current_time(), cb) if failed else breaker.success(probe)
-        if changed is OPEN:
-            log.warning("circuit breaker of %s open for %gs after failures", state.label, cb.open_ms / 1000)
-            state.on_change()
-        elif changed is CLOSED:
-            log.info("circuit breaker of %s closed: the probe succeeded", state.label)
-            state.on_change()
 
-
-def _is_in(backend: Any, backends: Sequence[Any]) -> bool:
+def _is_in(backend: BackendRuntime, backends: Sequence[BackendRuntime]) -> bool:
     return any(backend is other for other in backends)
 
 

@@ -1,0 +1,182 @@
+"""The built-in filters of the request chain and the order they run in.
+
+```
+protocol_policy -> route -> body_limit -> admission -> balance -> forward (terminal)
+```
+
+* ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
+  0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
+* ``route``: the authority is checked (400) and the routing table picks the pool (404),
+  with the decision log and header of ``observability.routing``;
+* ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
+* ``admission``: brownout, adaptive admission, global and pool inflight limits, route
+  queues (503 + ``Retry-After``), slots given back when the request ends;
+* ``balance``: a backend of the serving pool under its limit whose breaker permits, leased
+  for the first attempt (503);
+* ``forward`` (``proxy/forward.py``): the exchange, with retries and hedging, or a tunnel.
+
+A CONNECT tunnel (a permitted ``CONNECT`` target) skips ``route``, ``body_limit`` and
+``balance``: it is admitted as the pseudo pool ``@connect`` and relayed by ``forward``.
+:func:`build_chain` is the one place the order is written down; the next subsystems (auth,
+rate limits, plugins, traffic policy) slot in here in the order of
+../shared/spec/extensions.md section 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from spooky_trio.config import Config
+from spooky_trio.core.generation import Generation
+from spooky_trio.core.state import StateStore
+from spooky_trio.http.errors import ProxyError
+from spooky_trio.http.headers import host_without_port
+from spooky_trio.proxy.admission import OverloadGuard
+from spooky_trio.proxy.answers import Answer
+from spooky_trio.proxy.chain import Chain
+from spooky_trio.proxy.context import RequestContext
+from spooky_trio.proxy.forward import Forward
+from spooky_trio.resilience.policy import check_request
+from spooky_trio.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from spooky_trio.observability.metrics import Metrics
+
+route_log = logging.getLogger("spooky.routing")
+
+#: the pseudo pool CONNECT tunnels are admitted as (config pool names cannot start with "@")
+CONNECT_POOL = "@connect"
+
+
+class ProtocolPolicy:
+    """``resilience.protocol``: methods, denied paths, 0-RTT and CONNECT (module docstring)."""
+
+    name = "protocol_policy"
+
+    def __init__(self, config: Config, metrics: Metrics | None) -> None:
+        self.protocol = config.resilience.protocol
+        self.metrics = metrics
+
+    async def on_request(self, ctx: RequestContext) -> Answer | None:
+        ctx.connect_target = check_request(self.protocol, ctx.request, self.metrics)
+        return None
+
+
+class Route:
+    """Validate the authority and pick the pool; log the decision (``observability.routing``)."""
+
+    name = "route"
+
+    def __init__(self, generation: Generation) -> None:
+        config = generation.config
+        self.routing = generation.routing
+        self.pools = generation.pools
+        self.enforce_host_match = config.resilience.protocol.enforce_authority_host_match
+        self.decisions = config.observability.routing
+
+    async def on_request(self, ctx: RequestContext) -> Answer | None:
+        if ctx.connect_target is not None:
+            return None
+        request = ctx.request
+        authority = request.authority or request.host_header or b""
+        if not authority:
+            raise ProxyError(400, "missing_authority", "the request names no host")
+        if (
+            self.enforce_host_match
+            and request.authority
+            and request.host_header is not None
+            and host_without_port(request.authority) != host_without_port(request.host_header)
+        ):
+            raise ProxyError(400, "authority_host_mismatch", ":authority and Host name different hosts")
+        path = request.path.split(b"?", 1)[0].decode("latin-1")
+        host = host_without_port(authority).decode("latin-1")
+        method = request.method.decode("latin-1").upper()
+        if self.decisions.enabled:
+            entry, reason = self.routing.explain(host, path, method)
+            self._log_decision(ctx, host, path, method, entry.pool if entry else None, reason)
+        else:
+            entry = self.routing.match(host, path, method)
+        if entry is None:
+            raise ProxyError(404, "no_route", "no route matches this request")
+        ctx.authority = authority.decode("latin-1")
+        ctx.route_pool = ctx.pool = entry.pool
+        ctx.serving_pool = self.pools[entry.pool]
+        return None
+
+    def _log_decision(self, ctx: RequestContext, host: str, path: str, method: str, pool: str | None, reason: str) -> None:
+        """Log one route decision and queue its response header (``observability.routing``)."""
+        decisions = self.decisions
+        if decisions.include_reason:
+            route_log.info("route %s %s%s -> %s (%s)", method, host, path, pool or "none", reason)
+        else:
+            route_log.info("route %s %s%s -> %s", method, host, path, pool or "none")
+        if decisions.expose_header:
+            value = f"pool={pool or '-'}"
+            if decisions.include_reason:
+                value += f"; reason=\"{reason}\""
+            ctx.response_headers.append((decisions.header_name.lower().encode("latin-1"), value.encode("latin-1", "replace")))
+
+
+class BodyLimit:
+    """A declared request body over ``performance.max_request_body_bytes`` answers 413 before
+    any slot is taken (a body without a declared length is limited as it streams)."""
+
+    name = "body_limit"
+
+    def __init__(self, config: Config) -> None:
+        self.limit = config.performance.max_request_body_bytes
+
+    async def on_request(self, ctx: RequestContext) -> Answer | None:
+        length = ctx.request.content_length
+        if length is not None and length > self.limit and ctx.connect_target is None:
+            raise ProxyError(413, "request_body_too_large", f"request body exceeds {self.limit} bytes")
+        return None
+
+
+class Admission:
+    """Overload admission for the serving pool (a CONNECT tunnel: the ``@connect`` pool); the
+    slots are given back when the request ends."""
+
+    name = "admission"
+
+    def __init__(self, guard: OverloadGuard) -> None:
+        self.guard = guard
+
+    async def on_request(self, ctx: RequestContext) -> Answer | None:
+        pool = ctx.serving_pool
+        name = pool.name if pool is not None and ctx.connect_target is None else CONNECT_POOL
+        config = ctx.config
+        assert config is not None
+        slots = await self.guard.admit(config, name, ctx.request.path)
+        ctx.on_finish(functools.partial(self.guard.release, config, slots))
+        return None
+
+
+class Balance:
+    """Lease a backend of the serving pool for the first attempt (``proxy/lease.py``)."""
+
+    name = "balance"
+
+    def __init__(self, guard: OverloadGuard) -> None:
+        self.guard = guard
+
+    async def on_request(self, ctx: RequestContext) -> Answer | None:
+        pool = ctx.serving_pool
+        if pool is None or ctx.connect_target is not None:
+            return None
+        assert ctx.config is not None
+        lease = ctx.lease = await self.guard.choose(ctx.config, pool, ctx.request)
+        ctx.on_finish(lease.release)
+        ctx.backend = lease.backend.id
+        return None
+
+
+def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None) -> Chain:
+    """The chain of ``generation`` in the order of the module docstring. ``state`` is the
+    server's store (overload state survives reloads there)."""
+    config = generation.config
+    guard = OverloadGuard(state.resilience, metrics)
+    filters = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    return Chain(generation, filters, Forward(config, upstream, guard, metrics))
