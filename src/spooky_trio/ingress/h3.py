@@ -15,6 +15,10 @@ decodes to at most a static entry. A stream blocked on the QPACK encoder stream 
 without a table) may buffer no more than ``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
 A control-stream frame (SETTINGS) that would be buffered past :data:`MAX_UNI_STREAM_BUFFER` is
 a connection error with the same code.
+
+This module is the one place on the server that reads aioquic's private H3 state (with
+``quic_engine.py`` for QUIC): others ask :class:`StreamScopedH3Connection`'s named methods
+(``expected_content_length``); ``tests/unit/test_aioquic_boundary.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -242,6 +246,13 @@ class StreamScopedH3Connection(H3Connection):
             self._local_control_stream_id,
             encode_frame(FrameType.GOAWAY, encode_uint_var(next_id)),
         )
+
+    def expected_content_length(self, stream_id: int) -> int | None:
+        """The request's ``content-length`` as aioquic validated it from the HEADERS frame
+        (aioquic checks the DATA against it); None without one or for an unknown stream."""
+        stream = self._stream.get(stream_id)
+        return stream.expected_content_length if stream is not None else None
+
 
 
 def parse_request_head(headers: Headers) -> tuple[dict[bytes, bytes], Headers]:

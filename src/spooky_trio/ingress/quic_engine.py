@@ -2,6 +2,12 @@
 stream windows and an RFC 9000 acknowledgement policy. They override private aioquic hooks;
 tests cover each (SNI selection, slow-backend upload backpressure, tests/ingress/test_quic_acks.py),
 so an aioquic upgrade that moves them fails loudly.
+
+This module (with ``ingress/h3.py`` for the HTTP/3 layer) is the one place on the server
+that reads aioquic's private QUIC state: the rest of ingress (``quic_connection.py``,
+``quic.py``) asks :class:`SpookyQuicConnection`'s named methods (``stream_read_offset``,
+``send_buffer_below``, ``all_sent_data_acked``, ``is_closing``);
+``tests/unit/test_aioquic_boundary.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ ACK_ELICITING_THRESHOLD = 2
 #: delayed anyway). Any other frame (PING, MAX_DATA, PATH_CHALLENGE, CRYPTO, ...) means
 #: "transmit after this burst".
 _QUIET_FRAME_TYPES = frozenset({0x00, 0x02, 0x03, *range(0x08, 0x10)})
+
+#: connection states in which the connection is ending (see SpookyQuicConnection.is_closing);
+#: a tuple, not a set: membership then compares identities, while a set would call the
+#: Enum's Python-level __hash__ on every flush
+_ENDING_STATES = (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
 
 
 class _SniContext(tls.Context):
@@ -174,6 +185,40 @@ class SpookyQuicConnection(QuicConnection):
                 return True
         return False
 
+    # --- named reads of aioquic's stream and connection state, for quic_connection.py and
+    # quic.py (which touch no aioquic internals). Plain methods, no properties: the first two
+    # run per received DATA frame and per response chunk. ---
+
+    def stream_read_offset(self, stream_id: int) -> int:
+        """The highest offset received so far on ``stream_id`` (what a DATA event's bytes
+        reach up to); 0 for a stream aioquic does not hold (never opened, or discarded)."""
+        stream = self._streams.get(stream_id)
+        return stream.receiver.highest_offset if stream is not None else 0
+
+    def send_buffer_below(self, stream_id: int, limit: int) -> bool:
+        """Whether a writer of ``stream_id`` may go on: fewer than ``limit`` bytes written to it
+        are still unacknowledged (sent or not), or there is nothing to wait for (aioquic does
+        not hold the stream, or a RESET_STREAM is waiting to go out)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return True
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start < limit or sender.reset_pending
+
+    def all_sent_data_acked(self) -> bool:
+        """True when the peer acknowledged every byte written on every stream aioquic holds
+        (``close()`` discards unacknowledged stream data, so a graceful close waits for this)."""
+        for stream in self._streams.values():
+            sender = stream.sender
+            if sender._buffer_start != sender._buffer_stop:
+                return False
+        return True
+
+    def is_closing(self) -> bool:
+        """A close was asked for (sent with the next transmit) or the connection is closing,
+        draining or terminated: its ConnectionTerminated event is due or already queued."""
+        return self._close_pending or self._state in _ENDING_STATES
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         self._reply_due = False
         if self._data_queued:
@@ -212,3 +257,4 @@ class SpookyQuicConnection(QuicConnection):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
         return None
+
