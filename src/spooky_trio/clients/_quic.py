@@ -16,6 +16,11 @@ exposed publicly, so they are added here by overriding (version-pinned) private 
   been put on the wire yet, so the client can stop writing until the buffer drains.
 * **GOAWAY.** aioquic's :class:`H3Connection` validates GOAWAY but emits no event;
   :class:`GoawayAwareH3Connection` records that one arrived.
+
+This is the client's one module that touches aioquic internals: the rest of
+:mod:`spooky_trio.clients` uses the named methods and properties below (``peer_cid``,
+``close_event``, ``peer_certificate``, ``unsent_bytes``, ...), and
+``tests/unit/test_aioquic_boundary.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
+from cryptography import x509
+
 
 
 class FlowControlledQuicConnection(QuicConnection):
@@ -54,6 +61,12 @@ class FlowControlledQuicConnection(QuicConnection):
         (three PTOs); a client that is about to stop using the connection need not wait.
         """
         return self._close_event
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The server's leaf certificate from the handshake (None before it arrived)."""
+        context = getattr(self, "tls", None)  # aioquic creates the TLS context in connect()
+        return context._peer_certificate if context is not None else None
 
     # -- application bookkeeping ---------------------------------------------------------
 
@@ -143,3 +156,4 @@ class GoawayAwareH3Connection(H3Connection):
         super()._check_control_frame_type(frame_type)  # raises for frames not allowed there
         if frame_type == FrameType.GOAWAY:
             self.goaway_seen = True
+
