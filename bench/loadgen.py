@@ -41,7 +41,10 @@ class _Pending:
 
 
 class H3LoadProtocol(QuicConnectionProtocol):
-    """Minimal HTTP/3 client: one future per request stream, body bytes counted, not kept."""
+    """Minimal HTTP/3 client: one future per request stream, body bytes counted, not kept.
+
+    The bench's one user of aioquic internals (``_quic``, ``_transport``): the functions
+    below ask the named methods (tests/unit/test_aioquic_boundary.py)."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -75,6 +78,28 @@ class H3LoadProtocol(QuicConnectionProtocol):
                 if not p.future.done():
                     p.future.set_result((p.status, p.received))
 
+    def closing(self) -> bool:
+        """The connection is closing or closed: aioquic records the close at once, but
+        reports ConnectionTerminated only after the closing period (three PTOs)."""
+        return self._quic._close_event is not None
+
+    def grow_buffers(self) -> None:
+        """Large socket buffers: with the default ~200 KiB, a burst of a 1 MiB response
+        overflows the receive queue while this process is busy, and loss recovery then
+        dominates the run."""
+        sock = self._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        if sock is None:
+            return
+        for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF), (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+            for opt in (force, plain):
+                if opt is None:
+                    continue
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
+                    break
+                except OSError:
+                    continue
+
     async def request(self, method: bytes, authority: bytes, path: bytes, body: bytes) -> tuple[int, int]:
         stream_id = self._quic.get_next_available_stream_id()
         headers = [(b":method", method), (b":scheme", b"https"), (b":authority", authority), (b":path", path)]
@@ -87,23 +112,6 @@ class H3LoadProtocol(QuicConnectionProtocol):
             self.h3.send_data(stream_id, body, end_stream=True)
         self.transmit()
         return await fut
-
-
-def _grow_buffers(proto: QuicConnectionProtocol) -> None:
-    """Large socket buffers: with the default ~200 KiB, a burst of a 1 MiB response overflows
-    the receive queue while this process is busy, and loss recovery then dominates the run."""
-    sock = proto._transport.get_extra_info("socket")  # type: ignore[union-attr]
-    if sock is None:
-        return
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF), (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
-        for opt in (force, plain):
-            if opt is None:
-                continue
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
-                break
-            except OSError:
-                continue
 
 
 class Stats:
@@ -129,7 +137,7 @@ async def _one(proto: H3LoadProtocol, args: argparse.Namespace, body: bytes, sta
         )
     except Exception as exc:  # any failure is an error of the run, counted and sampled
         stats.error(f"{type(exc).__name__}: {exc}")
-        return proto._quic._close_event is None
+        return not proto.closing()
     if status != 200:
         stats.error(f"status {status}")
     elif args.expect_bytes >= 0 and received != args.expect_bytes:
@@ -207,7 +215,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             connect_errors += 1
             print(f"connect failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        _grow_buffers(proto)
+        proto.grow_buffers()  # type: ignore[attr-defined]
         managers.append(cm)
         protos.append(proto)  # type: ignore[arg-type]
 

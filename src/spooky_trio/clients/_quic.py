@@ -16,6 +16,12 @@ exposed publicly, so they are added here by overriding (version-pinned) private 
   been put on the wire yet, so the client can stop writing until the buffer drains.
 * **GOAWAY.** aioquic's :class:`H3Connection` validates GOAWAY but emits no event;
   :class:`GoawayAwareH3Connection` records that one arrived.
+
+This is the client's one module that touches aioquic internals: the rest of
+:mod:`spooky_trio.clients` uses the named methods and properties below (``peer_cid``,
+``close_event``, ``peer_certificate``, ``unsent_bytes``, ...), and
+``tests/unit/test_aioquic_boundary.py`` enforces it. :mod:`spooky_trio.aioquic_compat` checks
+at import that the installed aioquic still has the hooks overridden here.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
+from cryptography import x509
+
+from spooky_trio.aioquic_compat import check_overrides, overrides, require_method
 
 
 class FlowControlledQuicConnection(QuicConnection):
@@ -54,6 +63,12 @@ class FlowControlledQuicConnection(QuicConnection):
         (three PTOs); a client that is about to stop using the connection need not wait.
         """
         return self._close_event
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The server's leaf certificate from the handshake (None before it arrived)."""
+        context = getattr(self, "tls", None)  # aioquic creates the TLS context in connect()
+        return context._peer_certificate if context is not None else None
 
     # -- application bookkeeping ---------------------------------------------------------
 
@@ -100,6 +115,7 @@ class FlowControlledQuicConnection(QuicConnection):
         consumed = stream.receiver.starting_offset() - self._backlog.get(stream.stream_id or 0, 0)
         return max(stream.max_stream_data_local, consumed + self._window)
 
+    @overrides
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
         """Raise MAX_STREAM_DATA by consumption for tracked streams; defer to aioquic otherwise."""
         if stream.stream_id not in self._backlog:
@@ -139,7 +155,14 @@ class GoawayAwareH3Connection(H3Connection):
         super().__init__(quic)
         self.goaway_seen = False
 
+    @overrides
     def _check_control_frame_type(self, frame_type: int) -> None:
         super()._check_control_frame_type(frame_type)  # raises for frames not allowed there
         if frame_type == FrameType.GOAWAY:
             self.goaway_seen = True
+
+
+# an aioquic that moved a hook above fails here, at import (spooky_trio/aioquic_compat.py)
+check_overrides(FlowControlledQuicConnection)
+check_overrides(GoawayAwareH3Connection)
+require_method(QuicConnection, "_on_max_stream_data_delivery", ("delivery", "stream"))

@@ -108,8 +108,7 @@ class H3Transport:
     @property
     def peer_certificate(self) -> x509.Certificate | None:
         """The server's leaf certificate from the handshake (None before it completed)."""
-        tls = getattr(self._quic, "tls", None)  # aioquic creates it when the handshake starts
-        return tls._peer_certificate if tls is not None else None
+        return self._quic.peer_certificate
 
     @property
     def is_open(self) -> bool:

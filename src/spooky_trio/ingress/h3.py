@@ -15,6 +15,10 @@ decodes to at most a static entry. A stream blocked on the QPACK encoder stream 
 without a table) may buffer no more than ``max_field_section_bytes`` either. All are stream errors with H3_EXCESSIVE_LOAD (RFC 9114 10.5).
 A control-stream frame (SETTINGS) that would be buffered past :data:`MAX_UNI_STREAM_BUFFER` is
 a connection error with the same code.
+
+This module is the one place on the server that reads aioquic's private H3 state (with
+``quic_engine.py`` for QUIC): others ask :class:`StreamScopedH3Connection`'s named methods
+(``expected_content_length``); ``tests/unit/test_aioquic_boundary.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 
+from spooky_trio.aioquic_compat import check_overrides, overrides
 from spooky_trio.http.messages import Headers, StreamTunnel
 from spooky_trio.ingress.request_body import QueuedRequestBody
 
@@ -160,6 +165,7 @@ class StreamScopedH3Connection(H3Connection):
         #: field sections with more lines than this are refused undecoded
         self.max_field_lines = max_field_lines
 
+    @overrides
     def _init_connection(self) -> None:
         # QPACK without the dynamic table, both ways (like quic-go, Caddy's HTTP/3 stack). With
         # it, every request costs an extra datagram each way: the decoder's Section
@@ -173,6 +179,7 @@ class StreamScopedH3Connection(H3Connection):
         self._encoder = _StaticTableEncoder()
         super()._init_connection()
 
+    @overrides
     def _receive_stream_data_uni(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
         # aioquic waits for a whole SETTINGS / MAX_PUSH_ID frame and grows the stream's window
         # as data arrives: a SETTINGS frame announcing 2^40 bytes grew the buffer for as long
@@ -185,6 +192,7 @@ class StreamScopedH3Connection(H3Connection):
             raise ControlStreamOverflow(f"unidirectional stream {stream.stream_id} buffered more than {MAX_UNI_STREAM_BUFFER} bytes")
         return events
 
+    @overrides
     def _receive_request_or_push_data(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
         if stream.stream_id in self.malformed_streams:
             stream.buffer = b""  # reset: what the client still sends is dropped, not buffered
@@ -202,6 +210,7 @@ class StreamScopedH3Connection(H3Connection):
             events.append(self._stream_error(stream.stream_id, _ExcessiveLoad(reason)))
         return events
 
+    @overrides
     def _handle_request_or_push_frame(self, frame_type, frame_data, stream, stream_ended):  # type: ignore[no-untyped-def, override]
         stream_id = stream.stream_id
         if stream_id in self.malformed_streams:
@@ -242,6 +251,15 @@ class StreamScopedH3Connection(H3Connection):
             self._local_control_stream_id,
             encode_frame(FrameType.GOAWAY, encode_uint_var(next_id)),
         )
+
+    def expected_content_length(self, stream_id: int) -> int | None:
+        """The request's ``content-length`` as aioquic validated it from the HEADERS frame
+        (aioquic checks the DATA against it); None without one or for an unknown stream."""
+        stream = self._stream.get(stream_id)
+        return stream.expected_content_length if stream is not None else None
+
+
+check_overrides(StreamScopedH3Connection)  # an aioquic that moved a hook fails at import
 
 
 def parse_request_head(headers: Headers) -> tuple[dict[bytes, bytes], Headers]:

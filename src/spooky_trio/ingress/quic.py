@@ -270,7 +270,7 @@ class QuicListener:
         dirty, self._dirty = self._dirty, set()
         for conn in dirty:
             conn.transmit()
-            if conn.quic._close_pending or conn.quic._state.name in ("CLOSING", "DRAINING", "TERMINATED"):
+            if conn.quic.is_closing():
                 conn.process_events()
 
     async def _flusher(self) -> None:

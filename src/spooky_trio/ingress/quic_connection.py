@@ -1,5 +1,10 @@
 """One QUIC connection on the server: its aioquic state, HTTP/3 layer, timer and the
-request stream tasks it owns. Datagrams are fed by the listener's receive loop."""
+request stream tasks it owns. Datagrams are fed by the listener's receive loop.
+
+aioquic's private state is read only through the named methods of
+:class:`~spooky_trio.ingress.quic_engine.SpookyQuicConnection` and
+:class:`~spooky_trio.ingress.h3.StreamScopedH3Connection` (tests/unit/test_aioquic_boundary.py).
+"""
 
 from __future__ import annotations
 
@@ -132,14 +137,14 @@ class QuicConnectionTask:
         if isinstance(event, DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.body is not None:
-                stream.body.feed(event.data, event.stream_ended, self._read_offset(event.stream_id))
+                stream.body.feed(event.data, event.stream_ended, self.quic.stream_read_offset(event.stream_id))
         elif isinstance(event, HeadersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self._start_request(event)
             elif event.stream_ended and stream.body is not None:
                 # request trailers end the body; they are not forwarded
-                stream.body.feed(b"", True, self._read_offset(event.stream_id))
+                stream.body.feed(b"", True, self.quic.stream_read_offset(event.stream_id))
         elif isinstance(event, MalformedRequest):
             self.listener.stats["excessive_load" if event.excessive_load else "malformed_requests"] += 1
             log.debug("malformed request on stream %d from %s: %s", event.stream_id, self.addr, event.reason)
@@ -149,10 +154,6 @@ class QuicConnectionTask:
                     stream.body.fail(RequestBodyError(f"malformed request: {event.reason}"))
                 stream.sink.aborted = True
                 stream.cancel_scope.cancel()
-
-    def _read_offset(self, stream_id: int) -> int:
-        qstream = self.quic._streams.get(stream_id)
-        return qstream.receiver.highest_offset if qstream is not None else 0
 
     def _start_request(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
@@ -172,7 +173,7 @@ class QuicConnectionTask:
             return
         # QUIC clients present no certificate: a client-sent subject header is always forged
         headers = client_headers(headers, None)
-        content_length = self.h3._stream[stream_id].expected_content_length if stream_id in self.h3._stream else None
+        content_length = self.h3.expected_content_length(stream_id)
         host_header = None
         for name, value in headers:
             if name == b"host":
@@ -180,7 +181,7 @@ class QuicConnectionTask:
                 break
         body = None if event.stream_ended else H3RequestBody(self, stream_id)
         if body is not None:
-            self.quic.consumed_offsets[stream_id] = self._read_offset(stream_id)
+            self.quic.consumed_offsets[stream_id] = self.quic.stream_read_offset(stream_id)
         request = DownstreamRequest(
             method=pseudo.get(b":method", b""),
             scheme=pseudo.get(b":scheme", b"https"),
@@ -301,14 +302,10 @@ class QuicConnectionTask:
         self.listener.mark_dirty(self)
 
     async def wait_send_buffer_below(self, stream_id: int, limit: int) -> None:
-        """Wait until the stream's unacknowledged send buffer is below ``limit`` bytes."""
-        while not self.closed.is_set():
-            qstream = self.quic._streams.get(stream_id)
-            if qstream is None:
-                return
-            sender = qstream.sender
-            if sender._buffer_stop - sender._buffer_start < limit or sender.reset_pending:
-                return
+        """Wait until the stream's unacknowledged send buffer is below ``limit`` bytes (or
+        there is nothing to wait for: the stream is gone or being reset, the connection closed)."""
+        quic = self.quic
+        while not self.closed.is_set() and not quic.send_buffer_below(stream_id, limit):
             await self._progress.park()
 
     def transmit(self) -> None:
@@ -337,19 +334,15 @@ class QuicConnectionTask:
             self._close_when_acked = True
         self.schedule_transmit()
 
-    def all_sent_data_acked(self) -> bool:
-        """True when the peer acknowledged every byte we sent on every stream."""
-        return all(s.sender._buffer_start == s.sender._buffer_stop for s in self.quic._streams.values())
-
     async def wait_acked(self) -> None:
         """Wait until all sent data is acknowledged or the connection ended."""
-        while not self.closed.is_set() and not self.all_sent_data_acked():
+        while not self.closed.is_set() and not self.quic.all_sent_data_acked():
             await self._progress.park()
 
     def _close_if_drained(self) -> None:
         # aioquic's close() discards unsent stream data, so close only once the response
         # bytes (and the GOAWAY) were acknowledged
-        if self._close_when_acked and not self.closed.is_set() and self.all_sent_data_acked():
+        if self._close_when_acked and not self.closed.is_set() and self.quic.all_sent_data_acked():
             self._close_when_acked = False
             self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="draining")
             self.schedule_transmit()

@@ -1,7 +1,14 @@
 """aioquic subclasses for the server side: SNI certificate choice, consumption-based
 stream windows and an RFC 9000 acknowledgement policy. They override private aioquic hooks;
 tests cover each (SNI selection, slow-backend upload backpressure, tests/ingress/test_quic_acks.py),
-so an aioquic upgrade that moves them fails loudly.
+and :mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has
+them, so an aioquic upgrade that moves them fails loudly.
+
+This module (with ``ingress/h3.py`` for the HTTP/3 layer) is the one place on the server
+that reads aioquic's private QUIC state: the rest of ingress (``quic_connection.py``,
+``quic.py``) asks :class:`SpookyQuicConnection`'s named methods (``stream_read_offset``,
+``send_buffer_below``, ``all_sent_data_acked``, ``is_closing``);
+``tests/unit/test_aioquic_boundary.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from aioquic.buffer import Buffer
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState, QuicReceiveContext
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
+from spooky_trio.aioquic_compat import check_overrides, overrides, require_method
 from spooky_trio.ingress.identities import IdentityStore
 
 
@@ -38,12 +46,18 @@ ACK_ELICITING_THRESHOLD = 2
 #: "transmit after this burst".
 _QUIET_FRAME_TYPES = frozenset({0x00, 0x02, 0x03, *range(0x08, 0x10)})
 
+#: connection states in which the connection is ending (see SpookyQuicConnection.is_closing);
+#: a tuple, not a set: membership then compares identities, while a set would call the
+#: Enum's Python-level __hash__ on every flush
+_ENDING_STATES = (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
+
 
 class _SniContext(tls.Context):
     """aioquic TLS context that picks the certificate from the ClientHello's SNI."""
 
     identities: IdentityStore
 
+    @overrides
     def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:  # type: ignore[override]
         start = input_buf.tell()
         try:
@@ -83,6 +97,7 @@ class SpookyQuicConnection(QuicConnection):
         for limit, value in ((self._local_max_streams_bidi, max_streams_bidi), (self._local_max_streams_uni, max_streams_uni)):
             limit.value = limit.sent = value
 
+    @overrides
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         self.tls.__class__ = _SniContext
@@ -91,6 +106,7 @@ class SpookyQuicConnection(QuicConnection):
     # --- acknowledgements (RFC 9000 13.2): delay a lone ACK, piggyback it on responses,
     # send one at once after every second ack-eliciting packet ---
 
+    @overrides
     def _payload_received(self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False) -> tuple[bool, bool]:
         is_ack_eliciting, is_probing = super()._payload_received(context, plain, crypto_frame_required=crypto_frame_required)
         if is_ack_eliciting and context.epoch == tls.Epoch.ONE_RTT:
@@ -100,6 +116,7 @@ class SpookyQuicConnection(QuicConnection):
                 self._spaces[tls.Epoch.ONE_RTT].ack_at = context.time
         return is_ack_eliciting, is_probing
 
+    @overrides
     def _write_ack_frame(self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float) -> None:
         super()._write_ack_frame(builder, space, now)
         if space is self._spaces.get(tls.Epoch.ONE_RTT):
@@ -174,6 +191,40 @@ class SpookyQuicConnection(QuicConnection):
                 return True
         return False
 
+    # --- named reads of aioquic's stream and connection state, for quic_connection.py and
+    # quic.py (which touch no aioquic internals). Plain methods, no properties: the first two
+    # run per received DATA frame and per response chunk. ---
+
+    def stream_read_offset(self, stream_id: int) -> int:
+        """The highest offset received so far on ``stream_id`` (what a DATA event's bytes
+        reach up to); 0 for a stream aioquic does not hold (never opened, or discarded)."""
+        stream = self._streams.get(stream_id)
+        return stream.receiver.highest_offset if stream is not None else 0
+
+    def send_buffer_below(self, stream_id: int, limit: int) -> bool:
+        """Whether a writer of ``stream_id`` may go on: fewer than ``limit`` bytes written to it
+        are still unacknowledged (sent or not), or there is nothing to wait for (aioquic does
+        not hold the stream, or a RESET_STREAM is waiting to go out)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return True
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start < limit or sender.reset_pending
+
+    def all_sent_data_acked(self) -> bool:
+        """True when the peer acknowledged every byte written on every stream aioquic holds
+        (``close()`` discards unacknowledged stream data, so a graceful close waits for this)."""
+        for stream in self._streams.values():
+            sender = stream.sender
+            if sender._buffer_start != sender._buffer_stop:
+                return False
+        return True
+
+    def is_closing(self) -> bool:
+        """A close was asked for (sent with the next transmit) or the connection is closing,
+        draining or terminated: its ConnectionTerminated event is due or already queued."""
+        return self._close_pending or self._state in _ENDING_STATES
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         self._reply_due = False
         if self._data_queued:
@@ -187,11 +238,13 @@ class SpookyQuicConnection(QuicConnection):
     # packet it builds: with 32 streams downloading, ~15 calls per packet. The early returns
     # keep that walk cheap (profile in docs/performance.md).
 
+    @overrides
     def _write_stream_frame(self, builder, space, stream, max_offset) -> int:  # type: ignore[no-untyped-def]
         if builder.remaining_flight_space < _MIN_STREAM_FRAME_SPACE:
             return 0  # the packet is full: this stream is served by the next one
         return super()._write_stream_frame(builder, space, stream, max_offset)
 
+    @overrides
     def _write_stream_limits(self, builder, space, stream) -> None:  # type: ignore[no-untyped-def]
         if stream.receiver._final_size is not None:
             return  # the peer sent FIN: no MAX_STREAM_DATA once the final size is known (RFC 9000 3.2)
@@ -212,3 +265,10 @@ class SpookyQuicConnection(QuicConnection):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
         return None
+
+
+# an aioquic that moved a hook above fails here, at import (spooky_trio/aioquic_compat.py)
+check_overrides(_SniContext)
+check_overrides(SpookyQuicConnection)
+require_method(QuicConnection, "_on_max_stream_data_delivery", ("delivery", "stream"))
+require_method(QuicPacketRecovery, "_on_packets_lost", ("congestion_event", "now", "packets", "persistent_congestion", "space"))

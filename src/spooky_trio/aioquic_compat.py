@@ -1,0 +1,105 @@
+"""Which aioquic releases spooky-trio runs on, and the import-time check that the installed
+one still has the private methods the aioquic wrapper modules override or call.
+
+Three modules touch aioquic's internals (``ingress/quic_engine.py``, ``ingress/h3.py``,
+``clients/_quic.py``; ``tests/unit/test_aioquic_boundary.py`` keeps it that way). They
+override private hooks (``QuicConnection._write_stream_limits``, ``tls.Context.
+_server_handle_hello``, ``H3Connection._receive_request_or_push_data``, ...) and those change
+between aioquic minor releases: 1.6 dropped a parameter of ``_server_handle_hello``, 1.7
+rewrote ``_write_ack_frame`` and the H3 request-stream handling. A hook that aioquic no longer
+calls is ignored silently (the SNI choice or the consumption-based windows would just stop
+happening) and one whose parameters changed fails on the first packet that reaches it. So
+each wrapper module calls :func:`check_overrides` / :func:`require_method` at import: an
+unsupported aioquic fails at start-up with :class:`UnsupportedAioquic`, which names the
+supported range and the hook that moved.
+
+The check covers methods (their existence and parameter names and kinds). Private *data*
+attributes (``_streams``, ``_close_pending``, ...) exist only on instances; the test suite
+covers those.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import aioquic
+
+#: the aioquic releases the wrapper modules were written and tested against; pyproject.toml
+#: pins the same range (tests/unit/test_aioquic_compat.py compares the two)
+SUPPORTED_AIOQUIC = ">=1.7.2,<1.8"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class UnsupportedAioquic(ImportError):
+    """The installed aioquic lacks a private method a wrapper module relies on (or changed
+    its parameters): install a release in :data:`SUPPORTED_AIOQUIC`."""
+
+
+def overrides(func: _F) -> _F:
+    """Mark a method as an override of an aioquic private method, for :func:`check_overrides`.
+
+    Returns ``func`` itself, not a wrapper: the hooks run per packet and cost nothing extra.
+    """
+    func.__aioquic_override__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def _parameters(func: Any) -> list[tuple[str, Any]]:
+    """(name, kind) of every parameter after ``self``."""
+    params = list(inspect.signature(func).parameters.values())[1:]
+    return [(p.name, p.kind) for p in params]
+
+
+def _describe(params: list[tuple[str, Any]]) -> str:
+    """A parameter list as written in a ``def`` (without ``self``), e.g. ``*, now, packets``."""
+    parts: list[str] = []
+    star = False
+    for name, kind in params:
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            name, star = f"*{name}", True
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            name = f"**{name}"
+        elif kind is inspect.Parameter.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(name)
+    return ", ".join(parts)
+
+
+def _fail(what: str) -> UnsupportedAioquic:
+    return UnsupportedAioquic(
+        f"spooky-trio needs aioquic{SUPPORTED_AIOQUIC} (installed: {getattr(aioquic, '__version__', 'unknown')}): {what}"
+    )
+
+
+def require_method(owner: type, name: str, parameters: Sequence[str]) -> None:
+    """Raise :class:`UnsupportedAioquic` unless ``owner`` (an aioquic class) has a method
+    ``name`` whose parameters after ``self`` are named ``parameters``, in that order."""
+    func = owner.__dict__.get(name)
+    if func is None or not callable(func):
+        raise _fail(f"{owner.__module__}.{owner.__qualname__} has no method {name}")
+    actual = [param for param, _kind in _parameters(func)]
+    if actual != list(parameters):
+        raise _fail(f"{owner.__qualname__}.{name} takes ({', '.join(actual)}), expected ({', '.join(parameters)})")
+
+
+def check_overrides(cls: type) -> None:
+    """Raise :class:`UnsupportedAioquic` unless every method of ``cls`` marked with
+    :func:`overrides` overrides a method of an aioquic base class that takes the same
+    parameters (names and kinds; annotations and defaults are not compared)."""
+    for name, func in cls.__dict__.items():
+        if not getattr(func, "__aioquic_override__", False):
+            continue
+        base = next((b for b in cls.__mro__[1:] if name in b.__dict__), None)
+        if base is None or not base.__module__.startswith("aioquic."):
+            bases = ", ".join(b.__qualname__ for b in cls.__mro__[1:] if b.__module__.startswith("aioquic."))
+            raise _fail(f"{cls.__qualname__}.{name} overrides a private method that {bases} no longer has")
+        ours, theirs = _parameters(func), _parameters(base.__dict__[name])
+        if ours != theirs:
+            raise _fail(
+                f"{cls.__qualname__}.{name} overrides {base.__qualname__}.{name}({_describe(theirs)}) "
+                f"with ({_describe(ours)})"
+            )
