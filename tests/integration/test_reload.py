@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trustme
 
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.serving.server import Server
@@ -530,3 +531,30 @@ async def test_canary_does_not_retune_health_checks_of_stable_backends(certs_dir
         assert (await server.reloads.apply(canary, persist=False, canary_percent=1.0)).status == 200
         assert (await server.reloads.promote()).status == 200
         assert server.generation.pools["app"].backends[0].state is state and state.active.failure_threshold == 1000
+
+
+async def test_a_ca_file_rewritten_in_place_is_trusted_after_a_reload(certs_dir: Path, tmp_path: Path, ports: tuple[int, int, int]) -> None:
+    """Backend TLS contexts are built per generation from the CA file's content (upstream/tls.py
+    ClientContexts): same path, same config text, new CA bytes -> the reload trusts the new CA."""
+    port, cport, mport = ports
+    other = trustme.CA()
+    leaf = other.issue_cert("localhost", "127.0.0.1")
+    leaf.private_key_pem.write_to_path(str(tmp_path / "backend.key"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "backend.pem"))
+    trusted = tmp_path / "upstream-ca.pem"
+    trusted.write_bytes((certs_dir / "ca.pem").read_bytes())  # not the backend's CA yet
+    path = tmp_path / "spooky.yaml"
+    tls = {"tls": True, "certfile": tmp_path / "backend.pem", "keyfile": tmp_path / "backend.key"}
+    async with run_backend(name="h2", **tls) as backend:
+        text = config(certs_dir, port, cport, mport,
+                      f"app:\n  route: {{path_prefix: /a}}\n  tls: {{ca_file: \"{trusted}\"}}\n"
+                      f"  backends:\n    - {{id: h2, address: \"{backend.url}\"}}\n")
+        async with running_proxy(text, config_path=path) as server, h3(port, certs_dir) as client, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers=AUTH) as api:
+            refused = await client.request("GET", "/a/echo", authority="localhost")
+            assert refused.status == 502 and b"tls_failed" in refused.body
+            other.cert_pem.write_to_path(str(trusted))  # rewritten in place; config unchanged
+            r = await api.post("/admin/runtime/reload")
+            assert r.status_code == 200, r.text
+            assert server.generation.number == 2
+            assert await who(client) == "h2"

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from spooky_trio.upstream import BackendTarget, UpstreamTLSError, make_client_ssl_context
-from spooky_trio.upstream.tls import verify_identity
+from spooky_trio.upstream.tls import ClientContexts, verify_identity
 
 
 def der_for(ca: trustme.CA, *identities: str) -> bytes:
@@ -18,14 +18,36 @@ def der_for(ca: trustme.CA, *identities: str) -> bytes:
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
 
 
-def test_context_is_cached_per_policy(tmp_path, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    a = make_client_ssl_context(ca_file=str(tmp_path / "ca.pem"))
-    assert a is make_client_ssl_context(ca_file=str(tmp_path / "ca.pem"), alpn=["h2"])
+def test_contexts_are_reused_by_content_not_by_path(tmp_path, ca: trustme.CA) -> None:  # type: ignore[no-untyped-def]
+    contexts = ClientContexts()
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    a = contexts.get(ca_file=str(path))
+    assert a is contexts.get(ca_file=str(path), alpn=["h2"])  # unchanged file: the same object
     assert a.verify_mode == ssl.CERT_REQUIRED and a.check_hostname
-    loose = make_client_ssl_context(verify=False)
-    assert loose is make_client_ssl_context(verify=False) and loose is not a
+    loose = contexts.get(verify=False)
+    assert loose is contexts.get(verify=False) and loose is not a
     assert loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(path))  # rewritten in place: same path, new trust
+    b = contexts.get(ca_file=str(path))
+    assert b is not a
+    serials = {int(c["serialNumber"], 16) for c in b.get_ca_certs()}
+    assert x509.load_pem_x509_certificate(other.cert_pem.bytes()).serial_number in serials
+    assert x509.load_pem_x509_certificate(ca.cert_pem.bytes()).serial_number not in serials
+    # a copy of the first CA under another path is the same trust: the first context again
+    ca.cert_pem.write_to_path(str(tmp_path / "copy.pem"))
+    assert contexts.get(ca_file=str(tmp_path / "copy.pem")) is a
+    assert make_client_ssl_context(ca_file=str(path)) is not b  # the plain builder never caches
+
+
+def test_contexts_are_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    contexts = ClientContexts(capacity=2)
+    for i in range(4):
+        authority = trustme.CA()
+        authority.cert_pem.write_to_path(str(tmp_path / f"{i}.pem"))
+        contexts.get(ca_file=str(tmp_path / f"{i}.pem"))
+    assert len(contexts._contexts) == 2
 
 
 def test_identity_dns_wildcard_and_ip(ca: trustme.CA) -> None:

@@ -7,6 +7,7 @@ builds a new one beside it and swaps one reference.
 from __future__ import annotations
 
 import random
+import ssl
 from typing import Any
 
 import attrs
@@ -15,7 +16,8 @@ import attrs
 from spooky_trio.balancing import Balancer, make_balancer
 from spooky_trio.routing.table import RoutingTable
 from spooky_trio.core.state import BackendState, StateStore
-from spooky_trio.upstream import BackendTarget, make_client_ssl_context
+from spooky_trio.upstream import BackendTarget
+from spooky_trio.upstream.tls import ClientContexts
 
 
 @attrs.frozen
@@ -66,14 +68,18 @@ def _format_authority(host: str, port: int, default_port: int) -> bytes:
     return (shown if port == default_port else f"{shown}:{port}").encode("ascii")
 
 
-def _backend_target(address: Any, tls_policy: Any) -> BackendTarget:
+def _backend_target(address: Any, tls_policy: Any, contexts: ClientContexts, built: dict[int, ssl.SSLContext]) -> BackendTarget:
+    """The target of one backend address; ``built`` memoizes the context per TLS policy for
+    one generation build (each policy's CA files are read once per build)."""
     if address.scheme == "http":
         return BackendTarget(scheme="http", host=address.host, port=address.port)
-    ctx = make_client_ssl_context(
-        verify=tls_policy.verify_certificates,
-        ca_file=tls_policy.ca_file,
-        ca_dir=tls_policy.ca_dir,
-    )
+    ctx = built.get(id(tls_policy))
+    if ctx is None:
+        ctx = built[id(tls_policy)] = contexts.get(
+            verify=tls_policy.verify_certificates,
+            ca_file=tls_policy.ca_file,
+            ca_dir=tls_policy.ca_dir,
+        )
     return BackendTarget(
         scheme="https",
         host=address.host,
@@ -105,12 +111,13 @@ class Generation:
         calls :meth:`activate` at its commit point."""
         store = state if state is not None else StateStore()
         pools: dict[str, PoolRuntime] = {}
+        contexts: dict[int, ssl.SSLContext] = {}
         for name, pool in config.upstream.items():
             tls_policy = pool.tls if pool.tls is not None else config.upstream_tls
             backends = []
             for backend in pool.backends:
                 address = backend.parsed_address
-                target = _backend_target(address, tls_policy)
+                target = _backend_target(address, tls_policy, store.client_tls, contexts)
                 backend_state = store.backend(backend_key(name, backend.id, target), f"{name}/{backend.id}")
                 backends.append(
                     BackendRuntime(

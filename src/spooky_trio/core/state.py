@@ -25,6 +25,7 @@ from spooky_trio.resilience.breaker import CircuitBreaker
 from spooky_trio.resilience.limits import Slots
 from spooky_trio.resilience.state import ResilienceState
 from spooky_trio.upstream import BackendTarget
+from spooky_trio.upstream.tls import ClientContexts
 
 log = logging.getLogger("spooky.health")
 
@@ -176,6 +177,9 @@ class StateStore:
         self._changed: trio.Event | None = None
         #: process-wide overload state (inflight counts, admission, brownout, retry budgets)
         self.resilience = ResilienceState(on_change=self._notify)
+        #: backend TLS contexts by trust-material content: a reload re-reads the CA files and
+        #: keeps the same context (so the same pooled connections) while they are unchanged
+        self.client_tls = ClientContexts()
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""

@@ -10,9 +10,10 @@ certificate against ``host`` right after it.
 
 from __future__ import annotations
 
-import functools
+import collections
 import ipaddress
 import os
+import re
 import ssl
 import weakref
 from collections.abc import Sequence
@@ -34,30 +35,62 @@ def make_client_ssl_context(
     ca_dir: str | None = None,
     alpn: Sequence[str] = ("h2",),
 ) -> ssl.SSLContext:
-    """A client context for backends; identical arguments return the same (cached) object.
+    """A new client context for backends, built from the files as they are now.
 
     ``verify=True``: CERT_REQUIRED with hostname checking, trusting the system default CAs
     plus ``ca_file``/``ca_dir``. ``verify=False``: CERT_NONE (no verification at all).
     ``alpn`` lists the protocols offered (default: h2 only). Callers must not mutate it.
+    Generations get theirs from :class:`ClientContexts`, which reuses a context while the
+    trust material's content is unchanged.
     """
-    return _build_context(verify, ca_file, ca_dir, tuple(alpn))
+    return _build_context(verify, _trust_material(verify, ca_file, ca_dir), tuple(alpn))
 
 
-@functools.lru_cache(maxsize=128)
-def _build_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tuple[str, ...]) -> ssl.SSLContext:
-    context = _new_context(verify, ca_file, ca_dir, alpn, check_hostname=verify)
+#: the PEM texts a context trusts beside the system roots, in load order
+_Material = tuple[str, ...]
+
+
+class ClientContexts:
+    """Client contexts keyed by what they trust (the *content* of ``ca_file`` and of the
+    bundles in ``ca_dir``), never by path.
+
+    Each generation build asks for its pools' contexts (:meth:`get` re-reads the files), so
+    a CA file rewritten in place is trusted from the next reload on, while a reload that
+    leaves the material unchanged gets the same context object back: backend targets (and
+    with them pooled connections) stay equal across it. Bounded: the least recently used
+    context is forgotten first (its generation keeps its own reference).
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._contexts: collections.OrderedDict[tuple[bool, _Material, tuple[str, ...]], ssl.SSLContext] = collections.OrderedDict()
+
+    def get(self, *, verify: bool = True, ca_file: str | None = None, ca_dir: str | None = None, alpn: Sequence[str] = ("h2",)) -> ssl.SSLContext:
+        """The context for this policy and the files' current content (OSError: unreadable)."""
+        material = _trust_material(verify, ca_file, ca_dir)
+        key = (verify, material, tuple(alpn))
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._contexts[key] = _build_context(verify, material, tuple(alpn))
+            while len(self._contexts) > self.capacity:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(key)
+        return context
+
+
+def _build_context(verify: bool, material: _Material, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    context = _new_context(verify, material, alpn, check_hostname=verify)
     if verify:
-        _UNCHECKED_TWINS[context] = _new_context(verify, ca_file, ca_dir, alpn, check_hostname=False)
+        _UNCHECKED_TWINS[context] = _new_context(verify, material, alpn, check_hostname=False)
     return context
 
 
-def _new_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tuple[str, ...], *, check_hostname: bool) -> ssl.SSLContext:
+def _new_context(verify: bool, material: _Material, alpn: tuple[str, ...], *, check_hostname: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if verify:
-        if ca_file is not None:
-            context.load_verify_locations(cafile=ca_file)
-        for bundle in _pem_bundles(ca_dir):
-            context.load_verify_locations(cafile=bundle)
+        for pem in material:
+            context.load_verify_locations(cadata=pem)
         context.check_hostname = check_hostname
     else:
         context.check_hostname = False
@@ -68,8 +101,29 @@ def _new_context(verify: bool, ca_file: str | None, ca_dir: str | None, alpn: tu
     return context
 
 
+def _trust_material(verify: bool, ca_file: str | None, ca_dir: str | None) -> _Material:
+    """The PEM texts of ``ca_file`` and of every bundle in ``ca_dir``, read now (the context
+    is built from these very bytes, so what was read is what is trusted)."""
+    if not verify:
+        return ()
+    texts = []
+    if ca_file is not None:
+        with open(ca_file, "rb") as fh:
+            texts.append(_certificates(fh.read()))
+    texts.extend(_pem_bundles(ca_dir))
+    return tuple(text for text in texts if text)
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _certificates(data: bytes) -> str:
+    """The PEM certificate blocks of ``data`` (comments and other text around them dropped)."""
+    return "\n".join(block.decode("ascii", "replace") for block in _PEM_CERTIFICATE.findall(data))
+
+
 def _pem_bundles(ca_dir: str | None) -> list[str]:
-    """Every PEM bundle in ``ca_dir`` (the schema's "directory of PEM bundles").
+    """The text of every PEM bundle in ``ca_dir`` (the schema's "directory of PEM bundles").
 
     OpenSSL's own ``capath`` only finds files named by subject hash (c_rehash), which
     operators rarely prepare; loading each bundle matches what ``check_files`` accepts.
@@ -80,8 +134,9 @@ def _pem_bundles(ca_dir: str | None) -> list[str]:
     for entry in sorted(os.scandir(ca_dir), key=lambda e: e.name):
         if entry.is_file():
             with open(entry.path, "rb") as fh:
-                if b"-----BEGIN CERTIFICATE-----" in fh.read():
-                    bundles.append(entry.path)
+                data = fh.read()
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                bundles.append(_certificates(data))
     return bundles
 
 
