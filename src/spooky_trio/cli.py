@@ -101,7 +101,7 @@ def cmd_worker(argv: list[str]) -> int:
     if config is None:
         return 1
     from spooky_trio.observability.logging import configure_logging
-    from spooky_trio.serving.workers import run_worker
+    from spooky_trio.serving.worker import run_worker
 
     try:
         configure_logging(config.log)

@@ -1,7 +1,8 @@
 """The runbooks and the security page cite only metrics, control API paths and commands
 that exist.
 
-Metric names are taken from ``observability/metrics.py`` (every ``spooky_*`` literal, with
+Metric names are taken from the modules that define metrics (``observability/metrics.py``,
+``collect.py``, ``supervisor_metrics.py``: every ``spooky_*`` literal, with
 the suffixes the exposition adds: ``_total`` for counters, ``_bucket``/``_count``/``_sum``
 for histograms). Control API paths are the defaults of ``ControlApiConfig``, the ``/admin/config`` routes
 and the metrics path. ``spooky-trio <command>`` must be a CLI command. Only files present are
@@ -18,7 +19,7 @@ import pytest
 
 from spooky_trio import cli
 from spooky_trio.config.schema_runtime import ControlApiConfig, MetricsConfig
-from spooky_trio.observability import metrics as metrics_module
+from spooky_trio.observability import collect, metrics, supervisor_metrics
 from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ _DOC_COMMAND = re.compile(r"(?:^|`|\$ )spooky-trio ([a-z][a-z0-9-]*)", re.MULTIL
 
 
 def defined_metrics() -> set[str]:
-    source = Path(metrics_module.__file__).read_text()
+    source = "".join(Path(module.__file__).read_text() for module in (metrics, collect, supervisor_metrics))  # type: ignore[arg-type]
     names: set[str] = set()
     for constructor, name in _LITERAL.findall(source):
         names.add(name)

@@ -13,11 +13,16 @@ import trio
 import trio.testing
 
 from spooky_trio.config import load_config_text
-from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
+from spooky_trio.config.diff import diff_line, diff_summary
+from spooky_trio.config.persist import write_atomic
 from spooky_trio.core.activity import Activity
 from spooky_trio.core.generation import Generation
-from spooky_trio.serving.reload import diff_line, diff_summary, write_atomic
 from spooky_trio.core.state import StateStore
+from spooky_trio.observability.http_server import (
+    HttpEndpoint,
+    HttpRequest,
+    HttpResponse,
+)
 
 BASE = """
 listeners:

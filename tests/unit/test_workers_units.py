@@ -8,8 +8,9 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from spooky_trio.config import load_config_text
-from spooky_trio.observability.metrics import Metrics, merge_expositions
-from spooky_trio.serving.workers import INTERNAL, worker_config
+from spooky_trio.observability.metrics import Metrics
+from spooky_trio.observability.supervisor_metrics import merge_expositions
+from spooky_trio.serving.worker import INTERNAL, worker_config
 from tests.support.proxy import h1_pool, proxy_yaml
 
 

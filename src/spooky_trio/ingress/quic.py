@@ -34,7 +34,7 @@ from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
 from spooky_trio.core.activity import Activity
 
-__all__ = ["Activity", "Handler", "QuicListener", "Rejecter"]
+__all__ = ["Handler", "QuicListener", "Rejecter"]
 
 log = logging.getLogger("spooky.ingress.quic")
 

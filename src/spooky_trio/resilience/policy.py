@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from spooky_trio.http.messages import DownstreamRequest
 from spooky_trio.http.errors import ProxyError
+from spooky_trio.http.messages import DownstreamRequest
 
 
 @attrs.frozen(slots=True)

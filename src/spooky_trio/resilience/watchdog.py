@@ -102,27 +102,6 @@ class Watchdog:
         self.draining = False
         self._changed = trio.Event()
 
-    @classmethod
-    def for_server(cls, server: Any) -> Watchdog:
-        """A watchdog reading ``server``'s activity and metrics; readiness through
-        ``server.serving`` (what ``Server.ready`` and the control API's ``/ready`` read)."""
-
-        def set_ready(ready: bool) -> None:
-            if not server.draining:
-                server.serving = ready
-
-        def totals() -> tuple[float, float]:
-            return _counter_value(server.metrics.requests), _counter_value(server.metrics.backend_timeouts)
-
-        return cls(
-            server.config.resilience.watchdog,
-            inflight=lambda: server.activity.count,
-            inflight_limit=server.config.performance.global_inflight_limit,
-            totals=totals,
-            set_ready=set_ready,
-            metrics=server.metrics,
-        )
-
     async def wait_stat(self, key: str, value: int) -> None:
         """Wait until ``stats[key]`` reached ``value`` (tests, tooling)."""
         while self.stats[key] < value:
@@ -190,12 +169,3 @@ class Watchdog:
         finally:
             self.draining = False
             self._set_ready(True)
-
-
-def _counter_value(counter: Any) -> float:
-    """The value of an unlabelled prometheus_client Counter (public collect() API)."""
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                return float(sample.value)
-    return 0.0

@@ -39,7 +39,11 @@ import trio
 
 from spooky_trio import __version__
 from spooky_trio.config.address import is_loopback
-from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
+from spooky_trio.observability.http_server import (
+    HttpEndpoint,
+    HttpRequest,
+    HttpResponse,
+)
 
 log = logging.getLogger("spooky.observability")
 

@@ -6,14 +6,21 @@ The Server (serving/server.py) owns them in its task tree; each runs in its own 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
+from spooky_trio.core.activity import Activity
 from spooky_trio.ingress.bootstrap import BootstrapListener
-from spooky_trio.ingress.quic import Activity, QuicListener
+from spooky_trio.ingress.identities import IdentityError, IdentityStore
+from spooky_trio.ingress.quic import QuicListener
+from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
 from spooky_trio.observability.http_server import HttpEndpoint
+
+log = logging.getLogger("spooky.server")
 
 
 class BindError(Exception):
@@ -99,17 +106,37 @@ class ListenerPair:
         self.tcp.begin_drain()
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``timeout``), then close."""
-        self.begin_drain()
-        with trio.move_on_after(timeout):
-            await self.activity.wait_idle()
-        with trio.move_on_after(1.0):
-            await self.quic.wait_acked()
-        self.quic.close_all()
-        with trio.move_on_after(1.0):
-            await self.quic.wait_closed()
+        """Drain this pair alone (a reload removed it; :func:`drain`), then stop its tasks."""
+        await drain([self], self.activity, timeout)
         self.scope.cancel()
         await self.done.wait()
+
+
+#: after the in-flight requests ended: the last response bytes must be acknowledged before
+#: CONNECTION_CLOSE discards them, and the closes must go out; each wait is bounded by this
+CLOSE_GRACE_SECONDS = 1.0
+
+
+async def drain(pairs: Sequence[ListenerPair], activity: Activity, timeout: float) -> bool:
+    """The one drain sequence (shutdown, and a listener a reload removed): ``pairs`` stop
+    accepting (QUIC refuses new connections and sends GOAWAY, TCP stops accepting and
+    closes idle HTTP/1.1 connections), the requests counted in ``activity`` get up to
+    ``timeout`` seconds to finish, then every QUIC connection closes once its sent data was
+    acknowledged (bounded by :data:`CLOSE_GRACE_SECONDS`). Returns False when the deadline
+    passed with requests still in flight (the caller cancels them)."""
+    for pair in pairs:
+        pair.begin_drain()
+    with trio.move_on_after(timeout) as scope:
+        await activity.wait_idle()
+    with trio.move_on_after(CLOSE_GRACE_SECONDS):
+        for pair in pairs:
+            await pair.quic.wait_acked()
+    for pair in pairs:
+        pair.quic.close_all()
+    with trio.move_on_after(CLOSE_GRACE_SECONDS):
+        for pair in pairs:
+            await pair.quic.wait_closed()
+    return not scope.cancelled_caught
 
 
 class Service:
@@ -133,8 +160,49 @@ class Service:
         finally:
             self.stopped.set()
 
+    def retune(self, endpoint: HttpEndpoint, config: Any) -> None:
+        """Serve ``endpoint``'s handler and limits on this socket from now on (a reload
+        changed the block but not its address and port)."""
+        self.endpoint.handler = endpoint.handler
+        self.endpoint.max_connections = endpoint.max_connections
+        self.endpoint.connection_timeout = endpoint.connection_timeout
+        self.config, self.required = config, config.required
+
     def stop(self) -> None:
         """Stop serving (a bound socket that was never served is closed)."""
         self.scope.cancel()
         if not self.started:
             self.endpoint.unbind()
+
+
+def reload_certificates(pairs: Sequence[ListenerPair]) -> list[dict[str, Any]]:
+    """Re-read every listener's certificates, keys and client-auth CA from the files the
+    config names, for handshakes that start from now on (QUIC and TCP); open connections
+    keep their material. All or nothing: any unreadable or invalid file raises
+    :class:`~spooky_trio.ingress.identities.IdentityError` or
+    :class:`~spooky_trio.ingress.tls.TlsSetupError` and nothing is replaced.
+    Returns one summary per listener (certificate serials and expiry)."""
+    fresh = []
+    for pair in pairs:
+        quic = pair.quic
+        try:
+            identities = IdentityStore.from_config(pair.config.tls)
+            tls = BootstrapTls(identities, pair.config.tls.client_auth)
+        except (IdentityError, TlsSetupError) as exc:
+            raise type(exc)(f"listener {quic.address}:{quic.port}: {exc}") from exc
+        fresh.append((identities, tls))
+    summary = []
+    for (identities, tls), pair in zip(fresh, pairs):
+        quic = pair.quic
+        quic.replace_identities(identities)
+        pair.tcp.use_tls(tls)
+        summary.append({
+            "listener": f"{quic.address}:{quic.port}",
+            "certificates": [
+                {"server_name": i.server_name, "serial": format(i.certificate.serial_number, "x"),
+                 "not_after": i.certificate.not_valid_after_utc.isoformat()}
+                for i in identities.all()
+            ],
+        })
+    log.info("listener certificates reloaded (%d listener(s)); new handshakes use them", len(summary))
+    return summary

@@ -26,8 +26,6 @@ import collections
 import datetime
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -36,7 +34,9 @@ import attrs
 import trio
 
 from spooky_trio.config import ConfigError, check_files, load_config_text
+from spooky_trio.config.diff import diff_line, diff_summary
 from spooky_trio.config.issues import ConfigIssue
+from spooky_trio.config.persist import write_atomic
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.generations import GenerationSet
 from spooky_trio.core.state import StateStore
@@ -130,106 +130,6 @@ def issue_json(issue: ConfigIssue) -> dict[str, Any]:
 
 def _whole(message: str) -> list[ConfigIssue]:
     return [ConfigIssue("", None, None, message)]
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` with ``text``: a temp file in the same directory, fsync, os.replace
-    (readers see the old file or the new one, never a partial one). Keeps the file mode."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=".spooky-config-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-# -- the diff summary --
-
-
-def _listener_name(listener: Any) -> str:
-    return f"{listener.address}:{listener.port}"
-
-
-def _backend_names(config: Any) -> dict[str, Any]:
-    return {f"{name}/{b.id}@{b.address}": b for name, pool in config.upstream.items() for b in pool.backends}
-
-
-def _route_text(route: Any) -> str:
-    parts = [f"host={route.host}" if route.host else "", f"path_prefix={route.path_prefix}" if route.path_prefix else "",
-             f"method={route.method}" if route.method else ""]
-    return " ".join(p for p in parts if p)
-
-
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
-    return {
-        "added": sorted(set(new) - set(old)),
-        "removed": sorted(set(old) - set(new)),
-        "changed": sorted(k for k in set(old) & set(new) if old[k] != new[k]),
-    }
-
-
-#: top-level sections compared as a whole for the ``other`` entry of the diff
-_SECTIONS = ("upstream_tls", "load_balancing", "log", "performance", "resilience", "observability", "security")
-
-
-def diff_summary(old: Any, new: Any) -> dict[str, Any]:
-    """What changes from config ``old`` to ``new``: pools, routes, backends (pool/id@address,
-    the identity that keeps state), listeners (address:port) added/removed/changed, and the
-    other top-level sections that differ."""
-    old_routes = {name: _route_text(pool.route) for name, pool in old.upstream.items()}
-    new_routes = {name: _route_text(pool.route) for name, pool in new.upstream.items()}
-    old_listeners = {_listener_name(listener): listener for listener in old.effective_listeners()}
-    new_listeners = {_listener_name(listener): listener for listener in new.effective_listeners()}
-    return {
-        "pools": _changes(dict(old.upstream), dict(new.upstream)),
-        "routes": {
-            "added": [f"{n}: {new_routes[n]}" for n in sorted(set(new_routes) - set(old_routes))],
-            "removed": [f"{n}: {old_routes[n]}" for n in sorted(set(old_routes) - set(new_routes))],
-            "changed": [f"{n}: {old_routes[n]} -> {new_routes[n]}" for n in sorted(set(old_routes) & set(new_routes))
-                        if old_routes[n] != new_routes[n]],
-        },
-        "backends": _changes(_backend_names(old), _backend_names(new)),
-        "listeners": _changes(old_listeners, new_listeners),
-        "other": [section for section in _SECTIONS if getattr(old, section) != getattr(new, section)],
-    }
-
-
-def diff_line(diff: dict[str, Any]) -> str:
-    """The diff as one log-friendly line."""
-    parts = []
-    for kind in ("pools", "routes", "backends", "listeners"):
-        entry = diff[kind]
-        parts.append(f"{kind} +{len(entry['added'])} -{len(entry['removed'])} ~{len(entry['changed'])}")
-    details = []
-    for kind in ("pools", "backends", "listeners"):
-        for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
-            details.extend(f"{sign}{kind[:-1]} {name}" for name in diff[kind][key])
-    details.extend(f"~route {text}" for text in diff["routes"]["changed"])
-    line = ", ".join(parts) + (f"; other: {', '.join(diff['other'])}" if diff["other"] else "")
-    return line + (f" [{'; '.join(details)}]" if details else "")
 
 
 class ConfigManager:

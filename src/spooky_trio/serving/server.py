@@ -20,35 +20,40 @@ nothing running is touched, and :meth:`Staged.abort` undoes it all) and then
 
 from __future__ import annotations
 
-import grp
 import logging
-import os
-import pwd
 import signal
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 
 from spooky_trio.config.issues import ConfigIssue, PositionMap
+from spooky_trio.core.activity import Activity
+from spooky_trio.core.generation import Generation
+from spooky_trio.core.generations import GenerationSet
+from spooky_trio.core.state import StateStore
 from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.ingress.bootstrap import BootstrapListener
-from spooky_trio.ingress.identities import IdentityError, IdentityStore
-from spooky_trio.ingress.quic import Activity, QuicListener
-from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
-from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
+from spooky_trio.ingress.identities import IdentityStore
+from spooky_trio.ingress.quic import QuicListener
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.chain import Proxy
 from spooky_trio.proxy.filters import build_chain
 from spooky_trio.resilience.watchdog import Watchdog
-from spooky_trio.core.generation import Generation
-from spooky_trio.core.generations import GenerationSet
-from spooky_trio.serving.listeners import BindError, ListenerPair, Service
+from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
+from spooky_trio.serving.listeners import (
+    BindError,
+    ListenerPair,
+    Service,
+    drain,
+    reload_certificates,
+)
+from spooky_trio.serving.privileges import PrivilegeError, drop_privileges
 from spooky_trio.serving.reload import ConfigManager, StageError
-from spooky_trio.core.state import StateStore
+from spooky_trio.serving.staging import Staged, stage_listeners, stage_services
+from spooky_trio.serving.watchdog import WatchdogService
 from spooky_trio.upstream import UpstreamPool
 
 log = logging.getLogger("spooky.server")
@@ -62,37 +67,6 @@ EXIT_RESTART = 75
 
 class StartupError(Exception):
     """The server cannot start (bind failure, unreadable certificate...); one-line message."""
-
-
-@attrs.define(eq=False)
-class Staged:
-    """What :meth:`Server.stage` prepared; nothing running has changed yet."""
-
-    generation: Generation
-    config: Any
-    #: the listener pairs in config order once committed (kept and added)
-    pairs: list[ListenerPair] = attrs.Factory(list)
-    #: added pairs: bound, not serving
-    added: list[ListenerPair] = attrs.Factory(list)
-    #: kept pairs with the fresh (unbound) pair whose settings they adopt
-    kept: list[tuple[ListenerPair, ListenerPair]] = attrs.Factory(list)
-    removed: list[ListenerPair] = attrs.Factory(list)
-    #: service name -> new Service (bound) or None (disabled)
-    services: dict[str, Service | None] = attrs.Factory(dict)
-    #: services kept on their socket with a new handler: (service, config, handler)
-    retuned: list[tuple[Service, Any, Any]] = attrs.Factory(list)
-    control_api: ControlApi | None = None
-    log_handler: logging.Handler | None = None
-
-    def abort(self) -> None:
-        """Undo the staging: close what it bound or opened."""
-        for pair in self.added:
-            pair.unbind()
-        for service in self.services.values():
-            if service is not None:
-                service.endpoint.unbind()
-        if self.log_handler is not None:
-            self.log_handler.close()
 
 
 class Server:
@@ -140,9 +114,8 @@ class Server:
         self.draining = False
         #: every listener is serving (the control API's readiness, with ``draining``)
         self.serving = False
-        #: resilience.watchdog, when enabled (follows reloads: see _follow_watchdog)
-        self.watchdog: Watchdog | None = None
-        self._watchdog_scope = trio.CancelScope()
+        #: resilience.watchdog, when enabled (follows reloads)
+        self._watchdog = WatchdogService(self)
         self.forced = False
         #: set by :meth:`request_restart`: the process exits with :data:`EXIT_RESTART`
         self.restart_requested = False
@@ -249,7 +222,10 @@ class Server:
         """Serve until drained. ``task_status.started(self)`` once every listener is bound."""
         try:
             self.bind()
-            drop_privileges(self.config.security.privileges)
+            try:
+                drop_privileges(self.config.security.privileges)
+            except PrivilegeError as exc:
+                raise StartupError(str(exc)) from exc
             await self._serve(handle_signals, task_status)
         finally:
             self._nursery = None
@@ -267,7 +243,7 @@ class Server:
             if handle_signals:
                 await root.start(self._watch_signals, root.cancel_scope)
             self.serving = True
-            self._follow_watchdog()  # background: resilience/watchdog.py
+            self._watchdog.follow(root)  # background: resilience/watchdog.py
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()
@@ -298,36 +274,8 @@ class Server:
         self.request_drain()
 
     def reload_certs(self) -> list[dict[str, Any]]:
-        """Re-read every listener's certificates, keys and client-auth CA from the files the
-        config names, for handshakes that start from now on (QUIC and TCP); open connections
-        keep their material. All or nothing: any unreadable or invalid file raises
-        :class:`~spooky_trio.ingress.identities.IdentityError` or
-        :class:`~spooky_trio.ingress.tls.TlsSetupError` and nothing is replaced.
-        Returns one summary per listener (certificate serials and expiry)."""
-        fresh = []
-        for pair in self._pairs:
-            quic = pair.quic
-            try:
-                identities = IdentityStore.from_config(pair.config.tls)
-                tls = BootstrapTls(identities, pair.config.tls.client_auth)
-            except (IdentityError, TlsSetupError) as exc:
-                raise type(exc)(f"listener {quic.address}:{quic.port}: {exc}") from exc
-            fresh.append((identities, tls))
-        summary = []
-        for (identities, tls), pair in zip(fresh, self._pairs):
-            quic = pair.quic
-            quic.replace_identities(identities)
-            pair.tcp.use_tls(tls)
-            summary.append({
-                "listener": f"{quic.address}:{quic.port}",
-                "certificates": [
-                    {"server_name": i.server_name, "serial": format(i.certificate.serial_number, "x"),
-                     "not_after": i.certificate.not_valid_after_utc.isoformat()}
-                    for i in identities.all()
-                ],
-            })
-        log.info("listener certificates reloaded (%d listener(s)); new handshakes use them", len(summary))
-        return summary
+        """Re-read every listener's certificates (:func:`reload_certificates`)."""
+        return reload_certificates(self._pairs)
 
     # -- reload: stage, then commit (driven by serving/reload.py) --
 
@@ -349,8 +297,8 @@ class Server:
         issues: list[ConfigIssue] = []
         positions = PositionMap(config.source_positions)
         try:
-            self._stage_listeners(config, staged, positions, issues)
-            self._stage_services(config, staged, positions, issues)
+            stage_listeners(config, staged, self._pairs, self._make_pair, positions, issues)
+            stage_services(config, staged, self._services, self.control_api, lambda cfg: ControlApi(cfg, self), self.metrics, positions, issues)
             if config.log != self.config.log:
                 try:
                     staged.log_handler = build_handler(config.log)
@@ -364,90 +312,10 @@ class Server:
             raise StageError(issues)
         return staged
 
-    def _stage_listeners(self, config: Any, staged: Staged, positions: PositionMap, issues: list[ConfigIssue]) -> None:
-        existing = {pair.key: pair for pair in self._pairs}
-        base: tuple[str, ...] = ("listeners",) if config.listeners else ("listen",)
-        for index, listener in enumerate(config.effective_listeners()):
-            path: tuple[Any, ...] = base + (index,) if config.listeners else base
-            try:
-                fresh = self._make_pair(listener, config)
-            except Exception as exc:  # unreadable certificate, bad TLS material
-                issues.append(positions.issue(path + ("tls",), f"listener {listener.address}:{listener.port}: {exc}"))
-                continue
-            kept = existing.pop(fresh.key, None)
-            if kept is not None:
-                staged.kept.append((kept, fresh))
-                staged.pairs.append(kept)
-                continue
-            try:
-                fresh.bind()
-            except BindError as exc:
-                issues.append(positions.issue(path + ("port",), str(exc), related=[path]))
-                continue
-            staged.added.append(fresh)
-            staged.pairs.append(fresh)
-        staged.removed = list(existing.values())
-
-    def _stage_services(self, config: Any, staged: Staged, positions: PositionMap, issues: list[ConfigIssue]) -> None:
-        obs = config.observability
-        for name, section, cfg in (("metrics", "metrics", obs.metrics), ("control", "control_api", obs.control_api)):
-            current = self._services.get(name)
-            if current is not None and current.config == cfg:
-                continue
-            if not cfg.enabled:
-                if current is not None:
-                    staged.services[name] = None
-                continue
-            api = None
-            if name == "control":
-                try:
-                    api = ControlApi(cfg, self)
-                except EndpointSetupError as exc:
-                    issues.append(positions.issue(("observability", section, "auth_token"), str(exc)))
-                    continue
-                if self.control_api is not None:
-                    api.started_monotonic = self.control_api.started_monotonic
-                staged.control_api = api
-                endpoint = api.endpoint(self.metrics.control_api_drops.inc)
-            else:
-                endpoint = metrics_endpoint(cfg, self.metrics)
-            if (
-                current is not None
-                and current.endpoint.bound
-                and (current.config.address, current.config.port) == (cfg.address, cfg.port)
-            ):
-                staged.retuned.append((current, cfg, endpoint))  # same socket, new handler and limits
-                continue
-            try:
-                endpoint.bind()
-            except OSError as exc:
-                message = f"cannot bind the {endpoint.name} on tcp {cfg.address}:{cfg.port}: {exc.strerror or exc}"
-                if cfg.required:
-                    issues.append(positions.issue(("observability", section, "port"), message, related=[("observability", section)]))
-                    continue
-                log.error("%s; serving without it", message)
-            staged.services[name] = Service(endpoint, cfg)
-
-    def _follow_watchdog(self) -> None:
-        """Start, retune or stop the watchdog to match the serving config (at startup and
-        after each reload that is not a canary)."""
-        settings = self.config.resilience.watchdog
-        if settings.enabled and self.watchdog is None:
-            assert self._nursery is not None
-            self.watchdog = Watchdog.for_server(self)
-            self._watchdog_scope = trio.CancelScope()
-            self._nursery.start_soon(self._run_watchdog, self.watchdog, self._watchdog_scope)
-        elif settings.enabled and self.watchdog is not None:
-            self.watchdog.config = settings
-            self.watchdog.inflight_limit = self.config.performance.global_inflight_limit
-        elif self.watchdog is not None:
-            self._watchdog_scope.cancel()
-            self.watchdog = None
-
-    @staticmethod
-    async def _run_watchdog(watchdog: Watchdog, scope: trio.CancelScope) -> None:
-        with scope:
-            await watchdog.run()
+    @property
+    def watchdog(self) -> Watchdog | None:
+        """The running watchdog (``resilience.watchdog.enabled``), else None."""
+        return self._watchdog.watchdog
 
     async def commit(self, staged: Staged, swap: Callable[[], None], *, canary: bool = False) -> Callable[[], None]:
         """Go over to ``staged``: added listeners start serving, kept ones adopt their new
@@ -470,10 +338,7 @@ class Server:
             self._nursery.start_soon(self._retire_pair, pair)
         stopping: list[Service] = []
         for service, cfg, endpoint in staged.retuned:
-            service.endpoint.handler = endpoint.handler
-            service.endpoint.max_connections = endpoint.max_connections
-            service.endpoint.connection_timeout = endpoint.connection_timeout
-            service.config, service.required = cfg, cfg.required
+            service.retune(endpoint, cfg)
         for name, new_service in staged.services.items():
             old = self._services.pop(name, None)
             if old is not None:
@@ -491,7 +356,8 @@ class Server:
             self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
         await self.follow_generations()
         if not canary:
-            self._follow_watchdog()
+            assert self._nursery is not None
+            self._watchdog.follow(self._nursery)
 
         def stop_moved() -> None:
             for service in stopping:
@@ -525,22 +391,8 @@ class Server:
         self.draining = True
         timeout = self.config.performance.shutdown_drain_timeout_ms / 1000
         log.info("draining: %d request(s) in flight, up to %.1fs", self.activity.count, timeout)
-        pairs = self._pairs + list(self._retiring)
-        for pair in pairs:
-            pair.begin_drain()
-        with trio.move_on_after(timeout) as scope:
-            await self.activity.wait_idle()
-        if scope.cancelled_caught:
+        if not await drain(self._pairs + list(self._retiring), self.activity, timeout):
             log.warning("drain deadline passed with %d request(s) in flight; cancelling them", self.activity.count)
-        # the last response bytes must be acknowledged before CONNECTION_CLOSE discards them
-        with trio.move_on_after(1.0):
-            for pair in pairs:
-                await pair.quic.wait_acked()
-        for pair in pairs:
-            pair.quic.close_all()
-        with trio.move_on_after(1.0):
-            for pair in pairs:
-                await pair.quic.wait_closed()
         log.info("stopped")
 
     async def _watch_signals(self, root_scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -565,21 +417,3 @@ class Server:
         outcome = await self.reloads.reload_file("SIGHUP")
         if outcome.after is not None:
             outcome.after()  # nobody to answer: moved endpoints stop now
-
-
-def drop_privileges(privileges: Any) -> None:
-    """After binding: a root process switches to ``user``/``group``; others log and skip."""
-    if not privileges.enabled:
-        return
-    if os.geteuid() != 0:
-        log.debug("not started as root: privilege drop skipped")
-        return
-    try:
-        gid = grp.getgrnam(privileges.group).gr_gid
-        uid = pwd.getpwnam(privileges.user).pw_uid
-    except KeyError as exc:
-        raise StartupError(f"security.privileges: unknown user or group {exc}") from exc
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    log.info("dropped privileges to %s:%s", privileges.user, privileges.group)

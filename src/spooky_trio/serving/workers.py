@@ -34,118 +34,32 @@ import sys
 import time
 from typing import Any
 
-import attrs
 import h11
 import trio
 
-from spooky_trio import __version__
-from spooky_trio.config.schema_runtime import ControlApiConfig
+from spooky_trio.observability.http_server import (
+    HttpEndpoint,
+    HttpRequest,
+    HttpResponse,
+)
+from spooky_trio.observability.supervisor_metrics import SupervisorMetrics, merge_expositions
 from spooky_trio.serving.control import (
-    CONFIG_PATH,
     PROMETHEUS_CONTENT_TYPE,
     WORKER_METRICS_PATH,
-    ControlApi,
     EndpointSetupError,
 )
-from spooky_trio.observability.http_server import HttpEndpoint, HttpRequest, HttpResponse
-from spooky_trio.observability.metrics import SupervisorMetrics, merge_expositions
+from spooky_trio.serving.server import StartupError
+from spooky_trio.serving.supervisor_control import SupervisorControlApi
+from spooky_trio.serving.worker import TOKEN_ENV
 
 log = logging.getLogger("spooky.workers")
 
-#: environment variable carrying the token of the workers' private control APIs
-TOKEN_ENV = "SPOOKY_WORKER_TOKEN"
-#: the paths of every worker's private control API (the schema defaults)
-INTERNAL = ControlApiConfig()
 #: crash restart backoff: first delay, cap; a worker that ran this long resets it
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 10.0
 #: how long a worker may take to start serving before it counts as failed
 START_TIMEOUT = 60.0
 #: largest answer read from a worker (metrics text, runtime JSON)
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
-
-
-def worker_config(config: Any, token: str) -> Any:
-    """``config`` as a worker serves it: no metrics endpoint of its own, the control API on
-    a private loopback port (the supervisor serves the configured ones)."""
-    obs = config.observability
-    control = ControlApiConfig(enabled=True, required=True, address="127.0.0.1", port=0, auth_token=token,
-                               max_connections=64, connection_timeout_ms=obs.control_api.connection_timeout_ms)
-    return attrs.evolve(config, observability=attrs.evolve(obs, metrics=attrs.evolve(obs.metrics, enabled=False), control_api=control))
-
-
-# -- the worker process --
-
-
-def pin_to_cpu(index: int) -> int:
-    """Pin this process to one CPU of the allowed set, round-robin by worker ``index``."""
-    cpus = sorted(os.sched_getaffinity(0))
-    cpu = cpus[index % len(cpus)]
-    os.sched_setaffinity(0, {cpu})
-    return cpu
-
-
-async def _watch_lifeline(fd: int, server: Any) -> None:
-    """Drain when the supervisor is gone: it holds the write end of the pipe whose read end
-    is ``fd``, so EOF means it exited (or was killed). (PR_SET_PDEATHSIG is no use here:
-    Trio spawns from a worker thread, and the signal fires when that thread exits.)"""
-    try:
-        await trio.lowlevel.wait_readable(fd)
-        os.read(fd, 1)
-    finally:
-        os.close(fd)
-    if not server.draining:
-        log.warning("the supervisor is gone: draining")
-    server.request_drain()
-
-
-def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
-    """The body of ``spooky-trio worker`` (logging is configured by the caller)."""
-    from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
-
-    token = os.environ.pop(TOKEN_ENV, "") or secrets.token_urlsafe(32)
-    if config.performance.pin_workers:
-        try:
-            cpu = pin_to_cpu(index)
-            log.info("worker %d pinned to CPU %d", index, cpu)
-        except OSError as exc:
-            log.warning("worker %d: cannot pin to a CPU: %s", index, exc)
-
-    def adapt(cfg: Any) -> Any:
-        return worker_config(cfg, token)
-
-    server = Server(adapt(config), config_path=config_path, worker_index=index, adapt_config=adapt)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            if lifeline_fd is not None:
-                nursery.start_soon(_watch_lifeline, lifeline_fd, server)
-            port = server.endpoints[0][0].port
-            os.write(report_fd, json.dumps({"control_port": port, "pid": os.getpid()}).encode() + b"\n")
-            os.close(report_fd)
-            await server.stopped.wait()
-            nursery.cancel_scope.cancel()  # the lifeline watcher
-
-    failure: BaseException | None = None
-    try:
-        trio.run(main)
-    except StartupError as exc:
-        failure = exc
-    except BaseExceptionGroup as group:  # server.run failed inside main's nursery
-        startup, rest = group.split(StartupError)
-        if startup is None or rest is not None:
-            raise
-        failure = startup
-        while isinstance(failure, BaseExceptionGroup):
-            failure = failure.exceptions[0]
-    except KeyboardInterrupt:
-        return EXIT_FORCED
-    if failure is not None:
-        print(f"spooky-trio worker {index}: {failure}", file=sys.stderr)
-        return 1
-    if server.forced:
-        return EXIT_FORCED
-    return EXIT_RESTART if server.restart_requested else 0
 
 
 # -- talking to a worker --
@@ -222,8 +136,6 @@ class Supervisor:
     every worker exited after a drain (or the startup failed)."""
 
     def __init__(self, config: Any, config_path: str) -> None:
-        from spooky_trio.serving.server import StartupError
-
         self.config = config
         self.config_path = os.path.abspath(config_path)
         self.count = config.performance.worker_threads
@@ -256,8 +168,6 @@ class Supervisor:
     # -- lifecycle --
 
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
-        from spooky_trio.serving.server import StartupError
-
         bound = []
         for endpoint, required in self.endpoints:
             try:
@@ -459,111 +369,3 @@ class Supervisor:
             elif self.slots[entry["worker"]].state == "serving":
                 self.metrics.scrape_errors.inc()
         return merge_expositions(texts, self.metrics.own_families) + self.metrics.render()
-
-
-class SupervisorControlApi(ControlApi):
-    """The configured control API, served by the supervisor (see docs/performance.md)."""
-
-    def __init__(self, config: Any, supervisor: Supervisor) -> None:
-        super().__init__(config, supervisor)
-        self.supervisor = supervisor
-
-    async def handle(self, request: HttpRequest) -> HttpResponse:
-        cfg, sup = self.config, self.supervisor
-        admin_paths = (cfg.runtime_path, cfg.restart_path, cfg.reload_path, cfg.reload_certs_path)
-        if request.path.startswith("/admin") or request.path in admin_paths:
-            denied = self._auth_failure(request)
-            if denied is not None:
-                return denied
-        forwarded = {cfg.reload_path: INTERNAL.reload_path, cfg.reload_certs_path: INTERNAL.reload_certs_path}
-        if request.path == cfg.restart_path:
-            if request.method != "POST":
-                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
-            return HttpResponse(202, b"draining every worker; the supervisor exits with status 75\n", after_send=sup.request_restart)
-        if request.path in forwarded or request.path.startswith(CONFIG_PATH + "/"):
-            if request.method != "POST":
-                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
-            target = forwarded.get(request.path, request.path)
-            return await self._forward("POST", target, request)
-        if request.method not in ("GET", "HEAD"):
-            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
-        if request.path == cfg.health_path:
-            return HttpResponse(200, b"ok\n")
-        if request.path == cfg.ready_path:
-            return await self._ready()
-        if request.path == cfg.runtime_path:
-            return _json(200, await self.supervisor_snapshot())
-        if request.path == CONFIG_PATH:
-            return await self._forward("GET", CONFIG_PATH, request)
-        return HttpResponse(404, b"not found\n")
-
-    async def _ready(self) -> HttpResponse:
-        sup = self.supervisor
-        if sup.draining:
-            return HttpResponse(503, b"draining\n")
-        answers = await sup.each_worker("GET", INTERNAL.ready_path, timeout=2.0)
-        if all(entry.get("status") == 200 for entry in answers):
-            return HttpResponse(200, b"ready\n")
-        return HttpResponse(503, b"not ready\n")
-
-    async def _forward(self, method: str, target: str, request: HttpRequest) -> HttpResponse:
-        """Send the request to every worker; answer with the first worker's document plus
-        ``workers`` (each one's status and generation). When the workers disagree (status,
-        or the sha256 of the config they serve) or one cannot be reached: 502,
-        ``result: inconsistent`` and each worker's full answer."""
-        full = target + ("?" + request.query if request.query else "")
-        entries = await self.supervisor.each_worker(method, full, request.body, timeout=30.0)
-        summary, documents = [], []
-        for entry in entries:
-            doc: Any = None
-            if "body" in entry:
-                try:
-                    doc = json.loads(entry["body"])
-                except ValueError:
-                    doc = entry["body"].decode("utf-8", "replace")
-            documents.append(doc)
-            item = {"worker": entry["worker"], "pid": entry["pid"], "status": entry.get("status")}
-            if "error" in entry:
-                item["error"] = entry["error"]
-            if isinstance(doc, dict):
-                for key in ("result", "generation", "sha256"):
-                    if key in doc:
-                        item[key] = doc[key]
-            summary.append(item)
-        statuses = {item["status"] for item in summary}
-        hashes = {item.get("sha256") for item in summary}
-        if len(statuses) == 1 and None not in statuses and len(hashes) == 1 and isinstance(documents[0], dict):
-            return _json(summary[0]["status"], {**documents[0], "workers": summary})
-        failed = [item["worker"] for item in summary if item.get("status") != summary[0].get("status") or "error" in item]
-        log.error("workers disagree on %s %s: %s", method, target, summary)
-        return _json(502, {"result": "inconsistent", "failed_workers": failed, "workers": summary,
-                           "answers": documents})
-
-    async def supervisor_snapshot(self) -> dict[str, Any]:
-        sup = self.supervisor
-        answers = await sup.each_worker("GET", INTERNAL.runtime_path)
-        workers = []
-        for slot, entry in zip(sup.slots, answers):
-            item = slot.describe()
-            if entry.get("status") == 200:
-                try:
-                    item["runtime"] = json.loads(entry["body"])
-                except ValueError:
-                    item["runtime_error"] = "unreadable runtime document"
-            else:
-                item["runtime_error"] = entry.get("error") or f"status {entry.get('status')}"
-            workers.append(item)
-        return {
-            "version": __version__,
-            "supervisor": {"pid": os.getpid(), "worker_threads": sup.count,
-                           "pin_workers": sup.config.performance.pin_workers,
-                           "restarts": sum(slot.restarts for slot in sup.slots)},
-            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
-            "ready": sup.ready,
-            "draining": sup.draining,
-            "workers": workers,
-        }
-
-
-def _json(status: int, body: Any) -> HttpResponse:
-    return HttpResponse(status, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json")

@@ -1,0 +1,69 @@
+"""What changes from one config to the next, as the reload transaction reports it (the
+``diff`` of every reload answer and its log line)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _listener_name(listener: Any) -> str:
+    return f"{listener.address}:{listener.port}"
+
+
+def _backend_names(config: Any) -> dict[str, Any]:
+    return {f"{name}/{b.id}@{b.address}": b for name, pool in config.upstream.items() for b in pool.backends}
+
+
+def _route_text(route: Any) -> str:
+    parts = [f"host={route.host}" if route.host else "", f"path_prefix={route.path_prefix}" if route.path_prefix else "",
+             f"method={route.method}" if route.method else ""]
+    return " ".join(p for p in parts if p)
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        "added": sorted(set(new) - set(old)),
+        "removed": sorted(set(old) - set(new)),
+        "changed": sorted(k for k in set(old) & set(new) if old[k] != new[k]),
+    }
+
+
+#: top-level sections compared as a whole for the ``other`` entry of the diff
+_SECTIONS = ("upstream_tls", "load_balancing", "log", "performance", "resilience", "observability", "security")
+
+
+def diff_summary(old: Any, new: Any) -> dict[str, Any]:
+    """What changes from config ``old`` to ``new``: pools, routes, backends (pool/id@address,
+    the identity that keeps state), listeners (address:port) added/removed/changed, and the
+    other top-level sections that differ."""
+    old_routes = {name: _route_text(pool.route) for name, pool in old.upstream.items()}
+    new_routes = {name: _route_text(pool.route) for name, pool in new.upstream.items()}
+    old_listeners = {_listener_name(listener): listener for listener in old.effective_listeners()}
+    new_listeners = {_listener_name(listener): listener for listener in new.effective_listeners()}
+    return {
+        "pools": _changes(dict(old.upstream), dict(new.upstream)),
+        "routes": {
+            "added": [f"{n}: {new_routes[n]}" for n in sorted(set(new_routes) - set(old_routes))],
+            "removed": [f"{n}: {old_routes[n]}" for n in sorted(set(old_routes) - set(new_routes))],
+            "changed": [f"{n}: {old_routes[n]} -> {new_routes[n]}" for n in sorted(set(old_routes) & set(new_routes))
+                        if old_routes[n] != new_routes[n]],
+        },
+        "backends": _changes(_backend_names(old), _backend_names(new)),
+        "listeners": _changes(old_listeners, new_listeners),
+        "other": [section for section in _SECTIONS if getattr(old, section) != getattr(new, section)],
+    }
+
+
+def diff_line(diff: dict[str, Any]) -> str:
+    """The diff as one log-friendly line."""
+    parts = []
+    for kind in ("pools", "routes", "backends", "listeners"):
+        entry = diff[kind]
+        parts.append(f"{kind} +{len(entry['added'])} -{len(entry['removed'])} ~{len(entry['changed'])}")
+    details = []
+    for kind in ("pools", "backends", "listeners"):
+        for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
+            details.extend(f"{sign}{kind[:-1]} {name}" for name in diff[kind][key])
+    details.extend(f"~route {text}" for text in diff["routes"]["changed"])
+    line = ", ".join(parts) + (f"; other: {', '.join(diff['other'])}" if diff["other"] else "")
+    return line + (f" [{'; '.join(details)}]" if details else "")
