@@ -36,6 +36,7 @@ from spooky_trio.http.h2_pump import H2WriterPump
 from spooky_trio.http.messages import UpstreamRequest
 from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, pump_body
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.upstream.h2_state import ConnInput, ConnState, next_state
 from spooky_trio.upstream.h2_stream import H2Stream, request_headers
 
 #: receive window advertised for each stream (the most one slow response can buffer)
@@ -46,6 +47,7 @@ _MAX_HEADER_LIST = 64 * 1024
 _H2_ERRORS = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError, KeyError)
 
 
+_STARTING, _OPEN, _DRAINING = ConnState.STARTING, ConnState.OPEN, ConnState.DRAINING
 _RECV_GOAWAY = h2.connection.ConnectionInputs.RECV_GOAWAY
 _CLOSED = h2.connection.ConnectionState.CLOSED
 _process_input = h2.connection.H2ConnectionStateMachine.process_input
@@ -66,7 +68,8 @@ class H2Connection:
 
     Callbacks: ``on_idle(conn)`` when its last stream is released, ``on_closed(conn)`` once
     when :meth:`run` ends. The pool runs :meth:`run` in its nursery and waits for
-    :attr:`ready` before opening streams.
+    :attr:`ready` before opening streams. :attr:`state` follows the table in
+    upstream/h2_state.py; :attr:`failure` is set with FAILED.
     """
 
     def __init__(
@@ -103,12 +106,10 @@ class H2Connection:
         self.pump = H2WriterPump(stream, self._h2.data_to_send)
         self.pump.kick()
         self._cancel_scope = trio.CancelScope()
-        #: set once the server's first SETTINGS arrived (or the connection failed)
+        self.state = _STARTING
+        #: set when the state leaves STARTING (SETTINGS arrived, or a drain or failure came first)
         self.ready = trio.Event()
         self.failure: UpstreamProtocolError | None = None
-        self.goaway = False
-        self._closing = False
-        self._goaway_sent = False
         self.idle_since = trio.current_time()
         self._send_wakeup = trio.Event()
 
@@ -120,18 +121,17 @@ class H2Connection:
 
     @property
     def can_open_stream(self) -> bool:
-        """Ready, healthy, not going away, and below the server's MAX_CONCURRENT_STREAMS.
+        """OPEN, and below the server's MAX_CONCURRENT_STREAMS.
 
         Counts our unreleased streams, a superset of h2's open ones (h2's own count walks
         every stream it knows; it still checks on send, see :meth:`try_open_stream`).
         """
-        return (
-            self.ready.is_set()
-            and self.failure is None
-            and not self.goaway
-            and not self._closing
-            and len(self._streams) < self._h2.remote_settings.max_concurrent_streams
-        )
+        return self.state is _OPEN and len(self._streams) < self._h2.remote_settings.max_concurrent_streams
+
+    def _advance(self, event: ConnInput) -> None:
+        before, self.state = self.state, next_state(self.state, event)
+        if before is _STARTING and self.state is not _STARTING:
+            self.ready.set()
 
     def try_open_stream(self, request: UpstreamRequest) -> H2Stream | None:
         """Send the request headers on a new stream; None if this connection cannot take it.
@@ -143,7 +143,7 @@ class H2Connection:
         try:
             stream_id = self._h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
-            self.goaway = True
+            self._advance(ConnInput.DRAIN)
             return None
         try:
             self._h2.send_headers(stream_id, request_headers(request), end_stream=request.body is None)
@@ -187,16 +187,16 @@ class H2Connection:
         self.pump.collect()
         if not self._streams:
             self.idle_since = trio.current_time()
-            if self._closing or self.goaway:
+            if self.state is _DRAINING:
                 self.close()
             else:
                 self._on_idle(self)
 
     def close(self) -> None:
         """Stop taking streams; send GOAWAY and close once the active streams are released."""
-        self._closing = True
-        if not self._streams and not self._goaway_sent:
-            self._goaway_sent = True
+        self._advance(ConnInput.DRAIN)
+        if not self._streams and self.state is _DRAINING:
+            self._advance(ConnInput.GOAWAY_SENT)
             try:
                 self._h2.close_connection()
             except _H2_ERRORS:
@@ -228,9 +228,9 @@ class H2Connection:
     def _fail(self, error: UpstreamProtocolError) -> None:
         if self.failure is None:
             self.failure = error
+        self._advance(ConnInput.FAIL)
         for stream in list(self._streams.values()):
             stream.on_error(UpstreamProtocolError(str(error)))
-        self.ready.set()
         self._wake_senders()
         self.pump.close()
         self._cancel_scope.cancel()
@@ -344,7 +344,7 @@ class H2Connection:
                 stream.on_error(UpstreamProtocolError(f"{self.target} reset the stream ({getattr(code, 'name', code)})"))
             self._wake_senders()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.ready.set()
+            self._advance(ConnInput.SETTINGS)
             self._wake_senders()
         elif isinstance(event, h2.events.WindowUpdated):
             self._wake_senders()
@@ -352,12 +352,11 @@ class H2Connection:
             self._on_goaway(event)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        self.goaway = True
+        self._advance(ConnInput.DRAIN)
         last = event.last_stream_id if event.last_stream_id is not None else 0
         code = getattr(event.error_code, "name", event.error_code)
         for stream_id, stream in list(self._streams.items()):
             if stream_id > last:
                 stream.on_error(UpstreamProtocolError(f"{self.target} sent GOAWAY ({code}) before processing the stream"))
-        self.ready.set()
         self._wake_senders()
         self.close()
