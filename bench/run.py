@@ -377,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-s", "--scenarios", default=",".join(DEFAULT_ORDER),
                    help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
     p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
-                        "sources in DIR (a src/ directory) as target spooky@NAME, for before/after in one run")
+                        "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run")
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
@@ -401,12 +401,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def target_src(directory: str) -> Path:
+    """The sources of a ``NAME=DIR`` target: DIR when it holds the ``spooky_trio`` package (a
+    ``src/`` directory), else DIR/src (a checkout's root). Anything else is refused: the
+    child's PYTHONPATH would fall through to this checkout's code and measure it twice."""
+    path = Path(directory).resolve()
+    for candidate in (path, path / "src"):
+        if (candidate / "spooky_trio" / "__init__.py").is_file():
+            return candidate
+    raise SystemExit(f"{directory}: no spooky_trio package in it or in its src/")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
     targets = [t for t in args.targets.split(",") if t]
+    targets = [f"{t.partition('=')[0]}={target_src(t.partition('=')[2])}" if "=" in t else t for t in targets]
     counts = [int(n) for n in args.workers.split(",") if n]
     if "spooky" in targets and counts != [1]:  # --workers 1,2: spooky (1 worker) and spooky-w2
         at = targets.index("spooky")
@@ -447,9 +459,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for target in (targets if run_index % 2 else targets[::-1]):
                     if target == "caddy":
                         server = CaddyServer(workdir, bench.certs)
-                    elif "=" in target:  # NAME=DIR: another checkout's src, e.g. base=/tmp/old/src
+                    elif "=" in target:  # NAME=DIR: another checkout's src (resolved above)
                         label, _, src = target.partition("=")
-                        server = SpookyServer(workdir, bench.certs, src=Path(src).resolve(), name=f"spooky@{label}",
+                        server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}",
                                               cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
                         server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)

@@ -309,7 +309,7 @@ async def test_ping_flood_from_a_client_that_does_not_read_stalls_the_connection
             nursery.start_soon(flood)
             stalled_at = await _wait_until_stalled(lambda: sent, limit=30.0)
             (h2conn,) = listener.connections
-            queued = len(h2conn._outbox)  # noqa: SLF001 - the bound under test
+            queued = len(h2conn.pump.outbox)  # the bound under test
             nursery.cancel_scope.cancel()
         # socket buffers hold the rest; what the proxy itself queued stays near the bound
         assert queued < 256 * 1024, queued

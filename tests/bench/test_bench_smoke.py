@@ -8,7 +8,9 @@ import json
 import subprocess
 import sys
 
-from bench.run import add_ratios, percentile, render_table
+import pytest
+
+from bench.run import add_ratios, percentile, render_table, target_src
 from bench.targets import REPO, python_env
 
 
@@ -127,3 +129,12 @@ def test_bench_cprofile_covers_the_h2load_run(tmp_path):
     assert match, proc.stderr
     Path(match.group(3)).unlink(missing_ok=True)
     assert int(match.group(1)) >= 300 and int(match.group(2)) > 100
+
+
+def test_a_target_dir_is_a_src_directory_or_a_checkout_holding_one(tmp_path):
+    """A checkout's root used to be taken as its src/: the child then imported this
+    checkout's code through PYTHONPATH, and an A/B run compared it with itself."""
+    assert target_src(str(REPO / "src")) == REPO / "src"
+    assert target_src(str(REPO)) == REPO / "src"
+    with pytest.raises(SystemExit, match="no spooky_trio package"):
+        target_src(str(tmp_path))

@@ -372,7 +372,7 @@ async def test_ping_flood_from_a_backend_that_does_not_read_stalls_the_connectio
     connection stop reading once the ACKs back up, instead of queueing without bound."""
     from hyperframe.frame import PingFrame
 
-    from spooky_trio.upstream.h2 import OUTBOX_LIMIT
+    from spooky_trio.http.h2_pump import OUTBOX_LIMIT
     from tests.integration.test_backpressure import _wait_until_stalled
 
     sent = 0
@@ -398,7 +398,7 @@ async def test_ping_flood_from_a_backend_that_does_not_read_stalls_the_connectio
             nursery.start_soon(waiting_exchange)
             stalled_at = await _wait_until_stalled(lambda: sent, limit=30.0)
             (conn,) = pool.h2_connections(target)
-            queued = len(conn._outbox)  # noqa: SLF001 - the bound under test
+            queued = len(conn.pump.outbox)  # the bound under test
             nursery.cancel_scope.cancel()
         assert stalled_at > 0 and conn.failure is None
         assert queued < OUTBOX_LIMIT + 128 * 1024, queued

@@ -1,18 +1,21 @@
 """HTTP/2 ingress on a TLS stream (h2): one reader and one writer per connection, one task per stream.
 
-Stream tasks never touch the socket: they change the h2 state synchronously and wake the
-writer (:meth:`H2ServerConnection.kick`), which sends everything queued by then in one
-``send_all``, so the frames of many streams (and a stream's HEADERS and DATA) share one TLS
-record and one syscall instead of one each.
+Stream tasks never touch the socket: they change the h2 state synchronously and kick the
+connection's :class:`~spooky_trio.http.h2_pump.H2WriterPump`, whose task sends everything
+queued by then in one ``send_all``, so the frames of many streams (and a stream's HEADERS and
+DATA) share one TLS record and one syscall instead of one each.
 
 Backpressure both ways: a request body's flow-control window is acknowledged only as the
 pipeline consumes it (:meth:`H2ServerConnection.body_consumed`), and a response waits for
 the client's window before each DATA frame and, while more than :data:`SEND_HIGH_WATER`
 bytes of DATA are queued for the writer, for the writer to take them (which it does only
-once its previous ``send_all`` returned). The reader, likewise, stops reading while that
-much of its own output (acks of the client's PINGs and SETTINGS, resets) waits. ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is
-advertised: an extended CONNECT (RFC 8441) with ``:protocol websocket`` becomes a GET with
-``upgrade: websocket`` for the pipeline, and its sink can :meth:`open_tunnel`.
+once its previous ``send_all`` returned). The reader, likewise, stops reading while 64 KiB
+of its own output (acks of the client's PINGs and SETTINGS, resets) waits (the pump's
+``backoff``). A closed pump is ``trio.BrokenResourceError`` for the pipeline.
+
+``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is advertised: an extended CONNECT (RFC 8441) with
+``:protocol websocket`` becomes a GET with ``upgrade: websocket`` for the pipeline, and its
+sink can :meth:`open_tunnel`.
 
 Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once makes the
 proxy start (and maybe forward) a request per pair while never holding more than
@@ -37,6 +40,7 @@ import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from spooky_trio.http.h2_pump import H2WriterPump
 from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
 from spooky_trio.ingress.h2_stream import RECEIVE_SIZE, SEND_HIGH_WATER, H2RequestBody, H2ResponseSink
 from spooky_trio.ingress.tls import client_headers
@@ -96,19 +100,10 @@ class H2ServerConnection:
         self.streams: dict[int, _Stream] = {}
         self._nursery: trio.Nursery | None = None
         self._window_changed = trio.lowlevel.ParkingLot()
-        #: DATA bytes queued in h2 that the writer has not taken yet (see SEND_HIGH_WATER)
-        self.unsent = 0
-        self._kick_seq = 0
-        self._written_seq = 0
-        self._kick_event = trio.Event()
-        #: woken when the writer takes the queued bytes (wait_writer) and when it wrote them (flush)
-        self._taken = trio.lowlevel.ParkingLot()
-        self._written = trio.lowlevel.ParkingLot()
+        #: the only writer of ``stream``; closed once the connection ends (see the module doc)
+        self.pump = H2WriterPump(stream, self.h2.data_to_send)
         self._read_scope: trio.CancelScope | None = None
         self._goaway_last: int | None = None
-        #: bytes to write before what h2 holds now (h2's output moved here, our own GOAWAY)
-        self._outbox = bytearray()
-        self._closed = False
         self._any_request = False
         #: client resets of unfinished streams minus responses finished normally (see module doc)
         self._reset_debt = 0
@@ -122,43 +117,48 @@ class H2ServerConnection:
             extra = self.ctx.limits.h2_connection_window - 65535
             if extra > 0:
                 self.h2.increment_flow_control_window(extra)
+            pump = self.pump
             # our SETTINGS go first, before a GOAWAY queued by a drain that began earlier
-            self._outbox[:0] = self.h2.data_to_send()
+            pump.outbox[:0] = self.h2.data_to_send()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._writer)
+                nursery.start_soon(self._write)
                 try:
-                    self.kick()
+                    pump.kick()
                     await self._read_loop()
                     with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-                        await self.flush()
+                        await pump.written()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
                 finally:
-                    self._closed = True
+                    pump.close()
                     self._window_changed.unpark_all()
-                    self._taken.unpark_all()
-                    self._written.unpark_all()
                     nursery.cancel_scope.cancel()
         finally:
-            with trio.move_on_after(1.0) as scope:
-                scope.shield = True
+            with trio.move_on_after(1.0, shield=True):
                 await self.stream.aclose()
             await trio.aclose_forcefully(self.stream)
 
     def _done(self) -> bool:
         return self._goaway_last is not None and not self.streams
 
+    async def _write(self) -> None:
+        """The pump's task. It ends once closed or when a write failed (the client went
+        away): either way the connection ends (``run`` cancels its stream tasks)."""
+        await self.pump.run()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
     async def _read_loop(self) -> None:
         """Read and dispatch until the connection is over; what it queued (a GOAWAY) is
-        written by the caller's final :meth:`flush`.
+        written by the caller's final flush.
 
         One cancel scope serves the whole loop: its deadline is the idle timeout while no
         stream is open, and it is cancelled when a drain completes (:meth:`_finish_stream`).
         Either way the connection is over: an idle connection with no streams gets GOAWAY,
         after which it is done.
         """
-        limits = self.ctx.limits
+        limits, pump = self.ctx.limits, self.pump
         never = float("inf")
         with trio.CancelScope() as scope:
             self._read_scope = scope
@@ -177,17 +177,16 @@ class H2ServerConnection:
                 except h2.exceptions.ProtocolError as exc:
                     log.debug("HTTP/2 protocol error from %s: %s", self.client_address, exc)
                     self.ctx.stats["h2_protocol_errors"] += 1
-                    self._collect()  # h2 queued a GOAWAY
+                    pump.collect()  # h2 queued a GOAWAY
                     return
                 for event in events:
                     if not self._on_event(event):
-                        self._collect()  # a GOAWAY we queued (ENHANCE_YOUR_CALM)
+                        pump.collect()  # a GOAWAY we queued (ENHANCE_YOUR_CALM)
                         return
-                self._collect()
-                if len(self._outbox) >= SEND_HIGH_WATER:
+                if pump.collect():
                     # our answers to the client's frames (PING and SETTINGS acks, resets) pile
                     # up while it does not read: stop reading until the writer takes them
-                    await self._outbox_taken()
+                    await pump.backoff()
         self._read_scope = None
         if scope.cancelled_caught and not self.streams and self._goaway_last is None:
             self.begin_drain()  # idle: say goodbye properly
@@ -321,7 +320,7 @@ class H2ServerConnection:
     def _finish_stream(self, stream: _Stream) -> None:
         stream_id = stream.stream_id
         self.streams.pop(stream_id, None)
-        if self._closed:
+        if self.pump.closed:
             return
         sink, body = stream.sink, stream.body
         if sink.finished and self._reset_debt:
@@ -335,7 +334,7 @@ class H2ServerConnection:
             self.h2.acknowledge_received_data(body.unconsumed, stream_id)
         if self._done() and self._read_scope is not None:
             self._read_scope.cancel()
-        self.kick()
+        self.pump.collect()  # the acknowledgement, if h2 sends one (the resets kicked)
 
     # --- send path ---
 
@@ -343,13 +342,13 @@ class H2ServerConnection:
         """Call an ``H2Connection`` send method and wake the writer; a stream the client reset
         (or a closed connection) becomes :class:`trio.BrokenResourceError` for the pipeline."""
         stream = self.streams.get(stream_id)
-        if self._closed or (stream is not None and stream.sink.aborted):
+        if self.pump.closed or (stream is not None and stream.sink.aborted):
             raise trio.BrokenResourceError("client stream or connection is gone")
         try:
             getattr(self.h2, method)(stream_id, *args, **kwargs)
         except h2.exceptions.ProtocolError as exc:
             raise trio.BrokenResourceError(f"cannot {method} on stream {stream_id}: {exc}") from exc
-        self.kick()
+        self.pump.kick()
 
     def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
         """Queue RST_STREAM (unless the stream is already closed) and wake the writer."""
@@ -357,13 +356,13 @@ class H2ServerConnection:
             self.h2.reset_stream(stream_id, code)
         except h2.exceptions.ProtocolError:
             return
-        self.kick()
+        self.pump.kick()
 
     async def wait_window(self, stream_id: int) -> int:
         """Bytes we may send on the stream now (> 0), waiting for WINDOW_UPDATEs."""
         while True:
             stream = self.streams.get(stream_id)
-            if self._closed or stream is None or stream.sink.aborted:
+            if self.pump.closed or stream is None or stream.sink.aborted:
                 raise trio.BrokenResourceError("client stream or connection is gone")
             try:
                 window = self.h2.local_flow_control_window(stream_id)
@@ -375,77 +374,20 @@ class H2ServerConnection:
 
     def body_consumed(self, stream_id: int, flow_length: int) -> None:
         """The pipeline took ``flow_length`` flow-controlled bytes: let the client send more."""
-        if flow_length and not self._closed:
+        if flow_length and not self.pump.closed:
             self.h2.acknowledge_received_data(flow_length, stream_id)
-            self.kick()
-
-    def _collect(self) -> None:
-        """Move what h2 queued to the outbox and wake the writer (only when there is some)."""
-        data = self.h2.data_to_send()
-        if data:
-            self._outbox += data
-            self.kick()
-
-    def kick(self) -> None:
-        """Tell the writer that h2 (or the outbox) has bytes to send."""
-        self._kick_seq += 1
-        self._kick_event.set()
+            self.pump.collect()  # small acknowledgements queue nothing
 
     async def wait_writer(self) -> None:
         """Wait until the writer took the queued DATA (below :data:`SEND_HIGH_WATER`)."""
-        while self.unsent >= SEND_HIGH_WATER:
-            if self._closed:
-                raise trio.BrokenResourceError("client connection is gone")
-            await self._taken.park()
-
-    async def _outbox_taken(self) -> None:
-        while len(self._outbox) >= SEND_HIGH_WATER and not self._closed:
-            await self._taken.park()
-
-    async def flush(self) -> None:
-        """Wait until everything queued so far was written (or the connection closed)."""
-        target = self._kick_seq
-        while self._written_seq < target and not self._closed:
-            await self._written.park()
+        if not await self.pump.taken(SEND_HIGH_WATER):
+            raise trio.BrokenResourceError("client connection is gone")
 
     async def wait_written(self) -> None:
         """Wait until everything queued so far was written; raises
         :class:`trio.BrokenResourceError` if the connection closed first."""
-        target = self._kick_seq
-        while self._written_seq < target:
-            if self._closed:
-                raise trio.BrokenResourceError("client connection is gone")
-            await self._written.park()
-
-    async def _writer(self) -> None:
-        """Send what h2 (and a pending GOAWAY) queued, all of it in one ``send_all``; a
-        failed write closes the connection (the pipeline's sends then fail as before)."""
-        try:
-            while True:
-                if self._written_seq == self._kick_seq:
-                    self._kick_event = trio.Event()
-                    await self._kick_event.wait()
-                    continue
-                seq = self._kick_seq
-                data = self.h2.data_to_send()
-                if self._outbox:  # queued before what h2 holds now
-                    data = bytes(self._outbox) + data
-                    self._outbox.clear()
-                self.unsent = 0
-                if self._taken:
-                    self._taken.unpark_all()
-                if data:
-                    await self.stream.send_all(data)
-                self._written_seq = seq
-                if self._written:
-                    self._written.unpark_all()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._closed = True  # the client went away: end the connection
-            self._taken.unpark_all()
-            self._written.unpark_all()
-            self._window_changed.unpark_all()
-            assert self._nursery is not None
-            self._nursery.cancel_scope.cancel()
+        if not await self.pump.written():
+            raise trio.BrokenResourceError("client connection is gone")
 
     def begin_drain(self) -> None:
         """GOAWAY naming the last stream we accepted; close once those streams are done.
@@ -456,8 +398,6 @@ class H2ServerConnection:
         if self._goaway_last is not None:
             return
         self._goaway_last = self.h2.highest_inbound_stream_id
-        self._outbox += self.h2.data_to_send()
-        self._outbox += GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0).serialize()
-        self.kick()
+        self.pump.queue_frame(GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0).serialize())
         if self._done() and self._read_scope is not None:
             self._read_scope.cancel()

@@ -1,6 +1,7 @@
 """One HTTP/2 stream of the bootstrap listener: its request body reader, its response sink
 and the one-pass header block builder (h2's outbound normalization is off, see
-:func:`header_block`). The connection (reader, writer, flow control) is in ingress/h2.py."""
+:func:`header_block`). The connection (reader, flow control) is in ingress/h2.py, its writer
+in http/h2_pump.py."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ class H2ResponseSink:
         """Queue ``data`` as DATA frames within the client's windows; the last frame carries
         END_STREAM (no separate empty frame), and with it we wait until the writer wrote the
         response's end (the response is over for drain and accounting only then)."""
-        conn, stream_id = self._conn, self._stream_id
+        conn, stream_id, pump = self._conn, self._stream_id, self._conn.pump
         total = len(data)
         if not total:
             if end_stream:
@@ -113,11 +114,11 @@ class H2ResponseSink:
                 chunk = view[offset:end].tobytes()
             conn.call(stream_id, "send_data", chunk, end_stream=end_stream and last)
             offset = end
-            conn.unsent += len(chunk)
+            pump.unsent += len(chunk)
             if end_stream and last:
                 self.finished = True
                 await conn.wait_written()
-            elif conn.unsent >= SEND_HIGH_WATER:
+            elif pump.unsent >= SEND_HIGH_WATER:
                 await conn.wait_writer()
 
     async def send_trailers(self, trailers: Headers) -> None:

@@ -2,8 +2,11 @@
 
 Each :class:`H2Connection` runs a reader and a writer task (:meth:`H2Connection.run`, in the
 pool's nursery). Exchanges never touch the socket: they change the h2 state synchronously
-and wake the writer, so cancelling an exchange can never leave a half-written frame on a
-connection that other streams share.
+and kick the connection's :class:`~spooky_trio.http.h2_pump.H2WriterPump`, so cancelling an
+exchange can never leave a half-written frame on a connection that other streams share. The
+reader stops reading while 64 KiB of its own answers (PING/SETTINGS acks) wait for the
+writer (the pump's ``backoff``). A closed pump is :class:`UpstreamProtocolError` for the
+exchanges.
 
 Flow control: streams advertise :data:`STREAM_WINDOW` and the connection
 :data:`CONNECTION_WINDOW`; received data is acknowledged only when the consumer takes it
@@ -29,9 +32,11 @@ import h2.settings
 import trio
 from h2.errors import ErrorCodes
 
+from spooky_trio.http.h2_pump import H2WriterPump
 from spooky_trio.http.messages import UpstreamRequest
 from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, pump_body
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.upstream.h2_state import ConnInput, ConnState, next_state
 from spooky_trio.upstream.h2_stream import H2Stream, request_headers
 
 #: receive window advertised for each stream (the most one slow response can buffer)
@@ -39,13 +44,10 @@ STREAM_WINDOW = 1 << 20
 #: receive window of the whole connection
 CONNECTION_WINDOW = 16 << 20
 _MAX_HEADER_LIST = 64 * 1024
-#: our queued answers to the server's frames (PING/SETTINGS acks) above which the reader
-#: stops reading until the writer sent them: a server that floods PINGs and never reads
-#: meets backpressure instead of an ever-growing queue
-OUTBOX_LIMIT = 64 * 1024
 _H2_ERRORS = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError, KeyError)
 
 
+_STARTING, _OPEN, _DRAINING = ConnState.STARTING, ConnState.OPEN, ConnState.DRAINING
 _RECV_GOAWAY = h2.connection.ConnectionInputs.RECV_GOAWAY
 _CLOSED = h2.connection.ConnectionState.CLOSED
 _process_input = h2.connection.H2ConnectionStateMachine.process_input
@@ -66,7 +68,8 @@ class H2Connection:
 
     Callbacks: ``on_idle(conn)`` when its last stream is released, ``on_closed(conn)`` once
     when :meth:`run` ends. The pool runs :meth:`run` in its nursery and waits for
-    :attr:`ready` before opening streams.
+    :attr:`ready` before opening streams. :attr:`state` follows the table in
+    upstream/h2_state.py; :attr:`failure` is set with FAILED.
     """
 
     def __init__(
@@ -99,19 +102,15 @@ class H2Connection:
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._streams: dict[int, H2Stream] = {}
-        self._outbox = bytearray()
+        #: the only writer of ``stream``; the connection preface is pending
+        self.pump = H2WriterPump(stream, self._h2.data_to_send)
+        self.pump.kick()
         self._cancel_scope = trio.CancelScope()
-        #: set once the server's first SETTINGS arrived (or the connection failed)
+        self.state = _STARTING
+        #: set when the state leaves STARTING (SETTINGS arrived, or a drain or failure came first)
         self.ready = trio.Event()
         self.failure: UpstreamProtocolError | None = None
-        self.goaway = False
-        self._closing = False
-        self._goaway_sent = False
         self.idle_since = trio.current_time()
-        self._kick_seq = 1  # the connection preface is pending
-        self._sent_seq = 0
-        self._kick_event = trio.Event()
-        self._sent_event = trio.Event()
         self._send_wakeup = trio.Event()
 
     # -- pool-facing state --
@@ -122,18 +121,17 @@ class H2Connection:
 
     @property
     def can_open_stream(self) -> bool:
-        """Ready, healthy, not going away, and below the server's MAX_CONCURRENT_STREAMS.
+        """OPEN, and below the server's MAX_CONCURRENT_STREAMS.
 
         Counts our unreleased streams, a superset of h2's open ones (h2's own count walks
         every stream it knows; it still checks on send, see :meth:`try_open_stream`).
         """
-        return (
-            self.ready.is_set()
-            and self.failure is None
-            and not self.goaway
-            and not self._closing
-            and len(self._streams) < self._h2.remote_settings.max_concurrent_streams
-        )
+        return self.state is _OPEN and len(self._streams) < self._h2.remote_settings.max_concurrent_streams
+
+    def _advance(self, event: ConnInput) -> None:
+        before, self.state = self.state, next_state(self.state, event)
+        if before is _STARTING and self.state is not _STARTING:
+            self.ready.set()
 
     def try_open_stream(self, request: UpstreamRequest) -> H2Stream | None:
         """Send the request headers on a new stream; None if this connection cannot take it.
@@ -145,7 +143,7 @@ class H2Connection:
         try:
             stream_id = self._h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
-            self.goaway = True
+            self._advance(ConnInput.DRAIN)
             return None
         try:
             self._h2.send_headers(stream_id, request_headers(request), end_stream=request.body is None)
@@ -156,7 +154,7 @@ class H2Connection:
         stream = H2Stream(self, stream_id)
         stream.request_ended = request.body is None
         self._streams[stream_id] = stream
-        self._queue_output()
+        self.pump.collect()
         return stream
 
     async def start(self, stream: H2Stream, request: UpstreamRequest, *, nursery: trio.Nursery, control: ExchangeControl) -> None:
@@ -186,43 +184,31 @@ class H2Connection:
                 pass
         stream.on_error(UpstreamProtocolError("the exchange is over"))
         self.acknowledge(stream.stream_id, stream.take_unconsumed())
-        self._queue_output()
+        self.pump.collect()
         if not self._streams:
             self.idle_since = trio.current_time()
-            if self._closing or self.goaway:
+            if self.state is _DRAINING:
                 self.close()
             else:
                 self._on_idle(self)
 
     def close(self) -> None:
         """Stop taking streams; send GOAWAY and close once the active streams are released."""
-        self._closing = True
-        if not self._streams and not self._goaway_sent:
-            self._goaway_sent = True
+        self._advance(ConnInput.DRAIN)
+        if not self._streams and self.state is _DRAINING:
+            self._advance(ConnInput.GOAWAY_SENT)
             try:
                 self._h2.close_connection()
             except _H2_ERRORS:
                 self._cancel_scope.cancel()
-            self.kick()
+            self.pump.kick()
+            self.pump.finish()  # the writer ends the connection once our GOAWAY is out
 
     def abort(self) -> None:
         """Close at once, failing every stream."""
         self._fail(UpstreamProtocolError(f"connection to {self.target} aborted"))
 
     # -- engine internals --
-
-    def kick(self) -> None:
-        """Tell the writer that h2 (or the outbox) has bytes to send."""
-        self._kick_seq += 1
-        self._kick_event.set()
-
-    def _queue_output(self) -> None:
-        """Move what h2 queued to the outbox and wake the writer, only when there is some
-        (most state changes, a response's events or a small acknowledgement, send nothing)."""
-        data = self._h2.data_to_send()
-        if data:
-            self._outbox += data
-            self.kick()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """Return ``size`` consumed bytes of ``stream_id`` to the flow-control windows (only the
@@ -233,7 +219,7 @@ class H2Connection:
             self._h2.acknowledge_received_data(size, stream_id)
         except _H2_ERRORS:
             return
-        self._queue_output()
+        self.pump.collect()  # a small acknowledgement queues nothing
 
     def _wake_senders(self) -> None:
         event, self._send_wakeup = self._send_wakeup, trio.Event()
@@ -242,11 +228,11 @@ class H2Connection:
     def _fail(self, error: UpstreamProtocolError) -> None:
         if self.failure is None:
             self.failure = error
+        self._advance(ConnInput.FAIL)
         for stream in list(self._streams.values()):
             stream.on_error(UpstreamProtocolError(str(error)))
-        self.ready.set()
         self._wake_senders()
-        self._sent_event.set()
+        self.pump.close()
         self._cancel_scope.cancel()
 
     def _check_sendable(self, stream: H2Stream) -> None:
@@ -256,11 +242,8 @@ class H2Connection:
             raise UpstreamProtocolError("the stream is closed")
 
     async def _drained(self) -> None:
-        target = self._kick_seq
-        while self._sent_seq < target:
-            if self.failure is not None:
-                raise UpstreamProtocolError(str(self.failure))
-            await self._sent_event.wait()
+        if not await self.pump.written():
+            raise UpstreamProtocolError(str(self.failure or f"connection to {self.target} closed"))
 
     async def _send_chunk(self, stream: H2Stream, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -276,7 +259,7 @@ class H2Connection:
             except _H2_ERRORS as exc:
                 raise UpstreamProtocolError(f"cannot send the request body: {exc!r}") from exc
             view = view[size:]
-            self.kick()
+            self.pump.kick()
         await self._drained()
 
     async def _send_end(self, stream: H2Stream) -> None:
@@ -286,7 +269,7 @@ class H2Connection:
         except _H2_ERRORS as exc:
             raise UpstreamProtocolError(f"cannot end the request body: {exc!r}") from exc
         stream.request_ended = True
-        self.kick()
+        self.pump.kick()
         await self._drained()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -305,24 +288,13 @@ class H2Connection:
 
     async def _writer(self) -> None:
         try:
-            while True:
-                while self._sent_seq == self._kick_seq:
-                    if self._goaway_sent:
-                        self._cancel_scope.cancel()  # our GOAWAY is out: done
-                    self._kick_event = trio.Event()
-                    await self._kick_event.wait()
-                seq = self._kick_seq
-                data = bytes(self._outbox) + self._h2.data_to_send()
-                self._outbox.clear()
-                if data:
-                    await self._stream.send_all(data)
-                self._sent_seq = seq
-                event, self._sent_event = self._sent_event, trio.Event()
-                event.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(UpstreamProtocolError(f"connection to {self.target} lost while sending: {exc!r}"))
+            error = await self.pump.run()
         except Exception as exc:  # a bug must fail this connection, not the pool
             self._fail(UpstreamProtocolError(f"HTTP/2 writer failed: {exc!r}"))
+            return
+        if error is not None:
+            self._fail(UpstreamProtocolError(f"connection to {self.target} lost while sending: {error!r}"))
+        self._cancel_scope.cancel()  # failed, or finished: our GOAWAY is out
 
     async def _reader(self) -> None:
         try:
@@ -332,7 +304,7 @@ class H2Connection:
                     self._fail(UpstreamProtocolError(f"{self.target} closed the HTTP/2 connection"))
                     return
                 # h2 drops its unsent output when GOAWAY arrives: keep what is pending first
-                self._outbox += self._h2.data_to_send()
+                self.pump.collect()
                 try:
                     events = self._h2.receive_data(data)
                 except h2.exceptions.ProtocolError as exc:
@@ -340,9 +312,8 @@ class H2Connection:
                     return
                 for event in events:
                     self._dispatch(event)
-                self._queue_output()
-                while len(self._outbox) >= OUTBOX_LIMIT and self.failure is None:
-                    await self._sent_event.wait()
+                if self.pump.collect():
+                    await self.pump.backoff()  # a peer that does not read: stop reading too
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(UpstreamProtocolError(f"connection to {self.target} lost: {exc!r}"))
         except Exception as exc:  # a bug must fail this connection, not the pool
@@ -373,7 +344,7 @@ class H2Connection:
                 stream.on_error(UpstreamProtocolError(f"{self.target} reset the stream ({getattr(code, 'name', code)})"))
             self._wake_senders()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.ready.set()
+            self._advance(ConnInput.SETTINGS)
             self._wake_senders()
         elif isinstance(event, h2.events.WindowUpdated):
             self._wake_senders()
@@ -381,12 +352,11 @@ class H2Connection:
             self._on_goaway(event)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        self.goaway = True
+        self._advance(ConnInput.DRAIN)
         last = event.last_stream_id if event.last_stream_id is not None else 0
         code = getattr(event.error_code, "name", event.error_code)
         for stream_id, stream in list(self._streams.items()):
             if stream_id > last:
                 stream.on_error(UpstreamProtocolError(f"{self.target} sent GOAWAY ({code}) before processing the stream"))
-        self.ready.set()
         self._wake_senders()
         self.close()
