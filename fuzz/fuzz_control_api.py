@@ -93,6 +93,7 @@ class _Server:
         self.reload_fails = reload_fails
         self.ready = ready
         self.draining = not ready
+        self.worker_index = None
         self.config = load_config_text(_CONFIG_TEXT)
         self.state = StateStore()
         self.generation = Generation.build(self.config, number=3, state=self.state)

@@ -48,7 +48,8 @@ def cmd_run(argv: list[str]) -> int:
     import trio
 
     from spooky_trio.observability.logging import configure_logging
-    from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
+    from spooky_trio.serving.exits import EXIT_FORCED, EXIT_RESTART, StartupError
+    from spooky_trio.serving.server import Server
 
     try:
         configure_logging(config.log)
@@ -74,8 +75,8 @@ def _run_supervisor(config, path: str) -> int:  # type: ignore[no-untyped-def]
     """``worker_threads > 1``: this process supervises worker processes (serving/workers.py)."""
     import trio
 
+    from spooky_trio.serving.exits import EXIT_FORCED, EXIT_RESTART, StartupError
     from spooky_trio.serving.workers import Supervisor
-    from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, StartupError
 
     try:
         supervisor = Supervisor(config, path)

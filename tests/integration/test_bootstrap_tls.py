@@ -15,7 +15,8 @@ import trustme
 from cryptography import x509
 
 from spooky_trio.config import load_config_text
-from spooky_trio.serving.server import Server, StartupError
+from spooky_trio.serving.exits import StartupError
+from spooky_trio.serving.server import Server
 from tests.support.backends import run_backend
 from tests.support.bootstrap import client_context, read_until_close, tls_connect
 from tests.support.proxy import free_udp_port, running_proxy

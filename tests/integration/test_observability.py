@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.config import load_config_text
-from spooky_trio.serving.server import Server, StartupError
+from spooky_trio.serving.exits import StartupError
+from spooky_trio.serving.server import Server
 from tests.support.backends import run_backend
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml, running_proxy
 

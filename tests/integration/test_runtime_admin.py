@@ -13,7 +13,7 @@ import trustme
 from cryptography import x509
 
 from spooky_trio.clients.h3 import H3Client, H3ConnectError
-from spooky_trio.serving.server import EXIT_RESTART
+from spooky_trio.serving.exits import EXIT_RESTART
 from tests.integration.test_observability import TOKEN, observability_yaml, scrape
 from tests.support.backends import run_backend
 from tests.support.bootstrap import client_context, tls_connect

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from spooky_trio.balancing.base import Balancer, BackendLoad, PickRequest
+from spooky_trio.balancing.base import BackendLoad, Balancer, PickRequest
 from spooky_trio.balancing.consistent_hash import ConsistentHash, HashRing
 from spooky_trio.balancing.keys import key_source
 from spooky_trio.balancing.latency_aware import LatencyAware

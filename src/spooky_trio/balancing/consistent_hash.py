@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from spooky_trio.balancing.base import Balancer, BackendLoad, PickRequest
+from spooky_trio.balancing.base import BackendLoad, Balancer, PickRequest
 from spooky_trio.balancing.keys import KeySource, hash64, request_key
 
 #: ring points of a backend of average weight; ~160 keeps shares within a few percent

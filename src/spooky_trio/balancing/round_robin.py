@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spooky_trio.balancing.base import Balancer, BackendLoad, PickRequest
+from spooky_trio.balancing.base import BackendLoad, Balancer, PickRequest
 
 
 class RoundRobin(Balancer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from spooky_trio.balancing.base import Balancer, BackendLoad, PickRequest
+from spooky_trio.balancing.base import BackendLoad, Balancer, PickRequest
 
 
 class WeightedRandom(Balancer):

@@ -40,8 +40,18 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 
 from spooky_trio.clients._quic import FlowControlledQuicConnection
-from spooky_trio.clients.errors import H3ClientError, H3ConnectError, H3ConnectionLost, H3StreamReset
-from spooky_trio.clients.h3_stream import H3Response, H3StreamResponse, Headers, StreamState
+from spooky_trio.clients.errors import (
+    H3ClientError,
+    H3ConnectError,
+    H3ConnectionLost,
+    H3StreamReset,
+)
+from spooky_trio.clients.h3_stream import (
+    H3Response,
+    H3StreamResponse,
+    Headers,
+    StreamState,
+)
 from spooky_trio.clients.h3_transport import H3Transport
 
 __all__ = ["H3Client", "H3ClientError", "H3ConnectError", "H3ConnectionLost", "H3Response", "H3StreamReset", "H3StreamResponse"]

@@ -12,12 +12,20 @@ import socket
 from typing import Any
 
 import trio
-from cryptography import x509
 from aioquic.h3.connection import ErrorCode
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StopSendingReceived, StreamReset
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    StopSendingReceived,
+    StreamReset,
+)
+from cryptography import x509
 
-from spooky_trio.clients._quic import FlowControlledQuicConnection, GoawayAwareH3Connection
+from spooky_trio.clients._quic import (
+    FlowControlledQuicConnection,
+    GoawayAwareH3Connection,
+)
 from spooky_trio.clients.errors import H3ConnectError, H3ConnectionLost
 from spooky_trio.clients.h3_stream import StreamState
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import attrs
 
-from spooky_trio.config.address import is_hostname, is_ip_literal, parse_port, split_host_port
+from spooky_trio.config.address import (
+    is_hostname,
+    is_ip_literal,
+    parse_port,
+    split_host_port,
+)
 from spooky_trio.config.issues import KeyPath
 
 

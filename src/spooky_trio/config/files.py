@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from spooky_trio.config.issues import ConfigIssue, KeyPath, PositionMap
 from spooky_trio.config.schema import Config, ListenerTls, UpstreamTlsConfig
 
+
 class _FileError(Exception):
     """A file problem; the message is ready for a ConfigIssue."""
 

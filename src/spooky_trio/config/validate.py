@@ -11,7 +11,12 @@ import ipaddress
 import re
 
 from spooky_trio.config.address import is_hostname, is_token, parse_backend_address
-from spooky_trio.config.checks import Problem, Problems, authority_error, route_host_error
+from spooky_trio.config.checks import (
+    Problem,
+    Problems,
+    authority_error,
+    route_host_error,
+)
 from spooky_trio.config.issues import KeyPath, format_path
 from spooky_trio.config.schema import (
     Config,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from spooky_trio.config.address import is_loopback, is_token, parse_nameserver
 from spooky_trio.config.checks import Problems
 from spooky_trio.config.issues import KeyPath
@@ -13,7 +12,6 @@ from spooky_trio.config.schema_runtime import (
     PerformanceConfig,
     ResilienceConfig,
 )
-
 
 #: HTTP/3 peers open three unidirectional streams (control, QPACK encoder, QPACK decoder).
 MIN_UNI_STREAMS = 3

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import random
 import ssl
-from typing import Any
 
 import attrs
 
-
 from spooky_trio.balancing import Balancer, make_balancer
-from spooky_trio.routing.table import RoutingTable
+from spooky_trio.config import (
+    BackendAddress,
+    Config,
+    HealthCheckConfig,
+    PoolConfig,
+    UpstreamTlsConfig,
+)
 from spooky_trio.core.state import BackendState, StateStore
+from spooky_trio.routing.table import RoutingTable
 from spooky_trio.upstream import BackendTarget
 from spooky_trio.upstream.tls import ClientContexts
 
@@ -36,7 +41,7 @@ class BackendRuntime:
     authority: bytes
     state: BackendState = attrs.field(eq=False, repr=False)
     #: the backend's ``health_check`` block, None when it is not actively probed
-    health_check: Any = attrs.field(default=None, eq=False, repr=False)
+    health_check: HealthCheckConfig | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str, str, int]:
@@ -56,7 +61,7 @@ def backend_key(pool: str, backend_id: str, target: BackendTarget) -> tuple[str,
 class PoolRuntime:
     """A pool's backends, its balancer and its policies (``config`` is the PoolConfig)."""
 
-    def __init__(self, name: str, config: Any, backends: list[BackendRuntime], balancer: Balancer) -> None:
+    def __init__(self, name: str, config: PoolConfig, backends: list[BackendRuntime], balancer: Balancer) -> None:
         self.name = name
         self.config = config
         self.backends = backends
@@ -68,7 +73,7 @@ def _format_authority(host: str, port: int, default_port: int) -> bytes:
     return (shown if port == default_port else f"{shown}:{port}").encode("ascii")
 
 
-def _backend_target(address: Any, tls_policy: Any, contexts: ClientContexts, built: dict[int, ssl.SSLContext]) -> BackendTarget:
+def _backend_target(address: BackendAddress, tls_policy: UpstreamTlsConfig, contexts: ClientContexts, built: dict[int, ssl.SSLContext]) -> BackendTarget:
     """The target of one backend address; ``built`` memoizes the context per TLS policy for
     one generation build (each policy's CA files are read once per build)."""
     if address.scheme == "http":
@@ -92,7 +97,7 @@ def _backend_target(address: Any, tls_policy: Any, contexts: ClientContexts, bui
 class Generation:
     """An immutable compiled config. Build with :meth:`build`; never mutate after."""
 
-    def __init__(self, number: int, config: Any, routing: RoutingTable, pools: dict[str, PoolRuntime]) -> None:
+    def __init__(self, number: int, config: Config, routing: RoutingTable, pools: dict[str, PoolRuntime]) -> None:
         self.number = number
         self.config = config
         self.routing = routing
@@ -100,7 +105,7 @@ class Generation:
 
     @classmethod
     def build(
-        cls, config: Any, number: int = 1, state: StateStore | None = None, rng: random.Random | None = None, *, activate: bool = True
+        cls, config: Config, number: int = 1, state: StateStore | None = None, rng: random.Random | None = None, *, activate: bool = True
     ) -> Generation:
         """Compile ``config``. Backend state comes from ``state`` (the Server's store, so it
         survives reloads; a private store when None) and is reconfigured with each backend's

@@ -13,18 +13,18 @@ import collections
 import logging
 import math
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any
 
 import attrs
 import trio
 
+from spooky_trio.config import HealthCheckConfig
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
-from spooky_trio.upstream.errors import status_failure_reason
 from spooky_trio.resilience.breaker import CircuitBreaker
 from spooky_trio.resilience.limits import Slots
 from spooky_trio.resilience.state import ResilienceState
 from spooky_trio.upstream import BackendTarget
+from spooky_trio.upstream.errors import status_failure_reason
 from spooky_trio.upstream.tls import ClientContexts
 
 log = logging.getLogger("spooky.health")
@@ -113,7 +113,7 @@ class BackendState:
 
     # -- configuration (each generation build) --
 
-    def configure(self, health_check: Any) -> None:
+    def configure(self, health_check: HealthCheckConfig | None) -> None:
         """Apply a backend's ``health_check`` (or None); keeps the current verdicts."""
         if health_check is None:
             self.active = None

@@ -10,7 +10,8 @@ import trio
 from spooky_trio.cli import _load
 from spooky_trio.devtools.origin import serve_origin
 from spooky_trio.observability.logging import configure_logging
-from spooky_trio.serving.server import Server, StartupError
+from spooky_trio.serving.exits import StartupError
+from spooky_trio.serving.server import Server
 
 
 async def _main(config, origin_port: int) -> None:  # type: ignore[no-untyped-def]

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
 
-from spooky_trio.upstream.errors import failure_reason, status_failure_reason
-from spooky_trio.health.targets import ProbeState
+from spooky_trio.config import HealthCheckConfig
+from spooky_trio.health.targets import HealthMetrics, ProbeState
 from spooky_trio.http.messages import UpstreamRequest
 from spooky_trio.upstream import BackendTarget, UpstreamPool
+from spooky_trio.upstream.errors import failure_reason, status_failure_reason
 
 log = logging.getLogger("spooky.health")
 
@@ -71,11 +71,11 @@ class HealthChecker:
         self,
         *,
         state: ProbeState,
-        check: Any,
+        check: HealthCheckConfig,
         authority: bytes,
         target: Callable[[], BackendTarget],
         upstream: UpstreamPool,
-        metrics: Any = None,
+        metrics: HealthMetrics | None = None,
     ) -> None:
         #: a :class:`~spooky_trio.observability.metrics.Metrics` (or None) counting probes
         self.metrics = metrics

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any
 from collections.abc import Sequence
 
 import dns.asyncresolver
@@ -29,7 +28,7 @@ import dns.resolver
 import trio
 
 from spooky_trio.config.address import parse_nameserver
-from spooky_trio.health.targets import ProbeState
+from spooky_trio.health.targets import HealthMetrics, ProbeState
 
 log = logging.getLogger("spooky.dns")
 
@@ -93,7 +92,7 @@ def choose_address(addresses: frozenset[str], current: str | None) -> str:
 class DnsRefresher:
     """Keeps one backend's ``connect_address`` in step with DNS; run it in the background nursery."""
 
-    def __init__(self, *, state: ProbeState, host: str, resolver: dns.asyncresolver.Resolver, interval: float, metrics: Any = None) -> None:
+    def __init__(self, *, state: ProbeState, host: str, resolver: dns.asyncresolver.Resolver, interval: float, metrics: HealthMetrics | None = None) -> None:
         #: a :class:`~spooky_trio.observability.metrics.Metrics` (or None) counting refreshes
         self.metrics = metrics
         self.state = state

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any
 
+import dns.asyncresolver
 import trio
 
+from spooky_trio.config import HealthCheckConfig, PerformanceConfig
 from spooky_trio.config.address import is_ip_literal
 from spooky_trio.health.active import HealthChecker
 from spooky_trio.health.dns import DnsRefresher, make_resolver
-from spooky_trio.health.targets import CheckedBackend
+from spooky_trio.health.targets import CheckedBackend, HealthMetrics
 from spooky_trio.upstream import UpstreamPool
 
 log = logging.getLogger("spooky.health")
@@ -31,13 +32,13 @@ _TaskFactory = Callable[[trio.TaskStatus[None]], Awaitable[None]]
 class HealthSupervisor:
     """Runs health checkers and DNS refreshers; see the module docstring."""
 
-    def __init__(self, upstream: UpstreamPool, metrics: Any = None) -> None:
+    def __init__(self, upstream: UpstreamPool, metrics: HealthMetrics | None = None) -> None:
         self.upstream = upstream
         #: passed to every checker and refresher (probe and DNS counters); may be None
         self.metrics = metrics
         self._nursery: trio.Nursery | None = None
         #: task identity -> (settings it was started with, its cancel scope)
-        self._tasks: dict[Hashable, tuple[Any, trio.CancelScope]] = {}
+        self._tasks: dict[Hashable, tuple[Hashable, trio.CancelScope]] = {}
 
     @property
     def task_count(self) -> int:
@@ -45,7 +46,7 @@ class HealthSupervisor:
         return len(self._tasks)
 
     async def run(
-        self, backends: Iterable[CheckedBackend], performance: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, backends: Iterable[CheckedBackend], performance: PerformanceConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Own the background tasks until cancelled. Started once the first DNS resolutions
         finished (each bounded by the resolver lifetime), so the first requests use them."""
@@ -59,7 +60,7 @@ class HealthSupervisor:
                 self._nursery = None
                 self._tasks.clear()
 
-    async def apply(self, backends: Iterable[CheckedBackend], performance: Any) -> None:
+    async def apply(self, backends: Iterable[CheckedBackend], performance: PerformanceConfig) -> None:
         """Make the running tasks match ``backends`` under ``performance`` (the DNS refresh
         settings; see the module docstring). A backend listed twice (a canary shares it with
         the stable generation) runs one task with the settings of its last entry."""
@@ -76,13 +77,13 @@ class HealthSupervisor:
                 if key not in self._tasks:
                     starters.start_soon(self._nursery.start, self._supervised, key, settings, factory)
 
-    def _wanted(self, backends: Iterable[CheckedBackend], perf: Any) -> dict[Hashable, tuple[Any, _TaskFactory]]:
-        wanted: dict[Hashable, tuple[Any, _TaskFactory]] = {}
+    def _wanted(self, backends: Iterable[CheckedBackend], perf: PerformanceConfig) -> dict[Hashable, tuple[Hashable, _TaskFactory]]:
+        wanted: dict[Hashable, tuple[Hashable, _TaskFactory]] = {}
         resolver = None
         for backend in backends:
             if backend.health_check is not None:
-                settings = (backend.health_check, backend.authority, backend.target)
-                wanted[("health", backend.key)] = (settings, self._checker(backend))
+                settings: Hashable = (backend.health_check, backend.authority, backend.target)
+                wanted[("health", backend.key)] = (settings, self._checker(backend, backend.health_check))
             if perf.backend_dns_refresh_enabled and not is_ip_literal(backend.target.host):
                 if resolver is None:
                     resolver = self._resolver(perf)
@@ -93,7 +94,7 @@ class HealthSupervisor:
         return wanted
 
     @staticmethod
-    def _resolver(perf: Any) -> Any:
+    def _resolver(perf: PerformanceConfig) -> dns.asyncresolver.Resolver | None:
         # a query may take up to one interval, within [1 s, 5 s]: long enough for a slow
         # resolver, short enough that startup (which waits for the first answer) stays quick
         lifetime = min(5.0, max(1.0, perf.backend_dns_refresh_interval_ms / 1000))
@@ -103,10 +104,10 @@ class HealthSupervisor:
             log.error("DNS refresh disabled: cannot configure a resolver: %s", exc)
             return None
 
-    def _checker(self, backend: CheckedBackend) -> _TaskFactory:
+    def _checker(self, backend: CheckedBackend, check: HealthCheckConfig) -> _TaskFactory:
         checker = HealthChecker(
             state=backend.state,
-            check=backend.health_check,
+            check=check,
             authority=backend.authority,
             target=lambda: backend.connect_target,
             upstream=self.upstream,
@@ -119,7 +120,7 @@ class HealthSupervisor:
 
         return run
 
-    def _refresher(self, backend: CheckedBackend, resolver: Any, interval: float) -> _TaskFactory:
+    def _refresher(self, backend: CheckedBackend, resolver: dns.asyncresolver.Resolver, interval: float) -> _TaskFactory:
         refresher = DnsRefresher(state=backend.state, host=backend.target.host, resolver=resolver, interval=interval, metrics=self.metrics)
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -127,7 +128,7 @@ class HealthSupervisor:
 
         return run
 
-    async def _supervised(self, key: Hashable, settings: Any, factory: _TaskFactory, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _supervised(self, key: Hashable, settings: Hashable, factory: _TaskFactory, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._tasks[key] = (settings, scope)
             try:

@@ -8,9 +8,18 @@ attributes it reads and writes, so it never imports upward.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Protocol
 
+from spooky_trio.config import HealthCheckConfig
 from spooky_trio.upstream import BackendTarget
+
+
+class HealthMetrics(Protocol):
+    """Where probes and DNS refreshes are counted (the server's Metrics)."""
+
+    def health_probe(self, reason: str | None) -> None: ...
+
+    def dns_refresh(self, ok: bool, changed: bool) -> None: ...
 
 
 class ProbeState(Protocol):
@@ -40,7 +49,7 @@ class CheckedBackend(Protocol):
     def key(self) -> Hashable: ...
 
     @property
-    def health_check(self) -> Any: ...
+    def health_check(self) -> HealthCheckConfig | None: ...
 
     @property
     def authority(self) -> bytes: ...

@@ -7,10 +7,10 @@ Bottom layer: imports nothing from the project but :mod:`spooky_trio.http.messag
 from __future__ import annotations
 
 import http
+from collections.abc import Sequence
 
 import attrs
 
-from spooky_trio.http.messages import Headers
 
 @attrs.frozen
 class ErrorResponse:
@@ -44,7 +44,7 @@ class ProxyError(Exception):
     """Raised by a filter (or anything below it) to answer the client with
     :attr:`response`, plus ``headers`` (e.g. ``Retry-After``), through the answer door."""
 
-    def __init__(self, status: int, reason: str, message: str, headers: Headers = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, status: int, reason: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(message)
         self.response = ErrorResponse(status, reason, message)
         self.headers = list(headers)

@@ -7,7 +7,7 @@ Header names are lowercase ``bytes``; values are ``bytes``. Pseudo-headers never
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -88,7 +88,10 @@ class ResponseSink(Protocol):
     and buffer bounds, which is how a slow client slows the backend read down.
     """
 
-    headers_sent: bool
+    @property
+    def headers_sent(self) -> bool:
+        """The response head went out (after that, an error can only reset the stream)."""
+        ...
 
     async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
         """Send the response head; ``end_stream`` when there is no body."""
@@ -103,6 +106,15 @@ class ResponseSink(Protocol):
         """Abort the response stream (after headers were sent, the only honest error signal)."""
 
 
+class _TunnelSide(Protocol):
+    """What a tunnel needs of a stream's response sink (HTTP/2 and HTTP/3 sinks have it)."""
+
+    finished: bool
+    aborted: bool
+
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None: ...
+
+
 class StreamTunnel:
     """The client side of a tunnel carried on one HTTP/2 or HTTP/3 request stream (RFC 8441
     extended CONNECT, RFC 9114 CONNECT): the request body's DATA frames in, the response's
@@ -114,7 +126,7 @@ class StreamTunnel:
 
     supports_half_close = True
 
-    def __init__(self, sink: Any, body: DownstreamBody) -> None:
+    def __init__(self, sink: _TunnelSide, body: DownstreamBody) -> None:
         self._sink = sink
         self._body = body
 

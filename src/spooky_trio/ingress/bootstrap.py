@@ -27,12 +27,16 @@ from typing import Any
 import attrs
 import trio
 
+from spooky_trio.http.errors import ErrorResponse, ProxyError, header_limit_error
 from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
-from spooky_trio.ingress.tls import BootstrapTls, classify_handshake_failure, peer_subject
-from spooky_trio.http.errors import ErrorResponse, ProxyError, header_limit_error
+from spooky_trio.ingress.tls import (
+    BootstrapTls,
+    classify_handshake_failure,
+    peer_subject,
+)
 
 log = logging.getLogger("spooky.ingress.bootstrap")
 

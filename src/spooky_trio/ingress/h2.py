@@ -40,11 +40,16 @@ import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from spooky_trio.http.errors import ErrorResponse, ProxyError
 from spooky_trio.http.h2_pump import H2WriterPump
 from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
-from spooky_trio.ingress.h2_stream import RECEIVE_SIZE, SEND_HIGH_WATER, H2RequestBody, H2ResponseSink
+from spooky_trio.ingress.h2_stream import (
+    RECEIVE_SIZE,
+    SEND_HIGH_WATER,
+    H2RequestBody,
+    H2ResponseSink,
+)
 from spooky_trio.ingress.tls import client_headers
-from spooky_trio.http.errors import ErrorResponse, ProxyError
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.bootstrap import ServeContext

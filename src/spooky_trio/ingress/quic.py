@@ -23,6 +23,7 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
+from spooky_trio.core.activity import Activity
 from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.messages import DownstreamRequest, ResponseSink
 from spooky_trio.ingress.closing import encode_initial_close
@@ -32,7 +33,6 @@ from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.udp_send import DatagramSender
 from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
-from spooky_trio.core.activity import Activity
 
 __all__ = ["Handler", "QuicListener", "Rejecter"]
 

@@ -24,6 +24,7 @@ from aioquic.quic.events import (
     StreamReset,
 )
 
+from spooky_trio.http.errors import ErrorResponse, header_limit_error
 from spooky_trio.http.messages import DownstreamRequest, RequestBodyError
 from spooky_trio.ingress.h3 import (
     H3RequestBody,
@@ -34,7 +35,6 @@ from spooky_trio.ingress.h3 import (
 )
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.tls import client_headers
-from spooky_trio.http.errors import ErrorResponse, header_limit_error
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener

@@ -17,14 +17,18 @@ from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState, QuicReceiveContext
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+    QuicReceiveContext,
+)
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
 from spooky_trio.aioquic_compat import check_overrides, overrides, require_method
 from spooky_trio.ingress.identities import IdentityStore
-
 
 #: below this many bytes left in a packet, no STREAM frame worth building fits (its header
 #: alone takes up to 19 bytes); skipping only defers the stream to the next packet

@@ -17,8 +17,8 @@ from typing import Any
 from cryptography import x509
 
 from spooky_trio.config import certificate_covers
-from spooky_trio.ingress.identities import Identity, IdentityStore
 from spooky_trio.http.messages import Headers
+from spooky_trio.ingress.identities import Identity, IdentityStore
 
 log = logging.getLogger("spooky.ingress.tls")
 

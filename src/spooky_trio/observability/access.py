@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import trio
 
@@ -55,7 +54,7 @@ class AccessRecord:
         #: ``headers_too_large``, ``connect_failed``, ``client_gone``...)
         self.reason: str | None = None
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, object]:
         """The access-log fields, in :data:`FIELDS` order."""
         req = self.request
         client = req.client_address
@@ -84,7 +83,7 @@ class AccessRecord:
         access_log.info(plain_line(fields), extra={"access": fields})
 
 
-def plain_line(fields: dict[str, Any]) -> str:
+def plain_line(fields: dict[str, object]) -> str:
     """``key=value`` pairs; values with spaces, quotes or ``=`` are double-quoted; None is ``-``."""
     parts = []
     for key in FIELDS:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence, Sized
-from typing import Any, Protocol
+from typing import Protocol
 
+from cryptography import x509
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from spooky_trio.config import Config
+from spooky_trio.config import AdaptiveAdmissionConfig, Config
 
 #: BootstrapTls failure reason -> spec reason label
 _TLS_REASONS = {
@@ -34,7 +35,7 @@ _TLS_REASONS = {
 
 class _Identity(Protocol):
     server_name: str | None
-    certificate: Any  # cryptography.x509.Certificate
+    certificate: x509.Certificate
 
 
 class _Identities(Protocol):
@@ -82,7 +83,7 @@ class GenerationView(Protocol):
 
 
 class _Admission(Protocol):
-    def limit(self, config: Any) -> int: ...
+    def limit(self, config: AdaptiveAdmissionConfig) -> int: ...
 
 
 class _Brownout(Protocol):
@@ -242,7 +243,7 @@ def _protocol_errors(quic: list[QuicListenerView], tcp: list[TcpListenerView]) -
     return family
 
 
-def _certificate_expiry(quic_listeners: list[QuicListenerView]) -> Iterator[Metric]:
+def _certificate_expiry(quic_listeners: Sequence[QuicListenerView]) -> Iterator[Metric]:
     """``not_after`` and days remaining of every listener certificate now in use (after a
     certificate reload: the new ones); ``server_name`` is ``default`` for ``cert``/``key``."""
     not_after = GaugeMetricFamily("spooky_downstream_tls_certificate_not_after_seconds",

@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+
+from spooky_trio.config import LogConfig
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -29,7 +30,7 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -43,12 +44,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(log_config: Any) -> None:
+def configure_logging(log_config: LogConfig) -> None:
     """Install one handler on the root logger per ``log_config`` (replacing earlier ones)."""
     install_handler(build_handler(log_config), log_config)
 
 
-def build_handler(log_config: Any) -> logging.Handler:
+def build_handler(log_config: LogConfig) -> logging.Handler:
     """The handler ``log_config`` asks for; raises OSError when the log file cannot be opened
     (a reload builds it before its commit point, so a bad path fails the transaction)."""
     if log_config.file.enabled:
@@ -62,7 +63,7 @@ def build_handler(log_config: Any) -> logging.Handler:
     return handler
 
 
-def install_handler(handler: logging.Handler, log_config: Any) -> None:
+def install_handler(handler: logging.Handler, log_config: LogConfig) -> None:
     """Make ``handler`` the root logger's only handler and apply ``log_config.level``;
     replaced handlers are closed (a log file a reload moved away from is released)."""
     root = logging.getLogger()

@@ -14,8 +14,6 @@ defined at all.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from spooky_trio.observability.collect import ServerCollector, ServingView
@@ -39,7 +37,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         #: (pool, backend, status class, outcome) -> label children (see backend_exchange)
-        self._exchange_children: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
+        self._exchange_children: dict[tuple[str, str, str, str], tuple[Counter, Counter, Histogram]] = {}
         self.requests = Counter("spooky_requests", "Requests handled by the pipeline", registry=r)
         self.requests_success = Counter("spooky_requests_success", "Requests answered below 400", registry=r)
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
@@ -49,7 +47,7 @@ class Metrics:
             "spooky_requests_by_reason", "Requests by the reason that decided the answer", ["reason", "status_class"], registry=r
         )
         #: (reason, status class) -> label child (see request_done)
-        self._reason_children: dict[tuple[str, str], Any] = {}
+        self._reason_children: dict[tuple[str, str], Counter] = {}
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
         self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/408/413/431)", registry=r)
         self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)

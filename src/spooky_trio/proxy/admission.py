@@ -94,7 +94,7 @@ class OverloadGuard:
                 pslots = state.pool_slots[pool] = Slots()
             plimit = perf.per_upstream_inflight_limit
             if not pslots.try_acquire(plimit) and not await self._wait(
-                config, (pslots,), lambda: pslots.try_acquire(plimit), "upstream", pool, path  # type: ignore[union-attr]
+                config, (pslots,), lambda: pslots.try_acquire(plimit), "upstream", pool, path
             ):
                 raise self.shed(config, "upstream_inflight")
         except BaseException:
@@ -234,7 +234,7 @@ def _is_in(backend: BackendRuntime, backends: Sequence[BackendRuntime]) -> bool:
     return any(backend is other for other in backends)
 
 
-async def _any_release(slots: list[Slots]) -> None:
+async def _any_release(slots: Sequence[Slots]) -> None:
     """Return after any of ``slots`` released a slot."""
     if len(slots) == 1:
         await slots[0].wait_release()

@@ -18,13 +18,18 @@ Three functions, one per way a request can end, all used by the chain
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from spooky_trio.http.errors import ErrorResponse, ProxyError, ResponseTooLarge, unwrap
-from spooky_trio.http.messages import Headers, RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge
+from spooky_trio.http.messages import (
+    RequestBodyError,
+    RequestBodyTimeout,
+    RequestBodyTooLarge,
+)
 from spooky_trio.upstream.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -59,7 +64,7 @@ class Answer:
     rejection: bool = True
 
     @classmethod
-    def from_error(cls, error: ErrorResponse, headers: Headers = (), *, rejection: bool = True) -> Answer:  # type: ignore[assignment]
+    def from_error(cls, error: ErrorResponse, headers: Sequence[tuple[bytes, bytes]] = (), *, rejection: bool = True) -> Answer:
         """The plain-text error answer of ``error`` (the one shape of every error body)."""
         return cls(error.status, error.reason, error.body(), (_TEXT_PLAIN, *headers), rejection)
 

@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from spooky_trio.http.messages import DownstreamBody, RequestBodyError, RequestBodyTimeout, RequestBodyTooLarge
+from spooky_trio.http.messages import (
+    DownstreamBody,
+    RequestBodyError,
+    RequestBodyTimeout,
+    RequestBodyTooLarge,
+)
 
 
 async def limited_body(body: DownstreamBody, *, limit: int, declared: int | None, idle_timeout: float) -> AsyncIterator[bytes]:

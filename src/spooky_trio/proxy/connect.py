@@ -12,8 +12,8 @@ from typing import Any
 
 import trio
 
-from spooky_trio.http.messages import DownstreamRequest, ResponseSink
 from spooky_trio.http.errors import ProxyError
+from spooky_trio.http.messages import DownstreamRequest, ResponseSink
 from spooky_trio.proxy import tunnel
 from spooky_trio.proxy.tunnel import TunnelSink, relay_bytes
 from spooky_trio.resilience.policy import ConnectTarget

@@ -15,7 +15,7 @@ backend through the forward step or a filter through the answer door.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -68,7 +68,7 @@ class RequestContext(AccessRecord):
         self.connect_target: ConnectTarget | None = None
         #: added to the response head, whoever answers (the route-decision header)
         self.response_headers: Headers = []
-        self._cleanups: list[Callable[[], Any]] = []
+        self._cleanups: list[Callable[[], object]] = []
         self._response_filters: list[ResponseFilter] = []
 
     def attach_sink(self, sink: ResponseSink) -> ClientSink:
@@ -78,7 +78,7 @@ class RequestContext(AccessRecord):
 
     # -- what filters register --
 
-    def on_finish(self, cleanup: Callable[[], Any]) -> None:
+    def on_finish(self, cleanup: Callable[[], object]) -> None:
         """Run ``cleanup()`` when the request ends (after its answer, before the record
         step), in reverse order of registration, whatever happened (slots given back)."""
         self._cleanups.append(cleanup)
@@ -136,5 +136,5 @@ class ClientSink:
     def reset(self, reason: str) -> None:
         self._inner.reset(reason)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)

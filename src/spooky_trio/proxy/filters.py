@@ -35,7 +35,7 @@ from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
-from spooky_trio.proxy.chain import Chain
+from spooky_trio.proxy.chain import Chain, Filter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
 from spooky_trio.resilience.policy import check_request
@@ -178,5 +178,5 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     server's store (overload state survives reloads there)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    filters: list[Filter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

@@ -29,7 +29,13 @@ from spooky_trio.proxy.lease import BackendLease
 from spooky_trio.proxy.relay import relay_response, upstream_request
 from spooky_trio.proxy.tunnel import relay_tunnel, wants_tunnel
 from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
-from spooky_trio.resilience.retry import IDEMPOTENT_METHODS, MAX_ATTEMPTS, REPLAY_BUFFER_BYTES, RetryBudget, retry_reason
+from spooky_trio.resilience.retry import (
+    IDEMPOTENT_METHODS,
+    MAX_ATTEMPTS,
+    REPLAY_BUFFER_BYTES,
+    RetryBudget,
+    retry_reason,
+)
 from spooky_trio.upstream import UpstreamPool
 
 if TYPE_CHECKING:

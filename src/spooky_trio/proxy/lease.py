@@ -22,11 +22,11 @@ and passive health records nothing.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from spooky_trio.config import Config
+from spooky_trio.config import CircuitBreakerConfig, Config
 from spooky_trio.core.generation import BackendRuntime
 from spooky_trio.resilience.breaker import CLOSED, OPEN
 from spooky_trio.upstream.errors import failure_reason
@@ -117,7 +117,7 @@ class BackendLease:
         self.finish(None)
 
 
-def breaker_verdict(cb: Any, backend: BackendRuntime, probe: bool, failed: bool | None) -> None:
+def breaker_verdict(cb: CircuitBreakerConfig, backend: BackendRuntime, probe: bool, failed: bool | None) -> None:
     """Record an attempt's verdict on ``backend``'s circuit breaker (``failed`` None: none;
     a probe taken is then abandoned). ``cb`` is ``resilience.circuit_breaker``."""
     state = backend.state

@@ -8,7 +8,11 @@ import trio
 from spooky_trio.config import PerformanceConfig
 from spooky_trio.core.generation import BackendRuntime
 from spooky_trio.http.errors import ProxyError, ResponseTooLarge
-from spooky_trio.http.headers import build_upstream_headers, strip_response_hop_by_hop, upstream_authority
+from spooky_trio.http.headers import (
+    build_upstream_headers,
+    strip_response_hop_by_hop,
+    upstream_authority,
+)
 from spooky_trio.http.messages import ResponseSink, UpstreamRequest
 from spooky_trio.proxy.bodies import limited_body, replay_body
 from spooky_trio.proxy.context import RequestContext

@@ -18,10 +18,18 @@ from typing import Any, Protocol, runtime_checkable
 import h11
 import trio
 
-from spooky_trio.http.headers import build_upstream_headers, strip_response_hop_by_hop, upstream_authority
-from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.http.errors import ProxyError
-from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.http.headers import (
+    build_upstream_headers,
+    strip_response_hop_by_hop,
+    upstream_authority,
+)
+from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
+from spooky_trio.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 
 #: a relay with no bytes in either direction for this long is closed (seconds)
 TUNNEL_IDLE_TIMEOUT = 300.0

@@ -12,7 +12,7 @@ the bounds is honoured at the next read (:meth:`limit`).
 
 from __future__ import annotations
 
-from typing import Any
+from spooky_trio.config import AdaptiveAdmissionConfig
 
 
 class AdaptiveAdmission:
@@ -24,21 +24,27 @@ class AdaptiveAdmission:
     def __init__(self) -> None:
         self._limit: int | None = None
 
-    def limit(self, cfg: Any) -> int:
+    def limit(self, cfg: AdaptiveAdmissionConfig) -> int:
         """The effective limit now, within the bounds of ``cfg``."""
         value = self._limit
-        if value is None or value > cfg.max_limit:
-            value = self._limit = cfg.max_limit
+        ceiling = _ceiling(cfg)
+        if value is None or value > ceiling:
+            value = self._limit = ceiling
         elif value < cfg.min_limit:
             value = self._limit = cfg.min_limit
         return value
 
-    def observe(self, latency_ms: float, cfg: Any) -> int:
+    def observe(self, latency_ms: float, cfg: AdaptiveAdmissionConfig) -> int:
         """Fold in one latency sample; returns the new limit."""
         value = self.limit(cfg)
         if latency_ms > cfg.high_latency_ms:
             if value > cfg.min_limit:
                 value = self._limit = max(cfg.min_limit, value - cfg.decrease_step)
-        elif value < cfg.max_limit:
-            value = self._limit = min(cfg.max_limit, value + cfg.increase_step)
+        elif value < (ceiling := _ceiling(cfg)):
+            value = self._limit = min(ceiling, value + cfg.increase_step)
         return value
+
+
+def _ceiling(cfg: AdaptiveAdmissionConfig) -> int:
+    """``max_limit`` (the loader fills an omitted one), never below ``min_limit``."""
+    return max(cfg.max_limit if cfg.max_limit is not None else cfg.min_limit, cfg.min_limit)

@@ -19,7 +19,7 @@ the caller can log and wake waiters.
 
 from __future__ import annotations
 
-from typing import Any
+from spooky_trio.config import CircuitBreakerConfig
 
 CLOSED = "closed"
 OPEN = "open"
@@ -42,7 +42,7 @@ class CircuitBreaker:
         #: how many times it opened (the control API shows it)
         self.opens = 0
 
-    def permits(self, now: float, cfg: Any) -> bool:
+    def permits(self, now: float, cfg: CircuitBreakerConfig) -> bool:
         """May a request go to this backend at ``now``? Moves open -> half_open once
         ``open_ms`` has passed (use :meth:`transitioned` to learn it did)."""
         state = self.state
@@ -76,7 +76,7 @@ class CircuitBreaker:
             self.failures = 0
         return None
 
-    def failure(self, probe: bool, now: float, cfg: Any) -> str | None:
+    def failure(self, probe: bool, now: float, cfg: CircuitBreakerConfig) -> str | None:
         """The backend failed (connect, timeout, protocol, 5xx). Returns ``open`` when that
         opened the breaker."""
         if probe:
@@ -102,7 +102,7 @@ class CircuitBreaker:
         self.opens += 1
         return OPEN
 
-    def snapshot(self, now: float, cfg: Any) -> dict[str, Any]:
+    def snapshot(self, now: float, cfg: CircuitBreakerConfig) -> dict[str, object]:
         """For the control API: state, consecutive failures, and seconds until half-open."""
         retry_in = None
         if self.state is OPEN:

@@ -8,7 +8,7 @@ While on, requests routed to a pool not listed in ``core_routes`` get 503 + Retr
 
 from __future__ import annotations
 
-from typing import Any
+from spooky_trio.config import BrownoutConfig
 
 
 class Brownout:
@@ -21,7 +21,7 @@ class Brownout:
         #: how many times it turned on
         self.activations = 0
 
-    def update(self, inflight: int, limit: int, cfg: Any) -> bool:
+    def update(self, inflight: int, limit: int, cfg: BrownoutConfig) -> bool:
         """Re-evaluate for ``inflight`` of ``limit``; returns True when the state changed."""
         scaled = inflight * 100
         if self.active:
@@ -34,6 +34,6 @@ class Brownout:
             return True
         return False
 
-    def sheds(self, pool: str, cfg: Any) -> bool:
+    def sheds(self, pool: str, cfg: BrownoutConfig) -> bool:
         """While active: True for a pool that is not a core route."""
         return self.active and pool not in cfg.core_routes

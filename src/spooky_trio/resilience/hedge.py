@@ -14,12 +14,12 @@ attempt tasks the pipeline runs in a nursery it owns for the request.
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
+from spooky_trio.config import HedgingConfig
 
-def hedge_allowed(method: bytes, pool: str, path: bytes, cfg: Any) -> bool:
+
+def hedge_allowed(method: bytes, pool: str, path: bytes, cfg: HedgingConfig) -> bool:
     """Is this request eligible for hedging under ``cfg`` (``resilience.hedging``)?"""
     if method.decode("latin-1") not in cfg.safe_methods:
         return False

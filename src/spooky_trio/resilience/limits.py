@@ -14,9 +14,11 @@ at once with reason ``route_queue``. With no wait configured nobody queues.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from collections.abc import Mapping
 
 import trio
+
+from spooky_trio.config import RouteQueueConfig
 
 
 class Slots:
@@ -50,10 +52,10 @@ class Slots:
 
 
 #: id(mapping) -> (mapping, its keys longest first); config maps are frozen with their config
-_PREFIX_CACHE: dict[int, tuple[dict[str, Any], list[str]]] = {}
+_PREFIX_CACHE: dict[int, tuple[Mapping[str, object], list[str]]] = {}
 
 
-def longest_prefix(mapping: dict[str, Any], path: str) -> str | None:
+def longest_prefix(mapping: Mapping[str, object], path: str) -> str | None:
     """The longest key of ``mapping`` that ``path`` starts with, or None."""
     if not mapping:
         return None
@@ -78,14 +80,14 @@ class RouteQueues:
         self.total = 0
 
     @staticmethod
-    def route_of(pool: str, path: str, cfg: Any) -> tuple[str, int]:
+    def route_of(pool: str, path: str, cfg: RouteQueueConfig) -> tuple[str, int]:
         """(queue key, cap) of a request: its ``caps`` prefix, else its pool with ``default_cap``."""
         prefix = longest_prefix(cfg.caps, path)
         if prefix is not None:
             return "prefix:" + prefix, cfg.caps[prefix]
         return "pool:" + pool, cfg.default_cap
 
-    def try_enter(self, route: str, cap: int, cfg: Any) -> bool:
+    def try_enter(self, route: str, cap: int, cfg: RouteQueueConfig) -> bool:
         """Join the queue of ``route`` unless it or the global queue is full."""
         if self.total >= cfg.global_cap or self.waiting[route] >= cap:
             return False

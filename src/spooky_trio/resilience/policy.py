@@ -13,12 +13,24 @@ ports: a port list alone would make the edge an open relay into internal address
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 import attrs
 
+from spooky_trio.config import ProtocolConfig
 from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.messages import DownstreamRequest
+
+
+class _Counter(Protocol):
+    def inc(self) -> None: ...
+
+
+class EarlyDataMetrics(Protocol):
+    """Where :func:`check_request` counts accepted early data (the server's Metrics)."""
+
+    @property
+    def early_data_accepted(self) -> _Counter: ...
 
 
 @attrs.frozen(slots=True)
@@ -32,7 +44,7 @@ class ConnectTarget:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def check_request(protocol: Any, request: DownstreamRequest, metrics: Any = None) -> ConnectTarget | None:
+def check_request(protocol: ProtocolConfig, request: DownstreamRequest, metrics: EarlyDataMetrics | None = None) -> ConnectTarget | None:
     """Apply ``protocol`` (a ``ProtocolConfig``) to ``request``.
 
     Returns the tunnel target of a permitted CONNECT, None for any other permitted request;
@@ -75,7 +87,7 @@ def parse_connect_authority(authority: bytes) -> ConnectTarget:
     return ConnectTarget(host.lower(), int(port))
 
 
-def connect_permitted(protocol: Any, target: ConnectTarget) -> bool:
+def connect_permitted(protocol: ProtocolConfig, target: ConnectTarget) -> bool:
     """Whether the allowlists admit ``target`` (see the module docstring)."""
     ports, authorities = protocol.connect_allowed_ports, protocol.connect_allowed_authorities
     # the authorities must name the targets: a port list alone would admit any host on

@@ -21,8 +21,7 @@ uses that route's own budget with that ratio instead of the global one.
 
 from __future__ import annotations
 
-from typing import Any
-
+from spooky_trio.config import RetryBudgetConfig
 from spooky_trio.resilience.limits import longest_prefix
 from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
 
@@ -94,7 +93,7 @@ class RetryBudgets:
         self.global_budget: RetryBudget | None = None
         self.routes: dict[str, RetryBudget] = {}
 
-    def for_path(self, path: bytes, cfg: Any) -> tuple[RetryBudget, int]:
+    def for_path(self, path: bytes, cfg: RetryBudgetConfig) -> tuple[RetryBudget, int]:
         """(budget, ratio) for a request target (path and query) under ``cfg`` (``resilience.retry_budget``)."""
         routes = cfg.per_route_ratio_percent
         prefix = longest_prefix(routes, path.split(b"?", 1)[0].decode("latin-1")) if routes else None

@@ -23,15 +23,34 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
 import attrs
 import trio
+
+from spooky_trio.config import WatchdogConfig
 
 log = logging.getLogger("spooky.watchdog")
 
 #: upper bound for one run of ``restart_command`` (seconds); it is killed after that
 COMMAND_TIMEOUT = 60.0
+
+
+class _Counter(Protocol):
+    def inc(self) -> None: ...
+
+
+class WatchdogMetrics(Protocol):
+    """The watchdog's counters (the server's Metrics)."""
+
+    @property
+    def watchdog_degraded_windows(self) -> _Counter: ...
+
+    @property
+    def watchdog_restart_requests(self) -> _Counter: ...
+
+    @property
+    def watchdog_restart_hooks(self) -> _Counter: ...
 
 
 @attrs.frozen(slots=True)
@@ -44,7 +63,7 @@ class WindowSample:
     lag: float  #: seconds the watchdog woke after its deadline
 
 
-def unhealthy_reasons(config: Any, inflight_limit: int, sample: WindowSample) -> list[str]:
+def unhealthy_reasons(config: WatchdogConfig, inflight_limit: int, sample: WindowSample) -> list[str]:
     """Why a window is unhealthy (empty: healthy); ``config`` is a ``WatchdogConfig``."""
     reasons = []
     if sample.requests >= config.min_requests_per_window and sample.timeouts * 100 >= config.timeout_error_rate_percent * sample.requests:
@@ -78,13 +97,13 @@ class Watchdog:
 
     def __init__(
         self,
-        config: Any,
+        config: WatchdogConfig,
         *,
         inflight: Callable[[], int],
         inflight_limit: int,
         totals: Callable[[], tuple[float, float]],
         set_ready: Callable[[bool], None],
-        metrics: Any = None,
+        metrics: WatchdogMetrics | None = None,
         run_command: RunCommand = run_restart_command,
     ) -> None:
         self.config = config

@@ -7,9 +7,11 @@ the lexicographically smaller pool name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
+
+from spooky_trio.config import PoolConfig
 
 
 @attrs.frozen
@@ -70,11 +72,11 @@ class RoutingTable:
         self._entries: tuple[RouteEntry, ...] = tuple(sorted(entries, key=RouteEntry.sort_key))
 
     @classmethod
-    def from_pools(cls, pools: dict[str, object]) -> RoutingTable:
-        """Build from ``{name: PoolConfig}`` (anything with ``route.host/path_prefix/method``)."""
+    def from_pools(cls, pools: Mapping[str, PoolConfig]) -> RoutingTable:
+        """Build from ``{name: PoolConfig}``."""
         entries = []
         for name, pool in pools.items():
-            route = pool.route  # type: ignore[attr-defined]
+            route = pool.route
             entries.append(
                 RouteEntry(
                     pool=name,

@@ -27,13 +27,30 @@ configured: none gives 401 (with ``WWW-Authenticate: Bearer``), a wrong one 403.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from spooky_trio.config import Config, ControlApiConfig, MetricsConfig
+from spooky_trio.core.activity import Activity
+from spooky_trio.core.generation import Generation
+from spooky_trio.core.generations import GenerationSet
+from spooky_trio.core.state import StateStore
+from spooky_trio.ingress.bootstrap import BootstrapListener
+from spooky_trio.ingress.identities import IdentityError
+from spooky_trio.ingress.quic import QuicListener
+from spooky_trio.ingress.tls import TlsSetupError
+from spooky_trio.observability.metrics import Metrics
+from spooky_trio.serving.exits import EXIT_RESTART
+
+if TYPE_CHECKING:
+    from spooky_trio.serving.reload import ConfigManager
+
 import hmac
 import json
 import logging
 import os
 import time
 import urllib.parse
-from typing import Any
 
 import trio
 
@@ -61,7 +78,7 @@ class EndpointSetupError(Exception):
     """An endpoint's configuration cannot be served (message names the setting)."""
 
 
-def metrics_endpoint(config: Any, metrics: Any) -> HttpEndpoint:
+def metrics_endpoint(config: MetricsConfig, metrics: Metrics) -> HttpEndpoint:
     """The Prometheus endpoint of ``observability.metrics`` (``config``) over ``metrics``."""
 
     async def handle(request: HttpRequest) -> HttpResponse:
@@ -81,18 +98,54 @@ def metrics_endpoint(config: Any, metrics: Any) -> HttpEndpoint:
     )
 
 
-class ControlApi:
-    """Request handling of the control API for ``server`` (a :class:`~spooky_trio.serving.server.Server`)."""
+class ControlTarget(Protocol):
+    """What the control API reads and drives of a serving process (``serving/server.py``)."""
 
-    def __init__(self, config: Any, server: Any) -> None:
+    ready: bool
+    draining: bool
+    worker_index: int | None
+    metrics: Metrics
+    state: StateStore
+    activity: Activity
+
+    @property
+    def reloads(self) -> ConfigManager: ...
+
+    @property
+    def generations(self) -> GenerationSet: ...
+
+    @property
+    def generation(self) -> Generation: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def listeners(self) -> Sequence[QuicListener]: ...
+
+    @property
+    def bootstrap_listeners(self) -> Sequence[BootstrapListener]: ...
+
+    def reload_certs(self) -> list[dict[str, object]]: ...
+
+    def request_restart(self) -> None: ...
+
+
+class BearerEndpoint:
+    """An HTTP endpoint guarded by ``auth_token`` (a bearer token), which a non-loopback
+    address requires; ``handle`` answers one request (the subclass's routes)."""
+
+    def __init__(self, config: ControlApiConfig) -> None:
         if not config.auth_token and not is_loopback(config.address):
             raise EndpointSetupError(f"observability.control_api.auth_token is required on non-loopback address {config.address}")
         self.config = config
-        self.server = server
         self.started_monotonic = time.monotonic()
         self._token = config.auth_token.encode() if config.auth_token else None
 
-    def endpoint(self, on_limit_drop: Any = lambda: None) -> HttpEndpoint:
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        raise NotImplementedError
+
+    def endpoint(self, on_limit_drop: Callable[[], None] = lambda: None) -> HttpEndpoint:
         """The listening endpoint serving this API."""
         return HttpEndpoint(
             name="control API",
@@ -114,6 +167,14 @@ class ControlApi:
         if not hmac.compare_digest(token.strip().encode(), self._token):
             return HttpResponse(403, b"forbidden\n")
         return None
+
+
+class ControlApi(BearerEndpoint):
+    """Request handling of the control API for ``server`` (see the module docstring)."""
+
+    def __init__(self, config: ControlApiConfig, server: ControlTarget) -> None:
+        super().__init__(config)
+        self.server = server
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Route one request (see the module docstring)."""
@@ -145,7 +206,7 @@ class ControlApi:
             return HttpResponse(200, body, content_type="application/json")
         if request.path == CONFIG_PATH:
             return _json(200, self.server.reloads.describe())
-        if request.path == WORKER_METRICS_PATH and getattr(self.server, "worker_index", None) is not None:
+        if request.path == WORKER_METRICS_PATH and self.server.worker_index is not None:
             return HttpResponse(200, self.server.metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
         return HttpResponse(404, b"not found\n")
 
@@ -179,9 +240,6 @@ class ControlApi:
         return _json(outcome.status, outcome.body, after_send=outcome.after)
 
     def _reload_certs(self) -> HttpResponse:
-        from spooky_trio.ingress.identities import IdentityError
-        from spooky_trio.ingress.tls import TlsSetupError
-
         try:
             summary = self.server.reload_certs()
         except (IdentityError, TlsSetupError) as exc:
@@ -191,19 +249,17 @@ class ControlApi:
         return HttpResponse(200, body, content_type="application/json")
 
     def _restart(self) -> HttpResponse:
-        from spooky_trio.serving.server import EXIT_RESTART
-
         # the drain starts once the answer is written, so the caller always gets it
         return HttpResponse(202, f"draining; the process exits with status {EXIT_RESTART}\n".encode(),
                             after_send=self.server.request_restart)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, object]:
         """The runtime JSON document."""
         server = self.server
         now = trio.current_time()
-        pools = {}
+        pools: dict[str, object] = {}
         for name, pool in server.generation.pools.items():
-            backends = []
+            backends: list[dict[str, object]] = []
             for backend in pool.backends:
                 state = backend.state
                 backends.append({
@@ -222,7 +278,7 @@ class ControlApi:
             pools[name] = {"backends": backends}
         quic_conns = sum(len(q.connections) for q in server.listeners)
         tcp_conns = sum(t.open_connections for t in server.bootstrap_listeners)
-        snapshot = {
+        snapshot: dict[str, object] = {
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "config_generation": server.generation.number,
@@ -238,13 +294,13 @@ class ControlApi:
             "in_flight_requests": server.activity.count,
             "overload": _overload_snapshot(server),
         }
-        if getattr(server, "worker_index", None) is not None:
+        if server.worker_index is not None:
             requests = server.metrics.registry.get_sample_value("spooky_requests_total") or 0
             snapshot["worker"] = {"index": server.worker_index, "pid": os.getpid(), "requests": int(requests)}
         return snapshot
 
 
-def _overload_snapshot(server: Any) -> dict[str, Any]:
+def _overload_snapshot(server: ControlTarget) -> dict[str, object]:
     """Admission, brownout, inflight slots, route queues and retry budgets (resilience/)."""
     state = server.state.resilience
     config = server.config
@@ -265,5 +321,5 @@ def _overload_snapshot(server: Any) -> dict[str, Any]:
     }
 
 
-def _json(status: int, body: Any, after_send: Any = None) -> HttpResponse:
+def _json(status: int, body: object, after_send: Callable[[], None] | None = None) -> HttpResponse:
     return HttpResponse(status, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json", after_send=after_send)

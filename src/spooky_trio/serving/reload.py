@@ -28,18 +28,20 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
 
-from spooky_trio.config import ConfigError, check_files, load_config_text
+from spooky_trio.config import Config, ConfigError, check_files, load_config_text
 from spooky_trio.config.diff import diff_line, diff_summary
 from spooky_trio.config.issues import ConfigIssue
 from spooky_trio.config.persist import write_atomic
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.generations import GenerationSet
 from spooky_trio.core.state import StateStore
+from spooky_trio.observability.metrics import Metrics
+from spooky_trio.serving.staging import Staged
 
 log = logging.getLogger("spooky.reload")
 
@@ -62,7 +64,7 @@ class Applied:
     trigger: str
     applied_at: float = attrs.Factory(time.time)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {
             "generation": self.generation.number,
             "sha256": self.generation.config.source_sha256,
@@ -86,17 +88,17 @@ class ReloadTarget(Protocol):
     #: the file a reload re-reads and ``persist=true`` writes (None: started from text)
     config_path: str | None
     #: applied to every loaded config (a worker's private control API), or None
-    adapt_config: Callable[[Any], Any] | None
+    adapt_config: Callable[[Config], Config] | None
     state: StateStore
-    metrics: Any
+    metrics: Metrics
     draining: bool
     serving: bool
 
-    def stage(self, config: Any, generation: Generation, *, listeners_and_services: bool = True) -> Any:
+    def stage(self, config: Config, generation: Generation, *, listeners_and_services: bool = True) -> Staged:
         """Prepare ``generation`` and what ``config`` needs beside the running server; raises StageError."""
         ...
 
-    async def commit(self, staged: Any, swap: Callable[[], None], *, canary: bool = False) -> Callable[[], None]:
+    async def commit(self, staged: Staged, swap: Callable[[], None], *, canary: bool = False) -> Callable[[], None]:
         """Go over to ``staged``, calling ``swap()`` at the switch point; returns the after-answer step."""
         ...
 
@@ -120,11 +122,11 @@ class Outcome:
     """What a trigger answers: HTTP status, JSON body, and a step to run after answering."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, object]
     after: Callable[[], None] | None = None
 
 
-def issue_json(issue: ConfigIssue) -> dict[str, Any]:
+def issue_json(issue: ConfigIssue) -> dict[str, object]:
     return {"path": issue.path, "line": issue.line, "column": issue.column, "message": issue.message}
 
 
@@ -186,6 +188,7 @@ class ConfigManager:
                 generation = self._build(config, self._next_number, self.server.state)
                 staged = self._stage(config, generation, listeners_and_services=canary_percent is None)
                 if persist:
+                    assert self.server.config_path is not None  # checked above
                     try:
                         write_atomic(self.server.config_path, text)
                     except OSError as exc:
@@ -308,7 +311,7 @@ class ConfigManager:
             log.info("canary generation %d promoted: it serves every request%s", canary.generation.number, " (persisted)" if persist else "")
             return Outcome(200, {"result": "promoted", **self.current.describe(), "persisted": persist})
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """``GET /admin/config``."""
         return {
             **self.current.describe(),
@@ -343,7 +346,7 @@ class ConfigManager:
         except UnicodeDecodeError as exc:
             raise ReloadFailed(400, "invalid", _whole(f"the config document is not valid UTF-8 (byte {exc.start})")) from None
 
-    def _load(self, text: str, source: str) -> Any:
+    def _load(self, text: str, source: str) -> Config:
         name = self.server.config_path if source == "file" and self.server.config_path else "the config document"
         try:
             config = load_config_text(text, source=name)
@@ -358,7 +361,7 @@ class ConfigManager:
         adapt = self.server.adapt_config
         return config if adapt is None else adapt(config)
 
-    def _check_canary(self, config: Any) -> None:
+    def _check_canary(self, config: Config) -> None:
         current = self.generations.stable.config
         fixed = [
             ("listeners", config.effective_listeners() != current.effective_listeners()),
@@ -373,13 +376,13 @@ class ConfigManager:
                             "apply without canary_percent") for name in changed])
 
     @staticmethod
-    def _build(config: Any, number: int, state: StateStore) -> Generation:
+    def _build(config: Config, number: int, state: StateStore) -> Generation:
         try:
             return Generation.build(config, number, state=state, activate=False)
         except Exception as exc:  # noqa: BLE001 - a compile error of a config that validated
             raise ReloadFailed(422, "failed", _whole(f"cannot build the generation: {exc}")) from exc
 
-    def _stage(self, config: Any, generation: Generation, *, listeners_and_services: bool) -> Any:
+    def _stage(self, config: Config, generation: Generation, *, listeners_and_services: bool) -> Staged:
         try:
             return self.server.stage(config, generation, listeners_and_services=listeners_and_services)
         except StageError as exc:

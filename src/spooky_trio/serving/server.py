@@ -43,6 +43,7 @@ from spooky_trio.proxy.chain import Proxy
 from spooky_trio.proxy.filters import build_chain
 from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
+from spooky_trio.serving.exits import EXIT_RESTART, StartupError
 from spooky_trio.serving.listeners import (
     BindError,
     ListenerPair,
@@ -57,17 +58,6 @@ from spooky_trio.serving.watchdog import WatchdogService
 from spooky_trio.upstream import UpstreamPool
 
 log = logging.getLogger("spooky.server")
-
-#: exit status after a second signal cut the drain short
-EXIT_FORCED = 1
-#: exit status after ``POST restart_path`` drained the server: "restart me" for a supervisor
-#: (EX_TEMPFAIL; e.g. systemd ``Restart=on-failure`` or ``RestartForceExitStatus=75``)
-EXIT_RESTART = 75
-
-
-class StartupError(Exception):
-    """The server cannot start (bind failure, unreadable certificate...); one-line message."""
-
 
 class Server:
     """One serving process. ``run`` returns when the server stopped; see module docstring.

@@ -11,8 +11,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from spooky_trio import __version__
+from spooky_trio.config import ControlApiConfig
 from spooky_trio.observability.http_server import HttpRequest, HttpResponse
-from spooky_trio.serving.control import CONFIG_PATH, ControlApi
+from spooky_trio.serving.control import CONFIG_PATH, BearerEndpoint
 from spooky_trio.serving.worker import INTERNAL
 
 if TYPE_CHECKING:
@@ -21,11 +22,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("spooky.workers")
 
 
-class SupervisorControlApi(ControlApi):
+class SupervisorControlApi(BearerEndpoint):
     """The configured control API, served by the supervisor (see docs/performance.md)."""
 
-    def __init__(self, config: Any, supervisor: Supervisor) -> None:
-        super().__init__(config, supervisor)
+    def __init__(self, config: ControlApiConfig, supervisor: Supervisor) -> None:
+        super().__init__(config)
         self.supervisor = supervisor
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
@@ -75,7 +76,7 @@ class SupervisorControlApi(ControlApi):
         entries = await self.supervisor.each_worker(method, full, request.body, timeout=30.0)
         summary, documents = [], []
         for entry in entries:
-            doc: Any = None
+            doc: object = None
             if "body" in entry:
                 try:
                     doc = json.loads(entry["body"])
@@ -99,7 +100,7 @@ class SupervisorControlApi(ControlApi):
         return _json(502, {"result": "inconsistent", "failed_workers": failed, "workers": summary,
                            "answers": documents})
 
-    async def supervisor_snapshot(self) -> dict[str, Any]:
+    async def supervisor_snapshot(self) -> dict[str, object]:
         sup = self.supervisor
         answers = await sup.each_worker("GET", INTERNAL.runtime_path)
         workers = []
@@ -125,5 +126,5 @@ class SupervisorControlApi(ControlApi):
         }
 
 
-def _json(status: int, body: Any) -> HttpResponse:
+def _json(status: int, body: object) -> HttpResponse:
     return HttpResponse(status, json.dumps(body, indent=2).encode() + b"\n", content_type="application/json")

@@ -16,7 +16,8 @@ import attrs
 import trio
 
 from spooky_trio.config.schema_runtime import ControlApiConfig
-from spooky_trio.serving.server import EXIT_FORCED, EXIT_RESTART, Server, StartupError
+from spooky_trio.serving.exits import EXIT_FORCED, EXIT_RESTART, StartupError
+from spooky_trio.serving.server import Server
 
 log = logging.getLogger("spooky.workers")
 

@@ -42,13 +42,16 @@ from spooky_trio.observability.http_server import (
     HttpRequest,
     HttpResponse,
 )
-from spooky_trio.observability.supervisor_metrics import SupervisorMetrics, merge_expositions
+from spooky_trio.observability.supervisor_metrics import (
+    SupervisorMetrics,
+    merge_expositions,
+)
 from spooky_trio.serving.control import (
     PROMETHEUS_CONTENT_TYPE,
     WORKER_METRICS_PATH,
     EndpointSetupError,
 )
-from spooky_trio.serving.server import StartupError
+from spooky_trio.serving.exits import StartupError
 from spooky_trio.serving.supervisor_control import SupervisorControlApi
 from spooky_trio.serving.worker import TOKEN_ENV
 

@@ -27,7 +27,13 @@ import h11
 import trio
 
 from spooky_trio.http.messages import Headers, UpstreamRequest
-from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, pump_body
+from spooky_trio.upstream.common import (
+    READ_CHUNK,
+    BackendTarget,
+    ExchangeControl,
+    UpstreamResponse,
+    pump_body,
+)
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 
 #: request headers the engine owns (framing and Host are derived from the request)

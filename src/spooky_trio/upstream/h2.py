@@ -34,7 +34,12 @@ from h2.errors import ErrorCodes
 
 from spooky_trio.http.h2_pump import H2WriterPump
 from spooky_trio.http.messages import UpstreamRequest
-from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, pump_body
+from spooky_trio.upstream.common import (
+    READ_CHUNK,
+    BackendTarget,
+    ExchangeControl,
+    pump_body,
+)
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 from spooky_trio.upstream.h2_state import ConnInput, ConnState, next_state
 from spooky_trio.upstream.h2_stream import H2Stream, request_headers

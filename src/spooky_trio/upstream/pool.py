@@ -16,7 +16,12 @@ import attrs
 import trio
 
 from spooky_trio.http.messages import UpstreamRequest
-from spooky_trio.upstream.common import BackendTarget, ExchangeControl, UpstreamResponse, exchange_scope
+from spooky_trio.upstream.common import (
+    BackendTarget,
+    ExchangeControl,
+    UpstreamResponse,
+    exchange_scope,
+)
 from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
 from spooky_trio.upstream.h1 import H1Connection, H1Response, StaleConnection
 from spooky_trio.upstream.h2 import H2Connection, H2Stream
