@@ -9,19 +9,12 @@ Backpressure: the socket is read only while a response head is awaited or when t
 calls :meth:`H1Response.receive`, one :data:`READ_CHUNK` at a time, so at most one read's
 worth of body is ever buffered here.
 
-I/O on a plain TCP connection goes straight to the socket's file descriptor: try the
-``read``/``write`` first and wait with :func:`trio.lowlevel.wait_readable` /
-``wait_writable`` only when it would block. ``trio.SocketStream`` adds a conflict detector,
-an async context manager and a scheduling round trip to every call (``send_all`` always
-yields once more after a successful send), which was ~10% of a proxied tiny GET. Waits stay
-cancellation points; a write that completes at once is not one (the exchange waits for the
-response right after it).
+Every byte goes through the stream's ``send_all``/``receive_some``; a plain TCP
+``trio.SocketStream`` is wrapped in :class:`~spooky_trio.upstream.fd_stream.FdSocketStream`
+(which says why, with the numbers).
 """
 
 from __future__ import annotations
-
-import os
-import select
 
 import h11
 import trio
@@ -29,6 +22,7 @@ import trio
 from spooky_trio.http.messages import Headers, UpstreamRequest
 from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, pump_body
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.upstream.fd_stream import FdSocketStream
 
 #: request headers the engine owns (framing and Host are derived from the request)
 _ENGINE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -49,6 +43,8 @@ class H1Connection:
     """One HTTP/1.1 connection to ``target`` (owned by the pool or by the current exchange)."""
 
     def __init__(self, target: BackendTarget, stream: trio.abc.Stream) -> None:
+        if isinstance(stream, trio.SocketStream):
+            stream = FdSocketStream(stream)
         self.target = target
         self._stream = stream
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BYTES)
@@ -60,13 +56,6 @@ class H1Connection:
         self._closed = False
         self._sending = False  # a send_all is in flight (the body pump may still be writing)
         self._received_this_cycle = 0
-        #: the socket's descriptor for direct I/O (plain TCP); -1: go through ``stream``
-        self._fd = -1
-        self._poller: select.poll | None = None
-        if isinstance(stream, trio.SocketStream):
-            self._fd = stream.socket.fileno()
-            self._poller = select.poll()
-            self._poller.register(self._fd, select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
 
     @property
     def reusable(self) -> bool:
@@ -87,19 +76,16 @@ class H1Connection:
         self.idle_since = trio.current_time()
 
     def looks_alive(self) -> bool:
-        """False if the idle connection is readable (EOF, reset or unsolicited bytes) or closed.
+        """False if the connection is closed, broken, or (idle and plain TCP) readable.
 
         An idle HTTP/1.1 connection must be silent; a readable socket means the server closed
-        it (or broke the protocol), so it must not be reused.
+        it (or broke the protocol), so it must not be reused. Other streams cannot be polled
+        and count as alive.
         """
         if self._closed or self._broken:
             return False
-        if self._poller is None:
-            return True
-        try:
-            return not self._poller.poll(0)
-        except (OSError, ValueError):
-            return False
+        stream = self._stream
+        return not (isinstance(stream, FdSocketStream) and stream.is_readable())
 
     async def aclose(self) -> None:
         """Close at once (no graceful shutdown needed for HTTP/1.1); safe under cancellation."""
@@ -107,42 +93,10 @@ class H1Connection:
             self._closed = True
             await trio.aclose_forcefully(self._stream)
 
-    # -- I/O helpers: any failure or cancellation mid-I/O leaves the connection unusable --
-
-    async def _write_fd(self, data: bytes) -> None:
-        """Write all of ``data`` to the socket, waiting only while it would block."""
-        view = memoryview(data)
-        while view:
-            if self._closed:  # checked right before each syscall: the number may be reused
-                raise trio.ClosedResourceError("connection closed")
-            try:
-                view = view[os.write(self._fd, view):]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)
-
-    async def _read_fd(self, max_bytes: int) -> bytes:
-        """Read up to ``max_bytes`` (b"" at EOF), waiting only while nothing is there."""
-        waited = False
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("connection closed")
-            try:
-                data = os.read(self._fd, max_bytes)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._fd)
-                waited = True
-                continue
-            if not waited:  # a fast backend must not let a download loop run without yielding
-                await trio.lowlevel.checkpoint()
-            return data
-
     async def _send(self, data: bytes) -> None:
         self._sending = True
         try:
-            if self._fd >= 0:
-                await self._write_fd(data)
-            else:
-                await self._stream.send_all(data)
+            await self._stream.send_all(data)
             self._sending = False
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._broken = True
@@ -173,10 +127,7 @@ class H1Connection:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                if self._fd >= 0:
-                    data = await self._read_fd(READ_CHUNK)
-                else:
-                    data = await self._stream.receive_some(READ_CHUNK)
+                data = await self._stream.receive_some(READ_CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._broken = True
                 if retryable and self._received_this_cycle == 0:
