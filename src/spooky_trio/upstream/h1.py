@@ -1,11 +1,17 @@
-"""HTTP/1.1 upstream engine: h11 driven by a Trio stream, one exchange at a time.
+"""The HTTP/1.1 client: h11 over a Trio stream, one exchange at a time.
 
-An :class:`H1Connection` carries one request/response cycle at a time. The pool checks it
-out, calls :meth:`H1Connection.start` (request head, body pump in the exchange nursery,
-response head), hands the :class:`H1Response` to the caller and afterwards either returns
-the connection to the idle list (:attr:`H1Connection.reusable`) or closes it.
+The process's only HTTP/1.1 client. Request-head serialization (Host and framing derived
+from the :class:`UpstreamRequest`), the body pump, response-head parsing (1xx skipped), the
+response-head timeout and the mapping of failures to :class:`UpstreamProtocolError` /
+:class:`UpstreamTimeout` exist only here; dialling (and its :class:`UpstreamConnectError` /
+``UpstreamTLSError``) is :func:`upstream.tls.open_backend_stream` via :func:`connect`.
+Its users:
 
-Backpressure: the socket is read only while a response head is awaited or when the consumer
+* the pool (``upstream/pool.py``): keep-alive connections, one :meth:`H1Connection.start`
+  per exchange; afterwards the connection goes back to the idle list
+  (:attr:`H1Connection.reusable`) or is closed.
+
+Backpressure: the stream is read only while a response head is awaited or when the consumer
 calls :meth:`H1Response.receive`, one :data:`READ_CHUNK` at a time, so at most one read's
 worth of body is ever buffered here.
 
@@ -23,6 +29,7 @@ from spooky_trio.http.messages import Headers, UpstreamRequest
 from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, pump_body
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 from spooky_trio.upstream.fd_stream import FdSocketStream
+from spooky_trio.upstream.tls import open_backend_stream
 
 #: request headers the engine owns (framing and Host are derived from the request)
 _ENGINE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -39,13 +46,25 @@ class StaleConnection(UpstreamProtocolError):
     """
 
 
-class H1Connection:
-    """One HTTP/1.1 connection to ``target`` (owned by the pool or by the current exchange)."""
+async def connect(target: BackendTarget, *, timeout: float) -> H1Connection:
+    """A new connection to ``target`` (TCP, plus TLS for https) within ``timeout`` seconds.
 
-    def __init__(self, target: BackendTarget, stream: trio.abc.Stream) -> None:
+    Raises :class:`UpstreamConnectError` or :class:`UpstreamTLSError` (nothing left open).
+    """
+    return H1Connection(await open_backend_stream(target, timeout=timeout, require_alpn=None), str(target))
+
+
+class H1Connection:
+    """One HTTP/1.1 client connection on ``stream``; ``peer`` names the server in errors.
+
+    Used by one task (plus its body pump) at a time. Any failure or cancellation in the
+    middle of I/O leaves it unusable (:attr:`reusable` False); :meth:`aclose` closes it.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
         if isinstance(stream, trio.SocketStream):
             stream = FdSocketStream(stream)
-        self.target = target
+        self.peer = peer
         self._stream = stream
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BYTES)
         #: trio time the connection last became idle
@@ -100,7 +119,7 @@ class H1Connection:
             self._sending = False
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._broken = True
-            raise UpstreamProtocolError(f"sending to {self.target} failed: {exc or type(exc).__name__}") from exc
+            raise UpstreamProtocolError(f"sending to {self.peer} failed: {exc or type(exc).__name__}") from exc
         except BaseException:
             self._broken = True
             raise
@@ -111,17 +130,17 @@ class H1Connection:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             self._broken = True
-            raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.target}: {exc}") from exc
+            raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.peer}: {exc}") from exc
         if event is h11.PAUSED:
             self._broken = True
-            raise UpstreamProtocolError(f"{self.target} sent data after the response")
+            raise UpstreamProtocolError(f"{self.peer} sent data after the response")
         if isinstance(event, h11.ConnectionClosed):
             self._broken = True
-            raise UpstreamProtocolError(f"{self.target} closed the connection before the response ended")
+            raise UpstreamProtocolError(f"{self.peer} closed the connection before the response ended")
         return event
 
     async def next_event(self, *, retryable: bool = False) -> h11.Event:
-        """The next h11 event, reading from the socket as needed (one chunk per read)."""
+        """The next h11 event, reading from the stream as needed (one chunk per read)."""
         while True:
             event = self.buffered_event()
             if event is not h11.NEED_DATA:
@@ -131,14 +150,14 @@ class H1Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._broken = True
                 if retryable and self._received_this_cycle == 0:
-                    raise StaleConnection(f"reused connection to {self.target} was reset") from exc
-                raise UpstreamProtocolError(f"connection to {self.target} lost: {exc or type(exc).__name__}") from exc
+                    raise StaleConnection(f"reused connection to {self.peer} was reset") from exc
+                raise UpstreamProtocolError(f"connection to {self.peer} lost: {exc or type(exc).__name__}") from exc
             except BaseException:
                 self._broken = True
                 raise
             if not data and retryable and self._received_this_cycle == 0:
                 self._broken = True
-                raise StaleConnection(f"reused connection to {self.target} was closed by the backend")
+                raise StaleConnection(f"reused connection to {self.peer} was closed by the backend")
             self._received_this_cycle += len(data)
             self._h11.receive_data(data)
 
@@ -154,11 +173,12 @@ class H1Connection:
             headers.append((b"transfer-encoding", b"chunked"))
         return h11.Request(method=request.method, target=request.target, headers=headers)
 
-    async def start(self, request: UpstreamRequest, *, nursery: trio.Nursery, control: ExchangeControl) -> H1Response:
+    async def start(self, request: UpstreamRequest, *, nursery: trio.Nursery | None, control: ExchangeControl) -> H1Response:
         """Send the request head, start the body pump in ``nursery``, return the response head.
 
-        Informational (1xx) responses are skipped. Raises :class:`StaleConnection` (reused
-        connection, no body, nothing received), :class:`UpstreamTimeout` (no head within the
+        ``nursery`` may be None only for a bodiless request. Informational (1xx) responses are
+        skipped. Raises :class:`StaleConnection` (reused connection, request still
+        replayable, nothing received), :class:`UpstreamTimeout` (no head within the
         response timeout after the request was sent) or :class:`UpstreamProtocolError`.
         """
         retryable = self.cycles > 0 and request.body is None
@@ -177,6 +197,7 @@ class H1Connection:
                 raise
             control.request_done(complete=True)
         else:
+            assert nursery is not None, "a request with a body needs a nursery for its pump"
             try:
                 await self._send(head)
             except UpstreamProtocolError as exc:
@@ -187,14 +208,14 @@ class H1Connection:
         with control.head_scope:
             while True:
                 event = await self.next_event(retryable=retryable)
-                if isinstance(event, h11.InformationalResponse):
-                    continue
                 if isinstance(event, h11.Response):
                     return H1Response(self, event)
+                if isinstance(event, h11.InformationalResponse):
+                    continue
                 self._broken = True
-                raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.target} before the response head")
+                raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.peer} before the response head")
         self._broken = True
-        raise UpstreamTimeout(f"{self.target} sent no response headers within {control.response_timeout:g}s")
+        raise UpstreamTimeout(f"{self.peer} sent no response headers within {control.response_timeout:g}s")
 
     async def _send_chunk(self, chunk: bytes) -> None:
         if self._broken:
