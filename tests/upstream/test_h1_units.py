@@ -100,6 +100,68 @@ async def test_a_reused_connection_closed_before_answering_is_stale() -> None:
             await connection.start(request("GET", "/b"), nursery=None, control=control())
 
 
+UPGRADE_HEADERS = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+
+
+async def test_upgrade_returns_the_101_and_detach_hands_over_the_stream() -> None:
+    connection, peer = connection_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            await peer.read_request()
+            # the first tunnel bytes arrive in the same read as the 101
+            await peer.send(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nearly")
+
+        nursery.start_soon(serve)
+        response = await connection.upgrade(request("GET", "/chat", headers=UPGRADE_HEADERS), response_timeout=5)
+    assert response.status == 101 and response.complete and (b"upgrade", b"websocket") in response.headers
+    assert (b"upgrade", b"websocket") in peer.requests[0].headers and peer.requests[0].headers[0] == (b"host", b"backend.test")
+    stream, leftover = connection.detach()
+    assert leftover == b"early" and not connection.reusable
+    await peer.send(b"later")
+    assert await stream.receive_some(100) == b"later"
+    await stream.send_all(b"to the backend")
+    assert await peer.stream.receive_some(100) == b"to the backend"
+    await connection.aclose()
+    assert await peer.stream.receive_some(100) == b""  # closing the connection closes the stream
+
+
+async def test_a_refused_upgrade_is_an_ordinary_response() -> None:
+    connection, peer = connection_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            await peer.read_request()
+            await peer.send(b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 403 Forbidden\r\ncontent-length: 9\r\n\r\nforbidden")
+
+        nursery.start_soon(serve)
+        response = await connection.upgrade(request("GET", "/ws", headers=UPGRADE_HEADERS), response_timeout=5)
+        assert (response.status, await read_all(response)) == (403, b"forbidden")
+    with pytest.raises(RuntimeError, match="101"):
+        connection.detach()
+
+
+async def test_upgrade_errors_are_the_clients_own(autojump_clock: trio.abc.Clock) -> None:
+    connection, peer = connection_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.read_request)  # never answers
+        with pytest.raises(UpstreamTimeout):
+            await connection.upgrade(request("GET", "/ws", headers=UPGRADE_HEADERS), response_timeout=2)
+    with pytest.raises(ValueError):
+        await connection.upgrade(request("POST", "/ws", body=chunks(b"x"), headers=UPGRADE_HEADERS), response_timeout=2)
+    # a 101 to a request that proposed no switch is a protocol error, not a tunnel
+    connection, peer = connection_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            await peer.read_request()
+            await peer.send(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+
+        nursery.start_soon(serve)
+        with pytest.raises(UpstreamProtocolError):
+            await connection.upgrade(request("GET", "/ws"), response_timeout=2)
+
+
 # -- the pool's HTTP/1.1 exchange (bodiless and with a body) --
 
 

@@ -1,15 +1,17 @@
 """The HTTP/1.1 client: h11 over a Trio stream, one exchange at a time.
 
 The process's only HTTP/1.1 client. Request-head serialization (Host and framing derived
-from the :class:`UpstreamRequest`), the body pump, response-head parsing (1xx skipped), the
-response-head timeout and the mapping of failures to :class:`UpstreamProtocolError` /
-:class:`UpstreamTimeout` exist only here; dialling (and its :class:`UpstreamConnectError` /
-``UpstreamTLSError``) is :func:`upstream.tls.open_backend_stream` via :func:`connect`.
-Its users:
+from the :class:`UpstreamRequest`), the body pump, response-head parsing (1xx skipped, a
+101 returned), the response-head timeout and the mapping of failures to
+:class:`UpstreamProtocolError` / :class:`UpstreamTimeout` exist only here; dialling (and its
+:class:`UpstreamConnectError` / ``UpstreamTLSError``) is
+:func:`upstream.tls.open_backend_stream` via :func:`connect`. Its users:
 
 * the pool (``upstream/pool.py``): keep-alive connections, one :meth:`H1Connection.start`
   per exchange; afterwards the connection goes back to the idle list
-  (:attr:`H1Connection.reusable`) or is closed.
+  (:attr:`H1Connection.reusable`) or is closed;
+* WebSocket relays (``proxy/tunnel.py``): :func:`connect`, :meth:`H1Connection.upgrade`,
+  then :meth:`H1Connection.detach` for the byte stream once the backend answered 101.
 
 Backpressure: the stream is read only while a response head is awaited or when the consumer
 calls :meth:`H1Response.receive`, one :data:`READ_CHUNK` at a time, so at most one read's
@@ -177,8 +179,9 @@ class H1Connection:
         """Send the request head, start the body pump in ``nursery``, return the response head.
 
         ``nursery`` may be None only for a bodiless request. Informational (1xx) responses are
-        skipped. Raises :class:`StaleConnection` (reused connection, request still
-        replayable, nothing received), :class:`UpstreamTimeout` (no head within the
+        skipped, except a 101, which h11 accepts only for a request that proposed an upgrade
+        (see :meth:`upgrade`). Raises :class:`StaleConnection` (reused connection, request
+        still replayable, nothing received), :class:`UpstreamTimeout` (no head within the
         response timeout after the request was sent) or :class:`UpstreamProtocolError`.
         """
         retryable = self.cycles > 0 and request.body is None
@@ -211,11 +214,37 @@ class H1Connection:
                 if isinstance(event, h11.Response):
                     return H1Response(self, event)
                 if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        return H1Response(self, event)
                     continue
                 self._broken = True
                 raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.peer} before the response head")
         self._broken = True
         raise UpstreamTimeout(f"{self.peer} sent no response headers within {control.response_timeout:g}s")
+
+    async def upgrade(self, request: UpstreamRequest, *, response_timeout: float) -> H1Response:
+        """Send a bodiless ``request`` proposing a protocol switch (its headers carry
+        ``connection: upgrade`` and ``upgrade: ...``) and return the server's answer.
+
+        Status 101: the switch happened; :meth:`detach` hands over the byte stream. Any other
+        status is an ordinary response (read its body with :meth:`H1Response.receive`).
+        Raises like :meth:`start`; :class:`UpstreamTimeout` when no answer came within
+        ``response_timeout`` seconds after the request was sent.
+        """
+        if request.body is not None:
+            raise ValueError("an upgrade request has no body")
+        return await self.start(request, nursery=None, control=ExchangeControl(trio.CancelScope(), response_timeout))
+
+    def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        """After a 101: the byte stream and the bytes the server sent after the 101's head.
+
+        The connection stops speaking HTTP (never reusable); :meth:`aclose` still closes the
+        stream. Raises RuntimeError if the server did not switch protocols.
+        """
+        if self._h11.their_state is not h11.SWITCHED_PROTOCOL:
+            raise RuntimeError(f"detach() needs a 101 answer; the server is in state {self._h11.their_state}")
+        self._broken = True
+        return self._stream, bytes(self._h11.trailing_data[0])
 
     async def _send_chunk(self, chunk: bytes) -> None:
         if self._broken:
@@ -231,16 +260,20 @@ class H1Connection:
 
 
 class H1Response(UpstreamResponse):
-    """The response of one HTTP/1.1 exchange; reads its body from the connection on demand."""
+    """The response of one HTTP/1.1 exchange; reads its body from the connection on demand.
+
+    A 101 (see :meth:`H1Connection.upgrade`) has no HTTP body: it is :attr:`complete` at once.
+    """
 
     http_version = "1.1"
 
-    def __init__(self, connection: H1Connection, head: h11.Response) -> None:
+    def __init__(self, connection: H1Connection, head: h11.Response | h11.InformationalResponse) -> None:
         self._connection = connection
         self.status = head.status_code
         self.headers = [(bytes(name), bytes(value)) for name, value in head.headers]
         self.trailers: Headers = []
-        self._done = False  # h11 knows from the request method when there is no body (HEAD)
+        # h11 knows from the request method when there is no body (HEAD); a 101 has none
+        self._done = self.status == 101
 
     @property
     def complete(self) -> bool:
