@@ -11,7 +11,9 @@ from the :class:`UpstreamRequest`), the body pump, response-head parsing (1xx sk
   per exchange; afterwards the connection goes back to the idle list
   (:attr:`H1Connection.reusable`) or is closed;
 * WebSocket relays (``proxy/tunnel.py``): :func:`connect`, :meth:`H1Connection.upgrade`,
-  then :meth:`H1Connection.detach` for the byte stream once the backend answered 101.
+  then :meth:`H1Connection.detach` for the byte stream once the backend answered 101;
+* ``spooky-trio request --http 1.1`` (``clients/tcp.py``): :meth:`H1Connection.exchange`
+  on the stream it opened itself.
 
 Backpressure: the stream is read only while a response head is awaited or when the consumer
 calls :meth:`H1Response.receive`, one :data:`READ_CHUNK` at a time, so at most one read's
@@ -24,11 +26,14 @@ Every byte goes through the stream's ``send_all``/``receive_some``; a plain TCP
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import h11
 import trio
 
 from spooky_trio.http.messages import Headers, UpstreamRequest
-from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, pump_body
+from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, exchange_scope, pump_body
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 from spooky_trio.upstream.fd_stream import FdSocketStream
 from spooky_trio.upstream.tls import open_backend_stream
@@ -221,6 +226,14 @@ class H1Connection:
                 raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.peer} before the response head")
         self._broken = True
         raise UpstreamTimeout(f"{self.peer} sent no response headers within {control.response_timeout:g}s")
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, request: UpstreamRequest, *, response_timeout: float) -> AsyncIterator[H1Response]:
+        """One exchange on this connection outside any pool: :meth:`start` with the body
+        pumped in a nursery around the block (:func:`~spooky_trio.upstream.common.exchange_scope`:
+        an exception from ``request.body`` is raised unchanged). The connection stays open."""
+        async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
+            yield await self.start(request, nursery=nursery, control=control)
 
     async def upgrade(self, request: UpstreamRequest, *, response_timeout: float) -> H1Response:
         """Send a bodiless ``request`` proposing a protocol switch (its headers carry
