@@ -127,3 +127,15 @@ def test_bench_cprofile_covers_the_h2load_run(tmp_path):
     assert match, proc.stderr
     Path(match.group(3)).unlink(missing_ok=True)
     assert int(match.group(1)) >= 300 and int(match.group(2)) > 100
+
+
+def test_h1_exchange_ab_runs_each_target(tmp_path):
+    """``python -m bench.h1_exchange``: one line per target with a positive CPU figure."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.h1_exchange", f"a={REPO / 'src'}", f"b={REPO / 'src'}", "-n", "200", "-c", "2", "-r", "1"],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["a", "b"]
+    assert all(float(line.split()[2]) > 0 for line in lines)

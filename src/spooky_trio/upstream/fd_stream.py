@@ -11,19 +11,22 @@ succeeded at once. This stream tries ``os.write``/``os.read`` first and waits wi
 :func:`trio.lowlevel.wait_writable`/``wait_readable`` only when the call would block.
 
 Measured (A/B against wrapping nothing, i.e. plain ``trio.SocketStream``, everything else
-equal, at ``53f509e``; 2 shared cores):
+equal, at ``7758515``; 2 cores shared with other jobs):
 
-* cProfile, ``bench.run -s tiny_h1 --cprofile``: 1320/1322 vs 1384/1390 Python calls per
-  proxied request (-65, -4.7%; deterministic);
-* an isolated pooled exchange (tiny GET to nginx, 8 concurrent, 20,000 exchanges per run,
-  6 alternating runs): median 110 vs 117 us CPU per exchange (-6%), lower or equal in 6 of 6
-  pairs;
-* the whole proxy, ``bench.run -s tiny_h1 -r 4 -d 8``: 0.329 vs 0.330 ms CPU per request,
-  below this box's run-to-run noise (+-4%); open loop at 400 and 800 requests/s: no CPU
-  difference either.
+* cProfile, ``bench.run -s tiny_h1 --cprofile`` (one invocation, 2 runs each): 1324/1326 vs
+  1387/1389 Python calls per proxied request (-63, -4.5%; deterministic);
+* the pooled exchange alone (``python -m bench.h1_exchange``: tiny GETs to nginx, 8
+  concurrent, 20,000 exchanges per run, 10 alternating runs): median 123 vs 132 us CPU per
+  exchange (-7%), lower in 9 of 10 pairs (the inline version at ``53f509e``, 6 runs: 110 vs
+  117 us);
+* the whole proxy, ``bench.run -s tiny_h1 -r 4 -d 8``: 0.416 vs 0.439 ms CPU per request
+  (loaded box; the unchanged base measured 0.434 in the same run) and, on a quiet box at
+  ``53f509e``, 0.329 vs 0.330 ms: both within the run-to-run noise (+-4%); open loop at 400
+  and 800 requests/s: no CPU difference either.
 
-So the saving is real but small (about 2% of a proxied tiny request by the isolated number).
-Dropping this module is one line: stop wrapping in ``H1Connection.__init__``.
+So the saving is real but small: about 9 us, some 2-3% of a proxied tiny request, below
+what the whole-proxy bench resolves. Dropping this module is one line: stop wrapping in
+``H1Connection.__init__``.
 
 Contract differences from ``trio.SocketStream``:
 
