@@ -138,3 +138,13 @@ def test_a_target_dir_is_a_src_directory_or_a_checkout_holding_one(tmp_path):
     assert target_src(str(REPO)) == REPO / "src"
     with pytest.raises(SystemExit, match="no spooky_trio package"):
         target_src(str(tmp_path))
+def test_h1_exchange_ab_runs_each_target(tmp_path):
+    """``python -m bench.h1_exchange``: one line per target with a positive CPU figure."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.h1_exchange", f"a={REPO / 'src'}", f"b={REPO / 'src'}", "-n", "200", "-c", "2", "-r", "1"],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["a", "b"]
+    assert all(float(line.split()[2]) > 0 for line in lines)

@@ -1,23 +1,43 @@
-"""A compact one-request HTTP/1.1 (h11) and HTTP/2 (h2) client over TCP, TLS by default.
+"""A compact one-request HTTP/1.1 and HTTP/2 client over TCP, TLS by default.
 
-Used by ``spooky-trio request --http 2|1.1``. Deliberately small and self-contained (no
-pooling, no redirects): one connection, one request, the response streamed to a
+Used by ``spooky-trio request --http 2|1.1`` (the operator's client, pointed at the proxy).
+One connection, one request, no pooling or redirects; the response is streamed to a
 :class:`ResponseSink` as it arrives.
+
+Connecting (TCP, TLS with the command's trust options, ALPN) is this module's own, shared
+by both versions, so that its failures are the one-line messages the command prints.
+
+HTTP/1.1 reuses the proxy's HTTP/1.1 client instead of a second h11 loop:
+:class:`~spooky_trio.upstream.h1.H1Connection` on the stream opened here
+(:meth:`~spooky_trio.upstream.h1.H1Connection.exchange`), so request-head serialization,
+the concurrent body upload, response parsing and protocol-error mapping exist once. Only
+the connection class is used, never the pool. What that means for the command: ``Host``
+comes from the URL unless ``-H Host:`` overrides it, ``content-length`` or chunked framing
+is derived from the body (a ``transfer-encoding`` header asks for chunked), and errors
+read "... from host:port ..." like the proxy's logs.
+
+HTTP/2 keeps its own small h2 loop: the upstream HTTP/2 engine is a multiplexing pool
+engine (a connection task in the pool's nursery, per-stream flow-control windows, GOAWAY
+handling), which a one-shot command does not need.
 """
 
 from __future__ import annotations
 
+import math
 import ssl
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import h11
 import trio
 
 from spooky_trio.clients.errors import TcpClientError
+from spooky_trio.http.messages import UpstreamRequest
+from spooky_trio.upstream.errors import UpstreamError
+from spooky_trio.upstream.h1 import H1Connection
 
 Headers = list[tuple[bytes, bytes]]
 READ_SIZE = 65536
@@ -102,36 +122,33 @@ async def _send(stream: trio.abc.Stream, data: bytes) -> None:
         raise TcpClientError(f"connection broken: {exc.__cause__ or exc}") from None
 
 
-async def exchange_h11(stream: trio.abc.Stream, method: str, authority: str, path: str, headers: Headers, body: bytes | None, sink: ResponseSink) -> None:
-    """One HTTP/1.1 request/response on ``stream``."""
-    conn = h11.Connection(h11.CLIENT)
-    head = [(b"host", authority.encode("ascii")), *headers]
+async def exchange_h11(stream: trio.abc.Stream, peer: str, method: str, authority: str, path: str, headers: Headers, body: bytes | None, sink: ResponseSink) -> None:
+    """One HTTP/1.1 request/response on ``stream`` (the upstream client, module docstring);
+    ``peer`` names the server in errors. ``connection: close`` unless ``headers`` say otherwise."""
     names = {k.lower() for k, _ in headers}
-    if body is not None and b"content-length" not in names and b"transfer-encoding" not in names:
-        head.append((b"content-length", str(len(body)).encode("ascii")))
+    host = next((v for k, v in headers if k.lower() == b"host"), authority.encode("ascii"))
     if b"connection" not in names:
-        head.append((b"connection", b"close"))
+        headers = [*headers, (b"connection", b"close")]
+    request = UpstreamRequest(
+        method=method.encode("ascii"),
+        target=path.encode("ascii"),
+        authority=host,
+        headers=headers,
+        body=None if body is None else _whole(body),
+        content_length=None if body is None or b"transfer-encoding" in names else len(body),
+    )
     try:
-        out = conn.send(h11.Request(method=method, target=path, headers=head))
-        if body:
-            out += conn.send(h11.Data(data=body))
-        out += conn.send(h11.EndOfMessage())
-        await _send(stream, out)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await _receive(stream))
-            elif isinstance(event, h11.Response):
-                sink.start("1.1", event.status_code, list(event.headers))
-            elif isinstance(event, h11.Data):
-                sink.data(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                sink.end(list(event.headers))
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise TcpClientError("connection closed before the response was complete")
-    except h11.ProtocolError as exc:
-        raise TcpClientError(f"HTTP/1.1 protocol error: {exc}") from None
+        async with H1Connection(stream, peer).exchange(request, response_timeout=math.inf) as response:
+            sink.start("1.1", response.status, response.headers)
+            while chunk := await response.receive():
+                sink.data(chunk)
+            sink.end(response.trailers)
+    except UpstreamError as exc:
+        raise TcpClientError(str(exc)) from None
+
+
+async def _whole(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 async def exchange_h2(stream: trio.abc.Stream, method: str, scheme: str, authority: str, path: str, headers: Headers, body: bytes | None, sink: ResponseSink) -> None:
@@ -208,7 +225,8 @@ async def fetch(
         if http_version == "2":
             await exchange_h2(stream, method, scheme, authority, path, headers, body, sink)
         else:
-            await exchange_h11(stream, method, authority, path, headers, body, sink)
+            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            await exchange_h11(stream, peer, method, authority, path, headers, body, sink)
     finally:
         with trio.move_on_after(1) as scope:
             scope.shield = True

@@ -1,10 +1,15 @@
 """WebSocket relays: an HTTP/1.1 ``Upgrade: websocket`` or an HTTP/2 extended CONNECT
 (RFC 8441, which the HTTP/2 ingress presents as a GET with ``upgrade: websocket``) relayed
-to an HTTP/1.1 backend over its own TCP connection (never through the pooled client).
+to an HTTP/1.1 backend over a connection of its own (never a pooled one).
 
-The handshake goes to the backend as an HTTP/1.1 upgrade. A 101 answer opens the client
-side (:meth:`TunnelSink.open_tunnel`: 101 on HTTP/1.1, 200 on HTTP/2) and bytes flow both
-ways until both directions ended or nothing moved for :data:`TUNNEL_IDLE_TIMEOUT`. Any other
+The backend side is the upstream HTTP/1.1 client (``upstream/h1.py``): :func:`connect`
+dials like the pool does, :meth:`H1Connection.upgrade` sends the handshake and returns the
+answer (request head, response parsing, the ``backend_timeout_ms`` head timeout and the
+Upstream* errors are the pool's), :meth:`H1Connection.detach` hands over the byte stream
+after a 101. This module adds only WebSocket policy: the handshake headers and the
+``Sec-WebSocket-Accept`` check. A 101 answer opens the client side
+(:meth:`TunnelSink.open_tunnel`: 101 on HTTP/1.1, 200 on HTTP/2) and bytes flow both ways
+until both directions ended or nothing moved for :data:`TUNNEL_IDLE_TIMEOUT`. Any other
 answer is relayed as an ordinary response. HTTP/3 sinks cannot tunnel: 501.
 """
 
@@ -15,21 +20,13 @@ import hashlib
 import os
 from typing import Any, Protocol, runtime_checkable
 
-import h11
 import trio
 
+from spooky_trio.http.headers import build_upstream_headers, strip_response_hop_by_hop, upstream_authority
+from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink, UpstreamRequest
 from spooky_trio.http.errors import ProxyError
-from spooky_trio.http.headers import (
-    build_upstream_headers,
-    strip_response_hop_by_hop,
-    upstream_authority,
-)
-from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
-from spooky_trio.upstream.errors import (
-    UpstreamConnectError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
+from spooky_trio.upstream.errors import UpstreamProtocolError
+from spooky_trio.upstream.h1 import H1Response, connect
 
 #: a relay with no bytes in either direction for this long is closed (seconds)
 TUNNEL_IDLE_TIMEOUT = 300.0
@@ -80,8 +77,9 @@ async def relay_tunnel(perf: Any, pool: Any, backend: Any, request: DownstreamRe
     """Relay one WebSocket upgrade to ``backend`` (a ``BackendRuntime``) of ``pool`` (its config).
 
     Raises :class:`ProxyError` (501 on a sink that cannot tunnel, 502 for an https backend),
-    :class:`UpstreamConnectError`, :class:`UpstreamTimeout` (no handshake answer within
-    ``backend_timeout_ms``) or :class:`UpstreamProtocolError` (bad handshake answer).
+    :class:`UpstreamConnectError` (not within ``backend_connect_timeout_ms``),
+    :class:`UpstreamTimeout` (no handshake answer within ``backend_timeout_ms``) or
+    :class:`UpstreamProtocolError` (bad handshake answer, or the backend broke off a refusal).
     """
     if not isinstance(sink, TunnelSink):
         raise ProxyError(501, "upgrade_not_supported", f"WebSocket is not supported over {request.protocol}; use HTTP/1.1 or HTTP/2")
@@ -104,66 +102,33 @@ async def relay_tunnel(perf: Any, pool: Any, backend: Any, request: DownstreamRe
     if not any(n == b"sec-websocket-version" for n, _ in headers):
         headers.append((b"sec-websocket-version", b"13"))
     host = upstream_authority(pool.host_policy.mode, client_authority=authority, rewrite_host=pool.host_policy.host, backend_authority=backend.authority)
-    headers = [(b"host", host), *headers, (b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    handshake = UpstreamRequest(method=b"GET", target=request.path, authority=host, headers=[*headers, (b"connection", b"upgrade"), (b"upgrade", b"websocket")])
+    connection = await connect(target, timeout=perf.backend_connect_timeout_ms / 1000)
     try:
-        with trio.fail_after(perf.backend_connect_timeout_ms / 1000):
-            upstream = await trio.open_tcp_stream(getattr(target, "connect_host", None) or target.host, target.port)
-    except (OSError, trio.TooSlowError) as exc:
-        raise UpstreamConnectError(f"cannot connect to {target}: {exc}") from exc
-    async with upstream:
-        conn = h11.Connection(h11.CLIENT)
-        await upstream.send_all(conn.send(h11.Request(method=b"GET", target=request.path, headers=headers)) + conn.send(h11.EndOfMessage()))
-        try:
-            with trio.fail_after(perf.backend_timeout_ms / 1000):
-                response = await _read_head(conn, upstream)
-        except trio.TooSlowError:
-            raise UpstreamTimeout("the backend did not answer the WebSocket handshake in time") from None
-        if isinstance(response, h11.InformationalResponse):
-            answer = [(bytes(n), bytes(v)) for n, v in response.headers]
-            accept = next((v for n, v in answer if n == b"sec-websocket-accept"), b"")
-            if generated and accept != websocket_accept(key):
-                raise UpstreamProtocolError("the backend's Sec-WebSocket-Accept does not match our key")
-            client = await sink.open_tunnel(answer)
-            await relay_bytes(client, upstream, conn.trailing_data[0], idle_timeout=TUNNEL_IDLE_TIMEOUT)
-        else:
-            await _relay_refusal(conn, upstream, response, sink)
+        response = await connection.upgrade(handshake, response_timeout=perf.backend_timeout_ms / 1000)
+        if response.status != 101:
+            await _relay_refusal(response, sink)
+            return
+        accept = next((v for n, v in response.headers if n == b"sec-websocket-accept"), b"")
+        if generated and accept != websocket_accept(key):
+            raise UpstreamProtocolError("the backend's Sec-WebSocket-Accept does not match our key")
+        client = await sink.open_tunnel(response.headers)
+        upstream, leftover = connection.detach()
+        assert isinstance(upstream, trio.abc.HalfCloseableStream)  # http:// is plain TCP
+        await relay_bytes(client, upstream, leftover, idle_timeout=TUNNEL_IDLE_TIMEOUT)
+    finally:
+        await connection.aclose()
 
 
-async def _read_head(conn: h11.Connection, upstream: trio.SocketStream) -> h11.Response | h11.InformationalResponse:
-    """The backend's 101, or its final response when it refused the upgrade."""
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise UpstreamProtocolError(f"bad handshake answer: {exc}") from exc
-        if event is h11.NEED_DATA:
-            try:
-                conn.receive_data(await upstream.receive_some(RELAY_CHUNK))
-            except trio.BrokenResourceError as exc:
-                raise UpstreamProtocolError("the backend closed during the handshake") from exc
-        elif isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-            continue
-        elif isinstance(event, (h11.Response, h11.InformationalResponse)):
-            return event
-        else:
-            raise UpstreamProtocolError("the backend closed during the handshake")
-
-
-async def _relay_refusal(conn: h11.Connection, upstream: trio.SocketStream, response: h11.Response, sink: ResponseSink) -> None:
-    headers = strip_response_hop_by_hop([(bytes(n), bytes(v)) for n, v in response.headers])
-    await sink.send_headers(response.status_code, headers)
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await upstream.receive_some(RELAY_CHUNK))
-        elif isinstance(event, h11.Data):
-            await sink.send_data(bytes(event.data))
-        else:
-            break
+async def _relay_refusal(response: H1Response, sink: ResponseSink) -> None:
+    """The backend refused the upgrade: its answer goes to the client as a normal response."""
+    await sink.send_headers(response.status, strip_response_hop_by_hop(response.headers))
+    while chunk := await response.receive():
+        await sink.send_data(chunk)
     await sink.send_data(b"", end_stream=True)
 
 
-async def relay_bytes(client: ClientTunnel, upstream: trio.SocketStream, leftover: bytes, *, idle_timeout: float) -> None:
+async def relay_bytes(client: ClientTunnel, upstream: trio.abc.HalfCloseableStream, leftover: bytes, *, idle_timeout: float) -> None:
     """Copy bytes both ways until both directions ended, either side broke, or nothing
     moved for ``idle_timeout``. An end from the backend ends the client direction too
     (half-close where the client transport has one, else the relay stops)."""

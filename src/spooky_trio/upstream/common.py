@@ -3,7 +3,8 @@
 * :class:`BackendTarget` names one backend and is the pool key.
 * :class:`UpstreamResponse` is what :meth:`UpstreamPool.exchange` yields.
 * :class:`ExchangeControl` and :func:`pump_body` implement the request-body pump that runs
-  concurrently with the response inside one exchange.
+  concurrently with the response inside one exchange; :class:`PumpNursery` (and its
+  generator form :func:`exchange_scope`) is the nursery it runs in.
 """
 
 from __future__ import annotations
@@ -191,9 +192,43 @@ async def pump_body(
         control.request_done(complete=complete)
 
 
+class PumpNursery:
+    """The nursery an exchange's request-body pump runs in, entered and left explicitly.
+
+    ``await open()`` enters the nursery and returns ``(nursery, control)``; the caller's
+    exchange then runs inside it. ``await close()`` cancels the pump, waits for it, and
+    raises the request body's exception if the pump recorded one
+    (:meth:`ExchangeControl.fail_client`); otherwise it returns and whatever the exchange
+    raised should propagate as itself: that exception never enters the nursery, so it is
+    never wrapped in an ExceptionGroup. Class-based exchanges (the HTTP/1.1 pool exchange)
+    use it directly, :func:`exchange_scope` wraps it.
+    """
+
+    __slots__ = ("_manager", "_response_timeout", "nursery", "control")
+
+    def __init__(self, response_timeout: float) -> None:
+        self._manager = trio.open_nursery()
+        self._response_timeout = response_timeout
+
+    async def open(self) -> tuple[trio.Nursery, ExchangeControl]:
+        nursery = self.nursery = await self._manager.__aenter__()
+        control = self.control = ExchangeControl(nursery.cancel_scope, self._response_timeout)
+        return nursery, control
+
+    def cancel(self) -> None:
+        """Stop the pump at its next checkpoint (:meth:`close` must still follow)."""
+        self.nursery.cancel_scope.cancel()
+
+    async def close(self) -> None:
+        self.nursery.cancel_scope.cancel()
+        await self._manager.__aexit__(None, None, None)
+        if self.control.client_error is not None:
+            raise self.control.client_error
+
+
 @contextlib.asynccontextmanager
 async def exchange_scope(response_timeout: float, *, pump: bool = True) -> AsyncIterator[tuple[trio.Nursery | None, ExchangeControl]]:
-    """A nursery for one exchange's body pump, with exceptions re-raised unwrapped.
+    """:class:`PumpNursery` as a context manager, for exchanges written as generators.
 
     Yields ``(nursery, control)``. On exit the nursery is cancelled (stopping the pump). If
     the pump recorded a client body failure that exception is raised; otherwise whatever the
@@ -205,15 +240,9 @@ async def exchange_scope(response_timeout: float, *, pump: bool = True) -> Async
     if not pump:
         yield None, ExchangeControl(trio.CancelScope(), response_timeout)
         return
-    failure: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        control = ExchangeControl(nursery.cancel_scope, response_timeout)
-        try:
-            yield nursery, control
-        except BaseException as exc:  # re-raised below, outside the nursery, unwrapped
-            failure = exc
-        nursery.cancel_scope.cancel()
-    if control.client_error is not None:
-        raise control.client_error
-    if failure is not None:
-        raise failure
+    scope = PumpNursery(response_timeout)
+    nursery, control = await scope.open()
+    try:
+        yield nursery, control
+    finally:
+        await scope.close()

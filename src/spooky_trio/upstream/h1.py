@@ -1,40 +1,42 @@
-"""HTTP/1.1 upstream engine: h11 driven by a Trio stream, one exchange at a time.
+"""The HTTP/1.1 client: h11 over a Trio stream, one exchange at a time.
 
-An :class:`H1Connection` carries one request/response cycle at a time. The pool checks it
-out, calls :meth:`H1Connection.start` (request head, body pump in the exchange nursery,
-response head), hands the :class:`H1Response` to the caller and afterwards either returns
-the connection to the idle list (:attr:`H1Connection.reusable`) or closes it.
+The process's only HTTP/1.1 client. Request-head serialization (Host and framing derived
+from the :class:`UpstreamRequest`), the body pump, response-head parsing (1xx skipped, a
+101 returned), the response-head timeout and the mapping of failures to
+:class:`UpstreamProtocolError` / :class:`UpstreamTimeout` exist only here; dialling (and its
+:class:`UpstreamConnectError` / ``UpstreamTLSError``) is
+:func:`upstream.tls.open_backend_stream` via :func:`connect`. Its users:
 
-Backpressure: the socket is read only while a response head is awaited or when the consumer
+* the pool (``upstream/pool.py``): keep-alive connections, one :meth:`H1Connection.start`
+  per exchange; afterwards the connection goes back to the idle list
+  (:attr:`H1Connection.reusable`) or is closed;
+* WebSocket relays (``proxy/tunnel.py``): :func:`connect`, :meth:`H1Connection.upgrade`,
+  then :meth:`H1Connection.detach` for the byte stream once the backend answered 101;
+* ``spooky-trio request --http 1.1`` (``clients/tcp.py``): :meth:`H1Connection.exchange`
+  on the stream it opened itself.
+
+Backpressure: the stream is read only while a response head is awaited or when the consumer
 calls :meth:`H1Response.receive`, one :data:`READ_CHUNK` at a time, so at most one read's
 worth of body is ever buffered here.
 
-I/O on a plain TCP connection goes straight to the socket's file descriptor: try the
-``read``/``write`` first and wait with :func:`trio.lowlevel.wait_readable` /
-``wait_writable`` only when it would block. ``trio.SocketStream`` adds a conflict detector,
-an async context manager and a scheduling round trip to every call (``send_all`` always
-yields once more after a successful send), which was ~10% of a proxied tiny GET. Waits stay
-cancellation points; a write that completes at once is not one (the exchange waits for the
-response right after it).
+Every byte goes through the stream's ``send_all``/``receive_some``; a plain TCP
+``trio.SocketStream`` is wrapped in :class:`~spooky_trio.upstream.fd_stream.FdSocketStream`
+(which says why, with the numbers).
 """
 
 from __future__ import annotations
 
-import os
-import select
+import contextlib
+from collections.abc import AsyncIterator
 
 import h11
 import trio
 
 from spooky_trio.http.messages import Headers, UpstreamRequest
-from spooky_trio.upstream.common import (
-    READ_CHUNK,
-    BackendTarget,
-    ExchangeControl,
-    UpstreamResponse,
-    pump_body,
-)
+from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, exchange_scope, pump_body
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.upstream.fd_stream import FdSocketStream
+from spooky_trio.upstream.tls import open_backend_stream
 
 #: request headers the engine owns (framing and Host are derived from the request)
 _ENGINE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -51,11 +53,25 @@ class StaleConnection(UpstreamProtocolError):
     """
 
 
-class H1Connection:
-    """One HTTP/1.1 connection to ``target`` (owned by the pool or by the current exchange)."""
+async def connect(target: BackendTarget, *, timeout: float) -> H1Connection:
+    """A new connection to ``target`` (TCP, plus TLS for https) within ``timeout`` seconds.
 
-    def __init__(self, target: BackendTarget, stream: trio.abc.Stream) -> None:
-        self.target = target
+    Raises :class:`UpstreamConnectError` or :class:`UpstreamTLSError` (nothing left open).
+    """
+    return H1Connection(await open_backend_stream(target, timeout=timeout, require_alpn=None), str(target))
+
+
+class H1Connection:
+    """One HTTP/1.1 client connection on ``stream``; ``peer`` names the server in errors.
+
+    Used by one task (plus its body pump) at a time. Any failure or cancellation in the
+    middle of I/O leaves it unusable (:attr:`reusable` False); :meth:`aclose` closes it.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+        if isinstance(stream, trio.SocketStream):
+            stream = FdSocketStream(stream)
+        self.peer = peer
         self._stream = stream
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD_BYTES)
         #: trio time the connection last became idle
@@ -66,13 +82,6 @@ class H1Connection:
         self._closed = False
         self._sending = False  # a send_all is in flight (the body pump may still be writing)
         self._received_this_cycle = 0
-        #: the socket's descriptor for direct I/O (plain TCP); -1: go through ``stream``
-        self._fd = -1
-        self._poller: select.poll | None = None
-        if isinstance(stream, trio.SocketStream):
-            self._fd = stream.socket.fileno()
-            self._poller = select.poll()
-            self._poller.register(self._fd, select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
 
     @property
     def reusable(self) -> bool:
@@ -93,19 +102,16 @@ class H1Connection:
         self.idle_since = trio.current_time()
 
     def looks_alive(self) -> bool:
-        """False if the idle connection is readable (EOF, reset or unsolicited bytes) or closed.
+        """False if the connection is closed, broken, or (idle and plain TCP) readable.
 
         An idle HTTP/1.1 connection must be silent; a readable socket means the server closed
-        it (or broke the protocol), so it must not be reused.
+        it (or broke the protocol), so it must not be reused. Other streams cannot be polled
+        and count as alive.
         """
         if self._closed or self._broken:
             return False
-        if self._poller is None:
-            return True
-        try:
-            return not self._poller.poll(0)
-        except (OSError, ValueError):
-            return False
+        stream = self._stream
+        return not (isinstance(stream, FdSocketStream) and stream.is_readable())
 
     async def aclose(self) -> None:
         """Close at once (no graceful shutdown needed for HTTP/1.1); safe under cancellation."""
@@ -113,46 +119,14 @@ class H1Connection:
             self._closed = True
             await trio.aclose_forcefully(self._stream)
 
-    # -- I/O helpers: any failure or cancellation mid-I/O leaves the connection unusable --
-
-    async def _write_fd(self, data: bytes) -> None:
-        """Write all of ``data`` to the socket, waiting only while it would block."""
-        view = memoryview(data)
-        while view:
-            if self._closed:  # checked right before each syscall: the number may be reused
-                raise trio.ClosedResourceError("connection closed")
-            try:
-                view = view[os.write(self._fd, view):]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)
-
-    async def _read_fd(self, max_bytes: int) -> bytes:
-        """Read up to ``max_bytes`` (b"" at EOF), waiting only while nothing is there."""
-        waited = False
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("connection closed")
-            try:
-                data = os.read(self._fd, max_bytes)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._fd)
-                waited = True
-                continue
-            if not waited:  # a fast backend must not let a download loop run without yielding
-                await trio.lowlevel.checkpoint()
-            return data
-
     async def _send(self, data: bytes) -> None:
         self._sending = True
         try:
-            if self._fd >= 0:
-                await self._write_fd(data)
-            else:
-                await self._stream.send_all(data)
+            await self._stream.send_all(data)
             self._sending = False
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._broken = True
-            raise UpstreamProtocolError(f"sending to {self.target} failed: {exc or type(exc).__name__}") from exc
+            raise UpstreamProtocolError(f"sending to {self.peer} failed: {exc or type(exc).__name__}") from exc
         except BaseException:
             self._broken = True
             raise
@@ -163,37 +137,34 @@ class H1Connection:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             self._broken = True
-            raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.target}: {exc}") from exc
+            raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.peer}: {exc}") from exc
         if event is h11.PAUSED:
             self._broken = True
-            raise UpstreamProtocolError(f"{self.target} sent data after the response")
+            raise UpstreamProtocolError(f"{self.peer} sent data after the response")
         if isinstance(event, h11.ConnectionClosed):
             self._broken = True
-            raise UpstreamProtocolError(f"{self.target} closed the connection before the response ended")
+            raise UpstreamProtocolError(f"{self.peer} closed the connection before the response ended")
         return event
 
     async def next_event(self, *, retryable: bool = False) -> h11.Event:
-        """The next h11 event, reading from the socket as needed (one chunk per read)."""
+        """The next h11 event, reading from the stream as needed (one chunk per read)."""
         while True:
             event = self.buffered_event()
             if event is not h11.NEED_DATA:
                 return event
             try:
-                if self._fd >= 0:
-                    data = await self._read_fd(READ_CHUNK)
-                else:
-                    data = await self._stream.receive_some(READ_CHUNK)
+                data = await self._stream.receive_some(READ_CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._broken = True
                 if retryable and self._received_this_cycle == 0:
-                    raise StaleConnection(f"reused connection to {self.target} was reset") from exc
-                raise UpstreamProtocolError(f"connection to {self.target} lost: {exc or type(exc).__name__}") from exc
+                    raise StaleConnection(f"reused connection to {self.peer} was reset") from exc
+                raise UpstreamProtocolError(f"connection to {self.peer} lost: {exc or type(exc).__name__}") from exc
             except BaseException:
                 self._broken = True
                 raise
             if not data and retryable and self._received_this_cycle == 0:
                 self._broken = True
-                raise StaleConnection(f"reused connection to {self.target} was closed by the backend")
+                raise StaleConnection(f"reused connection to {self.peer} was closed by the backend")
             self._received_this_cycle += len(data)
             self._h11.receive_data(data)
 
@@ -209,11 +180,13 @@ class H1Connection:
             headers.append((b"transfer-encoding", b"chunked"))
         return h11.Request(method=request.method, target=request.target, headers=headers)
 
-    async def start(self, request: UpstreamRequest, *, nursery: trio.Nursery, control: ExchangeControl) -> H1Response:
+    async def start(self, request: UpstreamRequest, *, nursery: trio.Nursery | None, control: ExchangeControl) -> H1Response:
         """Send the request head, start the body pump in ``nursery``, return the response head.
 
-        Informational (1xx) responses are skipped. Raises :class:`StaleConnection` (reused
-        connection, no body, nothing received), :class:`UpstreamTimeout` (no head within the
+        ``nursery`` may be None only for a bodiless request. Informational (1xx) responses are
+        skipped, except a 101, which h11 accepts only for a request that proposed an upgrade
+        (see :meth:`upgrade`). Raises :class:`StaleConnection` (reused connection, request
+        still replayable, nothing received), :class:`UpstreamTimeout` (no head within the
         response timeout after the request was sent) or :class:`UpstreamProtocolError`.
         """
         retryable = self.cycles > 0 and request.body is None
@@ -232,6 +205,7 @@ class H1Connection:
                 raise
             control.request_done(complete=True)
         else:
+            assert nursery is not None, "a request with a body needs a nursery for its pump"
             try:
                 await self._send(head)
             except UpstreamProtocolError as exc:
@@ -242,14 +216,48 @@ class H1Connection:
         with control.head_scope:
             while True:
                 event = await self.next_event(retryable=retryable)
-                if isinstance(event, h11.InformationalResponse):
-                    continue
                 if isinstance(event, h11.Response):
                     return H1Response(self, event)
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        return H1Response(self, event)
+                    continue
                 self._broken = True
-                raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.target} before the response head")
+                raise UpstreamProtocolError(f"unexpected {type(event).__name__} from {self.peer} before the response head")
         self._broken = True
-        raise UpstreamTimeout(f"{self.target} sent no response headers within {control.response_timeout:g}s")
+        raise UpstreamTimeout(f"{self.peer} sent no response headers within {control.response_timeout:g}s")
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, request: UpstreamRequest, *, response_timeout: float) -> AsyncIterator[H1Response]:
+        """One exchange on this connection outside any pool: :meth:`start` with the body
+        pumped in a nursery around the block (:func:`~spooky_trio.upstream.common.exchange_scope`:
+        an exception from ``request.body`` is raised unchanged). The connection stays open."""
+        async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
+            yield await self.start(request, nursery=nursery, control=control)
+
+    async def upgrade(self, request: UpstreamRequest, *, response_timeout: float) -> H1Response:
+        """Send a bodiless ``request`` proposing a protocol switch (its headers carry
+        ``connection: upgrade`` and ``upgrade: ...``) and return the server's answer.
+
+        Status 101: the switch happened; :meth:`detach` hands over the byte stream. Any other
+        status is an ordinary response (read its body with :meth:`H1Response.receive`).
+        Raises like :meth:`start`; :class:`UpstreamTimeout` when no answer came within
+        ``response_timeout`` seconds after the request was sent.
+        """
+        if request.body is not None:
+            raise ValueError("an upgrade request has no body")
+        return await self.start(request, nursery=None, control=ExchangeControl(trio.CancelScope(), response_timeout))
+
+    def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        """After a 101: the byte stream and the bytes the server sent after the 101's head.
+
+        The connection stops speaking HTTP (never reusable); :meth:`aclose` still closes the
+        stream. Raises RuntimeError if the server did not switch protocols.
+        """
+        if self._h11.their_state is not h11.SWITCHED_PROTOCOL:
+            raise RuntimeError(f"detach() needs a 101 answer; the server is in state {self._h11.their_state}")
+        self._broken = True
+        return self._stream, bytes(self._h11.trailing_data[0])
 
     async def _send_chunk(self, chunk: bytes) -> None:
         if self._broken:
@@ -265,16 +273,20 @@ class H1Connection:
 
 
 class H1Response(UpstreamResponse):
-    """The response of one HTTP/1.1 exchange; reads its body from the connection on demand."""
+    """The response of one HTTP/1.1 exchange; reads its body from the connection on demand.
+
+    A 101 (see :meth:`H1Connection.upgrade`) has no HTTP body: it is :attr:`complete` at once.
+    """
 
     http_version = "1.1"
 
-    def __init__(self, connection: H1Connection, head: h11.Response) -> None:
+    def __init__(self, connection: H1Connection, head: h11.Response | h11.InformationalResponse) -> None:
         self._connection = connection
         self.status = head.status_code
         self.headers = [(bytes(name), bytes(value)) for name, value in head.headers]
         self.trailers: Headers = []
-        self._done = False  # h11 knows from the request method when there is no body (HEAD)
+        # h11 knows from the request method when there is no body (HEAD); a 101 has none
+        self._done = self.status == 101
 
     @property
     def complete(self) -> bool:

@@ -1,8 +1,9 @@
 """The upstream connection pool: one per process, keyed by :class:`BackendTarget`.
 
 HTTP/1.1 (``http`` targets): a LIFO list of idle keep-alive connections per target; an
-exchange checks one out (discarding any that the server closed meanwhile) or dials a new
-one, and returns it after a clean cycle. HTTP/2 (``https`` targets): a list of multiplexed
+exchange (:class:`_H1Exchange`, with or without a request body) checks one out (discarding
+any that the server closed meanwhile) or dials a new one with :func:`upstream.h1.connect`,
+and returns it after a clean cycle. HTTP/2 (``https`` targets): a list of multiplexed
 connections per target; a new one is dialled only when every existing one is at the
 server's MAX_CONCURRENT_STREAMS, and concurrent requests share a single dial in progress.
 """
@@ -16,14 +17,9 @@ import attrs
 import trio
 
 from spooky_trio.http.messages import UpstreamRequest
-from spooky_trio.upstream.common import (
-    BackendTarget,
-    ExchangeControl,
-    UpstreamResponse,
-    exchange_scope,
-)
+from spooky_trio.upstream.common import BackendTarget, ExchangeControl, PumpNursery, UpstreamResponse, exchange_scope
 from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
-from spooky_trio.upstream.h1 import H1Connection, H1Response, StaleConnection
+from spooky_trio.upstream.h1 import H1Connection, H1Response, StaleConnection, connect
 from spooky_trio.upstream.h2 import H2Connection, H2Stream
 from spooky_trio.upstream.tls import open_backend_stream
 
@@ -160,8 +156,8 @@ class UpstreamPool:
         unchanged after aborting. Raises UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout or UpstreamProtocolError (see ``upstream.errors``).
         """
-        if request.body is None and target.scheme == "http":
-            return _BodilessH1Exchange(self, target, request, connect_timeout, response_timeout)
+        if target.scheme == "http":
+            return _H1Exchange(self, target, request, connect_timeout, response_timeout)
         return self._exchange(target, request, connect_timeout=connect_timeout, response_timeout=response_timeout)
 
     @contextlib.asynccontextmanager
@@ -173,29 +169,17 @@ class UpstreamPool:
         connect_timeout: float,
         response_timeout: float,
     ) -> AsyncIterator[UpstreamResponse]:
-        # a bodiless request has no pump and gets no nursery (nursery None; see exchange_scope)
+        # HTTP/2 (HTTP/1.1 is _H1Exchange). A bodiless request has no pump and gets no
+        # nursery (nursery None; see exchange_scope)
         async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
-            if target.scheme == "http":
-                connection, response = await self._start_h1(target, request, nursery, control, connect_timeout)
-                try:
-                    yield response
-                finally:
-                    if nursery is not None:
-                        nursery.cancel_scope.cancel()  # stop the body pump before judging the connection
-                    if not self._pool_h1_nowait(connection, response):
-                        # shielded: in the cancelled scope the close would raise Cancelled and
-                        # replace the caller's exception (it never blocks: plain TCP close)
-                        with trio.CancelScope(shield=True):
-                            await self._finish_h1(connection, response)
-            else:
-                h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
-                try:
-                    await h2conn.start(stream, request, nursery=nursery, control=control)  # type: ignore[arg-type]
-                    yield stream
-                finally:
-                    if nursery is not None:
-                        nursery.cancel_scope.cancel()
-                    h2conn.release(stream)
+            h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
+            try:
+                await h2conn.start(stream, request, nursery=nursery, control=control)  # type: ignore[arg-type]
+                yield stream
+            finally:
+                if nursery is not None:
+                    nursery.cancel_scope.cancel()
+                h2conn.release(stream)
 
     # -- HTTP/1.1 --
 
@@ -203,7 +187,7 @@ class UpstreamPool:
         self,
         target: BackendTarget,
         request: UpstreamRequest,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery | None,
         control: ExchangeControl,
         connect_timeout: float,
     ) -> tuple[H1Connection, H1Response]:
@@ -231,35 +215,34 @@ class UpstreamPool:
                 return connection
             await connection.aclose()
         self._opening(target)
-        stream = await open_backend_stream(target, timeout=connect_timeout, require_alpn=None)
-        return H1Connection(target, stream)
+        return await connect(target, timeout=connect_timeout)
 
     def _opening(self, target: BackendTarget) -> None:
         """A new connection to ``target``: a live backend uses it (again), so it pools."""
         self._known.add(target)
         self._retired.discard(target)
 
-    def _pool_h1_nowait(self, connection: H1Connection, response: H1Response) -> bool:
+    def _pool_h1_nowait(self, target: BackendTarget, connection: H1Connection, response: H1Response) -> bool:
         """The common case of :meth:`_finish_h1` without a checkpoint: a clean connection
         goes back to a non-full idle list. False: call :meth:`_finish_h1` instead."""
-        if not (response.complete and connection.reusable) or connection.target in self._retired:
+        if not (response.complete and connection.reusable) or target in self._retired:
             return False  # a backend a reload removed: its connections close (_finish_h1)
-        idle = self._h1_idle.get(connection.target)
+        idle = self._h1_idle.get(target)
         if idle is not None and len(idle) >= self.max_idle_per_backend:
             return False
         connection.prepare_reuse()
         if idle is None:
-            self._h1_idle[connection.target] = [connection]
+            self._h1_idle[target] = [connection]
         else:
             idle.append(connection)
         return True
 
-    async def _finish_h1(self, connection: H1Connection, response: H1Response) -> None:
-        if not (response.complete and connection.reusable) or connection.target in self._retired:
+    async def _finish_h1(self, target: BackendTarget, connection: H1Connection, response: H1Response) -> None:
+        if not (response.complete and connection.reusable) or target in self._retired:
             await connection.aclose()
             return
         connection.prepare_reuse()
-        idle = self._h1_idle.setdefault(connection.target, [])
+        idle = self._h1_idle.setdefault(target, [])
         idle.append(connection)
         while len(idle) > self.max_idle_per_backend:
             await idle.pop(0).aclose()
@@ -332,12 +315,19 @@ class UpstreamPool:
                 del self._h2_conns[h2conn.target]
 
 
-class _BodilessH1Exchange:
-    """:meth:`UpstreamPool.exchange` for the most common request, a bodiless one to an
-    HTTP/1.1 backend: what ``_exchange`` does for it, without two generator-based context
-    managers (they ran once per proxied request). No body pump, so no nursery."""
+class _H1Exchange:
+    """:meth:`UpstreamPool.exchange` for an ``http`` target (HTTP/1.1), with or without a body.
 
-    __slots__ = ("_pool", "_target", "_request", "_connect_timeout", "_response_timeout", "_connection", "_response")
+    A class, not a generator context manager: it runs once per proxied request and the
+    generator machinery was a measurable share of a tiny one. A bodiless request (the common
+    case) gets no nursery at all; a request with a body gets a :class:`PumpNursery` for its
+    body pump, entered in ``__aenter__`` and left in ``__aexit__``, so the caller's block runs
+    inside it. On exit the pump is cancelled, the connection pooled or closed (reusable only
+    if the pump had sent the whole body), the pump awaited, and a request-body exception it
+    recorded replaces the block's own.
+    """
+
+    __slots__ = ("_pool", "_target", "_request", "_connect_timeout", "_response_timeout", "_pump", "_connection", "_response")
 
     def __init__(self, pool: UpstreamPool, target: BackendTarget, request: UpstreamRequest, connect_timeout: float, response_timeout: float) -> None:
         self._pool = pool
@@ -347,16 +337,30 @@ class _BodilessH1Exchange:
         self._response_timeout = response_timeout
 
     async def __aenter__(self) -> H1Response:
-        control = ExchangeControl(trio.CancelScope(), self._response_timeout)
-        self._connection, self._response = await self._pool._start_h1(
-            self._target, self._request, None, control, self._connect_timeout  # type: ignore[arg-type]
-        )
+        if self._request.body is None:
+            self._pump = None
+            nursery = None
+            control = ExchangeControl(trio.CancelScope(), self._response_timeout)
+        else:
+            pump = self._pump = PumpNursery(self._response_timeout)
+            nursery, control = await pump.open()
+        try:
+            self._connection, self._response = await self._pool._start_h1(self._target, self._request, nursery, control, self._connect_timeout)
+        except BaseException:
+            if self._pump is not None:
+                await self._pump.close()  # raises the body's own exception if it failed
+            raise
         return self._response
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if not self._pool._pool_h1_nowait(self._connection, self._response):
+        pump = self._pump
+        if pump is not None:
+            pump.cancel()  # no more of the body once the caller is done (the close may yield)
+        if not self._pool._pool_h1_nowait(self._target, self._connection, self._response):
             # shielded: in a cancelled scope the close would raise Cancelled and replace the
             # caller's exception (it never blocks: plain TCP close)
             with trio.CancelScope(shield=True):
-                await self._pool._finish_h1(self._connection, self._response)
+                await self._pool._finish_h1(self._target, self._connection, self._response)
+        if pump is not None:
+            await pump.close()
         return False
