@@ -9,7 +9,8 @@ lines of aliases can expand to millions of values. So the composed node graph is
 *before* anything is constructed (:class:`_CheckedConstructor`), and every problem becomes
 a :class:`ConfigIssue` with the key path and the line/column where it was written:
 
-- nesting deeper than :data:`MAX_DEPTH` (ruamel's composer limit, and again through aliases);
+- nesting deeper than :data:`MAX_DEPTH` (ruamel's composer limit, the scanner's for flow
+  collections, and again through aliases);
 - a recursive alias (a value that contains itself, directly or through ``<<``);
 - aliases expanding the document past :data:`MAX_VALUES` values;
 - a mapping key that is a mapping or a list (config keys are names);
@@ -33,6 +34,7 @@ from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scanner import RoundTripScanner
 
 from spooky_trio.config.issues import ConfigError, ConfigIssue, KeyPath, format_path, sort_issues
 
@@ -58,6 +60,7 @@ def parse_yaml(text: str) -> Any:
     the module docstring. Never raises anything else for any ``text``.
     """
     yaml = YAML(typ="rt")
+    yaml.Scanner = _FlowDepthScanner
     yaml.Constructor = _CheckedConstructor
     yaml.allow_duplicate_keys = False  # backstop for keys equal once read (0x10 and 16)
     yaml.max_depth = MAX_DEPTH
@@ -99,6 +102,20 @@ def _line_column(text: str, position: int) -> tuple[int, int]:
 
 def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
+
+
+class _FlowDepthScanner(RoundTripScanner):
+    """ruamel's round-trip scanner, stopping at :data:`MAX_DEPTH` nested flow collections.
+
+    The scanner re-checks every pending simple key (one per open ``[``) at every token and
+    reads ahead through a run of ``[`` before the composer sees the first, so 4000 nested
+    ``[`` took seconds (quadratic) before the composer's depth limit could apply.
+    """
+
+    def fetch_flow_collection_start(self, *args: Any, **kwargs: Any) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise MaxDepthExceededError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+        super().fetch_flow_collection_start(*args, **kwargs)
 
 
 class _GraphProblems(Exception):
