@@ -5,6 +5,7 @@ odd merge keys, duplicate and non-string keys, huge integers, foreign tags, bad 
 from __future__ import annotations
 
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,15 @@ def test_nesting_is_bounded() -> None:
     issue = only(text)
     assert issue.message == f"nested deeper than {MAX_DEPTH} levels (through aliases)"
     assert (issue.path, issue.line) == ("c[0][0][0][0][0]", 2)  # where *b is used; b's anchor
+
+
+def test_a_reused_anchor_is_valid_and_silent() -> None:
+    """ruamel printed a ReusedAnchorWarning (with one of its own source lines) on stderr."""
+    text = VALID.replace("cert: c.pem, key: k.pem", "cert: &f c.pem, key: &f k.pem").replace("{id: b,", "{id: *f,")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config_text(text)
+    assert config.upstream["api"].backends[0].id == "k.pem"  # the latest definition
 
 
 def test_merge_keys_still_merge() -> None:

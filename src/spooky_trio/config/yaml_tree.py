@@ -19,6 +19,7 @@ a :class:`ConfigIssue` with the key path and the line/column where it was writte
   ``!!omap``, ``!!binary``, ``!custom``...), or a scalar its tag cannot read (``!!int x``,
   an impossible date), or an integer literal longer than :data:`MAX_INT_LITERAL` characters.
 
+A reused anchor is valid YAML (an alias means the latest definition) and not reported.
 Non-string scalar keys (``1:``, ``null:``) are left to the schema, which reports them as
 unknown keys. When any problem is found here nothing is constructed, so the schema is not
 checked: these issues are the whole report, like a syntax error.
@@ -64,6 +65,9 @@ def parse_yaml(text: str) -> Any:
     yaml.Constructor = _CheckedConstructor
     yaml.allow_duplicate_keys = False  # backstop for keys equal once read (0x10 and 16)
     yaml.max_depth = MAX_DEPTH
+    # an anchor defined again is valid YAML (an alias means the latest); ruamel's warning
+    # would print its own source line on stderr, like a traceback
+    yaml.composer.warn_double_anchors = False
     try:
         return yaml.load(text)
     except _GraphProblems as exc:
@@ -71,7 +75,7 @@ def parse_yaml(text: str) -> Any:
     except MaxDepthExceededError as exc:
         raise ConfigError([_marked_issue((), exc.problem_mark, f"nested deeper than {MAX_DEPTH} levels")]) from None
     except MarkedYAMLError as exc:
-        raise ConfigError([syntax_issue(exc)]) from None
+        raise ConfigError([_syntax_issue(exc)]) from None
     except ReaderError as exc:  # a character YAML forbids (NUL, other controls, lone surrogates)
         line, column = _line_column(text, exc.position)
         what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
@@ -80,7 +84,7 @@ def parse_yaml(text: str) -> Any:
         raise ConfigError([ConfigIssue("", None, None, f"invalid YAML: {exc}")]) from None
 
 
-def syntax_issue(exc: MarkedYAMLError) -> ConfigIssue:
+def _syntax_issue(exc: MarkedYAMLError) -> ConfigIssue:
     """An ``invalid YAML`` issue at the error's mark (no key path: the tree is unknown)."""
     mark = exc.problem_mark or exc.context_mark
     parts = [p for p in (exc.context, exc.problem) if p]
