@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean check-config fuzz bench test-tools
+.PHONY: run test venv clean check-config fuzz fuzz-smoke bench test-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ fuzz: $(STAMP)
 		$(BIN)/python fuzz/$$h.py fuzz/.work/$$h fuzz/corpus/$$h \
 			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -artifact_prefix=fuzz/crashes/$$h/ || status=1; \
 	done; exit $$status
+
+# CI's short campaign (.ci/run, after the tests): every harness (or FUZZ_HARNESSES) for
+# FUZZ_SECONDS=20 each, ~4 min in all; exits non-zero on any crash, timeout or OOM and prints
+# the crash input (fuzz/smoke.py). Installs the `fuzz` extra itself; if atheris is still
+# missing it fails when CI is set and skips otherwise.
+fuzz-smoke: FUZZ_SECONDS = 20
+fuzz-smoke: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,fuzz]' || echo "fuzz-smoke: could not install the fuzz extra"
+	$(BIN)/python fuzz/smoke.py --seconds $(FUZZ_SECONDS) $(FUZZ_HARNESSES)
 
 check-config: $(STAMP) .dev-certs/localhost.pem
 	for f in conf/*.yaml; do echo "$$f"; $(BIN)/spooky-trio check --config $$f || true; done

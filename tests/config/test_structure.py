@@ -278,7 +278,6 @@ def test_top_level_not_a_mapping() -> None:
     ("text", "line", "fragment"),
     [
         ("listen:\n  port: [1\nupstream: {}\n", 3, "flow sequence"),
-        ("listen: {}\nlisten: {}\n", 2, "duplicate key"),
         ("a: b: c\n", 1, "invalid YAML"),
     ],
 )

@@ -59,6 +59,26 @@ def test_non_string_key_is_named_in_the_issue() -> None:
     assert '["None"]' in str(info.value) and '["1.5"]' in str(info.value)
 
 
+def test_h1_connect_is_refused_before_h11_can_switch_protocols() -> None:
+    """fuzz_h1_request: the harness answered a CONNECT with a 204, h11 switched to
+    SWITCHED_PROTOCOL and refused the response's EndOfMessage (LocalProtocolError). The
+    ingress now refuses CONNECT in ``_build``, before any answer goes through h11."""
+    from collections import Counter
+
+    from spooky_trio.ingress.bootstrap import BootstrapLimits, ServeContext
+    from spooky_trio.ingress.h1 import H1ServerConnection, _Reject
+
+    ctx = ServeContext(handler=None, activity=None, limits=BootstrapLimits(), stats=Counter())  # type: ignore[arg-type]
+    for raw in (b"CONNECT /p HTTP/1.1\r\nHost: a\r\n\r\n", (REGRESSIONS / "fuzz_h1_request" / "connect_switched_protocol").read_bytes()):
+        conn = H1ServerConnection(ctx, None, ("198.51.100.7", 40000), None)  # type: ignore[arg-type]
+        conn.h11.receive_data(raw)
+        event = conn.h11.next_event()
+        assert event.method == b"CONNECT"  # type: ignore[union-attr]
+        with pytest.raises(_Reject) as info:
+            conn._build(event)  # type: ignore[arg-type]
+        assert (info.value.status, info.value.reason) == (501, "connect_not_supported")
+
+
 # --- HTTP/3: header blocks bounded before QPACK decodes them (fuzz_h3_frames seeds) ---
 
 

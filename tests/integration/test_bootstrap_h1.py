@@ -63,6 +63,29 @@ async def test_smuggling_attempts_get_400_and_never_reach_the_backend(certs_dir:
             assert (await client.get(f"https://localhost:{port}/health")).status_code == 200
 
 
+CONNECT_ALLOWED = """
+resilience:
+  protocol:
+    allow_connect: true
+"""
+
+
+@pytest.mark.parametrize("target", [b"127.0.0.1:443", b"/p"], ids=["authority-form", "origin-form"])
+@pytest.mark.parametrize("extra", ["", CONNECT_ALLOWED], ids=["connect-off", "connect-on"])
+async def test_connect_gets_501_and_the_connection_closes(certs_dir: Path, target: bytes, extra: str) -> None:
+    """fuzz_h1_request: h11 switches protocols on a 2xx answer to CONNECT. The ingress refuses
+    CONNECT itself (501, connection: close), whatever the policy says, so neither an answer
+    nor the bytes behind the request (tunnel data, a pipelined request) are read as HTTP."""
+    async with run_backend(name="h1") as backend, running_proxy(proxy_yaml(POOL.format(url=backend.url), certs_dir=certs_dir, extra=extra)) as server:
+        port = server.bootstrap_listeners[0].port
+        raw = b"CONNECT " + target + b" HTTP/1.1\r\nhost: 127.0.0.1:443\r\n\r\n" + b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n"
+        reply = await exchange(port, certs_dir, raw)
+        assert reply.startswith(b"HTTP/1.1 501 ") and b"connect_not_supported" in reply, reply
+        assert reply.endswith(b"(connect_not_supported)\n") and b"connection: close" in reply.lower()  # one response
+        assert backend.requests == []
+        assert server.bootstrap_listeners[0].stats["h1_rejected.connect_not_supported"] == 1
+
+
 async def test_bad_chunk_mid_body_aborts_with_400(certs_dir: Path) -> None:
     async with run_backend(name="h1") as backend, running_proxy(proxy_yaml(POOL.format(url=backend.url), certs_dir=certs_dir)) as server:
         port = server.bootstrap_listeners[0].port

@@ -2,7 +2,10 @@
 
 Pipeline:
 
-1. ruamel.yaml (round-trip) parses the text; syntax errors become one issue with line/col.
+1. ruamel.yaml (round-trip) parses the text (:func:`~spooky_trio.config.yaml_tree.parse_yaml`):
+   a syntax error becomes one issue with line/col, and the YAML features a config has no use
+   for (complex keys, recursive or exploding aliases, foreign tags, unreadable scalars,
+   duplicate keys) become issues with their key path and line/col before anything is built.
 2. The tree is copied into plain Python data while recording where each key and value was
    written (:class:`PositionMap`).
 3. cattrs structures the data (strict types, unknown keys rejected). Every structuring error
@@ -27,8 +30,7 @@ import os
 from typing import Any
 
 import attrs
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.comments import TaggedScalar
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from spooky_trio.config.checks import Problem
@@ -49,6 +51,7 @@ from spooky_trio.config.issues import (
 )
 from spooky_trio.config.schema import Config
 from spooky_trio.config.validate import validate
+from spooky_trio.config.yaml_tree import parse_yaml
 
 _MISSING = object()
 _MAX_REPAIR_ROUNDS = 16
@@ -81,14 +84,7 @@ def load_config_text(text: str, source: str = "<string>") -> Config:
 
     Raises :class:`ConfigError` listing every problem, ordered by position in the text.
     """
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    try:
-        tree = yaml.load(text)
-    except MarkedYAMLError as exc:
-        raise ConfigError([_syntax_issue(exc)]) from None
-    except YAMLError as exc:
-        raise ConfigError([ConfigIssue("", None, None, f"invalid YAML: {exc}")]) from None
+    tree = parse_yaml(text)
     if tree is None:
         raise ConfigError([ConfigIssue("", None, None, f"{source} is empty: at least 'upstream' is required")])
     positions = PositionMap()
@@ -122,15 +118,6 @@ def load_config_text(text: str, source: str = "<string>") -> Config:
     return _resolve(config, text, positions)
 
 
-def _syntax_issue(exc: MarkedYAMLError) -> ConfigIssue:
-    mark = exc.problem_mark or exc.context_mark
-    parts = [p for p in (exc.context, exc.problem) if p]
-    message = "invalid YAML: " + ("; ".join(parts) if parts else "syntax error")
-    if mark is None:
-        return ConfigIssue("", None, None, message)
-    return ConfigIssue("", mark.line + 1, mark.column + 1, message)
-
-
 def _node_position(node: Any) -> tuple[int | None, int | None]:
     lc = getattr(node, "lc", None)
     if lc is None or lc.line is None:
@@ -139,7 +126,12 @@ def _node_position(node: Any) -> tuple[int | None, int | None]:
 
 
 def _plain_scalar(value: Any) -> Any:
-    """Strip ruamel's scalar subclasses (ScalarBoolean is an int subclass: check it first)."""
+    """Strip ruamel's scalar subclasses (ScalarBoolean is an int subclass: check it first).
+
+    An explicit ``!!str`` scalar is a ``TaggedScalar`` (parse_yaml lets no other tag through).
+    """
+    if isinstance(value, TaggedScalar):
+        return str(value.value)
     if isinstance(value, (bool, ScalarBoolean)):
         return bool(value)
     if isinstance(value, int):

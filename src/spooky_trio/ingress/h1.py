@@ -4,7 +4,9 @@ One :class:`H1ServerConnection` per connection serves its requests one after ano
 happen only when the pipeline asks for body bytes (backpressure); responses are written with
 ``send_all``. Framing problems (Content-Length together with Transfer-Encoding, obs-fold,
 bad chunk sizes, malformed heads) get 400 and the connection closes; the request never
-reaches the proxy pipeline when the problem is in the head or the first body chunk.
+reaches the proxy pipeline when the problem is in the head or the first body chunk. CONNECT
+is not served over HTTP/1.1 (tunnels here are 101 upgrades; CONNECT needs HTTP/2 or
+HTTP/3): it gets 501 and the connection closes, so bytes after it are never read as requests.
 """
 
 from __future__ import annotations
@@ -317,6 +319,7 @@ class H1ServerConnection:
                                  protocol="HTTP/1.1", client_address=self.client_address)
 
     def _build(self, event: h11.Request) -> tuple[DownstreamRequest, H1RequestBody | None]:
+        """The request for ``event``; raises :class:`_Reject` for a head we do not serve."""
         headers: Headers = [(bytes(n), bytes(v)) for n, v in event.headers]
         names = {n for n, _ in headers}
 
@@ -326,6 +329,10 @@ class H1ServerConnection:
 
         if b"content-length" in names and b"transfer-encoding" in names:
             raise refused(400, "ambiguous_framing", "both Content-Length and Transfer-Encoding")
+        if event.method == b"CONNECT":
+            # h11 switches protocols on any 2xx answer to CONNECT (then refuses to send the
+            # response's end), and a client may already be sending tunnel bytes: refuse here
+            raise refused(501, "connect_not_supported", "CONNECT is not supported over HTTP/1.1; use HTTP/2 or HTTP/3")
         error = self.ctx.head_limit_error(headers)
         if error is not None:
             raise refused(error.status, error.reason, error.message)
