@@ -22,3 +22,11 @@ def test_imports_only_point_down() -> None:
     result = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 kept, 0 broken" in result.stdout
+
+
+def test_types_check() -> None:
+    """``mypy`` (strict, no ``Any`` written outside the library-boundary modules that
+    pyproject.toml lists) passes over src/."""
+    mypy = pathlib.Path(sys.executable).with_name("mypy")
+    result = subprocess.run([str(mypy)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

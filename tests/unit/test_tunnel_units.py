@@ -19,7 +19,8 @@ from tests.upstream.h1_peer import FakeDialler, Handler, Peer
 
 PERF = SimpleNamespace(backend_connect_timeout_ms=1000, backend_timeout_ms=2000)
 POOL = SimpleNamespace(forwarded_headers=SimpleNamespace(mode="overwrite"), host_policy=SimpleNamespace(mode="pass-through", host=None))
-BACKEND = SimpleNamespace(target=BackendTarget(scheme="http", host="127.0.0.1", port=8080), authority=b"127.0.0.1:8080")
+_TARGET = BackendTarget(scheme="http", host="127.0.0.1", port=8080)
+BACKEND = SimpleNamespace(target=_TARGET, connect_target=_TARGET, authority=b"127.0.0.1:8080")
 
 
 class ClientSide:
@@ -148,6 +149,7 @@ async def test_connect_failures_come_from_the_shared_dialler() -> None:
     await sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    closed = SimpleNamespace(target=BackendTarget(scheme="http", host="127.0.0.1", port=port), authority=b"x")
+    target = BackendTarget(scheme="http", host="127.0.0.1", port=port)
+    closed = SimpleNamespace(target=target, connect_target=target, authority=b"x")
     with pytest.raises(UpstreamConnectError, match=r"connect to http://127\.0\.0\.1:\d+ failed"):
         await tunnel.relay_tunnel(PERF, POOL, closed, upgrade_request(), b"example.test", ClientSide())

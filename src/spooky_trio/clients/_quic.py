@@ -138,7 +138,7 @@ class FlowControlledQuicConnection(QuicConnection):
         buf.push_uint_var(stream.stream_id)
         buf.push_uint_var(target)
         stream.max_stream_data_local_sent = target
-        if self._quic_logger is not None:
+        if self._quic_logger is not None and builder.quic_logger_frames is not None:
             builder.quic_logger_frames.append(
                 self._quic_logger.encode_max_stream_data_frame(maximum=target, stream_id=stream.stream_id)
             )

@@ -311,9 +311,9 @@ class H3Client(H3Transport):
         self._h3.send_data(state.stream_id, chunk, end_stream=False)
         await self._transmit()
         while self._quic.unsent_bytes(state.stream_id) >= SEND_CHUNK:
-            if not state.may_send:
-                return False
             await self._progress.wait()
+            if not state.may_send:  # (the server or a failure may have stopped it meanwhile)
+                return False
         return True
 
     def _release(self, state: StreamState) -> None:

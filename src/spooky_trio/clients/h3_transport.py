@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import Any
 
 import trio
 from aioquic.h3.connection import ErrorCode
@@ -39,7 +38,7 @@ class H3Transport:
     every transmit goes through :meth:`_transmit`, which a lock serialises.
     """
 
-    def __init__(self, sock: socket.socket, peer: tuple[Any, ...], quic: FlowControlledQuicConnection, target: str, authority: str) -> None:
+    def __init__(self, sock: socket.socket, peer: tuple[object, ...], quic: FlowControlledQuicConnection, target: str, authority: str) -> None:
         self._sock = sock
         self._peer = peer
         self._quic = quic

@@ -108,7 +108,7 @@ async def open_stream(
 
 async def _receive(stream: trio.abc.Stream) -> bytes:
     try:
-        return await stream.receive_some(READ_SIZE)
+        return bytes(await stream.receive_some(READ_SIZE))  # (trio streams hand out bytes: no copy)
     except trio.BrokenResourceError as exc:
         raise TcpClientError(f"connection broken: {exc.__cause__ or exc}") from None
 
@@ -193,9 +193,9 @@ async def exchange_h2(stream: trio.abc.Stream, method: str, scheme: str, authori
                     sink.end([])
                     return
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
-                    raise TcpClientError(f"stream reset by the server (HTTP/2 error code {int(event.error_code)})")
+                    raise TcpClientError(f"stream reset by the server (HTTP/2 error code {int(event.error_code or 0)})")
                 elif isinstance(event, h2.events.ConnectionTerminated):
-                    raise TcpClientError(f"connection terminated by the server (HTTP/2 error code {int(event.error_code)})")
+                    raise TcpClientError(f"connection terminated by the server (HTTP/2 error code {int(event.error_code or 0)})")
     except h2.exceptions.ProtocolError as exc:
         raise TcpClientError(f"HTTP/2 protocol error: {exc}") from None
 

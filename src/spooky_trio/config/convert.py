@@ -167,8 +167,9 @@ def _make_converter() -> cattrs.Converter:
 
     def attrs_factory(cls: type) -> Callable[[Any, Any], Any]:
         omitted = {a.name: override(omit=True) for a in attrs.fields(cls) if a.metadata.get(INTERNAL)}
-        inner = make_dict_structure_fn(
-            cls, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True, **omitted
+        # cattrs takes per-attribute overrides as keyword arguments, which its stubs cannot type
+        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
+            cls, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True, **omitted  # type: ignore[arg-type]
         )
         internal_names = set(omitted)
 

@@ -3,24 +3,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TypedDict
+
+from spooky_trio.config.schema import BackendConfig, Config, ListenerConfig, RouteConfig
 
 
-def _listener_name(listener: Any) -> str:
+class Changes(TypedDict):
+    """Names added, removed and changed (sorted)."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class ConfigDiff(TypedDict):
+    """:func:`diff_summary`'s answer (the ``diff`` of a reload's JSON answer)."""
+
+    pools: Changes
+    routes: Changes
+    backends: Changes
+    listeners: Changes
+    other: list[str]
+
+
+def _listener_name(listener: ListenerConfig) -> str:
     return f"{listener.address}:{listener.port}"
 
 
-def _backend_names(config: Any) -> dict[str, Any]:
+def _backend_names(config: Config) -> dict[str, BackendConfig]:
     return {f"{name}/{b.id}@{b.address}": b for name, pool in config.upstream.items() for b in pool.backends}
 
 
-def _route_text(route: Any) -> str:
+def _route_text(route: RouteConfig) -> str:
     parts = [f"host={route.host}" if route.host else "", f"path_prefix={route.path_prefix}" if route.path_prefix else "",
              f"method={route.method}" if route.method else ""]
     return " ".join(p for p in parts if p)
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+def _changes(old: Mapping[str, object], new: Mapping[str, object]) -> Changes:
     return {
         "added": sorted(set(new) - set(old)),
         "removed": sorted(set(old) - set(new)),
@@ -32,7 +53,7 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
 _SECTIONS = ("upstream_tls", "load_balancing", "log", "performance", "resilience", "observability", "security")
 
 
-def diff_summary(old: Any, new: Any) -> dict[str, Any]:
+def diff_summary(old: Config, new: Config) -> ConfigDiff:
     """What changes from config ``old`` to ``new``: pools, routes, backends (pool/id@address,
     the identity that keeps state), listeners (address:port) added/removed/changed, and the
     other top-level sections that differ."""
@@ -54,16 +75,17 @@ def diff_summary(old: Any, new: Any) -> dict[str, Any]:
     }
 
 
-def diff_line(diff: dict[str, Any]) -> str:
+def diff_line(diff: ConfigDiff) -> str:
     """The diff as one log-friendly line."""
-    parts = []
-    for kind in ("pools", "routes", "backends", "listeners"):
-        entry = diff[kind]
-        parts.append(f"{kind} +{len(entry['added'])} -{len(entry['removed'])} ~{len(entry['changed'])}")
-    details = []
-    for kind in ("pools", "backends", "listeners"):
-        for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
-            details.extend(f"{sign}{kind[:-1]} {name}" for name in diff[kind][key])
+    kinds = (("pools", diff["pools"]), ("routes", diff["routes"]), ("backends", diff["backends"]), ("listeners", diff["listeners"]))
+    parts = [f"{kind} +{len(entry['added'])} -{len(entry['removed'])} ~{len(entry['changed'])}" for kind, entry in kinds]
+    details: list[str] = []
+    for kind, entry in kinds:
+        if kind == "routes":
+            continue
+        details.extend(f"+{kind[:-1]} {name}" for name in entry["added"])
+        details.extend(f"-{kind[:-1]} {name}" for name in entry["removed"])
+        details.extend(f"~{kind[:-1]} {name}" for name in entry["changed"])
     details.extend(f"~route {text}" for text in diff["routes"]["changed"])
     line = ", ".join(parts) + (f"; other: {', '.join(diff['other'])}" if diff["other"] else "")
     return line + (f" [{'; '.join(details)}]" if details else "")

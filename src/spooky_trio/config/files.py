@@ -8,6 +8,8 @@ when the config came from the loader).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import ipaddress
 import os
 
@@ -101,10 +103,12 @@ def _load_key(path: str) -> PrivateKeyTypes:
         raise _FileError(f"{path} does not contain a PEM private key") from None
 
 
-def _spki(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+class _PublicKey(Protocol):
+    def public_bytes(self, encoding: serialization.Encoding, format: serialization.PublicFormat) -> bytes: ...
+
+
+def _spki(key: _PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _check_pair(

@@ -155,8 +155,9 @@ def _to_plain(node: Any, path: KeyPath, positions: PositionMap) -> Any:
                 key = str(key)
             child = path + (key,)
             try:
-                key_line, key_col = node.lc.key(raw_key)
-                value_line, value_col = node.lc.value(raw_key)
+                # ruamel's CommentedMap (a dict) carries positions in .lc
+                key_line, key_col = node.lc.key(raw_key)  # type: ignore[attr-defined]
+                value_line, value_col = node.lc.value(raw_key)  # type: ignore[attr-defined]
                 positions.add(
                     child,
                     SourcePosition(key_line + 1, key_col + 1, value_line + 1, value_col + 1, isinstance(value, (dict, list))),
@@ -170,7 +171,7 @@ def _to_plain(node: Any, path: KeyPath, positions: PositionMap) -> Any:
         for index, value in enumerate(node):
             child = path + (index,)
             try:
-                line, col = node.lc.item(index)
+                line, col = node.lc.item(index)  # type: ignore[attr-defined]  # ruamel's CommentedSeq
                 positions.add(child, SourcePosition(line + 1, col + 1, line + 1, col + 1, isinstance(value, (dict, list))))
             except (AttributeError, KeyError, TypeError):
                 pass

@@ -6,7 +6,6 @@ attrs converter that raised would escape cattrs' per-field error collection.
 
 from __future__ import annotations
 
-from typing import Any
 
 #: Spooky's log level names (and ``warning``) mapped to spooky-trio's canonical levels.
 LOG_LEVEL_ALIASES: dict[str, str] = {
@@ -25,18 +24,18 @@ def normalize_enum_spelling(value: str) -> str:
     return value.strip().lower().replace("_", "-")
 
 
-def upper_list(value: Any) -> Any:
+def upper_list(value: object) -> object:
     """Upper-case every string of a list (HTTP method lists); other values pass unchanged."""
     if isinstance(value, list):
         return [item.upper() if isinstance(item, str) else item for item in value]
     return value
 
 
-def upper_optional(value: Any) -> Any:
+def upper_optional(value: object) -> object:
     """Upper-case a string (an HTTP method); ``None`` and non-strings pass unchanged."""
     return value.upper() if isinstance(value, str) else value
 
 
-def empty_to_none(value: Any) -> Any:
+def empty_to_none(value: object) -> object:
     """Treat ``""`` like an omitted optional path (Spooky configs write ``cert: ""``)."""
     return None if value == "" else value

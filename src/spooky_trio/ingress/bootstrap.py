@@ -22,11 +22,12 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import attrs
 import trio
 
+from spooky_trio.config import ClientAuthConfig, PerformanceConfig, ProtocolConfig
+from spooky_trio.core.activity import Activity
 from spooky_trio.http.errors import ErrorResponse, ProxyError, header_limit_error
 from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.ingress.h1 import H1ServerConnection
@@ -78,7 +79,7 @@ class BootstrapLimits:
 class ServeContext:
     """What every connection of one listener shares: pipeline, limits, Alt-Svc and counters."""
 
-    def __init__(self, handler: Handler, activity: Any, limits: BootstrapLimits, stats: Counter[str], reject: Rejecter | None = None) -> None:
+    def __init__(self, handler: Handler, activity: Activity, limits: BootstrapLimits, stats: Counter[str], reject: Rejecter | None = None) -> None:
         self.handler = handler
         self.activity = activity
         self.limits = limits
@@ -140,12 +141,12 @@ class BootstrapListener:
         *,
         address: str,
         identities: IdentityStore,
-        client_auth: Any,
-        performance: Any,
-        protocol: Any,
+        client_auth: ClientAuthConfig,
+        performance: PerformanceConfig,
+        protocol: ProtocolConfig,
         handler: Handler,
         reject: Rejecter,
-        activity: Any,
+        activity: Activity,
     ) -> None:
         self.address = address
         self.port = 0

@@ -15,6 +15,7 @@ def encode_initial_close(header: QuicHeader, error_code: int, reason: str) -> by
     Keys derive from the client's chosen destination CID, so no connection object is built;
     aioquic's client reports the error code promptly instead of timing out.
     """
+    assert header.version is not None, "only long-header (Initial) packets are answered"
     crypto = CryptoPair()
     crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
     builder = QuicPacketBuilder(

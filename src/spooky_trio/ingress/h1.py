@@ -174,7 +174,7 @@ class H1Tunnel:
             data, self._leftover = self._leftover, b""
             return data
         try:
-            return await self._stream.receive_some(RECEIVE_SIZE)
+            return bytes(await self._stream.receive_some(RECEIVE_SIZE))  # (trio streams hand out bytes: no copy)
         except trio.BrokenResourceError:
             return b""
 
@@ -232,8 +232,8 @@ class H1ServerConnection:
                     self.ctx.stats[f"h1_rejected.{rej.reason}"] += 1
                     log.debug("rejecting request from %s: %s %s", self.client_address, rej.status, rej.message)
                     self._linger = True
-                    request = rej.request or self._unknown_request()
-                    await self.ctx.reject(request, _ClosingAnswerSink(self), ErrorResponse(rej.status, rej.reason, rej.message))
+                    refused = rej.request or self._unknown_request()
+                    await self.ctx.reject(refused, _ClosingAnswerSink(self), ErrorResponse(rej.status, rej.reason, rej.message))
                     return
                 self.requests_served += 1
                 self.h11.start_next_cycle()
@@ -302,7 +302,7 @@ class H1ServerConnection:
             if data and not got_bytes:
                 got_bytes = True
                 header_deadline = min(header_deadline, trio.current_time() + limits.header_timeout)
-            self.h11.receive_data(data)
+            self.h11.receive_data(bytes(data))
 
     def _check_obs_fold(self) -> None:
         # h11 silently unfolds obsolete line folding; a proxy must reject it (RFC 9112 5.2)
@@ -410,4 +410,4 @@ class H1ServerConnection:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except trio.BrokenResourceError as exc:
                 raise RequestBodyError("client connection broke mid-body") from exc
-            self.h11.receive_data(data)
+            self.h11.receive_data(bytes(data))

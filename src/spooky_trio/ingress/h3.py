@@ -176,11 +176,11 @@ class StreamScopedH3Connection(H3Connection):
         self._max_table_capacity = 0
         self._blocked_streams = 0
         self._decoder = pylsqpack.Decoder(0, 0)
-        self._encoder = _StaticTableEncoder()
+        self._encoder = _StaticTableEncoder()  # type: ignore[assignment]  # duck-types pylsqpack.Encoder
         super()._init_connection()
 
     @overrides
-    def _receive_stream_data_uni(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
+    def _receive_stream_data_uni(self, stream, data, stream_ended):  # type: ignore[no-untyped-def]
         # aioquic waits for a whole SETTINGS / MAX_PUSH_ID frame and grows the stream's window
         # as data arrives: a SETTINGS frame announcing 2^40 bytes grew the buffer for as long
         # as the client sent (10 MB in a test). A connection error (RFC 9114 7.2.4.1 lets an
@@ -193,7 +193,7 @@ class StreamScopedH3Connection(H3Connection):
         return events
 
     @overrides
-    def _receive_request_or_push_data(self, stream, data, stream_ended):  # type: ignore[no-untyped-def, override]
+    def _receive_request_or_push_data(self, stream, data, stream_ended):  # type: ignore[no-untyped-def]
         if stream.stream_id in self.malformed_streams:
             stream.buffer = b""  # reset: what the client still sends is dropped, not buffered
             return []
@@ -211,7 +211,7 @@ class StreamScopedH3Connection(H3Connection):
         return events
 
     @overrides
-    def _handle_request_or_push_frame(self, frame_type, frame_data, stream, stream_ended):  # type: ignore[no-untyped-def, override]
+    def _handle_request_or_push_frame(self, frame_type, frame_data, stream, stream_ended):  # type: ignore[no-untyped-def]
         stream_id = stream.stream_id
         if stream_id in self.malformed_streams:
             if frame_data is None:  # reset while blocked: let the decoder drop the section
@@ -247,6 +247,7 @@ class StreamScopedH3Connection(H3Connection):
     def send_goaway(self) -> None:
         """GOAWAY naming the first request stream we will not serve (RFC 9114 5.2)."""
         next_id = self.max_request_stream_id + 4
+        assert self._local_control_stream_id is not None  # opened with the connection
         self._quic.send_stream_data(
             self._local_control_stream_id,
             encode_frame(FrameType.GOAWAY, encode_uint_var(next_id)),

@@ -7,15 +7,24 @@ entry. The same store serves QUIC (aioquic TLS) and, later, the TCP bootstrap li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import attrs
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+)
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from spooky_trio.config import ListenerTls
 
 
 class IdentityError(Exception):
     """A certificate or key could not be loaded; the message names the file."""
+
+
+#: the private keys a TLS 1.3 handshake can sign with (aioquic's and ssl's)
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | dsa.DSAPrivateKey
 
 
 @attrs.frozen
@@ -27,7 +36,7 @@ class Identity:
     key_file: str
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
-    private_key: Any
+    private_key: SigningKey
 
 
 def load_identity(cert_file: str, key_file: str, server_name: str | None = None) -> Identity:
@@ -48,6 +57,8 @@ def load_identity(cert_file: str, key_file: str, server_name: str | None = None)
         key = load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"key {key_file} is not a valid unencrypted PEM key: {exc}") from exc
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey)):
+        raise IdentityError(f"key {key_file} is a {type(key).__name__}, which cannot sign a TLS handshake (RSA, EC, Ed25519 or Ed448)")
     return Identity(
         server_name=server_name,
         cert_file=cert_file,
@@ -69,7 +80,7 @@ class IdentityStore:
         self._exact = {i.server_name.lower(): i for i in by_name if i.server_name}
 
     @classmethod
-    def from_config(cls, tls_config: Any) -> IdentityStore:
+    def from_config(cls, tls_config: ListenerTls) -> IdentityStore:
         """Load from a ``ListenerTls`` config. Raises :class:`IdentityError`."""
         default = None
         if tls_config.cert and tls_config.key:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 from aioquic.buffer import Buffer
@@ -22,7 +21,9 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.tls import SessionTicket
 
+from spooky_trio.config import PerformanceConfig, ProtocolConfig
 from spooky_trio.core.activity import Activity
 from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.messages import DownstreamRequest, ResponseSink
@@ -57,11 +58,11 @@ class QuicListener:
         address: str,
         port: int,
         identities: IdentityStore,
-        performance: Any,
+        performance: PerformanceConfig,
         handler: Handler,
         reject: Rejecter,
         activity: Activity,
-        protocol: Any,
+        protocol: ProtocolConfig,
     ) -> None:
         self.address = address
         self.port = port
@@ -98,7 +99,7 @@ class QuicListener:
             per_sec=p.new_connections_per_sec, burst=p.new_connections_burst, max_active=p.max_active_connections, stats=self.stats
         )
         #: resilience.protocol.allow_0rtt: resumption tickets (and with them 0-RTT) only then
-        self.session_tickets: dict[str, Any] = {}
+        self.session_tickets: dict[str, Callable[[bytes], SessionTicket | None] | Callable[[SessionTicket], None]] = {}
         if protocol.allow_0rtt:
             store = SessionTicketStore()
             self.session_tickets = {"session_ticket_fetcher": store.pop, "session_ticket_handler": store.add}

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from aioquic.h3.connection import ErrorCode
-from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import (
     ConnectionIdIssued,
     ConnectionIdRetired,
@@ -25,7 +25,7 @@ from aioquic.quic.events import (
 )
 
 from spooky_trio.http.errors import ErrorResponse, header_limit_error
-from spooky_trio.http.messages import DownstreamRequest, RequestBodyError
+from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
 from spooky_trio.ingress.h3 import (
     H3RequestBody,
     H3ResponseSink,
@@ -133,7 +133,7 @@ class QuicConnectionTask:
         self._close_if_drained()
         self._progress.unpark_all()
 
-    def _on_h3_event(self, event: Any) -> None:
+    def _on_h3_event(self, event: H3Event) -> None:
         if isinstance(event, DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.body is not None:
@@ -203,7 +203,7 @@ class QuicConnectionTask:
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_stream, stream)
 
-    def _rejection(self, pseudo: dict[bytes, bytes], headers: Any) -> ErrorResponse | None:
+    def _rejection(self, pseudo: dict[bytes, bytes], headers: Headers) -> ErrorResponse | None:
         """An answer given without running the pipeline: header limits, extended CONNECT."""
         limits = self.listener.protocol
         error = header_limit_error(headers, max_count=limits.max_headers_count, max_bytes=limits.max_headers_bytes)

@@ -62,7 +62,7 @@ class _SniContext(tls.Context):
     identities: IdentityStore
 
     @overrides
-    def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:  # type: ignore[override]
+    def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
         start = input_buf.tell()
         try:
             hello = tls.pull_client_hello(input_buf)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 from collections import deque
-from typing import Any
 
 import trio
 
@@ -23,7 +22,7 @@ class QueuedRequestBody(abc.ABC):
     Subclasses implement :meth:`_take`: remove queued chunks, report their consumption to
     the connection, return the bytes to hand out (b"" to look again)."""
 
-    def __init__(self, conn: Any, stream_id: int) -> None:
+    def __init__(self, conn: object, stream_id: int) -> None:
         self._conn = conn
         self._stream_id = stream_id
         self._chunks: deque[tuple[bytes, int]] = deque()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import Counter
-from typing import Any
 
+import trio
 from cryptography import x509
 
-from spooky_trio.config import certificate_covers
+from spooky_trio.config import ClientAuthConfig, certificate_covers
 from spooky_trio.http.messages import Headers
 from spooky_trio.ingress.identities import Identity, IdentityStore
 
@@ -78,7 +78,7 @@ def escape_subject(subject: str) -> bytes:
     return bytes(out)
 
 
-def peer_subject(ssl_object: Any) -> bytes | None:
+def peer_subject(ssl_object: trio.SSLStream[trio.SocketStream] | None) -> bytes | None:
     """The verified client certificate's subject (escaped RFC 4514), or None without one.
 
     Only meaningful on a listener that verifies client certificates: with verification on,
@@ -110,7 +110,7 @@ class BootstrapTls:
     not covered by its certificate's SANs or a file cannot be loaded.
     """
 
-    def __init__(self, identities: IdentityStore, client_auth: Any, stats: Counter[str] | None = None) -> None:
+    def __init__(self, identities: IdentityStore, client_auth: ClientAuthConfig, stats: Counter[str] | None = None) -> None:
         self.identities = identities
         self.client_auth = client_auth
         #: shared with the replacement on a certificate reload, so counts continue
@@ -161,7 +161,7 @@ class BootstrapTls:
     def record_alpn(self, protocol: str | None) -> None:
         self.stats[f"alpn.{protocol or 'none'}"] += 1
 
-    def record_failure(self, reason: str, peer: Any) -> None:
+    def record_failure(self, reason: str, peer: tuple[str, int]) -> None:
         """Count and log a failed handshake; client-certificate reasons log at info level."""
         self.stats[f"handshake_failed.{reason}"] += 1
         if reason in ("missing", "expired", "not_yet_valid", "unknown_issuer", "invalid"):

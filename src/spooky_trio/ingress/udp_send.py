@@ -15,7 +15,9 @@ import socket
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any
+
+#: a peer's socket address (IPv4 host, port or IPv6 host, port, flow info, scope id)
+Address = tuple[object, ...]
 
 log = logging.getLogger("spooky.ingress.quic")
 
@@ -58,7 +60,7 @@ class DatagramSender:
         stats.setdefault("send_drops", 0)
         stats.setdefault("gso_sends", 0)
 
-    def send(self, datagrams: Sequence[tuple[bytes, Any]]) -> None:
+    def send(self, datagrams: Sequence[tuple[bytes, Address]]) -> None:
         n = len(datagrams)
         if n == 1 or not self.gso:
             for data, addr in datagrams:
@@ -90,7 +92,7 @@ class DatagramSender:
                 self._send_run(datagrams, i, j, size, addr)
             i = j
 
-    def _send_run(self, datagrams: Sequence[tuple[bytes, Any]], start: int, stop: int, size: int, addr: Any) -> None:
+    def _send_run(self, datagrams: Sequence[tuple[bytes, Address]], start: int, stop: int, size: int, addr: Address) -> None:
         payload = b"".join([d for d, _ in datagrams[start:stop]])
         try:
             self.sock.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
@@ -114,7 +116,7 @@ class DatagramSender:
         for data, dest in datagrams[start:stop]:
             self._sendto(data, dest)
 
-    def _sendto(self, data: bytes, addr: Any) -> None:
+    def _sendto(self, data: bytes, addr: Address) -> None:
         try:
             self.sock.sendto(data, addr)
         except BlockingIOError:

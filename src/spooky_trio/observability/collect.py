@@ -34,8 +34,10 @@ _TLS_REASONS = {
 
 
 class _Identity(Protocol):
-    server_name: str | None
-    certificate: x509.Certificate
+    @property
+    def server_name(self) -> str | None: ...
+    @property
+    def certificate(self) -> x509.Certificate: ...
 
 
 class _Identities(Protocol):
@@ -43,23 +45,34 @@ class _Identities(Protocol):
 
 
 class QuicListenerView(Protocol):
-    address: str
-    port: int
-    stats: Mapping[str, int]
-    connections: Sized
-    identities: _Identities
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+    @property
+    def connections(self) -> Sized: ...
+    @property
+    def identities(self) -> _Identities: ...
 
 
 class _TlsStats(Protocol):
-    stats: Mapping[str, int]
+    @property
+    def stats(self) -> Mapping[str, int]: ...
 
 
 class TcpListenerView(Protocol):
-    address: str
-    port: int
-    stats: Mapping[str, int]
-    open_connections: int
-    tls: _TlsStats
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+    @property
+    def open_connections(self) -> int: ...
+    @property
+    def tls(self) -> _TlsStats: ...
 
 
 class _BackendState(Protocol):
@@ -67,19 +80,26 @@ class _BackendState(Protocol):
 
 
 class _Backend(Protocol):
-    pool: str
-    id: str
-    state: _BackendState
+    @property
+    def pool(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> _BackendState: ...
 
 
 class _Pool(Protocol):
-    backends: Sequence[_Backend]
+    @property
+    def backends(self) -> Sequence[_Backend]: ...
 
 
 class GenerationView(Protocol):
-    number: int
-    config: Config
-    pools: Mapping[str, _Pool]
+    @property
+    def number(self) -> int: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def pools(self) -> Mapping[str, _Pool]: ...
 
 
 class _Admission(Protocol):
@@ -87,20 +107,25 @@ class _Admission(Protocol):
 
 
 class _Brownout(Protocol):
-    active: bool
+    @property
+    def active(self) -> bool: ...
 
 
 class _Resilience(Protocol):
-    admission: _Admission
-    brownout: _Brownout
+    @property
+    def admission(self) -> _Admission: ...
+    @property
+    def brownout(self) -> _Brownout: ...
 
 
 class _State(Protocol):
-    resilience: _Resilience
+    @property
+    def resilience(self) -> _Resilience: ...
 
 
 class _Activity(Protocol):
-    count: int
+    @property
+    def count(self) -> int: ...
 
 
 class ServingView(Protocol):

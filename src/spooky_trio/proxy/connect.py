@@ -8,10 +8,9 @@ The tunnel never goes through routing or a pool: the allowlists in
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
+from spooky_trio.config import PerformanceConfig
 from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.messages import DownstreamRequest, ResponseSink
 from spooky_trio.proxy import tunnel
@@ -20,7 +19,7 @@ from spooky_trio.resilience.policy import ConnectTarget
 from spooky_trio.upstream.errors import UpstreamConnectError
 
 
-async def relay_connect(perf: Any, target: ConnectTarget, request: DownstreamRequest, sink: ResponseSink) -> None:
+async def relay_connect(perf: PerformanceConfig, target: ConnectTarget, request: DownstreamRequest, sink: ResponseSink) -> None:
     """Open TCP to ``target`` within ``backend_connect_timeout_ms``, answer 200 and relay
     until both directions ended, one side broke, or nothing moved for
     :data:`~spooky_trio.proxy.tunnel.TUNNEL_IDLE_TIMEOUT` (the WebSocket relays' idle limit).

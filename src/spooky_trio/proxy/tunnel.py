@@ -18,13 +18,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
-from spooky_trio.http.headers import build_upstream_headers, strip_response_hop_by_hop, upstream_authority
-from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink, UpstreamRequest
+from spooky_trio.config import PerformanceConfig, PoolConfig
+from spooky_trio.core.generation import BackendRuntime
 from spooky_trio.http.errors import ProxyError
+from spooky_trio.http.headers import (
+    build_upstream_headers,
+    strip_response_hop_by_hop,
+    upstream_authority,
+)
+from spooky_trio.http.messages import (
+    DownstreamRequest,
+    Headers,
+    ResponseSink,
+    UpstreamRequest,
+)
 from spooky_trio.upstream.errors import UpstreamProtocolError
 from spooky_trio.upstream.h1 import H1Response, connect
 
@@ -73,7 +84,9 @@ def websocket_accept(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key.strip() + _WS_GUID).digest())
 
 
-async def relay_tunnel(perf: Any, pool: Any, backend: Any, request: DownstreamRequest, authority: bytes, sink: ResponseSink) -> None:
+async def relay_tunnel(
+    perf: PerformanceConfig, pool: PoolConfig, backend: BackendRuntime, request: DownstreamRequest, authority: bytes, sink: ResponseSink
+) -> None:
     """Relay one WebSocket upgrade to ``backend`` (a ``BackendRuntime``) of ``pool`` (its config).
 
     Raises :class:`ProxyError` (501 on a sink that cannot tunnel, 502 for an https backend),
@@ -84,7 +97,7 @@ async def relay_tunnel(perf: Any, pool: Any, backend: Any, request: DownstreamRe
     if not isinstance(sink, TunnelSink):
         raise ProxyError(501, "upgrade_not_supported", f"WebSocket is not supported over {request.protocol}; use HTTP/1.1 or HTTP/2")
     # a DNS-refreshed address when the runtime tracks one, else the configured target
-    target = getattr(backend, "connect_target", backend.target)
+    target = backend.connect_target
     if target.scheme != "http":
         raise ProxyError(502, "websocket_backend_unsupported", "WebSocket relays need an http:// (HTTP/1.1) backend")
     headers = build_upstream_headers(
@@ -136,11 +149,11 @@ async def relay_bytes(client: ClientTunnel, upstream: trio.abc.HalfCloseableStre
 
     async def backend_to_client(done: trio.Event) -> None:
         nonlocal last_activity
-        data = leftover
+        data: bytes | bytearray = leftover
         while True:
             if data:
                 last_activity = trio.current_time()
-                await client.send_all(data)
+                await client.send_all(bytes(data))  # (trio streams hand out bytes: no copy)
             try:
                 data = await upstream.receive_some(RELAY_CHUNK)
             except trio.BrokenResourceError:

@@ -101,12 +101,23 @@ def metrics_endpoint(config: MetricsConfig, metrics: Metrics) -> HttpEndpoint:
 class ControlTarget(Protocol):
     """What the control API reads and drives of a serving process (``serving/server.py``)."""
 
-    ready: bool
-    draining: bool
-    worker_index: int | None
-    metrics: Metrics
-    state: StateStore
-    activity: Activity
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def worker_index(self) -> int | None: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def state(self) -> StateStore: ...
+
+    @property
+    def activity(self) -> Activity: ...
 
     @property
     def reloads(self) -> ConfigManager: ...

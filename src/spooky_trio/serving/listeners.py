@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import trio
 
+from spooky_trio.config import ControlApiConfig, ListenerConfig, MetricsConfig
 from spooky_trio.core.activity import Activity
 from spooky_trio.ingress.bootstrap import BootstrapListener
 from spooky_trio.ingress.identities import IdentityError, IdentityStore
@@ -21,6 +21,10 @@ from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
 from spooky_trio.observability.http_server import HttpEndpoint
 
 log = logging.getLogger("spooky.server")
+
+
+#: what a Service serves: the metrics endpoint or the control API
+EndpointConfig = MetricsConfig | ControlApiConfig
 
 
 class BindError(Exception):
@@ -35,7 +39,7 @@ class ListenerPair:
     reload that removes it can drain it alone.
     """
 
-    def __init__(self, config: Any, quic: QuicListener, tcp: BootstrapListener, activity: Activity) -> None:
+    def __init__(self, config: ListenerConfig, quic: QuicListener, tcp: BootstrapListener, activity: Activity) -> None:
         self.config = config
         self.key: tuple[str, int] = (config.address, config.port)
         self.quic = quic
@@ -143,7 +147,7 @@ class Service:
     """One endpoint (metrics or control API) served in its own cancel scope; ``config`` is
     the block it was built from (``observability.metrics`` or ``observability.control_api``)."""
 
-    def __init__(self, endpoint: HttpEndpoint, config: Any) -> None:
+    def __init__(self, endpoint: HttpEndpoint, config: EndpointConfig) -> None:
         self.endpoint = endpoint
         self.config = config
         self.required = config.required
@@ -160,7 +164,7 @@ class Service:
         finally:
             self.stopped.set()
 
-    def retune(self, endpoint: HttpEndpoint, config: Any) -> None:
+    def retune(self, endpoint: HttpEndpoint, config: EndpointConfig) -> None:
         """Serve ``endpoint``'s handler and limits on this socket from now on (a reload
         changed the block but not its address and port)."""
         self.endpoint.handler = endpoint.handler
@@ -175,7 +179,7 @@ class Service:
             self.endpoint.unbind()
 
 
-def reload_certificates(pairs: Sequence[ListenerPair]) -> list[dict[str, Any]]:
+def reload_certificates(pairs: Sequence[ListenerPair]) -> list[dict[str, object]]:
     """Re-read every listener's certificates, keys and client-auth CA from the files the
     config names, for handshakes that start from now on (QUIC and TCP); open connections
     keep their material. All or nothing: any unreadable or invalid file raises
@@ -191,18 +195,16 @@ def reload_certificates(pairs: Sequence[ListenerPair]) -> list[dict[str, Any]]:
         except (IdentityError, TlsSetupError) as exc:
             raise type(exc)(f"listener {quic.address}:{quic.port}: {exc}") from exc
         fresh.append((identities, tls))
-    summary = []
+    summary: list[dict[str, object]] = []
     for (identities, tls), pair in zip(fresh, pairs):
         quic = pair.quic
         quic.replace_identities(identities)
         pair.tcp.use_tls(tls)
-        summary.append({
-            "listener": f"{quic.address}:{quic.port}",
-            "certificates": [
-                {"server_name": i.server_name, "serial": format(i.certificate.serial_number, "x"),
-                 "not_after": i.certificate.not_valid_after_utc.isoformat()}
-                for i in identities.all()
-            ],
-        })
+        certificates: list[dict[str, object]] = [
+            {"server_name": i.server_name, "serial": format(i.certificate.serial_number, "x"),
+             "not_after": i.certificate.not_valid_after_utc.isoformat()}
+            for i in identities.all()
+        ]
+        summary.append({"listener": f"{quic.address}:{quic.port}", "certificates": certificates})
     log.info("listener certificates reloaded (%d listener(s)); new handshakes use them", len(summary))
     return summary

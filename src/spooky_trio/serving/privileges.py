@@ -6,7 +6,8 @@ import grp
 import logging
 import os
 import pwd
-from typing import Any
+
+from spooky_trio.config import PrivilegesConfig
 
 log = logging.getLogger("spooky.server")
 
@@ -15,7 +16,7 @@ class PrivilegeError(Exception):
     """``security.privileges`` names a user or group this system does not have."""
 
 
-def drop_privileges(privileges: Any) -> None:
+def drop_privileges(privileges: PrivilegesConfig) -> None:
     """After binding: a root process switches to ``user``/``group``; others log and skip."""
     if not privileges.enabled:
         return

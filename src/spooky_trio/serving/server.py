@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
+from spooky_trio.config import Config, ListenerConfig
 from spooky_trio.config.issues import ConfigIssue, PositionMap
 from spooky_trio.core.activity import Activity
 from spooky_trio.core.generation import Generation
@@ -67,8 +67,8 @@ class Server:
     """
 
     def __init__(
-        self, config: Any, *, config_path: str | None = None, worker_index: int | None = None,
-        adapt_config: Callable[[Any], Any] | None = None,
+        self, config: Config, *, config_path: str | None = None, worker_index: int | None = None,
+        adapt_config: Callable[[Config], Config] | None = None,
     ) -> None:
         self.config_path = config_path
         #: this process's index under a supervisor (``performance.worker_threads > 1``), else None
@@ -147,7 +147,7 @@ class Server:
         return self.reloads.generations.stable
 
     @property
-    def config(self) -> Any:
+    def config(self) -> Config:
         return self.generation.config
 
     @property
@@ -165,7 +165,7 @@ class Server:
         """(endpoint, required) for the metrics endpoint and control API that are enabled."""
         return [(service.endpoint, service.required) for service in self._services.values()]
 
-    def _make_pair(self, listener: Any, config: Any) -> ListenerPair:
+    def _make_pair(self, listener: ListenerConfig, config: Config) -> ListenerPair:
         perf = config.performance
         activity = Activity(parent=self.activity)
         identities = IdentityStore.from_config(listener.tls)
@@ -263,13 +263,13 @@ class Server:
             self.restart_requested = True
         self.request_drain()
 
-    def reload_certs(self) -> list[dict[str, Any]]:
+    def reload_certs(self) -> list[dict[str, object]]:
         """Re-read every listener's certificates (:func:`reload_certificates`)."""
         return reload_certificates(self._pairs)
 
     # -- reload: stage, then commit (driven by serving/reload.py) --
 
-    def stage(self, config: Any, generation: Generation, *, listeners_and_services: bool = True) -> Staged:
+    def stage(self, config: Config, generation: Generation, *, listeners_and_services: bool = True) -> Staged:
         """Prepare everything ``config`` needs beside the running server: ``generation``
         (already built) and its filter chain, a fresh listener pair for each listener block
         (added ones bound now, so a bind failure fails the transaction), moved endpoints

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 
+from spooky_trio.config import Config, ControlApiConfig, ListenerConfig
 from spooky_trio.config.issues import ConfigIssue, PositionMap
 from spooky_trio.core.generation import Generation
+from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
-from spooky_trio.serving.listeners import BindError, ListenerPair, Service
+from spooky_trio.serving.listeners import (
+    BindError,
+    EndpointConfig,
+    ListenerPair,
+    Service,
+)
 
 log = logging.getLogger("spooky.server")
 
@@ -23,7 +29,7 @@ class Staged:
     """What ``Server.stage`` prepared; nothing running has changed yet."""
 
     generation: Generation
-    config: Any
+    config: Config
     #: the listener pairs in config order once committed (kept and added)
     pairs: list[ListenerPair] = attrs.Factory(list)
     #: added pairs: bound, not serving
@@ -34,7 +40,7 @@ class Staged:
     #: service name -> new Service (bound) or None (disabled)
     services: dict[str, Service | None] = attrs.Factory(dict)
     #: services kept on their socket with a new handler: (service, config, handler)
-    retuned: list[tuple[Service, Any, Any]] = attrs.Factory(list)
+    retuned: list[tuple[Service, EndpointConfig, HttpEndpoint]] = attrs.Factory(list)
     control_api: ControlApi | None = None
     log_handler: logging.Handler | None = None
 
@@ -50,7 +56,7 @@ class Staged:
 
 
 def stage_listeners(
-    config: Any, staged: Staged, current: list[ListenerPair], make_pair: Callable[[Any, Any], ListenerPair],
+    config: Config, staged: Staged, current: list[ListenerPair], make_pair: Callable[[ListenerConfig, Config], ListenerPair],
     positions: PositionMap, issues: list[ConfigIssue],
 ) -> None:
     """A fresh pair per listener block of ``config``: a block whose (address, port) serves
@@ -59,7 +65,7 @@ def stage_listeners(
     existing = {pair.key: pair for pair in current}
     base: tuple[str, ...] = ("listeners",) if config.listeners else ("listen",)
     for index, listener in enumerate(config.effective_listeners()):
-        path: tuple[Any, ...] = base + (index,) if config.listeners else base
+        path: tuple[str | int, ...] = base + (index,) if config.listeners else base
         try:
             fresh = make_pair(listener, config)
         except Exception as exc:  # unreadable certificate, bad TLS material
@@ -81,14 +87,15 @@ def stage_listeners(
 
 
 def stage_services(
-    config: Any, staged: Staged, current_services: dict[str, Service], current_api: ControlApi | None,
-    make_control_api: Callable[[Any], ControlApi], metrics: Metrics, positions: PositionMap, issues: list[ConfigIssue],
+    config: Config, staged: Staged, current_services: dict[str, Service], current_api: ControlApi | None,
+    make_control_api: Callable[[ControlApiConfig], ControlApi], metrics: Metrics, positions: PositionMap, issues: list[ConfigIssue],
 ) -> None:
     """The metrics endpoint and control API of ``config``: unchanged ones stay, a changed
     one on the same socket is retuned at the commit, a moved one is bound now (a bind
     failure of a ``required`` endpoint is an issue), a disabled one is to be stopped."""
     obs = config.observability
-    for name, section, cfg in (("metrics", "metrics", obs.metrics), ("control", "control_api", obs.control_api)):
+    blocks: tuple[tuple[str, str, EndpointConfig], ...] = (("metrics", "metrics", obs.metrics), ("control", "control_api", obs.control_api))
+    for name, section, cfg in blocks:
         current = current_services.get(name)
         if current is not None and current.config == cfg:
             continue
@@ -96,8 +103,7 @@ def stage_services(
             if current is not None:
                 staged.services[name] = None
             continue
-        api = None
-        if name == "control":
+        if isinstance(cfg, ControlApiConfig):
             try:
                 api = make_control_api(cfg)
             except EndpointSetupError as exc:

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from spooky_trio import __version__
 from spooky_trio.config import ControlApiConfig
@@ -63,7 +63,7 @@ class SupervisorControlApi(BearerEndpoint):
         if sup.draining:
             return HttpResponse(503, b"draining\n")
         answers = await sup.each_worker("GET", INTERNAL.ready_path, timeout=2.0)
-        if all(entry.get("status") == 200 for entry in answers):
+        if all(entry.status == 200 for entry in answers):
             return HttpResponse(200, b"ready\n")
         return HttpResponse(503, b"not ready\n")
 
@@ -74,28 +74,23 @@ class SupervisorControlApi(BearerEndpoint):
         ``result: inconsistent`` and each worker's full answer."""
         full = target + ("?" + request.query if request.query else "")
         entries = await self.supervisor.each_worker(method, full, request.body, timeout=30.0)
-        summary, documents = [], []
-        for entry in entries:
-            doc: object = None
-            if "body" in entry:
-                try:
-                    doc = json.loads(entry["body"])
-                except ValueError:
-                    doc = entry["body"].decode("utf-8", "replace")
-            documents.append(doc)
-            item = {"worker": entry["worker"], "pid": entry["pid"], "status": entry.get("status")}
-            if "error" in entry:
-                item["error"] = entry["error"]
+        summary: list[dict[str, object]] = []
+        documents = [entry.document() for entry in entries]
+        for entry, doc in zip(entries, documents):
+            item: dict[str, object] = {"worker": entry.worker, "pid": entry.pid, "status": entry.status}
+            if entry.error is not None:
+                item["error"] = entry.error
             if isinstance(doc, dict):
                 for key in ("result", "generation", "sha256"):
                     if key in doc:
                         item[key] = doc[key]
             summary.append(item)
-        statuses = {item["status"] for item in summary}
+        statuses = {entry.status for entry in entries}
         hashes = {item.get("sha256") for item in summary}
-        if len(statuses) == 1 and None not in statuses and len(hashes) == 1 and isinstance(documents[0], dict):
-            return _json(summary[0]["status"], {**documents[0], "workers": summary})
-        failed = [item["worker"] for item in summary if item.get("status") != summary[0].get("status") or "error" in item]
+        first = documents[0]
+        if len(statuses) == 1 and entries[0].status is not None and len(hashes) == 1 and isinstance(first, dict):
+            return _json(entries[0].status, {**first, "workers": summary})
+        failed = [entry.worker for entry in entries if entry.status != entries[0].status or entry.error is not None]
         log.error("workers disagree on %s %s: %s", method, target, summary)
         return _json(502, {"result": "inconsistent", "failed_workers": failed, "workers": summary,
                            "answers": documents})
@@ -106,13 +101,13 @@ class SupervisorControlApi(BearerEndpoint):
         workers = []
         for slot, entry in zip(sup.slots, answers):
             item = slot.describe()
-            if entry.get("status") == 200:
-                try:
-                    item["runtime"] = json.loads(entry["body"])
-                except ValueError:
-                    item["runtime_error"] = "unreadable runtime document"
+            doc = entry.document()
+            if entry.status == 200 and isinstance(doc, dict):
+                item["runtime"] = doc
+            elif entry.status == 200:
+                item["runtime_error"] = "unreadable runtime document"
             else:
-                item["runtime_error"] = entry.get("error") or f"status {entry.get('status')}"
+                item["runtime_error"] = entry.error or f"status {entry.status}"
             workers.append(item)
         return {
             "version": __version__,

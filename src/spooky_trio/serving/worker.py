@@ -10,11 +10,11 @@ import logging
 import os
 import secrets
 import sys
-from typing import Any
 
 import attrs
 import trio
 
+from spooky_trio.config import Config
 from spooky_trio.config.schema_runtime import ControlApiConfig
 from spooky_trio.serving.exits import EXIT_FORCED, EXIT_RESTART, StartupError
 from spooky_trio.serving.server import Server
@@ -27,7 +27,7 @@ TOKEN_ENV = "SPOOKY_WORKER_TOKEN"
 INTERNAL = ControlApiConfig()
 
 
-def worker_config(config: Any, token: str) -> Any:
+def worker_config(config: Config, token: str) -> Config:
     """``config`` as a worker serves it: no metrics endpoint of its own, the control API on
     a private loopback port (the supervisor serves the configured ones)."""
     obs = config.observability
@@ -44,7 +44,7 @@ def pin_to_cpu(index: int) -> int:
     return cpu
 
 
-async def _watch_lifeline(fd: int, server: Any) -> None:
+async def _watch_lifeline(fd: int, server: Server) -> None:
     """Drain when the supervisor is gone: it holds the write end of the pipe whose read end
     is ``fd``, so EOF means it exited (or was killed). (PR_SET_PDEATHSIG is no use here:
     Trio spawns from a worker thread, and the signal fires when that thread exits.)"""
@@ -58,7 +58,7 @@ async def _watch_lifeline(fd: int, server: Any) -> None:
     server.request_drain()
 
 
-def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
+def run_worker(config: Config, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
     """The body of ``spooky-trio worker`` (logging is configured by the caller)."""
     token = os.environ.pop(TOKEN_ENV, "") or secrets.token_urlsafe(32)
     if config.performance.pin_workers:
@@ -68,7 +68,7 @@ def run_worker(config: Any, config_path: str, index: int, report_fd: int, lifeli
         except OSError as exc:
             log.warning("worker %d: cannot pin to a CPU: %s", index, exc)
 
-    def adapt(cfg: Any) -> Any:
+    def adapt(cfg: Config) -> Config:
         return worker_config(cfg, token)
 
     server = Server(adapt(config), config_path=config_path, worker_index=index, adapt_config=adapt)

@@ -32,11 +32,12 @@ import secrets
 import signal
 import sys
 import time
-from typing import Any
 
+import attrs
 import h11
 import trio
 
+from spooky_trio.config import Config, MetricsConfig
 from spooky_trio.observability.http_server import (
     HttpEndpoint,
     HttpRequest,
@@ -106,6 +107,28 @@ async def fetch(port: int, method: str, target: str, token: str, body: bytes = b
 # -- the supervisor --
 
 
+@attrs.define(eq=False)
+class WorkerAnswer:
+    """One worker's answer to :meth:`Supervisor.each_worker`: ``status`` and ``body``, or
+    ``error`` when it could not be asked."""
+
+    worker: int
+    pid: int | None
+    status: int | None = None
+    body: bytes | None = None
+    error: str | None = None
+
+    def document(self) -> object:
+        """The body as JSON, its text when it is not JSON, None without a body."""
+        if self.body is None:
+            return None
+        try:
+            doc: object = json.loads(self.body)
+        except ValueError:
+            return self.body.decode("utf-8", "replace")
+        return doc
+
+
 class WorkerSlot:
     """One worker index: the current process (if any) and its history."""
 
@@ -128,7 +151,7 @@ class WorkerSlot:
             except ProcessLookupError:
                 pass
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"index": self.index, "pid": self.pid, "state": self.state, "restarts": self.restarts,
                 "control_port": self.control_port, "last_exit_status": self.last_exit,
                 "uptime_seconds": None if self.started_at is None else round(time.monotonic() - self.started_at, 3)}
@@ -138,7 +161,7 @@ class Supervisor:
     """Runs ``worker_threads`` worker processes (module docstring); ``run`` returns once
     every worker exited after a drain (or the startup failed)."""
 
-    def __init__(self, config: Any, config_path: str) -> None:
+    def __init__(self, config: Config, config_path: str) -> None:
         self.config = config
         self.config_path = os.path.abspath(config_path)
         self.count = config.performance.worker_threads
@@ -242,7 +265,7 @@ class Supervisor:
             started = time.monotonic()
             status = await self._run_once(slot)
             slot.last_exit = status
-            if self.draining:
+            if self._drain_requested.is_set():  # (it may have begun while the worker ran)
                 if status not in (0, -signal.SIGTERM):  # -SIGTERM: stopped before it served
                     self.unclean_exit = True
                 break
@@ -333,26 +356,25 @@ class Supervisor:
 
     # -- reaching the workers --
 
-    async def each_worker(self, method: str, target: str, body: bytes = b"", timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Ask every worker (concurrently): one entry per worker with ``status`` and
-        ``body`` (bytes), or ``error`` when it cannot be reached."""
-        results: list[dict[str, Any]] = [{"worker": s.index, "pid": s.pid} for s in self.slots]
+    async def each_worker(self, method: str, target: str, body: bytes = b"", timeout: float = 5.0) -> list[WorkerAnswer]:
+        """Ask every worker (concurrently): one answer per worker, in worker order."""
+        results = [WorkerAnswer(s.index, s.pid) for s in self.slots]
 
-        async def ask(slot: WorkerSlot, entry: dict[str, Any]) -> None:
+        async def ask(slot: WorkerSlot, entry: WorkerAnswer) -> None:
             if slot.state != "serving" or slot.control_port is None:
-                entry["error"] = f"worker is {slot.state}"
+                entry.error = f"worker is {slot.state}"
                 return
             try:
-                entry["status"], entry["body"] = await fetch(slot.control_port, method, target, self.token, body, timeout)
+                entry.status, entry.body = await fetch(slot.control_port, method, target, self.token, body, timeout)
             except WorkerUnreachable as exc:
-                entry["error"] = str(exc)
+                entry.error = str(exc)
 
         async with trio.open_nursery() as nursery:
             for slot, entry in zip(self.slots, results):
                 nursery.start_soon(ask, slot, entry)
         return results
 
-    def _metrics_endpoint(self, config: Any) -> HttpEndpoint:
+    def _metrics_endpoint(self, config: MetricsConfig) -> HttpEndpoint:
         async def handle(request: HttpRequest) -> HttpResponse:
             if request.path != config.path:
                 return HttpResponse(404, b"not found\n")
@@ -367,8 +389,8 @@ class Supervisor:
         """Every worker's metrics merged (docs/performance.md, "Workers"), then the supervisor's."""
         texts = []
         for entry in await self.each_worker("GET", WORKER_METRICS_PATH):
-            if entry.get("status") == 200:
-                texts.append(entry["body"].decode("utf-8", "replace"))
-            elif self.slots[entry["worker"]].state == "serving":
+            if entry.status == 200 and entry.body is not None:
+                texts.append(entry.body.decode("utf-8", "replace"))
+            elif self.slots[entry.worker].state == "serving":
                 self.metrics.scrape_errors.inc()
         return merge_expositions(texts, self.metrics.own_families) + self.metrics.render()

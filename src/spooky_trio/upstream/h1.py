@@ -33,7 +33,14 @@ import h11
 import trio
 
 from spooky_trio.http.messages import Headers, UpstreamRequest
-from spooky_trio.upstream.common import READ_CHUNK, BackendTarget, ExchangeControl, UpstreamResponse, exchange_scope, pump_body
+from spooky_trio.upstream.common import (
+    READ_CHUNK,
+    BackendTarget,
+    ExchangeControl,
+    UpstreamResponse,
+    exchange_scope,
+    pump_body,
+)
 from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 from spooky_trio.upstream.fd_stream import FdSocketStream
 from spooky_trio.upstream.tls import open_backend_stream
@@ -131,14 +138,16 @@ class H1Connection:
             self._broken = True
             raise
 
-    def buffered_event(self) -> h11.Event:
-        """The next h11 event from data already received; ``h11.NEED_DATA`` if a read is needed."""
+    def buffered_event(self) -> h11.Event | None:
+        """The next h11 event from data already received; None if a read is needed."""
         try:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             self._broken = True
             raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.peer}: {exc}") from exc
-        if event is h11.PAUSED:
+        if not isinstance(event, h11.Event):  # one of h11's sentinels, NEED_DATA or PAUSED
+            if event is h11.NEED_DATA:
+                return None
             self._broken = True
             raise UpstreamProtocolError(f"{self.peer} sent data after the response")
         if isinstance(event, h11.ConnectionClosed):
@@ -150,7 +159,7 @@ class H1Connection:
         """The next h11 event, reading from the stream as needed (one chunk per read)."""
         while True:
             event = self.buffered_event()
-            if event is not h11.NEED_DATA:
+            if event is not None:
                 return event
             try:
                 data = await self._stream.receive_some(READ_CHUNK)
@@ -166,7 +175,7 @@ class H1Connection:
                 self._broken = True
                 raise StaleConnection(f"reused connection to {self.peer} was closed by the backend")
             self._received_this_cycle += len(data)
-            self._h11.receive_data(data)
+            self._h11.receive_data(bytes(data))  # (trio streams hand out bytes: no copy)
 
     def _request_head(self, request: UpstreamRequest) -> h11.Request:
         headers: Headers = [(b"host", request.authority)]
@@ -310,7 +319,7 @@ class H1Response(UpstreamResponse):
         """Like :meth:`receive` from what h11 already holds; None when a read is needed."""
         while not self._done:
             event = self._connection.buffered_event()
-            if event is h11.NEED_DATA:
+            if event is None:
                 return None
             chunk = self._body_event(event)
             if chunk:

@@ -17,10 +17,17 @@ import attrs
 import trio
 
 from spooky_trio.http.messages import UpstreamRequest
-from spooky_trio.upstream.common import BackendTarget, ExchangeControl, PumpNursery, UpstreamResponse, exchange_scope
+from spooky_trio.upstream.common import (
+    BackendTarget,
+    ExchangeControl,
+    PumpNursery,
+    UpstreamResponse,
+    exchange_scope,
+)
 from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
 from spooky_trio.upstream.h1 import H1Connection, H1Response, StaleConnection, connect
-from spooky_trio.upstream.h2 import H2Connection, H2Stream
+from spooky_trio.upstream.h2 import H2Connection
+from spooky_trio.upstream.h2_stream import H2Stream
 from spooky_trio.upstream.tls import open_backend_stream
 
 
@@ -86,9 +93,9 @@ class UpstreamPool:
                 for conn in taken:
                     await conn.aclose()
                     closed += 1
-        for target, conns in list(self._h2_conns.items()):
+        for target, h2conns in list(self._h2_conns.items()):
             if target in self._retired:
-                for h2conn in list(conns):
+                for h2conn in list(h2conns):
                     h2conn.close()
                     closed += 1
         return closed
@@ -132,8 +139,8 @@ class UpstreamPool:
                         del self._h1_idle[target]
                     for conn in expired:
                         await conn.aclose()
-            for conns in list(self._h2_conns.values()):
-                for h2conn in list(conns):
+            for h2conns in list(self._h2_conns.values()):
+                for h2conn in list(h2conns):
                     if h2conn.active_streams == 0 and h2conn.idle_since <= cutoff:
                         h2conn.close()
 
