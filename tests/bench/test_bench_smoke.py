@@ -112,13 +112,11 @@ def test_bench_cprofile_measured_phase_only(tmp_path):
 def test_bench_cprofile_covers_the_h2load_run(tmp_path):
     """--cprofile also profiles the bootstrap_h2 row (h2load drives the TCP listener)."""
     import re
-    import shutil
     from pathlib import Path
 
-    import pytest
+    from tests.support.tools import require
 
-    if shutil.which("h2load") is None:
-        pytest.skip("h2load (nghttp2-client) is not installed; make test-tools installs it")
+    require("h2load", "nghttp2-client")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "-s", "bootstrap_h2", "-t", "spooky", "-n", "300", "--cprofile",
          "--json", str(tmp_path / "result.json")],

@@ -1,14 +1,13 @@
 """Interop: an independent HTTP/3 stack (ngtcp2 + nghttp3, Debian's ``gtlsclient``) through
 the real proxy, so our QUIC/HTTP/3 is not only ever tested against aioquic itself.
 
-Skipped, with the reason, when ngtcp2-client is not installed (``.ci/run`` installs it when
-it can).
+Skipped, with the reason, when ngtcp2-client is not installed; under ``CI=true`` that fails
+instead (``.ci/run`` installs it first: tests/support/tools.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,16 @@ import trio
 
 from tests.support.backends import run_backend
 from tests.support.proxy import h1_pool, proxy_yaml, running_proxy
+from tests.support.tools import require
 
-GTLSCLIENT = shutil.which("gtlsclient")
-pytestmark = pytest.mark.skipif(GTLSCLIENT is None, reason="gtlsclient not installed (Debian package ngtcp2-client)")
+GTLSCLIENT: str | None = None
+
+
+@pytest.fixture(autouse=True)
+def gtlsclient() -> str:
+    global GTLSCLIENT
+    GTLSCLIENT = require("gtlsclient", "ngtcp2-client")
+    return GTLSCLIENT
 
 
 async def _fetch(port: int, paths: list[str], download: Path) -> trio.CompletedProcess[bytes]:
