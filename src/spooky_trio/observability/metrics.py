@@ -14,7 +14,12 @@ defined at all.
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from spooky_trio.observability.collect import ServerCollector, ServingView
 
@@ -30,6 +35,26 @@ def status_class(status: int | None) -> str:
     return f"{status // 100}xx" if status is not None and 100 <= status < 600 else "none"
 
 
+class _ReasonCollector(Collector):
+    """``spooky_requests_by_reason_total{reason,status_class}`` from :attr:`Metrics.reasons`."""
+
+    def __init__(self, reasons: collections.Counter[tuple[str, int | None]]) -> None:
+        self._reasons = reasons
+
+    def describe(self) -> list[Metric]:
+        return []  # collected only at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("spooky_requests_by_reason", "Requests by the reason that decided the answer",
+                                     labels=["reason", "status_class"])
+        totals: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (reason, status), count in list(self._reasons.items()):
+            totals[(reason, status_class(status))] += count
+        for (reason, cls), count in sorted(totals.items()):
+            family.add_metric([reason, cls], count)
+        yield family
+
+
 class Metrics:
     """Every event metric, defined once in ``self.registry`` (never the global registry)."""
 
@@ -43,11 +68,11 @@ class Metrics:
         self.requests_failure = Counter("spooky_requests_failure", "Requests answered 400+ or reset", registry=r)
         # (not in the spec; added with the filter chain) every request once, by the step that
         # decided its answer: ``ok`` for a backend's answer, else the proxy's reason
-        self.requests_by_reason = Counter(
-            "spooky_requests_by_reason", "Requests by the reason that decided the answer", ["reason", "status_class"], registry=r
-        )
-        #: (reason, status class) -> label child (see request_done)
-        self._reason_children: dict[tuple[str, str], Counter] = {}
+        # counted in a plain dict and exposed at scrape time (a labelled Counter's inc takes a
+        # lock and two checks: measurable once per request)
+        #: (reason, status) -> requests answered so (``spooky_requests_by_reason_total``)
+        self.reasons: collections.Counter[tuple[str, int | None]] = collections.Counter()
+        r.register(_ReasonCollector(self.reasons))
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
         self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/408/413/431)", registry=r)
         self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)
@@ -123,11 +148,7 @@ class Metrics:
             self.requests_success.inc()
         else:
             self.requests_failure.inc()
-        key = (reason, status_class(status))
-        child = self._reason_children.get(key)
-        if child is None:
-            child = self._reason_children[key] = self.requests_by_reason.labels(*key)
-        child.inc()
+        self.reasons[(reason, status)] += 1
 
     def request_rejected(self, status: int) -> None:
         """The pipeline answered ``status`` itself before forwarding (validation / policy)."""

@@ -122,7 +122,8 @@ class ClientSink:
 
     async def send_headers(self, status: int, headers: Headers, *, end_stream: bool = False) -> None:
         ctx = self._ctx
-        status, headers = await ctx.finish_head(status, headers)
+        if ctx.response_headers or ctx._response_filters:  # (most answers have neither)
+            status, headers = await ctx.finish_head(status, headers)
         await self._inner.send_headers(status, headers, end_stream=end_stream)
         ctx.status = status
 

@@ -35,7 +35,7 @@ from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
-from spooky_trio.proxy.chain import Chain, Filter
+from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
 from spooky_trio.resilience.policy import check_request
@@ -59,7 +59,7 @@ class ProtocolPolicy:
         self.protocol = config.resilience.protocol
         self.metrics = metrics
 
-    async def on_request(self, ctx: RequestContext) -> Answer | None:
+    def on_request(self, ctx: RequestContext) -> Answer | None:
         ctx.connect_target = check_request(self.protocol, ctx.request, self.metrics)
         return None
 
@@ -76,7 +76,7 @@ class Route:
         self.enforce_host_match = config.resilience.protocol.enforce_authority_host_match
         self.decisions = config.observability.routing
 
-    async def on_request(self, ctx: RequestContext) -> Answer | None:
+    def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.connect_target is not None:
             return None
         request = ctx.request
@@ -128,7 +128,7 @@ class BodyLimit:
     def __init__(self, config: Config) -> None:
         self.limit = config.performance.max_request_body_bytes
 
-    async def on_request(self, ctx: RequestContext) -> Answer | None:
+    def on_request(self, ctx: RequestContext) -> Answer | None:
         length = ctx.request.content_length
         if length is not None and length > self.limit and ctx.connect_target is None:
             raise ProxyError(413, "request_body_too_large", f"request body exceeds {self.limit} bytes")
@@ -178,5 +178,5 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     server's store (overload state survives reloads there)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

@@ -27,7 +27,7 @@ class AdaptiveAdmission:
     def limit(self, cfg: AdaptiveAdmissionConfig) -> int:
         """The effective limit now, within the bounds of ``cfg``."""
         value = self._limit
-        ceiling = _ceiling(cfg)
+        ceiling = cfg.max_limit or cfg.min_limit  # (the loader fills max_limit)
         if value is None or value > ceiling:
             value = self._limit = ceiling
         elif value < cfg.min_limit:
@@ -40,11 +40,6 @@ class AdaptiveAdmission:
         if latency_ms > cfg.high_latency_ms:
             if value > cfg.min_limit:
                 value = self._limit = max(cfg.min_limit, value - cfg.decrease_step)
-        elif value < (ceiling := _ceiling(cfg)):
+        elif value < (ceiling := cfg.max_limit or cfg.min_limit):
             value = self._limit = min(ceiling, value + cfg.increase_step)
         return value
-
-
-def _ceiling(cfg: AdaptiveAdmissionConfig) -> int:
-    """``max_limit`` (the loader fills an omitted one), never below ``min_limit``."""
-    return max(cfg.max_limit if cfg.max_limit is not None else cfg.min_limit, cfg.min_limit)

@@ -145,15 +145,16 @@ class H1Connection:
         except h11.RemoteProtocolError as exc:
             self._broken = True
             raise UpstreamProtocolError(f"malformed HTTP/1.1 response from {self.peer}: {exc}") from exc
-        if not isinstance(event, h11.Event):  # one of h11's sentinels, NEED_DATA or PAUSED
-            if event is h11.NEED_DATA:
-                return None
+        # (identity tests: h11.Event is an ABC, and isinstance against it costs a microsecond)
+        if event is h11.NEED_DATA:
+            return None
+        if event is h11.PAUSED:
             self._broken = True
             raise UpstreamProtocolError(f"{self.peer} sent data after the response")
-        if isinstance(event, h11.ConnectionClosed):
+        if type(event) is h11.ConnectionClosed:
             self._broken = True
             raise UpstreamProtocolError(f"{self.peer} closed the connection before the response ended")
-        return event
+        return event  # type: ignore[return-value]  # the sentinels were handled above
 
     async def next_event(self, *, retryable: bool = False) -> h11.Event:
         """The next h11 event, reading from the stream as needed (one chunk per read)."""
