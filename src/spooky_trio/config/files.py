@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from spooky_trio.config.issues import ConfigIssue, KeyPath, PositionMap
 from spooky_trio.config.schema import Config, ListenerTls, UpstreamTlsConfig
+from spooky_trio.config.validate_ratelimit import check_store_files
 
 
 class _FileError(Exception):
@@ -31,7 +32,8 @@ def check_files(config: Config) -> list[ConfigIssue]:
     Checked: each effective listener's ``tls.cert``/``tls.key`` (PEM parses, key matches the
     leaf certificate), ``tls.certificates[]`` (same, plus ``server_name`` covered by the
     certificate's SANs), ``tls.client_auth.ca_file``, ``upstream_tls.ca_file``/``ca_dir`` and
-    every pool's ``tls.ca_file``/``ca_dir``.
+    every pool's ``tls.ca_file``/``ca_dir``, ``resilience.rate_limit_store.password_file`` and
+    ``ca_file``.
     """
     positions = PositionMap(config.source_positions)
     issues: list[ConfigIssue] = []
@@ -43,6 +45,7 @@ def check_files(config: Config) -> list[ConfigIssue]:
     for name, pool in config.upstream.items():
         if pool.tls is not None:
             issues.extend(_check_upstream_tls(positions, ("upstream", name, "tls"), pool.tls))
+    issues.extend(check_store_files(config))
     return issues
 
 

@@ -1,16 +1,21 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-protocol_policy -> route -> body_limit -> admission -> balance -> forward (terminal)
+protocol_policy -> route -> brownout -> rate_limit -> body_limit -> admission -> balance
+  -> forward (terminal)
 ```
 
 * ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
   0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
   with the decision log and header of ``observability.routing``;
+* ``brownout`` (``proxy/brownout.py``, unless disabled): while brownout is on, a pool that
+  is not a core route gets 503 + ``Retry-After``;
+* ``rate_limit`` (``proxy/ratelimit.py``, only with ``scoped_rate_limits``): Spooky's
+  scoped rate limits, local or through Redis (429 + ``Retry-After``);
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
-* ``admission``: brownout, adaptive admission, global and pool inflight limits, route
-  queues (503 + ``Retry-After``), slots given back when the request ends;
+* ``admission``: adaptive admission, global and pool inflight limits, route queues (503 +
+  ``Retry-After``), slots given back when the request ends;
 * ``balance``: a backend of the serving pool under its limit whose breaker permits, leased
   for the first attempt (503);
 * ``forward`` (``proxy/forward.py``): the exchange, with retries and hedging, or a tunnel.
@@ -35,9 +40,11 @@ from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
+from spooky_trio.proxy.brownout import Brownout
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
+from spooky_trio.proxy.ratelimit import rate_limit_step
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
 
@@ -178,5 +185,13 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     server's store (overload state survives reloads there)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation)]
+    # (auth: api_key, jwt go here)
+    if config.resilience.brownout.enabled:
+        filters.append(Brownout(config, guard, CONNECT_POOL))
+    rate_limit = rate_limit_step(config, state.rate_limits, metrics)
+    if rate_limit is not None:
+        filters.append(rate_limit)
+    # (external auth goes here)
+    filters += [BodyLimit(config), Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

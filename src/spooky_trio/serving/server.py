@@ -4,6 +4,7 @@
 Server.run
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
+├─ rate-limit stores: one task per shared store in use (Redis client, probes while down)
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
 ├─ one service per enabled endpoint (metrics, control API), each in its own cancel scope
@@ -41,6 +42,7 @@ from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.proxy.chain import Proxy
 from spooky_trio.proxy.filters import build_chain
+from spooky_trio.proxy.ratelimit import stores_of
 from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.serving.exits import EXIT_RESTART, StartupError
@@ -118,6 +120,7 @@ class Server:
             except Exception as exc:
                 raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
         self.metrics.attach(self)
+        self.metrics.attach_rate_limits(self.state.rate_limits)
         #: name ("metrics", "control") -> the enabled endpoint's service
         self._services: dict[str, Service] = {}
         obs = config.observability
@@ -226,6 +229,8 @@ class Server:
             self._nursery = root
             await root.start(self.upstream.run)
             await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
+            await root.start(self.state.rate_limits.stores.run)  # nursery of the shared rate-limit stores
+            await self.follow_rate_limit_stores()
             for pair in self._pairs:
                 await self._start_pair(pair)
             for service in self._services.values():
@@ -359,7 +364,7 @@ class Server:
     async def follow_generations(self) -> None:
         """Health checks and pooled connections follow the live generations: probes of
         removed backends stop, new ones start, unchanged ones keep running; removed
-        backends' connections drain."""
+        backends' connections drain; the shared rate-limit stores follow too."""
         live = self.generations.live()
         await self.health.apply([b for generation in live for b in generation.backends()], live[-1].config.performance)
         keep = set()
@@ -368,6 +373,13 @@ class Server:
                 keep.add(backend.target)
                 keep.add(backend.connect_target)
         await self.upstream.retire(keep)
+        await self.follow_rate_limit_stores()
+
+    async def follow_rate_limit_stores(self) -> None:
+        """Run the shared rate-limit stores the live generations use (each started after its
+        first probe), stop the others."""
+        used = [store for generation in self.generations.live() for store in stores_of(self.proxy.chain_for(generation))]
+        await self.state.rate_limits.stores.follow(used)
 
     async def _retire_pair(self, pair: ListenerPair) -> None:
         log.info("listener %s removed by a reload: draining", pair.name)
