@@ -35,7 +35,7 @@ class RedisUrl:
     port: int
     db: int
     username: str | None
-    password: str | None
+    password: str | None = attrs.field(repr=False)
 
     def redacted(self) -> str:
         """The URL without its credentials (logs, ``/admin/runtime``)."""

@@ -279,8 +279,19 @@ class RedisStore:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    """``Type: message``, with the innermost cause (coredis wraps the reason a connection
+    failed, e.g. a certificate that does not verify, in a generic ConnectionError)."""
+    text = f"{type(exc).__name__}: {str(exc).strip()}".rstrip(": ")
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(5):
+        while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]
+        if cause is None or (cause.__cause__ or cause.__context__) is None:
+            break
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        text += f" ({type(cause).__name__}: {str(cause).strip()})"
+    return text[:300]
 
 
 class RedisStores:
