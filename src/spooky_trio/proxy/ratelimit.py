@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from spooky_trio.proxy.chain import Chain
     from spooky_trio.resilience.ratelimit import RateLimitState
 
+#: the time source of local buckets (seconds); tests replace it before a chain is built
+clock: Callable[[], float] = trio.current_time
+
 _DEFAULT_SPEC = {"client": "peer_ip", "token": "bearer_token"}
 _FIELDS = (b"ratelimit", b"ratelimit-policy")
 
@@ -262,9 +265,9 @@ def rate_limit_step(config: Config, state: RateLimitState, metrics: Metrics | No
         return None
     rules = build_rules(config, state)
     if all(rule.redis_prefix is None for rule in rules):
-        return LocalRateLimit(config, rules, metrics)
+        return LocalRateLimit(config, rules, metrics, clock)
     store = state.stores.store(config.resilience.rate_limit_store, metrics)
-    return RateLimit(config, rules, store, metrics)
+    return RateLimit(config, rules, store, metrics, clock)
 
 
 

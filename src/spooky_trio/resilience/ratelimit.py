@@ -28,7 +28,7 @@ import collections
 import hashlib
 import weakref
 
-from spooky_trio.config import ScopedRateLimitConfig
+from spooky_trio.config import ResilienceConfig, ScopedRateLimitConfig
 from spooky_trio.resilience.ratelimit_store import RedisStores
 
 #: Spooky prunes idle buckets once a rule holds this many
@@ -159,3 +159,26 @@ class RateLimitState:
     def rules(self) -> list[RuleState]:
         """The rule states in use now."""
         return list(self._rules.values())
+
+    def snapshot(self, config: ResilienceConfig) -> dict[str, object]:
+        """For ``/admin/runtime``: the rules of ``config`` (the stable generation's) with
+        their decisions and buckets, the store settings and the running stores' state
+        (never a password)."""
+        rules: list[dict[str, object]] = []
+        for rule in config.scoped_rate_limits:
+            state = self.rule(rule)
+            counters = state.counters
+            rules.append({
+                "name": rule.name.strip(), "scope": rule.scope, "key": rule.key, "requests_per_sec": rule.requests_per_sec,
+                "burst": rule.burst, "idle_ttl_secs": rule.idle_ttl_secs, "route_allowlist": list(rule.route_allowlist),
+                "store": rule.store, "buckets": len(state.buckets), "allowed": counters.allowed, "limited": counters.limited,
+                "skipped": counters.skipped, "evictions": counters.evictions, "fallbacks": dict(counters.fallbacks),
+            })
+        store = config.rate_limit_store
+        return {
+            "rules": rules,
+            "headers": config.rate_limit_headers,
+            "store": {"kind": store.kind, "key_prefix": store.key_prefix, "timeout_ms": store.timeout_ms,
+                      "failure_mode": store.failure_mode},
+            "stores": [running.snapshot() for running in self.stores.running()],
+        }
