@@ -58,11 +58,10 @@ class RedisServer:
                 return
 
     async def stop(self) -> None:
-        """Kill it (SIGKILL: no goodbye to the clients)."""
+        """Kill it (SIGKILL: no goodbye to the clients; a paused one never runs again)."""
         process, self.process = self.process, None
         if process is not None:
             if process.returncode is None:
-                process.send_signal(signal.SIGCONT)
                 process.kill()
             await process.wait()
 
