@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, SpookyServer, free_port, python_env
+from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, RedisServer, SpookyServer, free_port, python_env
 
 RESULTS = REPO / "bench" / "results"
 
@@ -310,6 +310,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             note = f"open loop {r['offered_rate']:g}/s, {r['skipped']:g} skipped"
         if r.get("rps_vs_one_worker") is not None:
             note = (note + ", " if note else "") + f"{r['rps_vs_one_worker']:.2f}x req/s of 1 worker"
+        if r.get("cpu_vs_no_rule") is not None:
+            note = (note + ", " if note else "") + f"{r['cpu_vs_no_rule']:.3f}x CPU of no rule"
         lines.append([
             r["scenario"], r["target"], str(r.get("run", 1)), _fmt(r.get("rps"), ".0f"), _fmt(r.get("p50_ms"), ".2f"),
             _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("max_ms"), ".1f"), str(r["errors"]), _fmt(r.get("cpu_s_per_1k"), ".3f"),
@@ -326,12 +328,14 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection;
-    spooky-wN / spooky (one worker): requests/s."""
+    spooky-wN / spooky (one worker): requests/s; spooky+rl-MODE / spooky (no rule): CPU per request."""
     single = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "spooky"}
     for r in rows:
         one = single.get((r["scenario"], r.get("run", 1)))
         if r["target"].startswith("spooky-w") and one is not None and r.get("rps") and one.get("rps"):
             r["rps_vs_one_worker"] = round(r["rps"] / one["rps"], 2)
+        if r["target"].startswith("spooky+rl-") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
+            r["cpu_vs_no_rule"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
     for r in rows:
         c = caddy.get((r["scenario"], r.get("run", 1)))
@@ -355,7 +359,8 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m: dict[str, Any] = {"scenario": scenario, "target": target, "run": f"med{len(group)}",
                              "errors": sum(r["errors"] for r in group)}
         for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
-                    "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker"):
+                    "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker",
+                    "cpu_vs_no_rule"):
             values = sorted(r[key] for r in group if r.get(key) is not None)
             if values:
                 m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
@@ -381,6 +386,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
+    p.add_argument("--rate-limit", default="none",
+                   help="comma-separated scoped-rate-limit setups for the spooky target: none, local (one rule in this "
+                        "process), redis (the same rule in a redis-server the bench starts); local runs as target "
+                        "spooky+rl-local, redis as spooky+rl-redis (bench/targets.py rate_limit_config)")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("--rate", type=float, default=0.0,
@@ -423,7 +432,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "spooky" in targets and counts != [1]:  # --workers 1,2: spooky (1 worker) and spooky-w2
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if n == 1 else f"spooky-w{n}" for n in counts]
+    modes = [m for m in args.rate_limit.split(",") if m]
+    if any(m not in ("none", "local", "redis") for m in modes):
+        raise SystemExit(f"--rate-limit takes none, local and redis (got {args.rate_limit})")
     skipped = []
+    if "redis" in modes and not shutil.which("redis-server"):
+        modes.remove("redis")
+        skipped.append("spooky+rl-redis (redis-server not installed)")
+    if "spooky" in targets and modes != ["none"]:  # --rate-limit none,local: spooky and spooky+rl-local
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if m == "none" else f"spooky+rl-{m}" for m in modes]
     if "caddy" in targets and not shutil.which("caddy"):
         targets.remove("caddy")
         skipped.append("caddy (not installed)")
@@ -446,7 +464,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     origin = Origin(workdir, bench.certs, prefer=args.origin)
     result["origin"] = origin.kind
     origin.start()
+    redis = RedisServer(workdir) if any(t == "spooky+rl-redis" for t in targets) else None
     try:
+        if redis is not None:
+            redis.start()
         for name in names:
             sc = dict(SCENARIOS[name])
             if args.connections and sc["kind"] != "idle":
@@ -463,6 +484,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         label, _, src = target.partition("=")
                         server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}",
                                               cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+rl-"):  # --rate-limit MODE: one scoped rate limit rule
+                        server = SpookyServer(workdir, bench.certs, name=target, rate_limit=target[len("spooky+rl-"):],
+                                              redis_url=redis.url if redis is not None else None,
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
                         server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)
                     else:
@@ -477,6 +502,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           f"{row.get('cpu_s_per_1k', '-')} CPU s/1k, errors {row['errors']}", file=sys.stderr, flush=True)
     finally:
         origin.stop()
+        if redis is not None:
+            redis.stop()
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     add_ratios(result["rows"])

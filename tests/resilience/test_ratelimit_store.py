@@ -15,7 +15,8 @@ import trustme
 
 from spooky_trio.config import RateLimitStoreConfig
 from spooky_trio.resilience.ratelimit_store import DOWN, PROBE_BACKOFF_MAX, TRIP_AFTER, UP, RedisStore, StoreSettings, StoreUnavailable
-from tests.support.redis import RedisServer, running_redis
+from spooky_trio.resilience.ratelimit_script import script_arguments, split_reply
+from tests.support.redis import running_redis
 
 #: (rate, burst, idle ttl ms) of one rule
 ARGS = (10.0, 3.0, 300_000.0)
@@ -47,6 +48,35 @@ async def test_buckets_start_full_take_one_token_and_stop_at_the_first_empty_one
         pttl = int(await redis.command("PTTL", "t:b"))
         assert 0 < pttl <= 200  # 2 tokens to refill at 10/s
         assert await redis.command("HGET", "t:b", "t") == "2"
+
+
+async def test_concurrent_checks_share_script_calls_and_stay_exact() -> None:
+    async with running_redis() as redis, running_store(redis.url) as store:
+        results: list[list[int]] = []
+
+        async def one(key: bytes) -> None:
+            results.append(await store.check([key, b"batch:shared"], ARGS * 2, 5.0))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(one, b"batch:own%d" % i)
+        # each check took its own bucket's token, then the shared bucket's (burst 3): exactly
+        # three were admitted by both, the rest stopped at the shared one
+        assert sorted(len(r) for r in results) == [2] * 60
+        assert sum(r[1] >= 0 for r in results) == 3 and all(r[0] == 2000 for r in results)
+        stats = await redis.command("INFO", "commandstats")
+        calls = int(stats.split("cmdstat_evalsha:calls=")[1].split(",")[0])
+        assert calls < 60 / 2, stats  # batched: far fewer script calls than checks
+
+
+def test_script_arguments_and_reply_of_a_batch() -> None:
+    keys, argv = script_arguments([([b"a"], [1.0, 2.0, 3.0]), ([b"b", b"c"], [4.0, 5.0, 6.0, 7.0, 8.0, 9.0])])
+    assert keys == [b"a", b"b", b"c"] and argv == [2, 1, 1.0, 2.0, 3.0, 2, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    assert split_reply([1, 1000, 1, -500], 2) == [[1000], [-500]]
+    with pytest.raises(ValueError):
+        split_reply([2, 1000], 1)
+    with pytest.raises(ValueError):
+        split_reply(b"OK", 1)
 
 
 async def test_refill_follows_the_redis_servers_clock() -> None:

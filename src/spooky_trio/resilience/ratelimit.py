@@ -29,7 +29,7 @@ import hashlib
 import weakref
 
 from spooky_trio.config import ResilienceConfig, ScopedRateLimitConfig
-from spooky_trio.resilience.ratelimit_store import RedisStores
+from spooky_trio.resilience.ratelimit_stores import RedisStores
 
 #: Spooky prunes idle buckets once a rule holds this many
 PRUNE_FROM = 64

@@ -1,19 +1,20 @@
 """The shared store of ``store: redis`` rules: token buckets in Redis, exact across proxies.
 
-One check is one atomic server-side script (:data:`SCRIPT`): it reads the Redis server's
-clock (``TIME``), so every proxy sees the same time, and takes a token from each bucket
-given, in rule order, stopping at the first that is empty. Buckets are Redis hashes
-``{key_prefix}{rule name}:{key}`` that expire once they would be full again or after
-``idle_ttl_secs`` without use, whichever comes first (so Redis holds only buckets that
-matter).
+:class:`RedisStore` owns one coredis client (a multiplexed, pooled connection; coredis runs
+on Trio through anyio). Its task (:meth:`RedisStore.run`) lives in the nursery of
+:class:`~spooky_trio.resilience.ratelimit_stores.RedisStores`, which the Server starts in its
+task tree; it holds the client, sends the checks, and probes Redis while it is down.
 
-:class:`RedisStore` owns one coredis client (a multiplexed, pooled connection; coredis
-runs on Trio through anyio). Its task (:meth:`RedisStore.run`) lives in the nursery of
-:class:`RedisStores`, which the Server starts in its task tree. The request path only ever
-calls :meth:`RedisStore.check` under the generation's ``timeout_ms``: connecting, the
-script, a reload of the script after a Redis restart (``NOSCRIPT``) and one retry on a
-broken connection all fit in that one deadline, after which the caller applies
-``failure_mode``.
+Checks are batched: each request's check joins a queue and the store's sender task decides
+everything queued in one call of the server-side script (``ratelimit_script.py``: atomic,
+on the Redis server's clock). A lone request costs one round trip as before; under load the
+client's cost per call (a few hundred Python calls in coredis and anyio) is shared by every
+check of the batch, and a check waits at most for the call in flight plus its own.
+
+The request path only ever waits for its check under the generation's ``timeout_ms``:
+queueing, connecting, the script, loading it again after a Redis restart (``NOSCRIPT``) and
+one retry on a broken connection all fit in that one deadline, after which the caller
+applies ``failure_mode``.
 
 A circuit breaker keeps an outage from costing ``timeout_ms`` on every request: after
 :data:`TRIP_AFTER` consecutive failed checks the store is *down* and checks fail at once;
@@ -25,7 +26,6 @@ before the Server reports started (bounded by :data:`PROBE_TIMEOUT`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -39,6 +39,7 @@ from coredis.retry import NoRetryPolicy
 
 from spooky_trio.config import RateLimitStoreConfig
 from spooky_trio.config.validate_ratelimit import RedisUrl, parse_redis_url, read_password_file, tls_context
+from spooky_trio.resilience.ratelimit_script import SCRIPT, SCRIPT_SHA, script_arguments, split_reply
 
 log = logging.getLogger("spooky.ratelimit")
 # coredis logs a traceback for every failed connection attempt; the store logs each
@@ -52,43 +53,11 @@ PROBE_BACKOFF = 0.1
 PROBE_BACKOFF_MAX = 2.0
 #: deadline of one probe (connect, PING, SCRIPT LOAD), seconds
 PROBE_TIMEOUT = 1.0
+#: checks one script call decides at most (the rest wait for the next call)
+BATCH_MAX = 256
 
 UP = "up"
 DOWN = "down"
-
-#: KEYS: one bucket per rule, in rule order. ARGV: per key: rate (tokens/s), burst, idle ttl
-#: (ms). Returns each examined bucket's balance in thousandths of a token (tokens left after
-#: the take; negative: rejected, nothing taken), stopping at the first rejection.
-SCRIPT = """
-if redis.replicate_commands then redis.replicate_commands() end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
-  local idle_ms = tonumber(ARGV[3 * i])
-  local state = redis.call('HMGET', key, 't', 'ts')
-  local tokens = tonumber(state[1])
-  local last = tonumber(state[2])
-  if tokens == nil or last == nil then
-    tokens = burst
-  elseif now > last then
-    tokens = math.min(burst, tokens + (now - last) * rate / 1000000)
-  end
-  local balance = tokens - 1
-  if balance >= 0 then tokens = balance end
-  local ttl = math.ceil((burst - tokens) * 1000 / rate)
-  if ttl > idle_ms then ttl = idle_ms end
-  if ttl < 1 then ttl = 1 end
-  redis.call('HSET', key, 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
-  redis.call('PEXPIRE', key, ttl)
-  out[i] = math.floor(balance * 1000)
-  if balance < 0 then break end
-end
-return out
-"""
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 
 class StoreUnavailable(Exception):
@@ -129,6 +98,26 @@ class StoreSettings:
         return cls(url, password, config.ca_file, tls_context(config.ca_file) if url.tls else None)
 
 
+class _Check:
+    """One request's check waiting in the batch queue."""
+
+    __slots__ = ("keys", "args", "deadline", "done", "result", "error", "abandoned")
+
+    def __init__(self, keys: Sequence[bytes], args: Sequence[float], deadline: float) -> None:
+        self.keys = keys
+        self.args = args
+        self.deadline = deadline
+        self.done = trio.Event()
+        self.result: list[int] | None = None
+        self.error: str | None = None
+        #: the request gave up waiting: not sent if still queued
+        self.abandoned = False
+
+    def finish(self, result: list[int] | None, error: str | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
 class RedisStore:
     """One Redis server's buckets (module docstring); ``clock`` gives seconds (tests inject one)."""
 
@@ -148,6 +137,9 @@ class RedisStore:
         #: set to wake :meth:`run` when checks mark the store down
         self._wake: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
+        #: checks waiting for the sender task, and the event that wakes it (None: not running)
+        self._queue: list[_Check] = []
+        self._queued: trio.Event | None = None
 
     @property
     def name(self) -> str:
@@ -156,8 +148,8 @@ class RedisStore:
     # -- the store's task --
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the client and probe Redis while it is down; ``started`` after the first
-        probe. Runs until cancelled (:meth:`stop`)."""
+        """Hold the client, send the queued checks, and probe Redis while it is down;
+        ``started`` after the first probe. Runs until cancelled (:meth:`stop`)."""
         url = self.settings.url
         client: coredis.Redis[bytes] = coredis.Redis(
             url.host, url.port, url.db, username=url.username, password=self.settings.password,
@@ -167,29 +159,38 @@ class RedisStore:
         with trio.CancelScope() as scope:
             self._scope = scope
             try:
-                async with client:
+                async with client, trio.open_nursery() as nursery:
                     self._client = client
+                    self._queued = trio.Event()
+                    nursery.start_soon(self._send, client, name=f"rate-limit store {self.name}: checks")
                     if not await self._probe(client):
                         log.warning("rate-limit store %s is unavailable (%s): failure_mode applies until it answers",
                                     self.name, self.last_error)
                     task_status.started()
-                    delay = PROBE_BACKOFF
-                    while True:
-                        if self.state is UP:
-                            wake = self._wake = trio.Event()
-                            await wake.wait()  # set when checks mark the store down
-                            delay = PROBE_BACKOFF
-                        await trio.sleep(delay)
-                        delay = min(delay * 2, PROBE_BACKOFF_MAX)
-                        await self._probe(client)
+                    await self._watch(client)
             finally:
-                self._client = self._wake = self._scope = None
+                self._client = self._wake = self._queued = self._scope = None
                 self.state = DOWN
+                for check in self._queue:
+                    check.finish(None, "store stopped")
+                self._queue = []
 
     def stop(self) -> None:
         """Cancel :meth:`run` (no live generation uses this store any more)."""
         if self._scope is not None:
             self._scope.cancel()
+
+    async def _watch(self, client: coredis.Redis[bytes]) -> None:
+        """While up, wait to be marked down; while down, probe with a growing delay."""
+        delay = PROBE_BACKOFF
+        while True:
+            if self.state is UP:
+                wake = self._wake = trio.Event()
+                await wake.wait()  # set when checks mark the store down
+                delay = PROBE_BACKOFF
+            await trio.sleep(delay)
+            delay = min(delay * 2, PROBE_BACKOFF_MAX)
+            await self._probe(client)
 
     async def _probe(self, client: coredis.Redis[bytes]) -> bool:
         """Ask Redis for PING and to load the script; marks the store up when both work."""
@@ -228,48 +229,73 @@ class RedisStore:
         idle ttl in ms per key); returns their balances in thousandths of a token, up to
         and including the first negative (rejected) one. Raises :class:`StoreUnavailable`
         when the store is down or does not answer within ``timeout`` seconds."""
-        client = self._client
-        if client is None or self.state is not UP:
+        queued = self._queued
+        if queued is None or self.state is not UP:
             raise StoreUnavailable("down")
-        metrics = self.metrics
         start = self.clock()
-        error = "timeout"
+        check = _Check(keys, args, trio.current_time() + timeout)
+        self._queue.append(check)
+        queued.set()
         with trio.move_on_after(timeout):
-            try:
-                reply = await self._eval(client, keys, args)
-            except Exception as exc:  # noqa: BLE001 - any failure of the outside world is a failed check
-                error = "error"
-                self.last_error = _describe(exc)
-            else:
-                self.failures = 0
-                if metrics is not None:
-                    metrics.rate_limit_store_check((self.clock() - start) * 1000, None)
-                return reply
-        if error == "timeout":
-            self.last_error = f"no answer within {timeout * 1000:g} ms"
+            await check.done.wait()
+        metrics = self.metrics
+        if check.result is not None:
+            self.failures = 0
+            if metrics is not None:
+                metrics.rate_limit_store_check((self.clock() - start) * 1000, None)
+            return check.result
+        check.abandoned = True
+        if check.error is None:
+            self.last_error, kind = f"no answer within {timeout * 1000:g} ms", "timeout"
+        else:
+            self.last_error, kind = check.error, "error"
         if metrics is not None:
-            metrics.rate_limit_store_check(None, error)
+            metrics.rate_limit_store_check(None, kind)
         self.failures += 1
         if self.failures >= TRIP_AFTER:
             self._mark(DOWN, self.last_error)
-        raise StoreUnavailable(error)
+        raise StoreUnavailable(kind)
 
-    async def _eval(self, client: coredis.Redis[bytes], keys: Sequence[bytes], args: Sequence[float]) -> list[int]:
+    async def _send(self, client: coredis.Redis[bytes]) -> None:
+        """The sender task: everything queued since the last call, in one script call
+        bounded by the latest deadline among its checks."""
+        while True:
+            queued = self._queued
+            assert queued is not None
+            await queued.wait()
+            self._queued = trio.Event()
+            batch = [check for check in self._queue[:BATCH_MAX] if not check.abandoned]
+            del self._queue[:BATCH_MAX]
+            if self._queue:
+                self._queued.set()
+            if not batch:
+                continue
+            keys, argv = script_arguments([(check.keys, check.args) for check in batch])
+            error = "timeout"
+            with trio.move_on_at(max(check.deadline for check in batch)):
+                try:
+                    results = split_reply(await self._eval(client, keys, argv), len(batch))
+                except Exception as exc:  # noqa: BLE001 - any failure of the outside world fails the checks
+                    error = _describe(exc)
+                else:
+                    for check, result in zip(batch, results):
+                        check.finish(result, None)
+                    continue
+            for check in batch:
+                check.finish(None, None if error == "timeout" else error)
+
+    async def _eval(self, client: coredis.Redis[bytes], keys: Sequence[bytes], argv: Sequence[float]) -> object:
         """The script by its SHA; its text when Redis lost it (restart, SCRIPT FLUSH); one
-        retry when the pooled connection broke (the deadline of :meth:`check` bounds all)."""
+        retry when the pooled connection broke."""
         for attempt in (1, 2):
             try:
                 try:
-                    reply = await client.evalsha(SCRIPT_SHA, keys, args)
+                    return await client.evalsha(SCRIPT_SHA, keys, argv)
                 except NoScriptError:
-                    reply = await client.eval(SCRIPT, keys, args)
+                    return await client.eval(SCRIPT, keys, argv)
             except coredis.exceptions.ConnectionError:
                 if attempt == 2:
                     raise
-                continue
-            if not isinstance(reply, list) or not all(isinstance(v, int) for v in reply):
-                raise ValueError(f"unexpected script reply {reply!r:.80}")
-            return [int(v) for v in reply if isinstance(v, int)]
         raise AssertionError("unreachable")
 
     def snapshot(self) -> dict[str, object]:
@@ -292,56 +318,3 @@ def _describe(exc: BaseException) -> str:
     if cause is not None:
         text += f" ({type(cause).__name__}: {str(cause).strip()})"
     return text[:300]
-
-
-class RedisStores:
-    """The stores the live generations use, by settings; each runs in a task of this
-    registry's nursery (``rate-limit-stores`` in the Server's task tree)."""
-
-    def __init__(self) -> None:
-        self._stores: dict[StoreSettings, RedisStore] = {}
-        self._running: set[RedisStore] = set()
-        self._nursery: trio.Nursery | None = None
-
-    def store(self, config: RateLimitStoreConfig, metrics: StoreMetrics | None = None) -> RedisStore:
-        """The store of ``config`` (one per distinct settings; created stopped)."""
-        settings = StoreSettings.from_config(config)
-        store = self._stores.get(settings)
-        if store is None:
-            store = self._stores[settings] = RedisStore(settings, metrics)
-        return store
-
-    def running(self) -> list[RedisStore]:
-        """The stores whose task runs (those of the live generations)."""
-        return list(self._running)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The nursery the stores' tasks run in; until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
-
-    async def follow(self, used: Sequence[RedisStore]) -> None:
-        """Run exactly the stores in ``used`` (those of the live generations): start the
-        missing ones (each after its first probe), stop the others."""
-        wanted = set(used)
-        for store in list(self._running - wanted):
-            store.stop()
-            self._running.discard(store)
-        nursery = self._nursery
-        if nursery is None:
-            return
-        for store in used:
-            if store not in self._running:
-                self._running.add(store)
-                await nursery.start(self._run_one, store, name=f"rate-limit store {store.name}")
-
-    async def _run_one(self, store: RedisStore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await store.run(task_status=task_status)
-        finally:
-            self._running.discard(store)
