@@ -29,22 +29,19 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
-import coredis
 import trio
-from coredis.exceptions import NoScriptError
-from coredis.retry import NoRetryPolicy
 
 from spooky_trio.config import RateLimitStoreConfig
 from spooky_trio.config.validate_ratelimit import RedisUrl, parse_redis_url, read_password_file, tls_context
 from spooky_trio.resilience.ratelimit_script import SCRIPT, SCRIPT_SHA, script_arguments, split_reply
 
+if TYPE_CHECKING:  # imported when a store first runs: coredis and anyio cost ~14 MB of RSS
+    import coredis
+
 log = logging.getLogger("spooky.ratelimit")
-# coredis logs a traceback for every failed connection attempt; the store logs each
-# transition once itself (a Redis outage must not flood the log while it is probed)
-logging.getLogger("coredis").setLevel(logging.CRITICAL)
 
 #: consecutive failed checks that mark the store down
 TRIP_AFTER = 3
@@ -150,6 +147,13 @@ class RedisStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the client, send the queued checks, and probe Redis while it is down;
         ``started`` after the first probe. Runs until cancelled (:meth:`stop`)."""
+        import coredis
+        from coredis.retry import NoRetryPolicy
+
+        # coredis logs a traceback for every failed connection attempt; the store logs each
+        # transition once itself (a Redis outage must not flood the log while it is probed)
+        logging.getLogger("coredis").setLevel(logging.CRITICAL)
+
         url = self.settings.url
         client: coredis.Redis[bytes] = coredis.Redis(
             url.host, url.port, url.db, username=url.username, password=self.settings.password,
@@ -287,13 +291,15 @@ class RedisStore:
     async def _eval(self, client: coredis.Redis[bytes], keys: Sequence[bytes], argv: Sequence[float]) -> object:
         """The script by its SHA; its text when Redis lost it (restart, SCRIPT FLUSH); one
         retry when the pooled connection broke."""
+        from coredis.exceptions import ConnectionError as RedisConnectionError, NoScriptError
+
         for attempt in (1, 2):
             try:
                 try:
                     return await client.evalsha(SCRIPT_SHA, keys, argv)
                 except NoScriptError:
                     return await client.eval(SCRIPT, keys, argv)
-            except coredis.exceptions.ConnectionError:
+            except RedisConnectionError:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
