@@ -198,3 +198,16 @@ def test_a_generation_without_rules_has_no_rate_limit_step() -> None:
     disabled = Generation.build(load_config_text(CONFIG.format(extra="  brownout: {enabled: false}")))
     chain = build_chain(disabled, upstream=None, state=StateStore(), metrics=None)  # type: ignore[arg-type]
     assert "brownout" not in chain.names
+
+
+async def test_a_long_key_is_bucketed_by_its_digest(mock_clock: trio.testing.MockClock) -> None:
+    extra = """
+  scoped_rate_limits:
+    - {name: tenant, scope: tenant, key: "header:x-tenant", requests_per_sec: 1, burst: 1}
+"""
+    proxy, generation, store, _, _ = build({"10.0.0.1": ok(), "10.0.0.2": ok()}, extra=extra)
+    huge = [(b"x-tenant", b"t" * 10_000)]
+    assert await statuses(proxy, 2, headers=huge) == [200, 429]
+    [rule] = store.rate_limits.rules()
+    [key] = rule.buckets
+    assert key.startswith("~") and len(key) == 33

@@ -38,7 +38,7 @@ from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.request_keys import KeyReader, fallback_key, key_reader, parse_key_spec
 from spooky_trio.proxy.answers import Answer
 from spooky_trio.proxy.context import RequestContext, ResponseHead
-from spooky_trio.resilience.ratelimit import RuleState, bucket_key
+from spooky_trio.resilience.ratelimit import MAX_KEY_CHARS, RuleState, bucket_key
 from spooky_trio.resilience.ratelimit_store import RedisStore, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -89,12 +89,15 @@ class Rule:
         self.policy = f"{self.sf_name};q={config.burst};w={math.ceil(config.burst / config.requests_per_sec)}".encode()
 
     def key(self, ctx: RequestContext, pool: str) -> str:
-        """The request's key for this rule ("" skips the rule)."""
+        """The request's bucket key for this rule ("" skips the rule): the key, or its
+        digest when it is long (``bucket_key``)."""
         read = self.read
         if read is None:
-            return pool
-        request = ctx.request
-        return read(request) or fallback_key(request)
+            key = pool
+        else:
+            request = ctx.request
+            key = read(request) or fallback_key(request)
+        return key if len(key) <= MAX_KEY_CHARS else bucket_key(key)
 
     def fields(self, balance: float) -> list[tuple[bytes, bytes]]:
         """``RateLimit`` (tokens left ``r``, seconds until one token ``t``) and
@@ -163,7 +166,7 @@ class LocalRateLimit:
             if not key:
                 rule.counters.skipped += 1
                 continue
-            balance = rule.state.take(bucket_key(key), now)
+            balance = rule.state.take(key, now)
             if balance < 0:
                 raise rule.reject(balance, pool, self.metrics)
             rule.counters.allowed += 1
@@ -207,12 +210,12 @@ class RateLimit:
                 rule.counters.skipped += 1
                 continue
             if rule.redis_prefix is not None:
-                shared.append((rule, bucket_key(key)))
+                shared.append((rule, key))
                 continue
             if shared:
                 await self._shared(shared, pool, now, best)
                 shared = []
-            self._local(rule, bucket_key(key), pool, now, best)
+            self._local(rule, key, pool, now, best)
         if shared:
             await self._shared(shared, pool, now, best)
         if self.headers and best:

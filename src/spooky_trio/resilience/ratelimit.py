@@ -99,7 +99,9 @@ class RuleState:
         tokens = bucket[0]
         elapsed = now - bucket[1]
         if elapsed > 0:
-            tokens = min(self.burst, tokens + elapsed * self.rate)
+            tokens += elapsed * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
         bucket[1] = now
         balance = tokens - 1.0
         bucket[0] = balance if balance >= 0 else tokens
