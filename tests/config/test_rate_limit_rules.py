@@ -80,9 +80,11 @@ def test_rule(text: str, path: str, needle: str, fragment: str) -> None:
     assert issue.line == line_of(text, needle), str(issue)
 
 
-def test_the_password_is_never_in_an_error() -> None:
+def test_the_password_is_never_in_an_error_or_a_repr() -> None:
     text = rules(OK, store='  rate_limit_store: {kind: redis, url: "redis://:hunter2@r:99999"}\n')
     assert all("hunter2" not in str(issue) for issue in errors(text))
+    config = load(rules(OK, store='  rate_limit_store: {kind: redis, url: "redis://u:hunter2@r:6380/1"}\n'))
+    assert "hunter2" not in repr(config) and "redis://***@r:6380/1" in repr(config.resilience.rate_limit_store)
 
 
 def test_spooky_head_example_5_and_every_default() -> None:

@@ -193,3 +193,26 @@ def test_equal_settings_share_a_store_and_the_password_never_shows() -> None:
     b = StoreSettings.from_config(RateLimitStoreConfig(kind="redis", url="redis://:pw@10.0.0.1:6380/1", timeout_ms=5))
     assert a == b and hash(a) == hash(b) and "pw" not in repr(a)
     assert RedisStore(a).name == "redis://10.0.0.1:6380/1"
+
+
+async def test_a_failing_client_is_made_anew_never_raised(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug or an unexpected error inside the store's task must not reach the server's
+    task tree: it is logged, the store is down meanwhile, and a new client takes over."""
+    real_probe = RedisStore._probe
+    calls = 0
+
+    async def flaky_probe(self: RedisStore, client: object) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return await real_probe(self, client)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RedisStore, "_probe", flaky_probe)
+    async with running_redis() as redis, running_store(redis.url) as store:
+        assert store.state == DOWN and "RuntimeError: boom" in str(store.last_error)
+        assert any("starting a new one" in m for m in store_logs(caplog))
+        with trio.fail_after(PROBE_BACKOFF_MAX + 3):
+            while store.state != UP:
+                await trio.sleep(0.02)
+        assert (await store.check([b"k"], ARGS, 1.0))[0] == 2000

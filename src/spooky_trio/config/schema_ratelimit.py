@@ -43,6 +43,15 @@ class ScopedRateLimitConfig:
                 self.idle_ttl_secs, self.store)
 
 
+def _redacted_url(url: str | None) -> str:
+    """``url`` for a repr: the userinfo (which may hold the password) replaced by ``***``."""
+    if url is None:
+        return "None"
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return repr(f"{scheme}{sep}***@{host}" if at else url)
+
+
 @attrs.frozen(kw_only=True)
 class RateLimitStoreConfig:
     """``resilience.rate_limit_store`` (ext): where ``store: redis`` rules keep their buckets.
@@ -54,7 +63,7 @@ class RateLimitStoreConfig:
     """
 
     kind: str = "memory"
-    url: str | None = None
+    url: str | None = attrs.field(default=None, repr=_redacted_url)
     password_file: str | None = None
     ca_file: str | None = None
     key_prefix: str = "spooky:rl:"

@@ -36,6 +36,7 @@ import trio
 
 from spooky_trio.config import RateLimitStoreConfig
 from spooky_trio.config.validate_ratelimit import RedisUrl, parse_redis_url, read_password_file, tls_context
+from spooky_trio.http.errors import unwrap
 from spooky_trio.resilience.ratelimit_script import SCRIPT, SCRIPT_SHA, script_arguments, split_reply
 
 if TYPE_CHECKING:  # imported when a store first runs: coredis and anyio cost ~14 MB of RSS
@@ -116,13 +117,11 @@ class _Check:
 
 
 class RedisStore:
-    """One Redis server's buckets (module docstring); ``clock`` gives seconds (tests inject one)."""
+    """One Redis server's buckets (module docstring)."""
 
-    def __init__(self, settings: StoreSettings, metrics: StoreMetrics | None = None,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, settings: StoreSettings, metrics: StoreMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.clock = clock
         self.state = DOWN
         #: consecutive failed checks while up
         self.failures = 0
@@ -146,38 +145,62 @@ class RedisStore:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the client, send the queued checks, and probe Redis while it is down;
-        ``started`` after the first probe. Runs until cancelled (:meth:`stop`)."""
+        ``started`` after the first probe. Runs until cancelled (:meth:`stop`); a failure
+        of the client itself (a bug, an unexpected error of coredis) is logged and the
+        client made anew, never raised into the server's task tree."""
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                while True:
+                    try:
+                        await self._serve(ready)
+                    except Exception as exc:  # noqa: BLE001 - the store must never take the server down
+                        log.exception("rate-limit store %s: its client failed; starting a new one", self.name)
+                        self.last_error = _describe(exc)
+                        self._mark(DOWN, self.last_error)
+                    ready()
+                    await trio.sleep(PROBE_BACKOFF_MAX)
+            finally:
+                self._scope = None
+
+    async def _serve(self, ready: Callable[[], None]) -> None:
+        """One client's life: the sender task, the first probe, then :meth:`_watch`."""
         import coredis
         from coredis.retry import NoRetryPolicy
 
         # coredis logs a traceback for every failed connection attempt; the store logs each
         # transition once itself (a Redis outage must not flood the log while it is probed)
         logging.getLogger("coredis").setLevel(logging.CRITICAL)
-
         url = self.settings.url
         client: coredis.Redis[bytes] = coredis.Redis(
             url.host, url.port, url.db, username=url.username, password=self.settings.password,
             ssl_context=self.settings.tls, connect_timeout=PROBE_TIMEOUT, stream_timeout=None,
             retry_policy=NoRetryPolicy(), client_name="spooky-trio", decode_responses=False,
         )
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            try:
-                async with client, trio.open_nursery() as nursery:
-                    self._client = client
-                    self._queued = trio.Event()
-                    nursery.start_soon(self._send, client, name=f"rate-limit store {self.name}: checks")
-                    if not await self._probe(client):
-                        log.warning("rate-limit store %s is unavailable (%s): failure_mode applies until it answers",
-                                    self.name, self.last_error)
-                    task_status.started()
-                    await self._watch(client)
-            finally:
-                self._client = self._wake = self._queued = self._scope = None
-                self.state = DOWN
-                for check in self._queue:
-                    check.finish(None, "store stopped")
-                self._queue = []
+        try:
+            async with client, trio.open_nursery() as nursery:
+                self._client = client
+                self._queued = trio.Event()
+                nursery.start_soon(self._send, client, name=f"rate-limit store {self.name}: checks")
+                if not await self._probe(client):
+                    log.warning("rate-limit store %s is unavailable (%s): failure_mode applies until it answers",
+                                self.name, self.last_error)
+                ready()
+                await self._watch(client)
+        finally:
+            self._client = self._wake = self._queued = None
+            self.state = DOWN
+            for check in self._queue:
+                check.finish(None, "store stopped")
+            self._queue = []
 
     def stop(self) -> None:
         """Cancel :meth:`run` (no live generation uses this store any more)."""
@@ -236,8 +259,8 @@ class RedisStore:
         queued = self._queued
         if queued is None or self.state is not UP:
             raise StoreUnavailable("down")
-        start = self.clock()
-        check = _Check(keys, args, trio.current_time() + timeout)
+        start = trio.current_time()
+        check = _Check(keys, args, start + timeout)
         self._queue.append(check)
         queued.set()
         with trio.move_on_after(timeout):
@@ -246,7 +269,7 @@ class RedisStore:
         if check.result is not None:
             self.failures = 0
             if metrics is not None:
-                metrics.rate_limit_store_check((self.clock() - start) * 1000, None)
+                metrics.rate_limit_store_check((trio.current_time() - start) * 1000, None)
             return check.result
         check.abandoned = True
         if check.error is None:
@@ -313,6 +336,7 @@ class RedisStore:
 def _describe(exc: BaseException) -> str:
     """``Type: message``, with the innermost cause (coredis wraps the reason a connection
     failed, e.g. a certificate that does not verify, in a generic ConnectionError)."""
+    exc = unwrap(exc)
     text = f"{type(exc).__name__}: {str(exc).strip()}".rstrip(": ")
     cause = exc.__cause__ or exc.__context__
     for _ in range(5):
