@@ -167,6 +167,10 @@ def test_non_string_keys_are_schema_errors() -> None:
         ("!!int x", "'x' is not a valid !!int"),
         ("!!float x", "'x' is not a valid !!float"),
         ("!!bool maybe", "'maybe' is not a valid !!bool"),  # KeyError in ruamel
+        # IndexError in ruamel (fuzz/regressions/fuzz_config/empty_tagged_int)
+        ("!!int ", "'' is not a valid !!int"),
+        ("!!int 0x", "'0x' is not a valid !!int"),
+        ("!!float _", "'_' is not a valid !!float"),
         ("2001-13-45", "'2001-13-45' is not a valid !!timestamp: month must be in 1..12"),
         ("2001-12-14 99:00:00", "is not a valid !!timestamp: hour must be in 0..23"),
     ],

@@ -8,10 +8,9 @@ when the config came from the loader).
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import ipaddress
 import os
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization

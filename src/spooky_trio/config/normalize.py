@@ -6,7 +6,6 @@ attrs converter that raised would escape cattrs' per-field error collection.
 
 from __future__ import annotations
 
-
 #: Spooky's log level names (and ``warning``) mapped to spooky-trio's canonical levels.
 LOG_LEVEL_ALIASES: dict[str, str] = {
     "silence": "off",

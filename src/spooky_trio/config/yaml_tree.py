@@ -37,7 +37,13 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scanner import RoundTripScanner
 
-from spooky_trio.config.issues import ConfigError, ConfigIssue, KeyPath, format_path, sort_issues
+from spooky_trio.config.issues import (
+    ConfigError,
+    ConfigIssue,
+    KeyPath,
+    format_path,
+    sort_issues,
+)
 
 #: deepest nesting of mappings/lists (a real config is under 10 levels deep)
 MAX_DEPTH = 64
@@ -242,9 +248,10 @@ class _GraphCheck:
             except MarkedYAMLError as exc:
                 self._add(path, node, f"{node.value!r} is not a valid {_short_tag(tag)}: {exc.problem}")
                 return True
-            except (ValueError, KeyError, TypeError, OverflowError) as exc:
-                # ruamel reads scalars with int(), float(), datetime(), a dict of booleans:
-                # their errors mean the text is not a value of the tag
+            except Exception as exc:  # noqa: BLE001 - any failure means "not a value of the tag"
+                # ruamel reads scalars with int(), float(), datetime(), a dict of booleans and
+                # string indexing (`!!int +`, `!!float ''`: IndexError, found by fuzz_config);
+                # whatever it raises on one tagged scalar, the text is not a value of the tag
                 detail = f": {exc}" if isinstance(exc, ValueError) else ""
                 self._add(path, node, f"{node.value!r} is not a valid {_short_tag(tag)}{detail}")
                 return True
