@@ -31,6 +31,7 @@ from spooky_trio.http.messages import (
     RequestBodyTooLarge,
 )
 from spooky_trio.upstream.errors import (
+    UnforwardableRequest,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -74,6 +75,8 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
     exc = unwrap(exc)
     if isinstance(exc, ProxyError):
         return exc.response
+    if isinstance(exc, UnforwardableRequest):
+        return ErrorResponse(400, exc.reason, "the request cannot be expressed to the backend")
     if isinstance(exc, UpstreamTLSError):
         return ErrorResponse(502, exc.reason, "TLS handshake with the backend failed")
     if isinstance(exc, UpstreamConnectError):
@@ -153,7 +156,7 @@ class AnswerDoor:
             ctx.outcome, ctx.reason = "reset", reason
             return
         headers = failure.headers if isinstance(failure, ProxyError) else ()
-        ours = isinstance(failure, (ProxyError, RequestBodyError))
+        ours = isinstance(failure, (ProxyError, RequestBodyError, UnforwardableRequest))
         await self.answer(ctx, Answer.from_error(error, headers, rejection=ours))
 
     def record(self, ctx: RequestContext) -> None:
