@@ -8,8 +8,11 @@ Durations are integer milliseconds unless the key name says otherwise.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
+from spooky_trio.config.markers import EXTENSION
 from spooky_trio.config.normalize import upper_list
 
 _MIB = 1024 * 1024
@@ -144,6 +147,15 @@ class ProtocolConfig:
     allowed_methods: list[str] = attrs.field(factory=list, converter=upper_list)
     #: requests whose path starts with one of these get 403
     denied_path_prefixes: list[str] = attrs.field(factory=list)
+    # -- ours (extensions): the path every check sees (http/paths.py, docs/security.md) --
+    #: resolve ``.``/``..``, decode percent-escaped unreserved characters
+    normalize_path: bool = attrs.field(default=True, metadata={EXTENSION: True})
+    #: collapse runs of ``/``
+    merge_slashes: bool = attrs.field(default=True, metadata={EXTENSION: True})
+    #: ``%2F``/``%5C``: ``keep`` (data), ``reject`` (400) or ``unescape`` (separators)
+    escaped_slashes: Literal["keep", "reject", "unescape"] = attrs.field(default="keep", metadata={EXTENSION: True})
+    #: forward the normalized path (true) or the client's own (false) to the backend
+    forward_normalized_path: bool = attrs.field(default=True, metadata={EXTENSION: True})
 
 
 @attrs.frozen(kw_only=True)

@@ -28,7 +28,7 @@ import trio
 
 from spooky_trio.config import ClientAuthConfig, PerformanceConfig, ProtocolConfig
 from spooky_trio.core.activity import Activity
-from spooky_trio.http.errors import ErrorResponse, ProxyError, header_limit_error
+from spooky_trio.http.errors import ErrorResponse, header_limit_error
 from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
@@ -98,12 +98,6 @@ class ServeContext:
         """431 when the request's fields pass ``max_headers_count`` or ``max_headers_bytes``
         (sum of names and values), else None."""
         return header_limit_error(headers, max_count=self.limits.max_headers_count, max_bytes=self.limits.max_headers_bytes)
-
-    def check_head(self, headers: Headers) -> None:
-        """Raise :class:`ProxyError` with :meth:`head_limit_error`'s 431, if any."""
-        error = self.head_limit_error(headers)
-        if error is not None:
-            raise ProxyError(error.status, error.reason, error.message)
 
     async def serve_request(self, request: DownstreamRequest, sink: ResponseSink) -> None:
         """Run the pipeline for one request, counted as in flight; never raises for it."""

@@ -52,6 +52,7 @@ class RequestContext(AccessRecord):
     """
 
     __slots__ = ("generation", "config", "sink", "authority", "route_pool", "serving_pool", "lease", "connect_target", "response_headers",
+                 "forward_target",
                  "_cleanups", "_response_filters")
 
     def __init__(self, request: DownstreamRequest, generation: Generation | None) -> None:
@@ -68,6 +69,9 @@ class RequestContext(AccessRecord):
         self.connect_target: ConnectTarget | None = None
         #: added to the response head, whoever answers (the route-decision header)
         self.response_headers: Headers = []
+        #: the target sent upstream when it is not ``request.path`` (the client's own
+        #: target, with ``forward_normalized_path: false``)
+        self.forward_target: bytes | None = None
         self._cleanups: list[Callable[[], object]] = []
         self._response_filters: list[ResponseFilter] = []
 

@@ -1,9 +1,13 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-protocol_policy -> route -> body_limit -> admission -> balance -> forward (terminal)
+normalize_path -> protocol_policy -> route -> body_limit -> admission -> balance -> forward
 ```
 
+* ``normalize_path``: the request's path as every later step sees it (``http/paths.py``:
+  dot segments, merged slashes, unreserved escapes; ``resilience.protocol`` ext keys), with
+  the client's own target kept for the access log and, with ``forward_normalized_path:
+  false``, for the backend (400 for a malformed escape or a refused escaped slash);
 * ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
   0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
@@ -33,6 +37,7 @@ from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
 from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
+from spooky_trio.http.paths import PathError, normalize_path
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
@@ -48,6 +53,36 @@ route_log = logging.getLogger("spooky.routing")
 
 #: the pseudo pool CONNECT tunnels are admitted as (config pool names cannot start with "@")
 CONNECT_POOL = "@connect"
+
+
+class NormalizePath:
+    """Normalize the path before any policy or routing (module docstring, http/paths.py)."""
+
+    name = "normalize_path"
+
+    def __init__(self, config: Config) -> None:
+        protocol = config.resilience.protocol
+        self.enabled = protocol.normalize_path
+        self.merge_slashes = protocol.merge_slashes
+        self.escaped_slashes = protocol.escaped_slashes
+        self.forward_normalized = protocol.forward_normalized_path
+
+    def on_request(self, ctx: RequestContext) -> Answer | None:
+        request = ctx.request
+        target = request.path
+        if not self.enabled or target[:1] != b"/":  # CONNECT (no path), OPTIONS *
+            return None
+        path, mark, query = target.partition(b"?")
+        try:
+            normalized = normalize_path(path, merge_slashes=self.merge_slashes, escaped_slashes=self.escaped_slashes)
+        except PathError as exc:
+            raise ProxyError(400, exc.reason, str(exc)) from None
+        if normalized is not path:
+            ctx.client_target = target
+            request.path = normalized + mark + query
+            if not self.forward_normalized:
+                ctx.forward_target = target
+        return None
 
 
 class ProtocolPolicy:
@@ -178,5 +213,7 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     server's store (overload state survives reloads there)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    filters: list[Filter | SyncFilter] = [
+        NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard),
+    ]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))
