@@ -42,7 +42,6 @@ from hyperframe.frame import GoAwayFrame
 
 from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.h2_pump import H2WriterPump
-from spooky_trio.http.messages import DownstreamRequest, RequestBodyError
 from spooky_trio.http.validate import MultiplexedHead, split_pseudo
 from spooky_trio.ingress.h2_engine import MalformedStream, StreamScopedH2Connection
 from spooky_trio.ingress.h2_stream import (
@@ -52,6 +51,7 @@ from spooky_trio.ingress.h2_stream import (
     H2ResponseSink,
 )
 from spooky_trio.ingress.multiplexed import (
+    StreamTask,
     build_request,
     check_trailers,
     refusal,
@@ -68,16 +68,8 @@ log = logging.getLogger("spooky.ingress.h2")
 CLOSE_FLUSH_TIMEOUT = 10.0
 
 
-class _Stream:
-    __slots__ = ("stream_id", "request", "body", "sink", "error", "cancel_scope")
-
-    def __init__(self, stream_id: int, request: DownstreamRequest, body: H2RequestBody | None, sink: H2ResponseSink, error: ErrorResponse | None) -> None:
-        self.stream_id = stream_id
-        self.request = request
-        self.body = body
-        self.sink = sink
-        self.error = error
-        self.cancel_scope = trio.CancelScope()
+#: a request stream of this connection
+_Stream = StreamTask[H2RequestBody, H2ResponseSink]
 
 
 class H2ServerConnection:
@@ -234,10 +226,7 @@ class H2ServerConnection:
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                if stream.body is not None:
-                    stream.body.fail(RequestBodyError("client reset the stream"))
-                stream.sink.aborted = True
-                stream.cancel_scope.cancel()
+                stream.abort("client reset the stream")
                 if event.remote_reset and not stream.sink.finished:
                     self._reset_debt += 1
                     if self._reset_debt > self.ctx.limits.h2_max_reset_debt:
@@ -257,10 +246,7 @@ class H2ServerConnection:
         log.debug("HTTP/2 stream %d from %s reset as malformed: %s", stream_id, self.client_address, reason)
         stream = self.streams.get(stream_id)
         if stream is not None:
-            if stream.body is not None:
-                stream.body.fail(RequestBodyError(f"malformed request: {reason}"))
-            stream.sink.aborted = True
-            stream.cancel_scope.cancel()
+            stream.abort(f"malformed request: {reason}")
 
     def _enhance_your_calm(self) -> None:
         log.info("HTTP/2 client %s reset %d streams it did not let finish: GOAWAY(ENHANCE_YOUR_CALM)",

@@ -6,22 +6,64 @@ validator's 400, the 501 of an extended CONNECT the ingress cannot serve),
 :func:`build_request` (cookie crumbs joined for HTTP/1.1 backends, a client-sent
 certificate subject dropped, ``host`` standing in for a missing ``:authority``, an extended
 CONNECT for WebSocket turned into an upgrade GET), :func:`refused_request` (what the access
-log shows of a request answered before the chain) and :func:`check_trailers`.
+log shows of a request answered before the chain), :func:`check_trailers`, and
+:class:`StreamTask`, a request stream as its connection tracks it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
+
+import trio
 
 from spooky_trio.http.errors import ErrorResponse, header_limit_error
-from spooky_trio.http.messages import DownstreamBody, DownstreamRequest
+from spooky_trio.http.messages import (
+    DownstreamBody,
+    DownstreamRequest,
+    RequestBodyError,
+)
 from spooky_trio.http.validate import (
     TRANSPORT_SCHEME,
     MultiplexedHead,
     check_head,
     join_cookies,
 )
+from spooky_trio.ingress.request_body import QueuedRequestBody
 from spooky_trio.ingress.tls import client_headers
+
+
+class AbortableSink(Protocol):
+    #: set once the stream is gone: the sink writes nothing more
+    aborted: bool
+
+
+B = TypeVar("B", bound=QueuedRequestBody)
+S = TypeVar("S", bound=AbortableSink)
+
+
+class StreamTask(Generic[B, S]):
+    """A request stream of an HTTP/2 or HTTP/3 connection: its request, body, sink and the
+    cancel scope of the task serving it; ``error`` is the answer it gets instead of the
+    chain (a refused head)."""
+
+    __slots__ = ("stream_id", "request", "body", "sink", "error", "cancel_scope")
+
+    def __init__(self, stream_id: int, request: DownstreamRequest, body: B | None, sink: S, error: ErrorResponse | None = None) -> None:
+        self.stream_id = stream_id
+        self.request = request
+        self.body = body
+        self.sink = sink
+        self.error = error
+        self.cancel_scope = trio.CancelScope()
+
+    def abort(self, why: str) -> None:
+        """The stream is gone (client reset, malformed, connection lost): the chain's next
+        body read raises ``why``, the sink writes nothing more, the task is cancelled."""
+        if self.body is not None:
+            self.body.fail(RequestBodyError(why))
+        self.sink.aborted = True
+        self.cancel_scope.cancel()
 
 
 def refusal(head: MultiplexedHead, *, max_count: int, max_bytes: int, websocket: bool) -> ErrorResponse | None:

@@ -25,7 +25,6 @@ from aioquic.quic.events import (
 )
 
 from spooky_trio.http.errors import ErrorResponse
-from spooky_trio.http.messages import DownstreamRequest, RequestBodyError
 from spooky_trio.http.validate import (
     MultiplexedHead,
     split_pseudo,
@@ -37,6 +36,7 @@ from spooky_trio.ingress.h3 import (
     StreamScopedH3Connection,
 )
 from spooky_trio.ingress.multiplexed import (
+    StreamTask,
     build_request,
     check_trailers,
     refusal,
@@ -55,15 +55,8 @@ def _is_crypto_error(code: int) -> bool:
     return 0x100 <= code <= 0x1FF
 
 
-class _RequestStream:
-    __slots__ = ("stream_id", "body", "sink", "cancel_scope", "request")
-
-    def __init__(self, stream_id: int, body: H3RequestBody | None, sink: H3ResponseSink, request: DownstreamRequest) -> None:
-        self.stream_id = stream_id
-        self.body = body
-        self.sink = sink
-        self.request = request
-        self.cancel_scope = trio.CancelScope()
+#: a request stream of this connection
+_RequestStream = StreamTask[H3RequestBody, H3ResponseSink]
 
 
 class QuicConnectionTask:
@@ -169,10 +162,7 @@ class QuicConnectionTask:
         log.debug("malformed request on stream %d from %s: %s", stream_id, self.addr, reason)
         stream = self.streams.get(stream_id)
         if stream is not None:
-            if stream.body is not None:
-                stream.body.fail(RequestBodyError(f"malformed request: {reason}"))
-            stream.sink.aborted = True
-            stream.cancel_scope.cancel()
+            stream.abort(f"malformed request: {reason}")
 
     def _start_request(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
@@ -199,7 +189,7 @@ class QuicConnectionTask:
             early_data=not self._handshake_done,
         )
         tunnel_body = body if request.method == b"CONNECT" else None
-        stream = _RequestStream(stream_id, body, H3ResponseSink(self, stream_id, tunnel_body), request)
+        stream = _RequestStream(stream_id, request, body, H3ResponseSink(self, stream_id, tunnel_body))
         self.streams[stream_id] = stream
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_stream, stream)
@@ -256,12 +246,8 @@ class QuicConnectionTask:
 
     def _client_aborted(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if stream.body is not None:
-            stream.body.fail(RequestBodyError("client reset the stream"))
-        stream.sink.aborted = True
-        stream.cancel_scope.cancel()
+        if stream is not None:
+            stream.abort("client reset the stream")
 
     def _terminated(self) -> None:
         for stream in list(self.streams.values()):
