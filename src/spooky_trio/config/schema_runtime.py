@@ -152,7 +152,7 @@ class ProtocolConfig:
     normalize_path: bool = attrs.field(default=True, metadata={EXTENSION: True})
     #: collapse runs of ``/``
     merge_slashes: bool = attrs.field(default=True, metadata={EXTENSION: True})
-    #: ``%2F``/``%5C``: ``keep`` (data), ``reject`` (400) or ``unescape`` (separators)
+    #: ``%2F``/``%5C``: ``keep`` (data), ``reject`` (400) or ``unescape`` (decoded)
     escaped_slashes: Literal["keep", "reject", "unescape"] = attrs.field(default="keep", metadata={EXTENSION: True})
     #: forward the normalized path (true) or the client's own (false) to the backend
     forward_normalized_path: bool = attrs.field(default=True, metadata={EXTENSION: True})

@@ -10,8 +10,8 @@ proxies do (Envoy's ``normalize_path``, ``merge_slashes`` and
    ``.``) and upper-case hex digits in the escapes that stay (``%2f`` -> ``%2F``); a ``%``
    not followed by two hex digits is malformed (400);
 2. escaped slashes (``%2F``, ``%5C``): kept as escapes (``keep``, the default: they are
-   data, not separators, as RFC 3986 says), refused (``reject``: 400) or decoded into
-   separators (``unescape``);
+   data, not separators, as RFC 3986 says), refused (``reject``: 400) or decoded
+   (``unescape``: ``%2F`` then separates segments, ``%5C`` is a backslash);
 3. runs of slashes merged into one (``merge_slashes``);
 4. ``.`` and ``..`` segments removed (RFC 3986 5.2.4; ``..`` never climbs above ``/``).
 

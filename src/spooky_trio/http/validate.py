@@ -26,7 +26,8 @@ Rules (RFC 9110 5.1, 5.5, 5.6.2, 9.1; RFC 9112 3.2; RFC 9113 8.2-8.3; RFC 9114 4
 * ``content-length``: digits, and several copies only with the same value.
 
 Performance: one regular expression over all names and one over all values per request
-(they are joined first), not one call per field; tiny_h1's cost is in docs/performance.md.
+(they are joined first, and the separators counted, so a name holding one is still
+refused), not one call per field; tiny_h1's cost is in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def check_head(
     if not headers:
         return None
     names = b" ".join([name for name, _ in headers])
-    if (_LOWER_NAMES if multiplexed else _NAMES).fullmatch(names) is None:
+    # a name holding the separator ("x y") would read as two tokens: count the separators
+    if (_LOWER_NAMES if multiplexed else _NAMES).fullmatch(names) is None or names.count(b" ") != len(headers) - 1:
         return _bad("bad_field_name", "a field name is not a lowercase token" if multiplexed else "a field name is not a token")
     if _VALUE_CTL.search(b"\t".join([value for _, value in headers])) is not None:
         return _bad("bad_field_value", "a field value holds a control character")
