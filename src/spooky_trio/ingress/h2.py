@@ -218,7 +218,8 @@ class H2ServerConnection:
             problem = check_trailers(event.headers or [])
             if problem is not None:
                 self._malformed(event.stream_id, problem)
-                self.h2.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+                # (our side may be closed already: an answer given before the body ended)
+                self.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
             else:
                 self._end_body(event.stream_id)
         elif isinstance(event, MalformedStream):
