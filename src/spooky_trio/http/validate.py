@@ -171,11 +171,14 @@ def join_cookies(headers: Headers) -> Headers:
     crumbs = [value for name, value in headers if name == b"cookie"]
     if len(crumbs) < 2:
         return headers
+    # an empty crumb would leave "a; " (trailing whitespace, refused by HTTP/1.1 parsers)
+    joined: bytes | None = b"; ".join([crumb for crumb in crumbs if crumb])
     out: Headers = []
     for name, value in headers:
         if name != b"cookie":
             out.append((name, value))
-        elif crumbs:
-            out.append((b"cookie", b"; ".join(crumbs)))
-            crumbs = []
+        elif joined is not None:
+            if joined:
+                out.append((b"cookie", joined))
+            joined = None
     return out
