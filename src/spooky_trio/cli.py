@@ -32,10 +32,20 @@ def _load(path: str):  # type: ignore[no-untyped-def]
     return None if problems else config
 
 
+def _warnings(config) -> list[str]:  # type: ignore[no-untyped-def]
+    """The config's warnings (accepted, as Spooky accepts them, but probably not meant)."""
+    from spooky_trio.config import config_warnings
+
+    return [str(issue) for issue in config_warnings(config)]
+
+
 def cmd_check(argv: list[str]) -> int:
     args = _config_parser("spooky-trio check", "Validate a configuration file and the files it names.").parse_args(argv)
-    if _load(args.config) is None:
+    config = _load(args.config)
+    if config is None:
         return 1
+    for warning in _warnings(config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print("config OK")
     return 0
 
@@ -56,6 +66,10 @@ def cmd_run(argv: list[str]) -> int:
     except OSError as exc:
         print(f"spooky-trio: cannot open log file: {exc}", file=sys.stderr)
         return 1
+    import logging
+
+    for warning in _warnings(config):  # once per start (workers do not repeat them)
+        logging.getLogger("spooky.config").warning("config warning: %s", warning)
     if config.performance.worker_threads > 1:
         return _run_supervisor(config, args.config)
     try:

@@ -199,12 +199,6 @@ CASES = [
         "0 and 100",
     ),
     (
-        BASE + "resilience:\n  retry_budget:\n    per_route_ratio_percent:\n      api: 5\n",
-        "resilience.retry_budget.per_route_ratio_percent.api",
-        "api: 5",
-        "'/'",
-    ),
-    (
         BASE + "resilience:\n  hedging:\n    enabled: true\n    delay_ms: 0\n",
         "resilience.hedging.delay_ms",
         "delay_ms: 0",
@@ -221,12 +215,6 @@ CASES = [
         "resilience.brownout.trigger_inflight_percent",
         "trigger_inflight_percent",
         "1 and 100",
-    ),
-    (
-        BASE + "resilience:\n  brownout:\n    core_routes: [web]\n",
-        "resilience.brownout.core_routes[0]",
-        "core_routes",
-        "unknown pool 'web'",
     ),
     (BASE + "resilience:\n  route_queue:\n    global_cap: 0\n", "resilience.route_queue.global_cap", "global_cap", "> 0"),
     (

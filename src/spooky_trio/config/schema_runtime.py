@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from spooky_trio.config.normalize import upper_list
+from spooky_trio.config.normalize import pool_names, upper_list
 
 _MIB = 1024 * 1024
 
@@ -87,7 +87,10 @@ class CircuitBreakerConfig:
 
 @attrs.frozen(kw_only=True)
 class RetryBudgetConfig:
-    """Retries allowed per 100 primary requests, globally and per path prefix."""
+    """Retries allowed per 100 primary requests, globally and per pool.
+
+    ``per_route_ratio_percent`` is keyed by pool name (exact; spooky-head.md section 4).
+    """
 
     enabled: bool = True
     ratio_percent: int = 10
@@ -100,27 +103,33 @@ def _default_safe_methods() -> list[str]:
 
 @attrs.frozen(kw_only=True)
 class HedgingConfig:
-    """Send a second attempt after ``delay_ms`` for safe methods (``route_allowlist`` empty = all)."""
+    """Send a second attempt after ``delay_ms`` for safe methods.
+
+    ``route_allowlist``: pool names (trimmed, blanks dropped); empty means every pool.
+    """
 
     enabled: bool = False
     delay_ms: int = 100
     safe_methods: list[str] = attrs.field(factory=_default_safe_methods, converter=upper_list)
-    route_allowlist: list[str] = attrs.field(factory=list)
+    route_allowlist: list[str] = attrs.field(factory=list, converter=pool_names)
 
 
 @attrs.frozen(kw_only=True)
 class BrownoutConfig:
-    """Shed non-core pools with 503 while inflight is above the trigger percentage."""
+    """Shed non-core pools with 503 while inflight is above the trigger percentage.
+
+    ``core_routes``: pool names (trimmed, blanks dropped) that are never shed.
+    """
 
     enabled: bool = True
     trigger_inflight_percent: int = 90
     recover_inflight_percent: int = 60
-    core_routes: list[str] = attrs.field(factory=list)
+    core_routes: list[str] = attrs.field(factory=list, converter=pool_names)
 
 
 @attrs.frozen(kw_only=True)
 class RouteQueueConfig:
-    """Queue caps: per path prefix (``caps``), default per route, and global."""
+    """Queue caps: per pool name (``caps``, exact), ``default_cap`` for other pools, and global."""
 
     default_cap: int = 512
     global_cap: int = 2048

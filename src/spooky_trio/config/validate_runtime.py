@@ -50,7 +50,7 @@ _PERF_NON_NEGATIVE = ("inflight_acquire_wait_ms", "shutdown_drain_timeout_ms", "
 def validate_runtime(out: Problems, config: Config) -> None:
     """Add every violation in the runtime sections of ``config`` to ``out``."""
     _performance(out, config.performance)
-    _resilience(out, config.resilience, config.performance, set(config.upstream))
+    _resilience(out, config.resilience, config.performance)
     _observability(out, config)
     privileges = config.security.privileges
     if privileges.enabled:
@@ -98,16 +98,17 @@ def _methods(out: Problems, path: KeyPath, methods: list[str]) -> None:
             out.add(path + (index,), f"invalid method {method!r}")
 
 
-def _prefix_map(out: Problems, path: KeyPath, mapping: dict[str, int], low: int, high: int | None) -> None:
-    for prefix, value in mapping.items():
-        out.http_path(path + (prefix,), prefix)
+def _pool_map(out: Problems, path: KeyPath, mapping: dict[str, int], low: int, high: int | None) -> None:
+    """Values of a map keyed by pool name; the names are not checked (an unknown one is a
+    warning: :mod:`spooky_trio.config.pool_keyed`)."""
+    for name, value in mapping.items():
         if high is None:
-            out.at_least(path + (prefix,), value, low)
+            out.at_least(path + (name,), value, low)
         else:
-            out.between(path + (prefix,), value, low, high)
+            out.between(path + (name,), value, low, high)
 
 
-def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig, pools: set[str]) -> None:
+def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -> None:
     r: KeyPath = ("resilience",)
     aa, aa_path = res.adaptive_admission, r + ("adaptive_admission",)
     global_path = ("performance", "global_inflight_limit")
@@ -140,7 +141,7 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig, p
 
     rb, rb_path = res.retry_budget, r + ("retry_budget",)
     out.between(rb_path + ("ratio_percent",), rb.ratio_percent, 0, 100)
-    _prefix_map(out, rb_path + ("per_route_ratio_percent",), rb.per_route_ratio_percent, 0, 100)
+    _pool_map(out, rb_path + ("per_route_ratio_percent",), rb.per_route_ratio_percent, 0, 100)
 
     hd, hd_path = res.hedging, r + ("hedging",)
     if hd.enabled:
@@ -148,8 +149,6 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig, p
     else:
         out.at_least(hd_path + ("delay_ms",), hd.delay_ms, 0)
     _methods(out, hd_path + ("safe_methods",), hd.safe_methods)
-    for index, entry in enumerate(hd.route_allowlist):
-        out.not_empty(hd_path + ("route_allowlist", index), entry)
 
     bo, bo_path = res.brownout, r + ("brownout",)
     out.between(bo_path + ("trigger_inflight_percent",), bo.trigger_inflight_percent, 1, 100)
@@ -160,15 +159,12 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig, p
             f"must be < trigger_inflight_percent ({bo.recover_inflight_percent} vs {bo.trigger_inflight_percent})",
             bo_path + ("trigger_inflight_percent",),
         )
-    for index, name in enumerate(bo.core_routes):
-        if name not in pools:
-            out.add(bo_path + ("core_routes", index), f"unknown pool {name!r} (core_routes lists upstream pool names)", ("upstream", name))
 
     rq, rq_path = res.route_queue, r + ("route_queue",)
     out.positive(rq_path + ("default_cap",), rq.default_cap)
     out.positive(rq_path + ("global_cap",), rq.global_cap)
     out.at_least(rq_path + ("shed_retry_after_seconds",), rq.shed_retry_after_seconds, 0)
-    _prefix_map(out, rq_path + ("caps",), rq.caps, 1, None)
+    _pool_map(out, rq_path + ("caps",), rq.caps, 1, None)
 
     pr, pr_path = res.protocol, r + ("protocol",)
     _methods(out, pr_path + ("early_data_safe_methods",), pr.early_data_safe_methods)

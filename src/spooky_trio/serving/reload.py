@@ -33,7 +33,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from spooky_trio.config import Config, ConfigError, check_files, load_config_text
+from spooky_trio.config import Config, ConfigError, check_files, config_warnings, load_config_text
 from spooky_trio.config.diff import diff_line, diff_summary
 from spooky_trio.config.issues import ConfigIssue
 from spooky_trio.config.persist import write_atomic
@@ -358,6 +358,8 @@ class ConfigManager:
         problems = check_files(config)
         if problems:
             raise ReloadFailed(422, "invalid", problems)
+        for warning in config_warnings(config):
+            log.warning("config warning: %s", warning)
         adapt = self.server.adapt_config
         return config if adapt is None else adapt(config)
 
