@@ -185,12 +185,6 @@ CASES = [
         "max_limit: 5000",
         "global_inflight_limit",
     ),
-    (
-        BASE + "performance:\n  global_inflight_limit: 32\n",
-        "resilience.adaptive_admission.min_limit",
-        "global_inflight_limit: 32",  # min_limit is not written: the related key is
-        "defaults to performance.global_inflight_limit",
-    ),
     (BASE + "resilience:\n  retry_budget:\n    ratio_percent: 101\n", "resilience.retry_budget.ratio_percent", "ratio_percent", "0 and 100"),
     (
         BASE + "resilience:\n  retry_budget:\n    per_route_ratio_percent:\n      /api: 150\n",

@@ -9,7 +9,8 @@ against the process's current working directory when the files are opened.
 
 Invariants that hold for a :class:`Config` returned by the loader (not for hand-built ones):
 every ``PoolConfig.load_balancing`` is set (pool's own, else top-level ``load_balancing``,
-else round-robin) and ``resilience.adaptive_admission.max_limit`` is an int.
+else round-robin) and ``resilience.adaptive_admission.max_limit`` is an int (when omitted:
+``max(performance.global_inflight_limit, min_limit)``).
 """
 
 from __future__ import annotations

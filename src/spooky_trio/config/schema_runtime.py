@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from spooky_trio.config.markers import COMPAT, EXT
 from spooky_trio.config.normalize import pool_names, upper_list
 
 _MIB = 1024 * 1024
@@ -20,12 +21,12 @@ class PerformanceConfig:
     """``performance``: workers, inflight limits, timeouts, buffers and connection-flood guards."""
 
     worker_threads: int = 1
-    control_plane_threads: int = 2
+    control_plane_threads: int = attrs.field(default=2, metadata=COMPAT)
     reuseport: bool = True
     pin_workers: bool = False
-    packet_shards_per_worker: int = 1
-    packet_shard_queue_capacity: int = 2048
-    packet_shard_queue_max_bytes: int = 64 * _MIB
+    packet_shards_per_worker: int = attrs.field(default=1, metadata=COMPAT)
+    packet_shard_queue_capacity: int = attrs.field(default=2048, metadata=COMPAT)
+    packet_shard_queue_max_bytes: int = attrs.field(default=64 * _MIB, metadata=COMPAT)
     global_inflight_limit: int = 4096
     per_upstream_inflight_limit: int = 1024
     per_backend_inflight_limit: int = 64
@@ -44,7 +45,7 @@ class PerformanceConfig:
     backend_dns_refresh_enabled: bool = False
     backend_dns_refresh_interval_ms: int = 30000
     #: (ext) resolvers as ``ip``, ``ip:port`` or ``[ipv6]:port``; empty means the system ones.
-    backend_dns_nameservers: list[str] = attrs.field(factory=list)
+    backend_dns_nameservers: list[str] = attrs.field(factory=list, metadata=EXT)
     new_connections_per_sec: int = 2000
     new_connections_burst: int = 500
     max_active_connections: int = 20000
@@ -55,8 +56,8 @@ class PerformanceConfig:
     quic_initial_max_streams_uni: int = 100
     max_request_body_bytes: int = 1_000_000
     max_response_body_bytes: int = 100 * _MIB
-    request_buffer_global_cap_bytes: int = 64 * _MIB
-    unknown_length_response_prebuffer_bytes: int = 2 * _MIB
+    request_buffer_global_cap_bytes: int = attrs.field(default=64 * _MIB, metadata=COMPAT)
+    unknown_length_response_prebuffer_bytes: int = attrs.field(default=2 * _MIB, metadata=COMPAT)
 
 
 @attrs.frozen(kw_only=True)
@@ -64,7 +65,8 @@ class AdaptiveAdmissionConfig:
     """Latency-driven global limit moving between ``min_limit`` and ``max_limit``.
 
     ``max_limit`` is ``None`` only in the raw schema; the loader replaces an omitted value
-    with ``performance.global_inflight_limit``, so a loaded config always has an int here.
+    with ``max(performance.global_inflight_limit, min_limit)`` (Spooky's effective ceiling),
+    so a loaded config always has an int here. The global limit still bounds admission.
     """
 
     enabled: bool = True

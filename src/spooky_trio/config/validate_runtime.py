@@ -75,11 +75,19 @@ def _performance(out: Problems, perf: PerformanceConfig) -> None:
         )
     if perf.worker_threads > 1 and not perf.reuseport:
         out.add(p + ("reuseport",), "must be true when worker_threads > 1", p + ("worker_threads",))
+    # Spooky's cross-checks (spooky-head.md section 5): the timeout chain connect <=
+    # response head <= body idle <= body total <= whole request, the QUIC windows, and the
+    # buffer sizes against the body sizes. Its "max_request_body_bytes <=
+    # quic_initial_max_stream_data" is only reported by --spooky-strict (config/portability.py):
+    # we stream request bodies, so a larger body needs no larger window here.
     rules = (
         ("backend_connect_timeout_ms", "<=", "backend_timeout_ms"),
         ("backend_body_idle_timeout_ms", ">=", "backend_timeout_ms"),
+        ("backend_body_idle_timeout_ms", "<=", "backend_body_total_timeout_ms"),
         ("backend_total_request_timeout_ms", ">=", "backend_body_total_timeout_ms"),
         ("quic_initial_max_stream_data", "<=", "quic_initial_max_data"),
+        ("request_buffer_global_cap_bytes", ">=", "max_request_body_bytes"),
+        ("unknown_length_response_prebuffer_bytes", "<=", "max_response_body_bytes"),
     )
     for left, op, right in rules:
         a, b = getattr(perf, left), getattr(perf, right)
@@ -117,14 +125,11 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
     out.at_least(aa_path + ("increase_step",), aa.increase_step, 1)
     out.positive(aa_path + ("high_latency_ms",), aa.high_latency_ms)
     limit = perf.global_inflight_limit
-    if aa.max_limit is None:
-        if aa.min_limit > limit:
-            out.add(
-                aa_path + ("min_limit",),
-                f"must be <= max_limit, which defaults to performance.global_inflight_limit ({aa.min_limit} vs {limit})",
-                global_path,
-            )
-    else:
+    # spooky-head.md section 5: max_limit is checked only when set (unset, the ceiling is
+    # max(global_inflight_limit, min_limit), filled by the loader), whether or not enabled
+    if aa.max_limit is not None and aa.max_limit <= 0:
+        out.positive(aa_path + ("max_limit",), aa.max_limit)
+    elif aa.max_limit is not None:
         if aa.max_limit < aa.min_limit:
             out.add(aa_path + ("max_limit",), f"must be >= min_limit ({aa.max_limit} vs {aa.min_limit})", aa_path + ("min_limit",))
         if aa.max_limit > limit:
