@@ -1,4 +1,4 @@
-"""Configuration layer: YAML (schema version 1, see ``spec/config.md``) -> frozen attrs classes.
+"""Configuration layer: YAML (schema version 1, ``docs/configuration.md``) -> frozen attrs classes.
 
 Entry points: :func:`load_config` / :func:`load_config_text` (raise :class:`ConfigError`
 carrying every :class:`ConfigIssue`), :func:`check_files` for the certificate, key and

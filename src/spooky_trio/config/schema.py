@@ -1,6 +1,7 @@
-"""Configuration schema (version 1): frozen attrs classes mirroring ``spec/config.md``.
+"""Configuration schema (version 1): frozen attrs classes, documented key by key in
+``docs/configuration.md`` (a test keeps the two in step).
 
-Field names are exactly the YAML keys and defaults are the spec defaults. Enumerated values
+Field names are exactly the YAML keys and defaults are Spooky's. Enumerated values
 are stored in their canonical hyphen spelling (``round-robin``, ``pass-through``, ...), HTTP
 method names upper-cased, log levels as ``off/error/warn/info/debug/trace``.
 

@@ -1,8 +1,9 @@
 """Schema of the tuning sections: ``performance``, ``resilience``, ``observability``, ``security``.
 
 Every class is a frozen attrs class whose field names are exactly the YAML keys and whose
-defaults are the ones in ``spec/config.md``. Range and cross-field rules live in
-:mod:`spooky_trio.config.validate_runtime`; these classes only describe shape and defaults.
+defaults are Spooky's (``docs/configuration.md`` documents each key). Range and cross-field
+rules live in :mod:`spooky_trio.config.validate_runtime`; these classes only describe shape,
+defaults and markers (:mod:`spooky_trio.config.markers`).
 Durations are integer milliseconds unless the key name says otherwise.
 """
 
