@@ -96,7 +96,8 @@ class RetryBudgets:
 
     def for_pool(self, pool: str, cfg: RetryBudgetConfig) -> tuple[RetryBudget, int]:
         """(budget, ratio) for a request routed to ``pool`` under ``cfg`` (``resilience.retry_budget``)."""
-        ratio = cfg.per_route_ratio_percent.get(pool)
+        routes = cfg.per_route_ratio_percent
+        ratio = routes.get(pool) if routes else None  # no call at all in the common case
         if ratio is None:
             budget = self.global_budget
             if budget is None:
