@@ -6,6 +6,7 @@ example does: it names no pool, so it never applies, whatever the request path.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from pathlib import Path
@@ -108,3 +109,22 @@ resilience:
                         seen.append((await h2_get(server, certs_dir, path)).status_code)
     assert sorted(statuses["/echo"]) == [200] * 4
     assert sorted(statuses["/api/echo"]) == [200, 200, 502, 502]
+
+
+async def test_a_reload_logs_each_warning(certs_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.integration.test_observability import TOKEN, observability_yaml
+    from tests.support.proxy import free_udp_port
+
+    cport, mport = free_udp_port(), free_udp_port()
+    async with run_backend(name="api") as api:
+        base = proxy_yaml(h1_pool(api.url, "/", "api"), certs_dir=certs_dir, extra=observability_yaml(mport, cport))
+        async with running_proxy(base) as server, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{cport}", headers={"authorization": f"Bearer {TOKEN}"}
+        ) as control:
+            with caplog.at_level(logging.WARNING, logger="spooky.reload"):
+                r = await control.post("/admin/config/apply", content=base + 'resilience:\n  route_queue: {caps: {"/api": 128}}\n')
+            assert r.status_code == 200, r.text
+            assert server.generation.number == 2
+    warned = [rec.getMessage() for rec in caplog.records if rec.name == "spooky.reload" and "config warning" in rec.getMessage()]
+    assert len(warned) == 1
+    assert 'resilience.route_queue.caps["/api"]' in warned[0] and "pool names, not path prefixes" in warned[0]
