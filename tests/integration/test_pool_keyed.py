@@ -121,10 +121,15 @@ async def test_a_reload_logs_each_warning(certs_dir: Path, caplog: pytest.LogCap
         async with running_proxy(base) as server, httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{cport}", headers={"authorization": f"Bearer {TOKEN}"}
         ) as control:
+            doc = base + 'resilience:\n  route_queue: {caps: {"/api": 128}}\n'
+            checked = await control.post("/admin/config/validate", content=doc)
+            assert checked.status_code == 200 and [w["path"] for w in checked.json()["warnings"]] == ['resilience.route_queue.caps["/api"]']
             with caplog.at_level(logging.WARNING, logger="spooky.reload"):
-                r = await control.post("/admin/config/apply", content=base + 'resilience:\n  route_queue: {caps: {"/api": 128}}\n')
+                r = await control.post("/admin/config/apply", content=doc)
             assert r.status_code == 200, r.text
             assert server.generation.number == 2
+            (warning,) = r.json()["warnings"]
+            assert warning["path"] == 'resilience.route_queue.caps["/api"]' and warning["line"] == doc.splitlines().index("  route_queue: {caps: {\"/api\": 128}}") + 1
     warned = [rec.getMessage() for rec in caplog.records if rec.name == "spooky.reload" and "config warning" in rec.getMessage()]
     assert len(warned) == 1
     assert 'resilience.route_queue.caps["/api"]' in warned[0] and "pool names, not path prefixes" in warned[0]

@@ -2,7 +2,8 @@
 
 A warning never stops a config from loading (Spooky accepts these configs, and so do we);
 ``spooky-trio check`` prints each one (``<file>: warning: <path>: line L col C: <message>``)
-and still exits 0, ``spooky-trio run`` and every reload log each one on ``spooky.config``.
+and still exits 0; ``spooky-trio run`` logs each one on ``spooky.config`` and every reload on
+``spooky.reload``; the answers of a reload and of a dry run list them (``warnings``).
 """
 
 from __future__ import annotations
