@@ -32,10 +32,46 @@ def _load(path: str):  # type: ignore[no-untyped-def]
     return None if problems else config
 
 
+def _warnings(config) -> list[str]:  # type: ignore[no-untyped-def]
+    """The config's warnings (accepted, as Spooky accepts them, but probably not meant)."""
+    from spooky_trio.config import config_warnings
+
+    return [str(issue) for issue in config_warnings(config)]
+
+
+def _not_portable(path: str, config) -> list[str]:  # type: ignore[no-untyped-def]
+    """What in the loaded ``config`` (from ``path``) Spooky would not accept."""
+    from spooky_trio.config import ConfigError
+    from spooky_trio.config.portability import spooky_strict_issues
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        return [str(issue) for issue in spooky_strict_issues(config, text, source=path)]
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:  # the file changed under us
+        return [f"cannot read {path} again: {exc}"]
+
+
 def cmd_check(argv: list[str]) -> int:
-    args = _config_parser("spooky-trio check", "Validate a configuration file and the files it names.").parse_args(argv)
-    if _load(args.config) is None:
+    parser = _config_parser("spooky-trio check", "Validate a configuration file and the files it names.")
+    parser.add_argument(
+        "--spooky-strict",
+        action="store_true",
+        help="also report, one line each, everything Spooky would not accept (our extension keys and "
+        "spellings, rules we relax); exit 1 if there is any",
+    )
+    args = parser.parse_args(argv)
+    config = _load(args.config)
+    if config is None:
         return 1
+    for warning in _warnings(config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
+    if args.spooky_strict:
+        findings = _not_portable(args.config, config)
+        for finding in findings:
+            print(f"{args.config}: not for Spooky: {finding}", file=sys.stderr)
+        if findings:
+            return 1
     print("config OK")
     return 0
 
@@ -56,6 +92,10 @@ def cmd_run(argv: list[str]) -> int:
     except OSError as exc:
         print(f"spooky-trio: cannot open log file: {exc}", file=sys.stderr)
         return 1
+    import logging
+
+    for warning in _warnings(config):  # once per start (workers do not repeat them)
+        logging.getLogger("spooky.config").warning("config warning: %s", warning)
     if config.performance.worker_threads > 1:
         return _run_supervisor(config, args.config)
     try:
@@ -129,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(
             "usage: spooky-trio [run] [--config FILE]\n"
-            "       spooky-trio check [--config FILE]\n"
+            "       spooky-trio check [--config FILE] [--spooky-strict]\n"
             "       spooky-trio request URL [-X METHOD] [-d DATA|@file] [-H 'k: v'] [--http 3|2|1.1] [--cacert FILE|-k] [-i]\n"
             "\n`spooky-trio --config FILE` runs the proxy, as Spooky does."
         )

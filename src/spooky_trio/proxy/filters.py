@@ -184,7 +184,7 @@ class Admission:
         name = pool.name if pool is not None and ctx.connect_target is None else CONNECT_POOL
         config = ctx.config
         assert config is not None
-        slots = await self.guard.admit(config, name, ctx.request.path)
+        slots = await self.guard.admit(config, name)
         ctx.on_finish(functools.partial(self.guard.release, config, slots))
         return None
 

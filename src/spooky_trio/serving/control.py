@@ -327,7 +327,7 @@ def _overload_snapshot(server: ControlTarget) -> dict[str, object]:
         "route_queues": {"waiting": state.queues.total, "by_route": dict(state.queues.waiting)},
         "retry_budget": {
             "global_credit": None if budgets.global_budget is None else budgets.global_budget.credit / 100,
-            "routes": {prefix: budget.credit / 100 for prefix, budget in budgets.routes.items()},
+            "routes": {pool: budget.credit / 100 for pool, budget in budgets.routes.items()},
         },
     }
 
