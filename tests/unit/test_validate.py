@@ -82,7 +82,8 @@ def test_accepted_heads(kwargs: dict[str, object]) -> None:
 def test_http1_rules_are_the_looser_field_rules() -> None:
     h1 = {"multiplexed": False, "authority": None}
     assert reason(headers=[(b"X-Upper", b"1"), (b"Connection", b"keep-alive"), (b"TE", b"gzip")], **h1) is None  # type: ignore[arg-type]
-    assert reason(headers=[(b"x-a", b" lead")], **h1) is None  # type: ignore[arg-type]  # h11 strips it anyway
+    # fuzz_request_head (leading_space_value): h11 strips it when parsing, and refuses to send it
+    assert reason(headers=[(b"x-a", b" lead")], **h1) == "bad_field_value"  # type: ignore[arg-type]
     assert reason(headers=[(b"x y", b"1")], **h1) == "bad_field_name"  # type: ignore[arg-type]
     assert reason(headers=[(b"x-a", b"a\x0bb")], **h1) == "bad_field_value"  # type: ignore[arg-type]
 

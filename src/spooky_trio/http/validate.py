@@ -13,7 +13,7 @@ Rules (RFC 9110 5.1, 5.5, 5.6.2, 9.1; RFC 9112 3.2; RFC 9113 8.2-8.3; RFC 9114 4
   ``:path`` (HTTP/1.1's absolute-form is turned into origin-form by its ingress);
 * field names: tokens; in HTTP/2 and HTTP/3 lowercase too;
 * field values: no control characters but HTAB (NUL, CR, LF, ``\\x01``, ``\\x0b``,
-  ``\\x7f``...); in HTTP/2 and HTTP/3 no leading or trailing SP/HTAB either. Octets over
+  ``\\x7f``...), no leading or trailing SP/HTAB (HTTP/1.1's parser strips it). Octets over
   0x7f (obs-text) are kept as opaque data, as RFC 9110 5.5 asks of recipients (Go's and
   therefore Caddy's parser do the same);
 * HTTP/2 and HTTP/3: no connection-specific fields (``connection``, ``keep-alive``,
@@ -148,9 +148,10 @@ def check_head(
         return _bad("bad_field_value", "a field value holds a control character")
     content_length: bytes | None = None
     for name, value in headers:
+        if value and (value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
+            # (h11 strips this whitespace when it parses HTTP/1.1, so there it never occurs)
+            return _bad("bad_field_value", "a field value starts or ends with whitespace")
         if multiplexed:
-            if value and (value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
-                return _bad("bad_field_value", "a field value starts or ends with whitespace")
             if name in CONNECTION_SPECIFIC:
                 return _bad("connection_specific_field", f"{name.decode('latin-1')} is not allowed in HTTP/2 and HTTP/3")
             if name == b"te" and value.lower() != b"trailers":
