@@ -1,9 +1,12 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-protocol_policy -> route -> body_limit -> admission -> balance -> forward (terminal)
+[trace ->] protocol_policy -> route -> body_limit -> admission -> balance -> forward (terminal)
 ```
 
+* ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
+  trace context continued or started and sent upstream (``proxy/tracing.py``); it decides
+  nothing, so it runs first and every refusal after it is traced;
 * ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
   0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
@@ -38,11 +41,13 @@ from spooky_trio.proxy.answers import Answer
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
+from spooky_trio.proxy.tracing import Trace
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from spooky_trio.observability.metrics import Metrics
+    from spooky_trio.observability.tracing import Tracing
 
 route_log = logging.getLogger("spooky.routing")
 
@@ -173,10 +178,14 @@ class Balance:
         return None
 
 
-def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None) -> Chain:
+def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None,
+                tracing: Tracing | None = None) -> Chain:
     """The chain of ``generation`` in the order of the module docstring. ``state`` is the
-    server's store (overload state survives reloads there)."""
+    server's store (overload state survives reloads there); ``tracing`` the server's
+    (None: no span, whatever the config says)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
     filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    if tracing is not None and config.observability.tracing.enabled:
+        filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))
