@@ -205,3 +205,34 @@ async def test_a_dead_collector_fails_exports_not_requests(certs_dir: Path, monk
             assert server.tracing.exports.backoff >= 1
             assert await tcp_get(server, certs_dir, "/app/b/echo", [], http2=True) == 200
             assert await h3_get(server, certs_dir, "/app/c/echo", []) == 200
+
+
+async def test_a_reload_turns_tracing_on_moves_it_to_another_collector_and_off(certs_dir: Path) -> None:
+    with grpc_receiver() as first, grpc_receiver() as second:
+        async with run_backend(name="h1") as backend:
+            port_line = "  port: "
+            config = tracing_config(certs_dir, backend, "enabled: false")
+            port = int(next(line for line in config.splitlines() if line.startswith(port_line))[len(port_line):])
+
+            def with_tracing(tracing: str) -> bytes:
+                return proxy_yaml(h1_pool(backend.url, prefix="/app"), certs_dir=certs_dir, port=port,
+                                  extra=f"observability:\n  tracing:\n    {tracing}\n").encode()
+
+            async with running_proxy(config) as server:
+                assert await h3_get(server, certs_dir, "/app/off/echo", [("traceparent", CLIENT_TRACEPARENT)]) == 200
+                assert upstream_trace_headers(backend)["traceparent"] == [CLIENT_TRACEPARENT]  # untouched while off
+                on = await server.reloads.apply(with_tracing(f"enabled: true\n    otlp_endpoint: {first.endpoint}"))
+                assert on.status == 200
+                assert await h3_get(server, certs_dir, "/app/on/echo", []) == 200
+                [span] = await first.sink.wait_spans(1)
+                assert span.attributes["url.path"] == "/app/on/echo"
+                moved = await server.reloads.apply(with_tracing(f"enabled: true\n    otlp_endpoint: {second.endpoint}"))
+                assert moved.status == 200
+                assert await tcp_get(server, certs_dir, "/app/moved/echo", [], http2=True) == 200
+                [span] = await second.sink.wait_spans(1)
+                assert span.attributes["url.path"] == "/app/moved/echo" and len(first.sink.spans) == 1
+                off = await server.reloads.apply(with_tracing("enabled: false"))
+                assert off.status == 200
+                assert await h3_get(server, certs_dir, "/app/off-again/echo", [("traceparent", CLIENT_TRACEPARENT)]) == 200
+                assert upstream_trace_headers(backend)["traceparent"] == [CLIENT_TRACEPARENT]
+                assert "trace" not in server.proxy.chain_for(server.generation).names
