@@ -90,7 +90,7 @@ async def test_a_span_per_request_continues_the_client_trace_and_parents_the_ups
         assert a["spooky.route"] == "app" and a["spooky.pool"] == "app" and a["spooky.backend"] == "app-1"
         assert a["http.response.status_code"] == 200 and a["spooky.reason"] == "ok" and a["spooky.outcome"] == "ok"
         assert a["http.request.method"] == "GET" and a["url.path"] == f"/app/h{version}/echo" and a["server.address"] == "localhost"
-        assert a["client.address"] == "127.0.0.1" and a["http.response.body.size"] > 0
+        assert a["client.address"] == "127.0.0.1"
         assert span.end_ns >= span.start_ns > 0
     # started: a new trace (no parent), still sent upstream with our span as the parent
     started = spans["1.1"]

@@ -70,7 +70,7 @@ async def test_a_client_trace_is_continued_and_the_upstream_request_names_our_sp
     attributes = dict(span.attributes or {})
     assert attributes == {
         "http.request.method": "GET", "url.scheme": "https", "url.path": "/x", "network.protocol.version": "3",
-        "client.address": "192.0.2.1", "client.port": 50000, "http.request.body.size": 0, "http.response.body.size": 5,
+        "client.address": "192.0.2.1",
         "spooky.outcome": "ok", "server.address": "example.com", "http.response.status_code": 200,
         "spooky.route": "app", "spooky.pool": "app", "spooky.backend": attributes["spooky.backend"], "spooky.reason": "ok",
     }

@@ -102,17 +102,14 @@ def finish_span(ctx: RequestContext) -> None:
     request = ctx.request
     method = request.method.decode("latin-1")
     known = method in _KNOWN_METHODS
+    # (each attribute costs the SDK's validation, ~0.6 us: the access log has the rest)
     path, _, _query = request.path.partition(b"?")  # the query may carry secrets: left out
-    client_host, client_port = request.client_address
     attributes: dict[str, AttributeValue] = {
         "http.request.method": method if known else "_OTHER",
         "url.scheme": (request.scheme or b"https").decode("latin-1"),
         "url.path": path.decode("latin-1"),
         "network.protocol.version": _PROTOCOL_VERSIONS.get(request.protocol, request.protocol),
-        "client.address": client_host,
-        "client.port": client_port,
-        "http.request.body.size": ctx.bytes_in,
-        "http.response.body.size": ctx.bytes_out,
+        "client.address": request.client_address[0],
         "spooky.outcome": ctx.outcome,
     }
     if not known:
