@@ -22,13 +22,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Setter
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from spooky_trio.http.headers import host_without_port
-from spooky_trio.http.messages import Headers
 
 if TYPE_CHECKING:
     from spooky_trio.proxy.answers import Answer
@@ -44,16 +42,6 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "
 _PROTOCOL_VERSIONS = {"HTTP/3": "3", "HTTP/2": "2", "HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
 #: resets that are the client's doing, not a server error
 _CLIENT_RESETS = frozenset({"client_gone"})
-
-
-class _HeaderSetter(Setter[Headers]):
-    """Appends the propagator's headers to a request's header list."""
-
-    def set(self, carrier: Headers, key: str, value: str) -> None:
-        carrier.append((key.encode("latin-1"), value.encode("latin-1")))
-
-
-_SETTER = _HeaderSetter()
 
 
 class Trace:
@@ -87,7 +75,12 @@ class Trace:
             method if method in _KNOWN_METHODS else "HTTP", parent, SpanKind.SERVER, start_time=int(ctx.started_wall * 1e9)
         )
         ctx.span = span
-        _PROPAGATOR.inject(headers, set_span_in_context(span, _ROOT), _SETTER)
+        # what the propagator's inject writes, without the Context it needs built per request
+        context = span.get_span_context()
+        headers.append((b"traceparent", f"00-{format_trace_id(context.trace_id)}-{format_span_id(context.span_id)}-"
+                                        f"{context.trace_flags:02x}".encode("ascii")))
+        if context.trace_state:
+            headers.append((b"tracestate", context.trace_state.to_header().encode("latin-1")))
         return None
 
 
