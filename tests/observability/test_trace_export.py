@@ -204,3 +204,20 @@ async def test_a_collector_that_cannot_be_set_up_drops_spans(nursery: trio.Nurse
     task.queue.on_end(spans(1)[0])
     await task.flush()
     assert value(metrics, "spooky_tracing_spans_dropped_total", reason="no_exporter") == 1
+
+
+def test_tracers_are_shared_by_equal_configs_and_only_live_ones_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spooky_trio.observability.tracing import Tracing
+
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,service.name=not-this")
+    tracing = Tracing(None, environ={})
+    one, half = TracingConfig(enabled=True, service_name="edge"), TracingConfig(enabled=True, service_name="edge", sample_ratio=0.5)
+    tracer = tracing.tracer(one)
+    assert tracing.tracer(TracingConfig(enabled=True, service_name="edge")) is tracer and tracing.tracer(half) is not tracer
+    span = tracer.start_span("x")
+    span.end()
+    [finished] = tracing.queue.take(1)
+    assert finished.resource.attributes["service.name"] == "edge"
+    assert finished.resource.attributes["deployment.environment"] == "test"
+    tracing.follow([half])
+    assert tracing.tracer(half) is not None and tracing.tracer(one) is not tracer  # the old one was let go

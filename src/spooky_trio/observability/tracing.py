@@ -60,7 +60,9 @@ def sampler_for(ratio: float) -> Sampler:
 
 class Tracing:
     """The process's tracing (module docstring). ``environ`` is read for the ``OTEL_*``
-    variables (the process environment unless a test passes its own)."""
+    variables that choose the collector and the batching (the process environment unless a
+    test passes its own); the SDK reads ``OTEL_RESOURCE_ATTRIBUTES`` and the exporters
+    their ``OTEL_EXPORTER_OTLP_*`` details from the process environment."""
 
     def __init__(self, metrics: Metrics | None, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
@@ -91,6 +93,11 @@ class Tracing:
         when it has tracing on), or to none when no live generation does."""
         enabled = [c for c in configs if c.enabled]
         self.exports.want(export_settings(enabled[-1], self._environ) if enabled else None)
+        # tracers of generations no longer live go (their last requests keep a reference):
+        # the dict stays as small as the live set however often the ratio is reloaded
+        live = {(c.service_name, c.sample_ratio) for c in enabled}
+        for key in [key for key in self._tracers if key not in live]:
+            del self._tracers[key]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The export task (runs until cancelled)."""
