@@ -161,3 +161,14 @@ async def test_disabled_the_client_trace_headers_pass_through_untouched() -> Non
     await proxy.handle(request(headers=list(client)), RecordingSink())
     [(_, sent)] = upstream.sent
     assert trace_headers(sent.headers) == client and len(tracing.queue) == 0
+
+
+async def test_a_client_cannot_strip_our_traceparent_by_naming_it_in_connection() -> None:
+    proxy, tracing, upstream = traced()
+    client = [(b"connection", b"keep-alive, TraceParent"), (b"connection", b"tracestate"), (b"x-other", b"1")]
+    await proxy.handle(request(headers=client), RecordingSink())
+    span = only_span(tracing)
+    [(_, sent)] = upstream.sent
+    assert [n for n, _ in trace_headers(sent.headers)] == [b"traceparent"]
+    assert f"{span.context.span_id:016x}".encode() in dict(trace_headers(sent.headers))[b"traceparent"]
+    assert (b"x-other", b"1") in sent.headers
