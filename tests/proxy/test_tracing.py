@@ -172,3 +172,11 @@ async def test_a_client_cannot_strip_our_traceparent_by_naming_it_in_connection(
     assert [n for n, _ in trace_headers(sent.headers)] == [b"traceparent"]
     assert f"{span.context.span_id:016x}".encode() in dict(trace_headers(sent.headers))[b"traceparent"]
     assert (b"x-other", b"1") in sent.headers
+
+
+async def test_with_the_sdk_disabled_no_invalid_traceparent_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    proxy, tracing, upstream = traced()
+    await proxy.handle(request(), RecordingSink())
+    [(_, sent)] = upstream.sent
+    assert trace_headers(sent.headers) == [] and len(tracing.queue) == 0

@@ -83,6 +83,8 @@ class Trace:
         ctx.span = span
         # what the propagator's inject writes, without the Context it needs built per request
         context = span.get_span_context()
+        if not context.is_valid:  # (OTEL_SDK_DISABLED=true: the SDK hands back no span of ours)
+            return None
         headers.append((b"traceparent", f"00-{format_trace_id(context.trace_id)}-{format_span_id(context.span_id)}-"
                                         f"{context.trace_flags:02x}".encode("ascii")))
         if context.trace_state:
