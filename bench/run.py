@@ -11,6 +11,7 @@ Prints one table and writes the full results as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -310,6 +311,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             note = f"open loop {r['offered_rate']:g}/s, {r['skipped']:g} skipped"
         if r.get("rps_vs_one_worker") is not None:
             note = (note + ", " if note else "") + f"{r['rps_vs_one_worker']:.2f}x req/s of 1 worker"
+        if r.get("cpu_vs_untraced") is not None:
+            note = (note + ", " if note else "") + f"{r['cpu_vs_untraced']:.3f}x CPU/req of spooky"
+        if r.get("spans_exported") is not None:
+            note = (note + ", " if note else "") + f"{r['spans_exported']:g} spans exported"
         lines.append([
             r["scenario"], r["target"], str(r.get("run", 1)), _fmt(r.get("rps"), ".0f"), _fmt(r.get("p50_ms"), ".2f"),
             _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("max_ms"), ".1f"), str(r["errors"]), _fmt(r.get("cpu_s_per_1k"), ".3f"),
@@ -326,12 +331,14 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection;
-    spooky-wN / spooky (one worker): requests/s."""
+    spooky-wN / spooky (one worker): requests/s; spooky-tR / spooky (tracing off): CPU per request."""
     single = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "spooky"}
     for r in rows:
         one = single.get((r["scenario"], r.get("run", 1)))
         if r["target"].startswith("spooky-w") and one is not None and r.get("rps") and one.get("rps"):
             r["rps_vs_one_worker"] = round(r["rps"] / one["rps"], 2)
+        if r["target"].startswith("spooky-t") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
+            r["cpu_vs_untraced"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
     for r in rows:
         c = caddy.get((r["scenario"], r.get("run", 1)))
@@ -355,7 +362,8 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m: dict[str, Any] = {"scenario": scenario, "target": target, "run": f"med{len(group)}",
                              "errors": sum(r["errors"] for r in group)}
         for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
-                    "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker"):
+                    "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker",
+                    "cpu_vs_untraced", "spans_exported"):
             values = sorted(r[key] for r in group if r.get(key) is not None)
             if values:
                 m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
@@ -381,6 +389,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
+    p.add_argument("--tracing", default="",
+                   help="comma-separated observability.tracing settings for the spooky target: off, or a sample_ratio "
+                        "(e.g. off,1,0); ratio R runs as target spooky-tR with tracing enabled, exporting over OTLP/gRPC "
+                        "to a receiver in this process (tests/support/otlp.py)")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("--rate", type=float, default=0.0,
@@ -423,6 +435,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "spooky" in targets and counts != [1]:  # --workers 1,2: spooky (1 worker) and spooky-w2
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if n == 1 else f"spooky-w{n}" for n in counts]
+    tracings = [t.strip() for t in args.tracing.split(",") if t.strip()]
+    for t in tracings:
+        if t != "off" and not (t.replace(".", "", 1).isdigit() and 0 <= float(t) <= 1):
+            raise SystemExit(f"--tracing: {t!r} is neither off nor a sample ratio in [0, 1]")
+    if "spooky" in targets and tracings:  # --tracing off,1: spooky (tracing off) and spooky-t1
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if t == "off" else f"spooky-t{t}" for t in tracings]
     skipped = []
     if "caddy" in targets and not shutil.which("caddy"):
         targets.remove("caddy")
@@ -446,6 +465,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     origin = Origin(workdir, bench.certs, prefer=args.origin)
     result["origin"] = origin.kind
     origin.start()
+    collector = contextlib.ExitStack()
+    otlp = None
+    if any(t.startswith("spooky-t") for t in targets):
+        from tests.support.otlp import grpc_receiver  # an OTLP/gRPC receiver on opentelemetry-proto
+
+        otlp = collector.enter_context(grpc_receiver())
     try:
         for name in names:
             sc = dict(SCENARIOS[name])
@@ -463,13 +488,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         label, _, src = target.partition("=")
                         server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}",
                                               cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky-t"):  # --tracing R: tracing on at sample_ratio R
+                        assert otlp is not None
+                        server = SpookyServer(workdir, bench.certs, name=target, tracing=float(target[len("spooky-t"):]),
+                                              otlp_endpoint=otlp.endpoint,
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
                         server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)
                     else:
                         server = SpookyServer(workdir, bench.certs,
                                               cprofile_out=workdir / "cprofile-spooky.pstats" if args.cprofile else None)
                     load = procstat.load_average()
+                    spans_before = len(otlp.sink.spans) if otlp is not None else 0
                     row = bench.measure(server, origin, name, sc)
+                    if target.startswith("spooky-t") and otlp is not None:  # what the collector got (warm-up included)
+                        row["spans_exported"] = len(otlp.sink.spans) - spans_before
                     row["run"] = run_index
                     row["load_avg"] = load
                     result["rows"].append(row)
@@ -477,6 +510,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           f"{row.get('cpu_s_per_1k', '-')} CPU s/1k, errors {row['errors']}", file=sys.stderr, flush=True)
     finally:
         origin.stop()
+        collector.close()
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     add_ratios(result["rows"])

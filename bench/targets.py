@@ -225,9 +225,13 @@ class SpookyServer(Server):
     name = "spooky"
 
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
-                 cprofile_out: Path | None = None) -> None:
+                 cprofile_out: Path | None = None, tracing: float | None = None, otlp_endpoint: str = "") -> None:
         super().__init__(workdir, certs)
         self.workers = workers
+        #: observability.tracing.sample_ratio with tracing enabled (None: tracing off), spans
+        #: exported over OTLP/gRPC to ``otlp_endpoint`` (bench/run.py's receiver)
+        self.tracing = tracing
+        self.otlp_endpoint = otlp_endpoint
         #: run under bench/cprofile_run.py (profiling switched by SIGUSR1/SIGUSR2) writing here
         self.cprofile_out = cprofile_out
         self.control_port = free_port() if workers > 1 else 0
@@ -239,8 +243,13 @@ class SpookyServer(Server):
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
         # with workers: the supervisor's /ready (every worker serving) gates the load
-        control = (f"observability:\n  control_api:\n    enabled: true\n    port: {self.control_port}\n"
+        control = (f"  control_api:\n    enabled: true\n    port: {self.control_port}\n"
                    if self.workers > 1 else "")
+        if self.tracing is not None:
+            control += (f"  tracing:\n    enabled: true\n    sample_ratio: {self.tracing}\n"
+                        f"    otlp_endpoint: \"{self.otlp_endpoint}\"\n")
+        if control:
+            control = "observability:\n" + control
         return f"""version: 1
 listen:
   address: "127.0.0.1"

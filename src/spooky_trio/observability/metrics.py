@@ -137,6 +137,18 @@ class Metrics:
         self.config_reloads = Counter("spooky_config_reload", "Configuration reloads by result", ["result"], registry=r)
         for result in ("success", "invalid", "failed"):
             self.config_reloads.labels(result=result)
+        # observability.tracing (observability/tracing.py, trace_export.py): extensions
+        self.tracing_spans_exported = Counter("spooky_tracing_spans_exported", "Spans delivered to the OTLP collector", registry=r)
+        self.tracing_spans_dropped = Counter(
+            "spooky_tracing_spans_dropped", "Spans dropped before export, by reason", ["reason"], registry=r
+        )
+        self.tracing_exports = Counter("spooky_tracing_exports", "OTLP export calls, by result", ["result"], registry=r)
+        #: reason -> child, resolved once (a drop is counted per span while the queue is full)
+        self._tracing_dropped = {
+            reason: self.tracing_spans_dropped.labels(reason) for reason in ("queue_full", "export_failed", "no_exporter")
+        }
+        for result in ("success", "failure", "timeout"):
+            self.tracing_exports.labels(result)
 
     # -- event hooks --
 
@@ -223,6 +235,18 @@ class Metrics:
         (self.dns_success if ok else self.dns_failure).inc()
         if changed:
             self.dns_changes.inc()
+
+    def tracing_dropped(self, reason: str, spans: int) -> None:
+        """``spans`` finished spans were not exported: ``queue_full`` (the bounded queue was
+        full when they ended), ``export_failed`` (their batch failed or timed out),
+        ``no_exporter`` (no usable exporter: see the log)."""
+        self._tracing_dropped[reason].inc(spans)
+
+    def tracing_export(self, result: str, spans: int) -> None:
+        """One export call of ``spans`` spans ended: ``success``, ``failure`` or ``timeout``."""
+        self.tracing_exports.labels(result).inc()
+        if result == "success":
+            self.tracing_spans_exported.inc(spans)
 
     def render(self) -> bytes:
         """The text exposition of the registry."""

@@ -1,9 +1,12 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-normalize_path -> protocol_policy -> route -> body_limit -> admission -> balance -> forward
+[trace ->] normalize_path -> protocol_policy -> route -> body_limit -> admission -> balance -> forward
 ```
 
+* ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
+  trace context continued or started and sent upstream (``proxy/tracing.py``); it decides
+  nothing, so it runs first and every refusal after it is traced;
 * ``normalize_path``: the request's path as every later step sees it (``http/paths.py``:
   dot segments, merged slashes, unreserved escapes; ``resilience.protocol`` ext keys), with
   the client's own target kept for the access log and, with ``forward_normalized_path:
@@ -43,11 +46,13 @@ from spooky_trio.proxy.answers import Answer
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
+from spooky_trio.proxy.tracing import Trace
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from spooky_trio.observability.metrics import Metrics
+    from spooky_trio.observability.tracing import Tracing
 
 route_log = logging.getLogger("spooky.routing")
 
@@ -208,12 +213,16 @@ class Balance:
         return None
 
 
-def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None) -> Chain:
+def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None,
+                tracing: Tracing | None = None) -> Chain:
     """The chain of ``generation`` in the order of the module docstring. ``state`` is the
-    server's store (overload state survives reloads there)."""
+    server's store (overload state survives reloads there); ``tracing`` the server's
+    (None: no span, whatever the config says)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
     filters: list[Filter | SyncFilter] = [
         NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard),
     ]
+    if tracing is not None and config.observability.tracing.enabled:
+        filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

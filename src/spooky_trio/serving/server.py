@@ -4,6 +4,7 @@
 Server.run
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
+├─ trace export: drains the span queue to the OTLP collector (observability/trace_export.py)
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
 ├─ one service per enabled endpoint (metrics, control API), each in its own cancel scope
@@ -39,6 +40,7 @@ from spooky_trio.ingress.quic import QuicListener
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
+from spooky_trio.observability.tracing import Tracing
 from spooky_trio.proxy.chain import Proxy
 from spooky_trio.proxy.filters import build_chain
 from spooky_trio.resilience.watchdog import Watchdog
@@ -89,9 +91,13 @@ class Server:
         #: the reload transaction, history, rollback and canary (serving/reload.py); it owns
         #: the GenerationSet the request path reads
         self.reloads = ConfigManager(self, first)
+        #: observability.tracing: tracers per generation, the span queue, the OTLP export task
+        self.tracing = Tracing(self.metrics)
+        self.tracing.follow([config.observability.tracing])
         self.proxy = Proxy(
             self.reloads.generations.pick,
-            lambda generation: build_chain(generation, upstream=self.upstream, state=self.state, metrics=self.metrics),
+            lambda generation: build_chain(generation, upstream=self.upstream, state=self.state, metrics=self.metrics,
+                                           tracing=self.tracing),
             self.metrics,
         )
         self.proxy.chain_for(first)
@@ -226,6 +232,7 @@ class Server:
             self._nursery = root
             await root.start(self.upstream.run)
             await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
+            await root.start(self.tracing.run)  # OTLP export: drains the span queue in a worker thread
             for pair in self._pairs:
                 await self._start_pair(pair)
             for service in self._services.values():
@@ -237,6 +244,7 @@ class Server:
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()
+            await self.tracing.flush()  # the drained requests' spans, within a short bound
             root.cancel_scope.cancel()
 
     async def _start_pair(self, pair: ListenerPair) -> None:
@@ -361,6 +369,7 @@ class Server:
         removed backends stop, new ones start, unchanged ones keep running; removed
         backends' connections drain."""
         live = self.generations.live()
+        self.tracing.follow(generation.config.observability.tracing for generation in live)
         await self.health.apply([b for generation in live for b in generation.backends()], live[-1].config.performance)
         keep = set()
         for generation in live:
