@@ -1,7 +1,7 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-protocol_policy -> route -> body_limit -> admission -> balance -> forward (terminal)
+protocol_policy -> route -> body_limit -> auth -> external_auth -> admission -> balance -> forward (terminal)
 ```
 
 * ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
@@ -9,6 +9,9 @@ protocol_policy -> route -> body_limit -> admission -> balance -> forward (termi
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
   with the decision log and header of ``observability.routing``;
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
+* ``auth`` and ``external_auth`` (``proxy/auth.py``, ``proxy/external_auth.py``; only in a
+  generation with an ``auth`` block): api_key and jwt (401/403), then external auth of kind
+  http or oidc, for the pool the route chose;
 * ``admission``: brownout, adaptive admission, global and pool inflight limits, route
   queues (503 + ``Retry-After``), slots given back when the request ends;
 * ``balance``: a backend of the serving pool under its limit whose breaker permits, leased
@@ -35,8 +38,10 @@ from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
+from spooky_trio.proxy.auth import local_auth_filter
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
+from spooky_trio.proxy.external_auth import external_auth_filter
 from spooky_trio.proxy.forward import Forward
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
@@ -178,5 +183,11 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     server's store (overload state survives reloads there)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard)]
+    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config)]
+    # auth: api_key and jwt right after the route, before brownout and rate limits; external
+    # auth after those (extensions.md section 0: brownout and scoped rate limits go between
+    # the two) and before admission, so unauthenticated traffic takes no slot
+    filters += [step for step in (local_auth_filter(generation, state.auth, metrics),
+                                  external_auth_filter(generation, state.auth, metrics)) if step is not None]
+    filters += [Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))
