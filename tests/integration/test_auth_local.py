@@ -15,7 +15,7 @@ from spooky_trio.serving.server import Server
 from tests.support.auth_servers import run_auth_server
 from tests.support.backends import run_backend
 from tests.support.clients import PROTOCOLS, proxy_clients
-from tests.support.proxy import proxy_yaml, running_proxy
+from tests.support.proxy import free_udp_port, proxy_yaml, running_proxy
 from tests.support.tokens import claims, hs256, jwks, new_rsa_key, public_jwk, signed, unsigned
 
 
@@ -207,7 +207,7 @@ async def test_jwks_server_down_cached_keys_keep_working(certs_dir: Path) -> Non
                     unknown = await clients.request(protocol, "/echo", [("authorization", f"Bearer {rs(key, 'k2')}")])
                     assert unknown.status == 401
             assert server.metrics.registry.get_sample_value("spooky_auth_jwks_stale_served_total") == 3
-            assert (server.metrics.registry.get_sample_value("spooky_auth_outbound_calls_total", {"kind": "jwks", "result": "status"}) or 0) >= 1
+            assert (server.metrics.registry.get_sample_value("spooky_auth_outbound_calls_total", {"kind": "jwks", "result": "5xx"}) or 0) >= 1
 
 
 async def test_jwks_never_fetched_answers_503(certs_dir: Path) -> None:
@@ -221,3 +221,42 @@ async def test_jwks_never_fetched_answers_503(certs_dir: Path) -> None:
                     assert (reply.status, reply.header("retry-after")) == (503, "1"), reply.body
                     assert reply.body == b"authentication keys unavailable\n"
             assert decisions(server, "p0", "jwt", "auth_jwks_unavailable") == 3
+
+
+async def test_reload_rotates_keys_and_secrets_and_keeps_the_jwks_cache(certs_dir: Path, tmp_path: Path) -> None:
+    key = new_rsa_key()
+    async with run_auth_server(certs_dir) as idp, run_backend(name="h1") as backend:
+        idp.jwks = jwks(public_jwk(key, "k1"))
+        port = free_udp_port()
+
+        def config(api_keys: str, secret: str) -> str:
+            return proxy_yaml(pools(backend.url, {
+                "/k": f"  auth: {{api_key: {{keys: [{api_keys}]}}}}",
+                "/h": f"  auth: {{jwt: {{secret: {secret}}}}}",
+            }) + jwks_pool(backend.url, idp.url, certs_dir).replace("p0:", "p9:").replace('path_prefix: "/"', 'path_prefix: "/j"').replace("b0", "b9"),
+                certs_dir=certs_dir, port=port)
+
+        async with running_proxy(config("old-key", "old-secret"), config_path=tmp_path / "spooky.yaml") as server:
+            async with proxy_clients(server.listeners[0].port, certs_dir) as clients:
+                old_jwt, new_jwt = hs256("old-secret", claims()), hs256("new-secret", claims())
+                jwks_token = rs(key, "k1")
+                for protocol in PROTOCOLS:
+                    assert (await clients.request(protocol, "/k/echo", [("x-api-key", "old-key")])).status == 200
+                    assert (await clients.request(protocol, "/h/echo", [("authorization", f"Bearer {old_jwt}")])).status == 200
+                    assert (await clients.request(protocol, "/j/echo", [("authorization", f"Bearer {jwks_token}")])).status == 200
+                fetches = len(idp.jwks_fetches)
+                (tmp_path / "spooky.yaml").write_text(config("new-key, next-key", "new-secret"))
+                outcome = await server.reloads.reload_file("test")
+                assert outcome.status == 200, outcome.body
+                for protocol in PROTOCOLS:
+                    assert (await clients.request(protocol, "/k/echo", [("x-api-key", "old-key")])).status == 401
+                    assert (await clients.request(protocol, "/k/echo", [("x-api-key", "next-key")])).status == 200
+                    assert (await clients.request(protocol, "/h/echo", [("authorization", f"Bearer {old_jwt}")])).status == 401
+                    assert (await clients.request(protocol, "/h/echo", [("authorization", f"Bearer {new_jwt}")])).status == 200
+                    assert (await clients.request(protocol, "/j/echo", [("authorization", f"Bearer {jwks_token}")])).status == 200
+                assert len(idp.jwks_fetches) == fetches  # the JWKS cache outlived the generation
+                assert len(server.state.auth.jwks_caches()) == 1
+                # a reload that drops jwks_uri stops its refresher
+                (tmp_path / "spooky.yaml").write_text(proxy_yaml(pools(backend.url, {"/k": "  auth: {api_key: {keys: [k]}}"}), certs_dir=certs_dir, port=port))
+                assert (await server.reloads.reload_file("test")).status == 200
+                assert server.state.auth.jwks_caches() == []

@@ -42,6 +42,7 @@ class AuthServer:
     introspection: dict[str, Any] = attrs.Factory(lambda: {"active": True})
     introspection_status: int = 200
     introspections: list[dict[str, Any]] = attrs.Factory(list)
+    introspection_delay: float = 0.0
     check_status: int = 200
     check_headers: list[tuple[str, str]] = attrs.Factory(list)
     check_body: bytes = b""
@@ -90,6 +91,7 @@ def _app(server: AuthServer) -> Callable[..., Awaitable[None]]:
             out = json.dumps({"issuer": server.url, "introspection_endpoint": f"{server.url}/introspect"}).encode()
         elif path == "/introspect" and scope["method"] == "POST":
             server.introspections.append({"form": dict(parse_qsl(body.decode())), "headers": headers})
+            await trio.sleep(server.introspection_delay)
             status, out = server.introspection_status, json.dumps(server.introspection).encode()
             out_headers = [(b"content-type", b"application/json")]
         elif path == "/check":

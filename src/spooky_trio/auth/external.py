@@ -80,9 +80,12 @@ class Verdict:
     detail: str = ""
     #: the access log's reason of a refusal (empty: the filter names it from the status)
     reason: str = ""
-    #: an outbound call was made for it (not: a missing token, a cached answer), and its seconds
+    #: an outbound call was made for it (not: a missing token, a cached answer), its seconds
+    #: and its result as ``spooky_auth_outbound_calls_total`` counts it (``2xx``..``5xx``,
+    #: ``timeout``, ``connect``, ``tls``, ``too_large``...)
     called: bool = False
     seconds: float = 0.0
+    call_result: str = ""
 
 
 def interpret(response: OutboundResponse, allowlist: frozenset[bytes]) -> Verdict:
@@ -108,6 +111,11 @@ def interpret(response: OutboundResponse, allowlist: frozenset[bytes]) -> Verdic
         extra = (b"www-authenticate", challenge) if challenge is not None else None
         return Verdict(DENY, status, _relayed(allowed, extra), response.body)
     return Verdict(ERROR, status, detail=f"answered {status}")
+
+
+def status_class(status: int) -> str:
+    """``2xx``..``5xx`` (an answer's result in ``spooky_auth_outbound_calls_total``)."""
+    return f"{status // 100}xx"
 
 
 def _relayed(allowed: Headers, extra: tuple[bytes, bytes] | None) -> Headers:
@@ -138,8 +146,7 @@ class HttpExternalAuth:
         started = time.monotonic()
         try:
             response = await self.client.request("GET", self.endpoint, headers=headers, timeout=self.timeout, max_body=MAX_AUTH_BODY)
-        except OutboundTimeout as exc:
-            return Verdict(TIMEOUT, detail=str(exc), called=True, seconds=time.monotonic() - started)
         except OutboundError as exc:
-            return Verdict(ERROR, detail=f"{exc.reason}: {exc}", called=True, seconds=time.monotonic() - started)
-        return attrs.evolve(interpret(response, self.allowlist), called=True, seconds=response.elapsed)
+            kind = TIMEOUT if isinstance(exc, OutboundTimeout) else ERROR
+            return Verdict(kind, detail=f"{exc.reason}: {exc}", called=True, seconds=time.monotonic() - started, call_result=exc.reason)
+        return attrs.evolve(interpret(response, self.allowlist), called=True, seconds=response.elapsed, call_result=status_class(response.status))

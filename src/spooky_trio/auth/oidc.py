@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from spooky_trio.auth.credentials import MALFORMED, MISSING, bearer_token
-from spooky_trio.auth.external import DENY, ERROR, TIMEOUT, Verdict, subrequest_headers
+from spooky_trio.auth.external import DENY, ERROR, TIMEOUT, Verdict, status_class, subrequest_headers
 from spooky_trio.auth.jwks import redact_url
 from spooky_trio.auth.outbound import OutboundClient, OutboundError, OutboundTimeout
 from spooky_trio.config.address import is_loopback
@@ -232,14 +232,14 @@ class OidcIntrospection:
         try:
             response = await self.client.request("POST", endpoint, headers=headers, content=body,
                                                  timeout=max(0.0, deadline - trio.current_time()), max_body=MAX_INTROSPECTION_BYTES)
-        except OutboundTimeout as exc:
-            return Verdict(TIMEOUT, detail=f"introspection: {exc}", called=True, seconds=trio.current_time() - started)
         except OutboundError as exc:
-            return Verdict(ERROR, detail=f"introspection: {exc.reason}: {exc}", called=True, seconds=trio.current_time() - started)
+            kind = TIMEOUT if isinstance(exc, OutboundTimeout) else ERROR
+            return Verdict(kind, detail=f"introspection: {exc.reason}: {exc}", called=True, seconds=trio.current_time() - started,
+                           call_result=exc.reason)
         verdict, exp = self._judge(response.status, response.body)
         if verdict.kind == "allow" and self.cache is not None:
             self.cache.store(digest, trio.current_time(), exp)
-        return attrs.evolve(verdict, called=True, seconds=response.elapsed)
+        return attrs.evolve(verdict, called=True, seconds=response.elapsed, call_result=status_class(response.status))
 
     async def _endpoint(self, started: float, deadline: float) -> str | Verdict:
         """The introspection endpoint, or the verdict when discovery failed in time."""
@@ -269,14 +269,14 @@ class OidcIntrospection:
             return Verdict(ERROR, status, detail="the introspection answer is not a JSON object"), None
         if answer.get("active") is not True:
             return _deny(403, "oidc_inactive", b"inactive oidc token\n"), None
-        if self.issuer is not None:
-            iss = answer.get("iss")
-            if not isinstance(iss, str) or iss.rstrip("/") != self.issuer.rstrip("/"):
-                return _deny(403, "oidc_issuer", b"unexpected oidc issuer\n"), None
-        if self.audience is not None:
-            aud = answer.get("aud")
-            if not (aud == self.audience or (isinstance(aud, list) and self.audience in aud)):
-                return _deny(403, "oidc_audience", b"unexpected oidc audience\n"), None
+        # iss and aud are optional in RFC 7662: checked when the answer has them (an IdP that
+        # omits them is trusted as the issuer the discovery named; docs/auth.md)
+        iss = answer.get("iss")
+        if self.issuer is not None and iss is not None and (not isinstance(iss, str) or iss.rstrip("/") != self.issuer.rstrip("/")):
+            return _deny(403, "oidc_issuer", b"unexpected oidc issuer\n"), None
+        aud = answer.get("aud")
+        if self.audience is not None and aud is not None and not (aud == self.audience or (isinstance(aud, list) and self.audience in aud)):
+            return _deny(403, "oidc_audience", b"unexpected oidc audience\n"), None
         if self.scopes:
             scope = answer.get("scope")
             granted = set(scope.split()) if isinstance(scope, str) else set()

@@ -156,10 +156,9 @@ class AuthStore:
             except OutboundError as exc:
                 self._count(kind, exc.reason, started)
                 raise
+            self._count(kind, f"{response.status // 100}xx", started)
             if not 200 <= response.status < 300:
-                self._count(kind, "status", started)
                 raise OutboundError("status", f"answered {response.status}")
-            self._count(kind, "ok", started)
             return response.body
 
         return fetch

@@ -161,7 +161,7 @@ class Metrics:
         r.register(_AuthDecisionCollector(self.auth_decisions))
         self.auth_calls = Counter(
             "spooky_auth_outbound_calls", "Outbound calls of the auth layer (jwks, oidc_discovery, oidc_introspection, "
-            "external_http) by result (ok, status, timeout, connect, tls, too_large, ...)", ["kind", "result"], registry=r,
+            "external_http) by result (2xx..5xx for an answer, else timeout, connect, tls, too_large, ...)", ["kind", "result"], registry=r,
         )
         self.auth_call_latency = Histogram(
             "spooky_auth_outbound_latency_ms", "Duration of the auth layer's outbound calls (ms)", ["kind"],

@@ -82,7 +82,7 @@ class PoolExternalAuth:
             else:
                 self.breaker.failure(probe, trio.current_time(), BREAKER)
             if verdict.called and self.metrics is not None:
-                self.metrics.auth_call(self.call_kind, "ok" if verdict.kind in (ALLOW, DENY) else verdict.kind, verdict.seconds)
+                self.metrics.auth_call(self.call_kind, verdict.call_result, verdict.seconds)
         if verdict.kind == ALLOW:
             if verdict.inject:
                 ctx.request.headers = [*strip_headers(ctx.request.headers, self.allowlist), *verdict.inject]
