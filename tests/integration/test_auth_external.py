@@ -85,13 +85,18 @@ async def test_spooky_example_3(certs_dir: Path, caplog: pytest.LogCaptureFixtur
                 for reply in await each(clients, "/api/echo"):
                     assert (reply.status, reply.body) == (504, b"external auth timeout\n")
                 assert trio.current_time() - started < 3 * 2.0
+                # fail_open: a timeout admits the request (still without the client's copies)
+                for reply in await each(clients, "/open/echo", SPOOF):
+                    assert reply.status == 200 and reply.echoed("x-user-id") == []
     assert decisions(server, "api", "allowed") == 6
     assert decisions(server, "api", "ext_auth_denied") == 3
     assert decisions(server, "api", "ext_auth_timeout") == 3
     assert decisions(server, "down", "ext_auth_error") == 3
-    assert decisions(server, "open", "fail_open") == 3 and decisions(server, "opendown", "fail_open") == 3
+    assert decisions(server, "open", "fail_open") == 6 and decisions(server, "opendown", "fail_open") == 3
     calls = server.metrics.registry.get_sample_value
-    assert calls("spooky_auth_outbound_calls_total", {"kind": "external_http", "result": "timeout"}) == 3
+    # pool open failed 3 times (500) then timed out twice: its breaker opened, and the last
+    # request was admitted (fail_open) without a call
+    assert calls("spooky_auth_outbound_calls_total", {"kind": "external_http", "result": "timeout"}) == 5
     assert calls("spooky_auth_outbound_calls_total", {"kind": "external_http", "result": "2xx"}) == 6
     assert calls("spooky_auth_outbound_calls_total", {"kind": "external_http", "result": "4xx"}) == 3
     assert calls("spooky_auth_outbound_calls_total", {"kind": "external_http", "result": "5xx"}) == 3

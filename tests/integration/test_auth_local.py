@@ -173,7 +173,9 @@ async def test_jwks_every_refusal_rotation_and_flood(certs_dir: Path) -> None:
                         reply = await clients.request(protocol, "/echo", [("authorization", f"Bearer {token}")])
                         assert reply.status == status, (protocol, reply.body)
                         if status == 401:
-                            assert reply.header("www-authenticate") == "Bearer"
+                            assert (reply.header("www-authenticate"), reply.body) == ("Bearer", b"unauthorized\n")
+                    missing = await clients.request(protocol, "/echo")
+                    assert (missing.status, missing.header("www-authenticate")) == (401, "Bearer")
                 assert len(idp.jwks_fetches) == 1
                 # rotation: the IdP publishes a new key; a token with its kid triggers exactly one refetch
                 idp.jwks = jwks(public_jwk(old, "old"), public_jwk(new, "new"))
