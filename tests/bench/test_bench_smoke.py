@@ -146,3 +146,18 @@ def test_h1_exchange_ab_runs_each_target(tmp_path):
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["a", "b"]
     assert all(float(line.split()[2]) > 0 for line in lines)
+
+
+def test_bench_auth_targets(tmp_path):
+    """``-t spooky+api_key,spooky+jwt``: the load sends valid credentials (a refusal would be
+    an error of the run), the JWT target's JWK Set server starts and stops with it."""
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky+api_key,spooky+jwt", "-n", "100", "-p", "1",
+         "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["target"], r["errors"]) for r in rows] == [("spooky+api_key", 0), ("spooky+jwt", 0)]
+    assert all(r["requests"] >= 100 for r in rows)
