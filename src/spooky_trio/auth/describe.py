@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from spooky_trio.auth.jwks import redact_url
+from spooky_trio.auth.urls import redact_url
 from spooky_trio.config import Config
 from spooky_trio.config.schema_auth import REDACTED, AuthConfig
 

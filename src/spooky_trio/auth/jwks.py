@@ -34,6 +34,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
 from spooky_trio.auth.outbound import OutboundError
+from spooky_trio.auth.urls import redact_url
 
 log = logging.getLogger("spooky.auth")
 
@@ -249,15 +250,3 @@ class JwksCache:
             "last_error": self.last_error,
         }
 
-
-def redact_url(url: str) -> str:
-    """``url`` as logs and the control API show it: without userinfo, query or fragment
-    (either may carry a credential)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***"
-    authority, slash, path = rest.partition("/")
-    host = authority.rpartition("@")[2]
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    shown = f"{scheme}://{host}{slash}{path}"
-    return shown + ("?***" if "?" in rest else "")

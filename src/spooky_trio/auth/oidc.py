@@ -25,7 +25,7 @@ import trio
 
 from spooky_trio.auth.credentials import MALFORMED, MISSING, bearer_token
 from spooky_trio.auth.external import DENY, ERROR, TIMEOUT, Verdict, status_class, subrequest_headers
-from spooky_trio.auth.jwks import redact_url
+from spooky_trio.auth.urls import redact_url
 from spooky_trio.auth.outbound import OutboundClient, OutboundError, OutboundTimeout
 from spooky_trio.config.address import is_loopback
 from spooky_trio.config.schema_auth import ExternalAuthConfig

@@ -6,6 +6,9 @@ TLS is verified against the system roots plus an optional ``ca_file`` (extension
 section 4); redirects are never followed (an auth service's 3xx is an answer); proxies from
 the environment are ignored (``trust_env=False``: what the proxy talks to is what its config
 says); ``accept-encoding: identity`` is sent, so a body is never decompressed past its bound.
+
+httpx is imported when the first client is made: a config without outbound auth does not
+carry its ~8 MB (measured as peak RSS in the bench) in every process.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import ssl
 import time
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 import attrs
-import httpx
 import trio
 
+if TYPE_CHECKING:
+    import httpx
+
 #: what one client may hold open (connections beyond wait for a free one, within the deadline)
-_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
+MAX_CONNECTIONS = 256
 
 
 class OutboundError(Exception):
@@ -70,7 +77,10 @@ class OutboundClient:
     same CA content, closed by its owner (:class:`~spooky_trio.auth.store.AuthStore`)."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
-        self._client = httpx.AsyncClient(verify=context, follow_redirects=False, trust_env=False, limits=_LIMITS, timeout=None)
+        import httpx  # (module docstring)
+
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64, keepalive_expiry=30)
+        self._client = httpx.AsyncClient(verify=context, follow_redirects=False, trust_env=False, limits=limits, timeout=None)
 
     async def request(
         self, method: str, url: str, *, headers: Sequence[tuple[bytes, bytes]] = (), content: bytes | None = None,
@@ -79,6 +89,8 @@ class OutboundClient:
         """``method url`` with exactly ``headers`` (plus httpx's Host and framing); the whole
         exchange (connect, TLS, head, body) within ``timeout`` seconds, the body within
         ``max_body`` bytes. Raises :class:`OutboundTimeout` or :class:`OutboundError`."""
+        import httpx  # already loaded by __init__: a dict lookup
+
         started = time.monotonic()
         outgoing = [(n, v) for n, v in headers if n != b"accept-encoding"] + [(b"accept-encoding", b"identity")]
         with trio.move_on_after(timeout) as scope:
@@ -118,6 +130,8 @@ class OutboundClient:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):

@@ -23,14 +23,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from typing import TYPE_CHECKING
+
 import trio
 
-from spooky_trio.auth.jwks import MAX_JWKS_BYTES, JwksCache, JwksSettings
 from spooky_trio.auth.metrics import AuthMetrics
-from spooky_trio.auth.oidc import MAX_DISCOVERY_BYTES, DiscoveryCache, discovery_url
 from spooky_trio.auth.outbound import OutboundClient, OutboundError, client_ssl_context
 from spooky_trio.config import Config
 from spooky_trio.config.schema_auth import DEFAULT_DISCOVERY_CACHE_SECS, ExternalAuthConfig, JwtAuthConfig
+
+if TYPE_CHECKING:  # imported where used: they load PyJWT, which a config without auth never needs
+    from spooky_trio.auth.jwks import JwksCache, JwksSettings
+    from spooky_trio.auth.oidc import DiscoveryCache
 
 log = logging.getLogger("spooky.auth")
 
@@ -76,6 +80,8 @@ class AuthStore:
 
     def jwks_cache(self, config: JwtAuthConfig) -> JwksCache:
         """The cache of ``config.jwks_uri`` with these settings, its refresher started."""
+        from spooky_trio.auth.jwks import JwksCache, JwksSettings
+
         assert config.jwks_uri is not None
         client, digest = self.client(config.ca_file)
         settings = JwksSettings(config.jwks_uri, config.ca_file, digest, float(config.jwks_cache_secs),
@@ -93,6 +99,8 @@ class AuthStore:
     def discovery(self, config: ExternalAuthConfig, url: str) -> tuple[DiscoveryCache, OutboundClient]:
         """The discovery cache of ``url`` (one per URL, CA and cache setting) and the client
         of ``config.ca_file``."""
+        from spooky_trio.auth.oidc import MAX_DISCOVERY_BYTES, DiscoveryCache
+
         client, digest = self.client(config.ca_file)
         cache_secs = float(config.discovery_cache_secs if config.discovery_cache_secs is not None else DEFAULT_DISCOVERY_CACHE_SECS)
         key = (url, config.ca_file, digest, cache_secs, config.timeout_ms / 1000)
@@ -134,6 +142,8 @@ class AuthStore:
                     await client.aclose()
 
     def _start_refresher(self, settings: JwksSettings, client: OutboundClient) -> None:
+        from spooky_trio.auth.jwks import MAX_JWKS_BYTES
+
         if self._nursery is None or settings in self._started:
             return
         self._started.add(settings)
@@ -172,6 +182,8 @@ class AuthStore:
     def follow(self, configs: Iterable[Config]) -> None:
         """Keep what the live generations' configs name; stop the refreshers of the rest
         and close the clients nothing names (after :data:`CLIENT_GRACE_SECS`)."""
+        from spooky_trio.auth.oidc import discovery_url
+
         jwks_uris: set[tuple[str, str | None]] = set()
         discovery_urls: set[str] = set()
         ca_files: set[str | None] = set()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from jwt.utils import is_pem_format, is_ssh_key
-
 from spooky_trio.config.address import is_loopback, is_token
 from spooky_trio.config.checks import Problems
 from spooky_trio.config.issues import KeyPath
@@ -73,7 +71,7 @@ def _jwt(out: Problems, path: KeyPath, jwt: JwtAuthConfig) -> None:
         out.add(path + ("secret",), "required (or jwks_uri, to verify tokens with the keys of a JWK Set)")
     elif jwt.secret is not None and not jwt.secret.strip():
         out.add(path + ("secret",), "must not be blank")
-    elif jwt.secret is not None and (is_pem_format(jwt.secret.strip().encode()) or is_ssh_key(jwt.secret.strip().encode())):
+    elif jwt.secret is not None and _looks_like_a_public_key(jwt.secret.strip().encode()):
         out.add(path + ("secret",), "is a public key: an HMAC secret must never be one (use jwks_uri for asymmetric tokens)")
     for key in ("issuer", "audience"):
         value: str | None = getattr(jwt, key)
@@ -91,6 +89,14 @@ def _jwt(out: Problems, path: KeyPath, jwt: JwtAuthConfig) -> None:
     out.positive(path + ("jwks_timeout_ms",), jwt.jwks_timeout_ms)
     if jwt.algorithms is not None:
         _algorithms(out, path + ("algorithms",), jwt)
+
+
+def _looks_like_a_public_key(secret: bytes) -> bool:
+    # PyJWT's own test (its HMAC refuses such a key); imported here: only configs with a
+    # jwt secret load PyJWT
+    from jwt.utils import is_pem_format, is_ssh_key
+
+    return is_pem_format(secret) or is_ssh_key(secret)
 
 
 def _algorithms(out: Problems, path: KeyPath, jwt: JwtAuthConfig) -> None:

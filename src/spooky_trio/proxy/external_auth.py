@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from spooky_trio.auth.external import ALLOW, DENY, TIMEOUT, HttpExternalAuth, Verdict, strip_headers
-from spooky_trio.auth.jwks import redact_url
+from spooky_trio.auth.urls import redact_url
 from spooky_trio.auth.oidc import OidcIntrospection, discovery_url
 from spooky_trio.auth.store import AuthStore
 from spooky_trio.config import CircuitBreakerConfig

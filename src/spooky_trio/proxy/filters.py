@@ -38,10 +38,8 @@ from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
-from spooky_trio.proxy.auth import local_auth_filter
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
-from spooky_trio.proxy.external_auth import external_auth_filter
 from spooky_trio.proxy.forward import Forward
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
@@ -186,8 +184,13 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config)]
     # auth: api_key and jwt right after the route, before brownout and rate limits; external
     # auth after those (extensions.md section 0: brownout and scoped rate limits go between
-    # the two) and before admission, so unauthenticated traffic takes no slot
-    filters += [step for step in (local_auth_filter(generation, state.auth, metrics),
-                                  external_auth_filter(generation, state.auth, metrics)) if step is not None]
+    # the two) and before admission, so unauthenticated traffic takes no slot. Imported
+    # only for a config with auth: PyJWT and httpx stay out of processes that never use them
+    if any(pool.auth is not None for pool in config.upstream.values()):
+        from spooky_trio.proxy.auth import local_auth_filter
+        from spooky_trio.proxy.external_auth import external_auth_filter
+
+        filters += [step for step in (local_auth_filter(generation, state.auth, metrics),
+                                      external_auth_filter(generation, state.auth, metrics)) if step is not None]
     filters += [Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))
