@@ -102,6 +102,10 @@ class OutboundClient:
                 raise OutboundError("tls", f"TLS: {exc}") from None
             except OSError as exc:
                 raise OutboundError("connect", f"{type(exc).__name__}: {exc}") from None
+            except OutboundError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a misbehaving peer must never fail the request path
+                raise OutboundError("protocol", f"{type(exc).__name__}: {exc}") from None
         assert scope.cancelled_caught
         raise OutboundTimeout(timeout)
 

@@ -45,6 +45,11 @@ CLIENT_GRACE_SECS = 60.0
 _JSON = [(b"accept", b"application/json")]
 
 
+def _jwks_group(settings: JwksSettings) -> tuple[str, str | None, float, float, float]:
+    """A JWKS setting as a config names it (without the CA content)."""
+    return (settings.uri, settings.ca_file, settings.cache_secs, settings.min_refresh_secs, settings.timeout)
+
+
 def _ca_digest(ca_file: str | None) -> str:
     if ca_file is None:
         return ""
@@ -184,7 +189,7 @@ class AuthStore:
         and close the clients nothing names (after :data:`CLIENT_GRACE_SECS`)."""
         from spooky_trio.auth.oidc import discovery_url
 
-        jwks_uris: set[tuple[str, str | None]] = set()
+        jwks_wanted: set[tuple[str, str | None, float, float, float]] = set()
         discovery_urls: set[str] = set()
         ca_files: set[str | None] = set()
         for config in configs:
@@ -192,20 +197,24 @@ class AuthStore:
                 auth = pool.auth
                 if auth is None:
                     continue
-                if auth.jwt is not None and auth.jwt.jwks_uri is not None:
-                    jwks_uris.add((auth.jwt.jwks_uri, auth.jwt.ca_file))
-                    ca_files.add(auth.jwt.ca_file)
+                jwt = auth.jwt
+                if jwt is not None and jwt.jwks_uri is not None:
+                    jwks_wanted.add((jwt.jwks_uri, jwt.ca_file, float(jwt.jwks_cache_secs), float(jwt.jwks_min_refresh_secs),
+                                     jwt.jwks_timeout_ms / 1000))
+                    ca_files.add(jwt.ca_file)
                 ext = auth.external_auth
                 if ext is not None:
                     ca_files.add(ext.ca_file)
                     if ext.kind == "oidc":
                         discovery_urls.add(discovery_url(ext))
-        newest_jwks: dict[tuple[str, str | None], JwksSettings] = {}
+        # per setting, the cache made last (a CA file rewritten in place made a new one)
+        newest_jwks: dict[tuple[str, str | None, float, float, float], JwksSettings] = {}
         for settings in self._jwks:  # insertion order: the last one made is the newest
-            newest_jwks[(settings.uri, settings.ca_file)] = settings
+            newest_jwks[_jwks_group(settings)] = settings
         for settings in list(self._jwks):
-            if (settings.uri, settings.ca_file) not in jwks_uris or newest_jwks[(settings.uri, settings.ca_file)] != settings:
-                cache, scope = self._jwks.pop(settings)
+            group = _jwks_group(settings)
+            if group not in jwks_wanted or newest_jwks[group] != settings:
+                _cache, scope = self._jwks.pop(settings)
                 scope.cancel()
                 self._started.discard(settings)
         newest_client: dict[str | None, tuple[str | None, str]] = {}
