@@ -17,7 +17,7 @@ form and the claims are read here, the signature there.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import re
 import time
@@ -38,6 +38,7 @@ UNKNOWN_KID = "auth_unknown_kid"
 JWKS_UNAVAILABLE = "auth_jwks_unavailable"
 
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 class TokenRefused(Exception):
@@ -49,11 +50,13 @@ class TokenRefused(Exception):
 
 
 def _b64decode(segment: bytes) -> bytes:
-    """An unpadded base64url segment (canonical: no stray bits), or :class:`TokenRefused`."""
+    """An unpadded base64url segment (canonical: no stray bits), or :class:`TokenRefused`.
+    binascii directly: the ``base64`` module's wrappers cost six Python calls a segment."""
     if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
         raise TokenRefused(MALFORMED)
-    decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment:
+    padded = segment.translate(_TO_STANDARD) + b"=" * (-len(segment) % 4)
+    decoded = binascii.a2b_base64(padded)
+    if binascii.b2a_base64(decoded, newline=False) != padded:
         raise TokenRefused(MALFORMED)
     return decoded
 
@@ -104,7 +107,7 @@ class JwtVerifier:
         if len(parts) != 3:
             raise TokenRefused(MALFORMED)
         try:
-            header: object = json.loads(_b64decode(parts[0]))
+            header: object = json.loads(_b64decode(parts[0]).decode("utf-8"))
         except (ValueError, RecursionError):
             raise TokenRefused(MALFORMED) from None
         if not isinstance(header, dict):
@@ -136,7 +139,7 @@ class JwtVerifier:
         if not any(algorithm.verify(token.signing_input, key, token.signature) for algorithm, key in keys):
             raise TokenRefused(INVALID_SIGNATURE)
         try:
-            payload: object = json.loads(_b64decode(token.payload_segment))
+            payload: object = json.loads(_b64decode(token.payload_segment).decode("utf-8"))
         except (ValueError, RecursionError):
             raise TokenRefused(MALFORMED) from None
         if not isinstance(payload, dict):
