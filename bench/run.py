@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
+from bench.auth import BenchAuth
 from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, SpookyServer, free_port, python_env
 
 RESULTS = REPO / "bench" / "results"
@@ -80,6 +81,8 @@ class Bench:
                    "--requests", str(-(-a.requests // procs) if a.requests else 0),
                    "--rate", str(a.rate / procs if a.rate else 0),
                    "--warmup", str(min(a.warmup, sc.get("warmup", a.warmup))), "--timeout", str(sc.get("timeout", 30))]
+            for name, value in sc.get("headers", ()):
+                cmd += ["--header", f"{name}:{value}"]
             cmds.append(cmd)
         return cmds
 
@@ -204,6 +207,7 @@ class Bench:
         self._profiling_target = server.name
         self._cprofile_out = getattr(server, "cprofile_out", None)
         upstream = origin.h2_url if sc["upstream"] == "h2" else origin.h1_url
+        sc["headers"] = getattr(server, "request_headers", [])  # an auth target's credentials
         server.start(upstream, port)
         try:
             pid = server.pid
@@ -385,7 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-s", "--scenarios", default=",".join(DEFAULT_ORDER),
                    help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
     p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
-                        "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run")
+                        "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run; "
+                        "spooky+api_key and spooky+jwt run this checkout with the pool behind an API key or an RS256 JWT "
+                        "(bench/auth.py), the load sending valid credentials")
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
@@ -492,6 +498,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         assert otlp is not None
                         server = SpookyServer(workdir, bench.certs, name=target, tracing=float(target[len("spooky-t"):]),
                                               otlp_endpoint=otlp.endpoint,
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+"):  # spooky+api_key, spooky+jwt: bench/auth.py
+                        server = SpookyServer(workdir, bench.certs, name=target, auth=BenchAuth(target[len("spooky+"):], workdir),
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
                         server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)

@@ -14,6 +14,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.auth import BenchAuth
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_MIB = 1 << 20
@@ -225,8 +229,12 @@ class SpookyServer(Server):
     name = "spooky"
 
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
-                 cprofile_out: Path | None = None, tracing: float | None = None, otlp_endpoint: str = "") -> None:
+                 cprofile_out: Path | None = None, tracing: float | None = None, otlp_endpoint: str = "",
+                 auth: BenchAuth | None = None) -> None:
         super().__init__(workdir, certs)
+        #: the pool's auth mode (bench/auth.py) and the credentials the load sends
+        self.auth = auth
+        self.request_headers = auth.headers if auth is not None else []
         self.workers = workers
         #: observability.tracing.sample_ratio with tracing enabled (None: tracing off), spans
         #: exported over OTLP/gRPC to ``otlp_endpoint`` (bench/run.py's receiver)
@@ -241,6 +249,8 @@ class SpookyServer(Server):
 
     def config_text(self, upstream_url: str, port: int) -> str:
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
+        if self.auth is not None:
+            tls += self.auth.pool_config()
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
         # with workers: the supervisor's /ready (every worker serving) gates the load
         control = (f"  control_api:\n    enabled: true\n    port: {self.control_port}\n"
@@ -284,6 +294,8 @@ security:
 
     def start(self, upstream_url: str, port: int) -> None:
         self.port = port
+        if self.auth is not None:
+            self.auth.start()
         path = self.workdir / f"spooky-{port}.yaml"
         path.write_text(self.config_text(upstream_url, port))
         env = python_env(self.src)
@@ -299,6 +311,12 @@ security:
         wait_tcp(port, self.proc, what="spooky-trio")
         if self.workers > 1:  # every worker must have bound its sockets before the load connects
             wait_ready(self.control_port, self.proc)
+
+
+    def stop(self) -> None:
+        super().stop()
+        if self.auth is not None:
+            self.auth.stop()
 
 
 class CaddyServer(Server):

@@ -215,6 +215,27 @@ def h3_frames_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def auth_token_seeds() -> dict[str, bytes]:
+    def built(mode: int, header: int, payload: int) -> bytes:
+        return Writer().int_in_range(mode, 0, 2).boolean(True).byte(header).boolean(True).byte(payload).getvalue()
+
+    raw = Writer().int_in_range(0, 0, 2).getvalue()
+    return {
+        "raw_bearer": raw + b"Bearer abc.def.ghi",
+        "raw_key": raw + b"  key-two ",
+        "raw_basic": raw + b"Basic dXNlcjpwdw==",
+        "hs256_valid": built(1, 0, 0),
+        "hs256_aud_list_nbf": built(1, 0, 1),
+        "hs256_string_exp": built(1, 0, 2),
+        "hs256_expired": built(1, 0, 3),
+        "hs256_claims_to_headers": built(1, 0, 4),
+        "near_none": built(1, 2, 0),
+        "near_crit": built(1, 3, 0),
+        "es256_bad_signature": built(2, 1, 0),
+        "near_rs256_confusion": built(1, 5, 0),
+    }
+
+
 def control_api_seeds() -> dict[str, bytes]:
     # setup bytes: endpoint (0 = metrics, else control API), token, reload fails, ready; then read size
     control, metrics = bytes([1, 1, 0, 1]), bytes([0, 0, 0, 1])
@@ -281,6 +302,7 @@ ALL = {
     "fuzz_forwarded_headers": forwarded_seeds,
     "fuzz_control_api": control_api_seeds,
     "fuzz_request_head": request_head_seeds,
+    "fuzz_auth_tokens": auth_token_seeds,
 }
 
 

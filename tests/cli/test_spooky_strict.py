@@ -27,6 +27,27 @@ SAMPLES = {
     "resilience.protocol.forward_normalized_path": "false",
 }
 
+#: pool keys: the ``auth`` block (with whatever the key needs beside it) of a third pool
+_JWT = "      jwt: {secret: s3cret, %s}\n"
+_OIDC = "      external_auth: {kind: oidc, issuer_url: 'https://idp.test', client_id: c, %s}\n"
+POOL_SAMPLES = {
+    "upstream.<pool>.auth.jwt.jwks_uri": "      jwt: {jwks_uri: 'https://idp.test/jwks'}\n",
+    "upstream.<pool>.auth.jwt.algorithms": _JWT % "algorithms: [HS256]",
+    "upstream.<pool>.auth.jwt.jwks_cache_secs": _JWT % "jwks_cache_secs: 60",
+    "upstream.<pool>.auth.jwt.jwks_min_refresh_secs": _JWT % "jwks_min_refresh_secs: 60",
+    "upstream.<pool>.auth.jwt.jwks_timeout_ms": _JWT % "jwks_timeout_ms: 500",
+    "upstream.<pool>.auth.jwt.ca_file": "      jwt: {jwks_uri: 'https://idp.test/jwks', ca_file: CA}\n",
+    "upstream.<pool>.auth.external_auth.ca_file": "      external_auth: {kind: http, endpoint: 'https://auth.test/check', ca_file: CA}\n",
+    "upstream.<pool>.auth.external_auth.client_secret_file": _OIDC % "client_secret_file: CA",
+    "upstream.<pool>.auth.external_auth.discovery_cache_secs": _OIDC % "discovery_cache_secs: 60",
+    "upstream.<pool>.auth.external_auth.introspection_cache_secs": _OIDC % "introspection_cache_secs: 60",
+    "upstream.<pool>.auth.forward_claims": (_JWT % "issuer: i") + "      forward_claims: {sub: x-user}\n",
+    "upstream.<pool>.auth.insufficient_scope_status": (_JWT % "issuer: i") + "      required_scopes: [read]\n"
+                                                      "      insufficient_scope_status: 403\n",
+}
+#: the extension keys a pool sample needs beside its own
+_NEEDED = {"upstream.ext.auth.jwt.jwks_uri"}
+
 
 def config_text(certs_dir: Path, tail: str = "") -> str:
     return f"""\
@@ -88,16 +109,23 @@ def test_every_finding_one_line_each_and_exit_1(tmp_path: Path, certs_dir: Path)
 def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
-    missing = [key.dotted for key in extension if key.dotted not in SAMPLES]
-    assert not missing, f"give SAMPLES a value for: {missing}"
+    missing = [key.dotted for key in extension if key.dotted not in SAMPLES and key.dotted not in POOL_SAMPLES]
+    assert not missing, f"give SAMPLES (or POOL_SAMPLES) a value for: {missing}"
+    message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
-        tail = ""
-        for depth, element in enumerate(key.path[:-1]):
-            tail += "  " * depth + f"{element}:\n"
-        tail += "  " * (len(key.path) - 1) + f"{key.path[-1]}: {SAMPLES[key.dotted]}\n"
+        if key.dotted in POOL_SAMPLES:  # a third pool, continuing config_text's upstream mapping
+            tail = ("  ext:\n    route: {path_prefix: /ext}\n    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n"
+                    "    auth:\n" + POOL_SAMPLES[key.dotted].replace("CA", str(certs_dir / "ca.pem")))
+        else:
+            tail = ""
+            for depth, element in enumerate(key.path[:-1]):
+                tail += "  " * depth + f"{element}:\n"
+            tail += "  " * (len(key.path) - 1) + f"{key.path[-1]}: {SAMPLES[key.dotted]}\n"
         text = config_text(certs_dir, tail)
-        issues = spooky_strict_issues(load_config_text(text), text)
-        assert [(i.path, i.message) for i in issues] == [(key.dotted, "a spooky-trio extension key (Spooky rejects it)")]
+        issues = {(i.path, i.message) for i in spooky_strict_issues(load_config_text(text), text)}
+        expected = key.dotted.replace("<pool>", "ext")
+        assert (expected, message) in issues, (key.dotted, issues)
+        assert issues <= {(expected, message)} | {(path, message) for path in _NEEDED}, (key.dotted, issues)
 
 
 def test_the_relaxed_rules_are_silent_on_a_plain_config(certs_dir: Path) -> None:

@@ -34,6 +34,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from spooky_trio.config.issues import KeyPath
 from spooky_trio.config.schema import INTERNAL, Config
+from spooky_trio.config.schema_auth import Secret
 from spooky_trio.config.spellings import canonical, describe_choices
 
 #: Error kinds produced by :func:`structure_errors`.
@@ -86,6 +87,12 @@ def _structure_str(value: Any, _: Any) -> str:
     return str(value)
 
 
+def _structure_secret(value: Any, _: Any) -> Secret:
+    if not isinstance(value, str):  # never quote a secret, even a mistyped one
+        raise TypeError(f"expected a string, got {describe(value).split(' (')[0]}")
+    return Secret(value)
+
+
 def _make_literal_hook(literal: Any) -> Callable[[Any, Any], str]:
     def hook(value: Any, _: Any) -> str:
         if not isinstance(value, str):
@@ -116,6 +123,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(Secret, _structure_secret)
     conv.register_structure_hook_factory(_is_literal, _make_literal_hook)
 
     def list_factory(tp: Any) -> Callable[[Any, Any], list[Any]]:

@@ -24,6 +24,7 @@ import attrs
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
 from spooky_trio.config.normalize import empty_to_none, upper_optional
+from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -165,6 +166,8 @@ class PoolConfig:
     host_policy: HostPolicyConfig = attrs.field(factory=HostPolicyConfig)
     forwarded_headers: ForwardedHeadersConfig = attrs.field(factory=ForwardedHeadersConfig)
     tls: UpstreamTlsConfig | None = None
+    #: authentication and authorization of the requests this pool's route matches
+    auth: AuthConfig | None = None
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""

@@ -25,6 +25,7 @@ from spooky_trio.config.schema import (
     PoolConfig,
     UpstreamTlsConfig,
 )
+from spooky_trio.config.validate_auth import validate_auth
 from spooky_trio.config.validate_runtime import validate_runtime
 
 SUPPORTED_VERSION = 1
@@ -168,6 +169,8 @@ def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
         out.add(path + ("host_policy", "host"), f"only allowed when host_policy.mode is rewrite (mode is {policy.mode})")
     if pool.tls is not None:
         _validate_upstream_tls(out, path + ("tls",), pool.tls)
+    if pool.auth is not None:
+        validate_auth(out, path + ("auth",), pool.auth)
     _validate_backends(out, path, pool)
 
 

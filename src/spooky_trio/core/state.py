@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable, Iterator
 import attrs
 import trio
 
+from spooky_trio.auth.store import AuthStore
 from spooky_trio.config import HealthCheckConfig
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
@@ -180,6 +181,9 @@ class StateStore:
         #: backend TLS contexts by trust-material content: a reload re-reads the CA files and
         #: keeps the same context (so the same pooled connections) while they are unchanged
         self.client_tls = ClientContexts()
+        #: the auth layer's JWKS caches, discovery documents and HTTP clients (its task:
+        #: ``AuthStore.run``, started by the server)
+        self.auth = AuthStore()
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""

@@ -55,6 +55,23 @@ class _ReasonCollector(Collector):
         yield family
 
 
+class _AuthDecisionCollector(Collector):
+    """``spooky_auth_decisions_total{upstream,step,result}`` from :attr:`Metrics.auth_decisions`."""
+
+    def __init__(self, decisions: collections.Counter[tuple[str, str, str]]) -> None:
+        self._decisions = decisions
+
+    def describe(self) -> list[Metric]:
+        return []  # collected only at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("spooky_auth_decisions", "Authentication steps by pool, step and result (allowed, fail_open or the refusal reason)",
+                                     labels=["upstream", "step", "result"])
+        for (pool, step, result), count in sorted(list(self._decisions.items())):
+            family.add_metric([pool, step, result], count)
+        yield family
+
+
 class Metrics:
     """Every event metric, defined once in ``self.registry`` (never the global registry)."""
 
@@ -149,6 +166,23 @@ class Metrics:
         }
         for result in ("success", "failure", "timeout"):
             self.tracing_exports.labels(result)
+        # authentication (auth/, proxy/auth.py; docs/auth.md). Decisions happen once per
+        # request of an authenticated pool: a plain dict exposed at scrape time, like reasons
+        #: (pool, step, result) -> requests (``spooky_auth_decisions_total``)
+        self.auth_decisions: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        r.register(_AuthDecisionCollector(self.auth_decisions))
+        self.auth_calls = Counter(
+            "spooky_auth_outbound_calls", "Outbound calls of the auth layer (jwks, oidc_discovery, oidc_introspection, "
+            "external_http) by result (2xx..5xx for an answer, else timeout, connect, tls, too_large, ...)", ["kind", "result"], registry=r,
+        )
+        self.auth_call_latency = Histogram(
+            "spooky_auth_outbound_latency_ms", "Duration of the auth layer's outbound calls (ms)", ["kind"],
+            buckets=LATENCY_BUCKETS_MS, registry=r,
+        )
+        self.jwks_stale = Counter(
+            "spooky_auth_jwks_stale_served", "Tokens verified with JWKS keys kept past jwks_cache_secs because refreshes failed",
+            registry=r,
+        )
 
     # -- event hooks --
 
@@ -247,6 +281,18 @@ class Metrics:
         self.tracing_exports.labels(result).inc()
         if result == "success":
             self.tracing_spans_exported.inc(spans)
+
+    def auth_decision(self, pool: str, step: str, result: str) -> None:
+        """``step`` (api_key, jwt, external_http, oidc) of ``pool`` decided ``result``."""
+        self.auth_decisions[(pool, step, result)] += 1
+
+    def auth_call(self, kind: str, result: str, seconds: float) -> None:
+        """One outbound call of the auth layer ended (``result`` ``ok`` or why not)."""
+        self.auth_calls.labels(kind, result).inc()
+        self.auth_call_latency.labels(kind).observe(seconds * 1000)
+
+    def jwks_stale_served(self) -> None:
+        self.jwks_stale.inc()
 
     def render(self) -> bytes:
         """The text exposition of the registry."""

@@ -1,7 +1,8 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-[trace ->] normalize_path -> protocol_policy -> route -> body_limit -> admission -> balance -> forward
+[trace ->] normalize_path -> protocol_policy -> route -> body_limit [-> auth -> external_auth]
+  -> admission -> balance -> forward (terminal)
 ```
 
 * ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
@@ -16,6 +17,9 @@
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
   with the decision log and header of ``observability.routing``;
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
+* ``auth`` and ``external_auth`` (``proxy/auth.py``, ``proxy/external_auth.py``; only in a
+  generation with an ``auth`` block): api_key and jwt (401/403), then external auth of kind
+  http or oidc, for the pool the route chose;
 * ``admission``: brownout, adaptive admission, global and pool inflight limits, route
   queues (503 + ``Retry-After``), slots given back when the request ends;
 * ``balance``: a backend of the serving pool under its limit whose breaker permits, leased
@@ -220,9 +224,18 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     (None: no span, whatever the config says)."""
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [
-        NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config), Admission(guard), Balance(guard),
-    ]
+    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config)]
     if tracing is not None and config.observability.tracing.enabled:
         filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
+    # auth: api_key and jwt right after the route, before brownout and rate limits; external
+    # auth after those (extensions.md section 0: brownout and scoped rate limits go between
+    # the two) and before admission, so unauthenticated traffic takes no slot. Imported
+    # only for a config with auth: PyJWT and httpx stay out of processes that never use them
+    if any(pool.auth is not None for pool in config.upstream.values()):
+        from spooky_trio.proxy.auth import local_auth_filter
+        from spooky_trio.proxy.external_auth import external_auth_filter
+
+        filters += [step for step in (local_auth_filter(generation, state.auth, metrics),
+                                      external_auth_filter(generation, state.auth, metrics)) if step is not None]
+    filters += [Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

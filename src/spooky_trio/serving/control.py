@@ -7,7 +7,8 @@ Control API (``observability.control_api``):
   503 otherwise;
 * ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends with their
   circuit breaker, connection counts, overload state: inflight, admission limit, brownout,
-  route queues, retry budgets; uptime, version);
+  route queues, retry budgets; uptime, version; the auth settings per pool with every
+  secret as ``***``, the JWKS caches and OIDC discovery documents);
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
@@ -30,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from spooky_trio.auth.describe import describe_auth
 from spooky_trio.config import Config, ControlApiConfig, MetricsConfig
 from spooky_trio.core.activity import Activity
 from spooky_trio.core.generation import Generation
@@ -304,6 +306,7 @@ class ControlApi(BearerEndpoint):
             "connections": {"quic": quic_conns, "tcp": tcp_conns, "total": quic_conns + tcp_conns},
             "in_flight_requests": server.activity.count,
             "overload": _overload_snapshot(server),
+            "auth": {"pools": describe_auth(server.config), **server.state.auth.snapshot()},
         }
         if server.worker_index is not None:
             requests = server.metrics.registry.get_sample_value("spooky_requests_total") or 0

@@ -5,6 +5,7 @@ Server.run
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
 ├─ trace export: drains the span queue to the OTLP collector (observability/trace_export.py)
+├─ auth store: JWKS refreshers, OIDC discovery fetches, the auth layer's HTTP clients
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
 ├─ one service per enabled endpoint (metrics, control API), each in its own cancel scope
@@ -100,7 +101,10 @@ class Server:
                                            tracing=self.tracing),
             self.metrics,
         )
-        self.proxy.chain_for(first)
+        try:
+            self.proxy.chain_for(first)
+        except Exception as exc:  # noqa: BLE001 - a file a filter reads (auth CA, secret) went bad after the checks
+            raise StartupError(f"cannot build the request chain: {exc}") from exc
         self.health = HealthSupervisor(self.upstream, self.metrics)
         #: one QUIC + TCP listener pair per listener block, in config order
         self._pairs: list[ListenerPair] = []
@@ -233,6 +237,7 @@ class Server:
             await root.start(self.upstream.run)
             await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
             await root.start(self.tracing.run)  # OTLP export: drains the span queue in a worker thread
+            await root.start(self.state.auth.run, self.metrics)  # auth nursery: JWKS refreshers, OIDC discovery (auth/store.py)
             for pair in self._pairs:
                 await self._start_pair(pair)
             for service in self._services.values():
@@ -377,6 +382,7 @@ class Server:
                 keep.add(backend.target)
                 keep.add(backend.connect_target)
         await self.upstream.retire(keep)
+        self.state.auth.follow(generation.config for generation in live)
 
     async def _retire_pair(self, pair: ListenerPair) -> None:
         log.info("listener %s removed by a reload: draining", pair.name)
