@@ -86,6 +86,10 @@ def test_http1_rules_are_the_looser_field_rules() -> None:
     assert reason(headers=[(b"x-a", b" lead")], **h1) == "bad_field_value"  # type: ignore[arg-type]
     assert reason(headers=[(b"x y", b"1")], **h1) == "bad_field_name"  # type: ignore[arg-type]
     assert reason(headers=[(b"x-a", b"a\x0bb")], **h1) == "bad_field_value"  # type: ignore[arg-type]
+    # fuzz_request_head (content_length_in_any_case): HTTP/1.1 names are case-insensitive
+    conflicting = [(b"content-length", b"1"), (b"Content-Length", b"2")]
+    assert reason(headers=conflicting, **h1) == "conflicting_content_length"  # type: ignore[arg-type]
+    assert reason(headers=[(b"CONTENT-LENGTH", b"x")], **h1) == "bad_content_length"  # type: ignore[arg-type]
 
 
 GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.com"), (b":path", b"/")]

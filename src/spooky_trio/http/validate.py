@@ -156,7 +156,7 @@ def check_head(
                 return _bad("connection_specific_field", f"{name.decode('latin-1')} is not allowed in HTTP/2 and HTTP/3")
             if name == b"te" and value.lower() != b"trailers":
                 return _bad("bad_te", "te may only be 'trailers' in HTTP/2 and HTTP/3")
-        if name == b"content-length":
+        if name == b"content-length" or not multiplexed and name.lower() == b"content-length":
             if _DIGITS.fullmatch(value) is None:
                 return _bad("bad_content_length", "content-length is not a number")
             if content_length is not None and int(value) != int(content_length):
