@@ -2,6 +2,7 @@
 
 ```
 spooky-trio run (supervisor, Trio)
+├─ the configured listeners' instance locks (serving/instance_lock.py), shared by the workers
 ├─ metrics endpoint (the configured address): scrapes every worker, merges, + its own metrics
 ├─ control API (the configured address): health, ready (every worker), runtime (all),
 │    reload / reload-certs / /admin/config/* forwarded to every worker, restart (all)
@@ -53,6 +54,7 @@ from spooky_trio.serving.control import (
     EndpointSetupError,
 )
 from spooky_trio.serving.exits import StartupError
+from spooky_trio.serving.instance_lock import InstanceLocks, ListenerInUse
 from spooky_trio.serving.supervisor_control import SupervisorControlApi
 from spooky_trio.serving.worker import TOKEN_ENV
 
@@ -169,6 +171,8 @@ class Supervisor:
             if listener.port == 0:
                 raise StartupError(f"listener {listener.address}: port 0 cannot be shared by {self.count} workers; configure a port")
         self.token = secrets.token_urlsafe(32)
+        #: the listeners' instance locks: held here, shared by the workers
+        self.locks = InstanceLocks()
         self.slots = [WorkerSlot(i) for i in range(self.count)]
         self.metrics = SupervisorMetrics(self.count, lambda: sum(slot.state == "serving" for slot in self.slots))
         self.started_monotonic = time.monotonic()
@@ -194,6 +198,17 @@ class Supervisor:
     # -- lifecycle --
 
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            for listener in self.config.effective_listeners():  # before any worker binds
+                try:
+                    self.locks.acquire(listener.address, listener.port)
+                except ListenerInUse as exc:
+                    raise StartupError(str(exc)) from exc
+            await self._run(task_status)
+        finally:
+            self.locks.release_all()
+
+    async def _run(self, task_status: trio.TaskStatus[Supervisor]) -> None:
         bound = []
         for endpoint, required in self.endpoints:
             try:
@@ -209,6 +224,7 @@ class Supervisor:
         log.info("supervisor (pid %d) starting %d workers", os.getpid(), self.count)
         async with trio.open_nursery() as root:
             await root.start(self._watch_signals, root.cancel_scope)
+            await root.start(self.locks.run)
             async with trio.open_nursery() as services:
                 for endpoint in bound:
                     await services.start(endpoint.serve)
