@@ -163,9 +163,11 @@ class Supervisor:
     """Runs ``worker_threads`` worker processes (module docstring); ``run`` returns once
     every worker exited after a drain (or the startup failed)."""
 
-    def __init__(self, config: Config, config_path: str) -> None:
+    def __init__(self, config: Config, config_path: str, *, worker_args: list[str] | None = None) -> None:
         self.config = config
         self.config_path = os.path.abspath(config_path)
+        #: passed on to every worker's command line (the log options of ``spooky-trio run``)
+        self.worker_args = list(worker_args or ())
         self.count = config.performance.worker_threads
         for listener in config.effective_listeners():
             if listener.port == 0:
@@ -311,7 +313,7 @@ class Supervisor:
         env = dict(os.environ)
         env[TOKEN_ENV] = self.token
         argv = [sys.executable, "-m", "spooky_trio", "worker", "--config", self.config_path,
-                "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read)]
+                "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read), *self.worker_args]
         slot.state, slot.control_port = "starting", None
         try:
             # own session: a terminal's Ctrl-C reaches the supervisor only, which drains them
