@@ -17,8 +17,12 @@ venv: $(STAMP)
 .dev-certs/localhost.pem: | $(STAMP)
 	$(BIN)/python -m spooky_trio.devtools.devcerts .dev-certs
 
+# the proxy's and the demo origin's ports; when one is taken: make run PORT=9890 ORIGIN_PORT=8082
+PORT ?= 9889
+ORIGIN_PORT ?= 8081
+
 run: $(STAMP) .dev-certs/localhost.pem
-	$(BIN)/python -m spooky_trio.devtools.demo --config conf/dev.yaml
+	$(BIN)/python -m spooky_trio.devtools.demo --config conf/dev.yaml --port $(PORT) --origin-port $(ORIGIN_PORT)
 
 # optional peers some tests and `make bench` use (ngtcp2's gtlsclient for HTTP/3 interop,
 # nginx and caddy as origin and reference proxy, h2load); tests skip with the reason when a
