@@ -11,8 +11,13 @@ import difflib
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from spooky_trio import __version__
+
+if TYPE_CHECKING:  # the config package is imported when a command needs it (a fast --help)
+    from spooky_trio.config import Config
+    from spooky_trio.config.schema import LogFormat, LogLevel
 
 DEFAULT_CONFIG = "/etc/spooky/config.yaml"
 
@@ -34,7 +39,7 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("plain", "json"), help="override log.format")
 
 
-def _log_override(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _log_override(args: argparse.Namespace) -> Callable[[Config], Config] | None:
     """The function that applies ``args``' log options to a config (None without any)."""
     if args.log_level is None and args.log_format is None:
         return None
@@ -42,14 +47,16 @@ def _log_override(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     from spooky_trio.config.normalize import LOG_LEVEL_ALIASES
 
-    changes = {}
-    if args.log_level is not None:
-        changes["level"] = LOG_LEVEL_ALIASES.get(args.log_level, args.log_level)
-    if args.log_format is not None:
-        changes["format"] = args.log_format
+    level = None if args.log_level is None else cast("LogLevel", LOG_LEVEL_ALIASES.get(args.log_level, args.log_level))
+    log_format = cast("LogFormat | None", args.log_format)
 
-    def override(config):  # type: ignore[no-untyped-def]
-        return attrs.evolve(config, log=attrs.evolve(config.log, **changes))
+    def override(config: Config) -> Config:
+        log = config.log
+        if level is not None:
+            log = attrs.evolve(log, level=level)
+        if log_format is not None:
+            log = attrs.evolve(log, format=log_format)
+        return attrs.evolve(config, log=log)
 
     return override
 
