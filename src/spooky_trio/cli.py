@@ -95,7 +95,18 @@ def cmd_check(argv: list[str]) -> int:
     return 0
 
 
+def _ignore_sighup_until_served() -> None:
+    """SIGHUP's default action ends the process: until the server installs its reload
+    handler (which restores this disposition when it stops), a reload asked while the
+    process starts (``systemctl reload`` right after ``start``) is ignored instead of
+    killing it. (A file changed during that second is applied by the next reload.)"""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def cmd_run(argv: list[str]) -> int:
+    _ignore_sighup_until_served()
     parser = _config_parser("spooky-trio run", "Run the proxy.")
     _log_options(parser)
     args = parser.parse_args(argv)
@@ -153,6 +164,7 @@ def _run_supervisor(config, path: str, worker_args: list[str]) -> int:  # type: 
 
 def cmd_worker(argv: list[str]) -> int:
     """Hidden: one worker process under ``spooky-trio run`` (serving/workers.py)."""
+    _ignore_sighup_until_served()
     parser = _config_parser("spooky-trio worker", "One worker process (started by the supervisor).")
     parser.add_argument("--worker-index", type=int, required=True)
     parser.add_argument("--report-fd", type=int, required=True)
