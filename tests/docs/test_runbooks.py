@@ -1,4 +1,4 @@
-"""The runbooks, the security page and the auth page cite only metrics, control API paths and commands
+"""The runbooks, the security, auth and install pages cite only metrics, control API paths and commands
 that exist.
 
 Metric names are taken from the modules that define metrics (``observability/metrics.py``,
@@ -23,7 +23,7 @@ from spooky_trio.observability import collect, metrics, supervisor_metrics
 from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / "security.md", ROOT / "docs" / "auth.md"]
+DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / n for n in ("security.md", "auth.md", "install.md")]
 INDEXED = ["first-10-minutes.md", "backend-incident.md", "draining-a-node.md", "certificate-rotation.md",
            "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "auth-key-rotation.md"]
 

@@ -3,7 +3,8 @@
 ```
 BootstrapListener.serve (nursery owned by the listener)
 ├─ accept loop                 stops at drain
-└─ connection task per client  TLS handshake (SNI identity, client certificate) -> ALPN
+└─ connection task per client  plain HTTP: 400 with a hint (plaintext.py); else TLS
+     │                         handshake (SNI identity, client certificate) -> ALPN
      ├─ H1ServerConnection.run     requests one after another
      └─ H2ServerConnection.run     one task per stream in the connection's nursery
 ```
@@ -33,6 +34,7 @@ from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
+from spooky_trio.ingress.plaintext import answer_plain_http, starts_with_plain_http
 from spooky_trio.ingress.tls import (
     BootstrapTls,
     classify_handshake_failure,
@@ -231,7 +233,9 @@ class BootstrapListener:
         stream = trio.SSLStream(tcp, self.tls.context, server_side=True)
         try:
             with trio.fail_after(self.limits.handshake_timeout):
-                await stream.do_handshake()
+                plain = await starts_with_plain_http(tcp)  # ingress/plaintext.py: 400 with a hint
+                if not plain:
+                    await stream.do_handshake()
         except trio.TooSlowError:
             self.tls.record_failure("timeout", client_address)
             await trio.aclose_forcefully(stream)
@@ -239,6 +243,9 @@ class BootstrapListener:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.tls.record_failure(classify_handshake_failure(exc), client_address)
             await trio.aclose_forcefully(stream)
+            return
+        if plain:
+            await answer_plain_http(tcp, self.ctx, client_address)
             return
         alpn = stream.selected_alpn_protocol()
         self.tls.record_alpn(alpn)

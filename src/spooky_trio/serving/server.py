@@ -2,6 +2,7 @@
 
 ```
 Server.run
+├─ instance locks: answer other instances' probes (serving/instance_lock.py)
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
 ├─ trace export: drains the span queue to the OTLP collector (observability/trace_export.py)
@@ -47,6 +48,7 @@ from spooky_trio.proxy.filters import build_chain
 from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.serving.exits import EXIT_RESTART, StartupError
+from spooky_trio.serving.instance_lock import InstanceLocks, held_by_my_supervisor
 from spooky_trio.serving.listeners import (
     BindError,
     ListenerPair,
@@ -106,6 +108,9 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - a file a filter reads (auth CA, secret) went bad after the checks
             raise StartupError(f"cannot build the request chain: {exc}") from exc
         self.health = HealthSupervisor(self.upstream, self.metrics)
+        #: the locks of the listener addresses (serving/instance_lock.py); a worker shares
+        #: its supervisor's
+        self.locks = InstanceLocks(tolerate=held_by_my_supervisor if worker_index is not None else None)
         #: one QUIC + TCP listener pair per listener block, in config order
         self._pairs: list[ListenerPair] = []
         #: pairs a reload removed that are still draining
@@ -199,7 +204,7 @@ class Server:
             activity=activity,
             protocol=config.resilience.protocol,
         )
-        return ListenerPair(listener, quic, tcp, activity)
+        return ListenerPair(listener, quic, tcp, activity, self.locks)
 
     def bind(self) -> None:
         """Bind every listener socket; raises :class:`StartupError` naming the address."""
@@ -228,12 +233,14 @@ class Server:
                 raise StartupError(str(exc)) from exc
             await self._serve(handle_signals, task_status)
         finally:
+            self.locks.release_all()
             self._nursery = None
             self.stopped.set()
 
     async def _serve(self, handle_signals: bool, task_status: trio.TaskStatus[Server]) -> None:
         async with trio.open_nursery() as root:
             self._nursery = root
+            await root.start(self.locks.run)  # answers other instances' probes (instance_lock.py)
             await root.start(self.upstream.run)
             await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
             await root.start(self.tracing.run)  # OTLP export: drains the span queue in a worker thread
