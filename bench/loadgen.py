@@ -50,6 +50,8 @@ class H3LoadProtocol(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self.h3 = H3Connection(self._quic)
         self.pending: dict[int, _Pending] = {}
+        #: sent on every request after the pseudo-headers (``--header``)
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
@@ -102,7 +104,7 @@ class H3LoadProtocol(QuicConnectionProtocol):
 
     async def request(self, method: bytes, authority: bytes, path: bytes, body: bytes) -> tuple[int, int]:
         stream_id = self._quic.get_next_available_stream_id()
-        headers = [(b":method", method), (b":scheme", b"https"), (b":authority", authority), (b":path", path)]
+        headers = [(b":method", method), (b":scheme", b"https"), (b":authority", authority), (b":path", path), *self.extra_headers]
         if body:
             headers.append((b"content-length", str(len(body)).encode()))
         fut = self._loop.create_future()
@@ -204,6 +206,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     else:
         configuration.verify_mode = ssl.CERT_NONE
     body = b"u" * args.body_bytes
+    extra = [(name.strip().lower().encode(), value.strip().encode()) for name, _, value in (h.partition(":") for h in args.header)]
     managers = []
     protos: list[H3LoadProtocol] = []
     connect_errors = 0
@@ -216,6 +219,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             print(f"connect failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         proto.grow_buffers()  # type: ignore[attr-defined]
+        proto.extra_headers = extra  # type: ignore[attr-defined]
         managers.append(cm)
         protos.append(proto)  # type: ignore[arg-type]
 
@@ -281,6 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s (0: closed loop)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up requests per stream slot before READY")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)")
     return p.parse_args(argv)
 
 

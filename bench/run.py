@@ -11,6 +11,7 @@ Prints one table and writes the full results as JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
+from bench.auth import BenchAuth
 from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, RedisServer, SpookyServer, free_port, python_env
 
 RESULTS = REPO / "bench" / "results"
@@ -79,6 +81,8 @@ class Bench:
                    "--requests", str(-(-a.requests // procs) if a.requests else 0),
                    "--rate", str(a.rate / procs if a.rate else 0),
                    "--warmup", str(min(a.warmup, sc.get("warmup", a.warmup))), "--timeout", str(sc.get("timeout", 30))]
+            for name, value in sc.get("headers", ()):
+                cmd += ["--header", f"{name}:{value}"]
             cmds.append(cmd)
         return cmds
 
@@ -203,6 +207,7 @@ class Bench:
         self._profiling_target = server.name
         self._cprofile_out = getattr(server, "cprofile_out", None)
         upstream = origin.h2_url if sc["upstream"] == "h2" else origin.h1_url
+        sc["headers"] = getattr(server, "request_headers", [])  # an auth target's credentials
         server.start(upstream, port)
         try:
             pid = server.pid
@@ -312,6 +317,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             note = (note + ", " if note else "") + f"{r['rps_vs_one_worker']:.2f}x req/s of 1 worker"
         if r.get("cpu_vs_no_rule") is not None:
             note = (note + ", " if note else "") + f"{r['cpu_vs_no_rule']:.3f}x CPU of no rule"
+        if r.get("cpu_vs_untraced") is not None:
+            note = (note + ", " if note else "") + f"{r['cpu_vs_untraced']:.3f}x CPU/req of spooky"
+        if r.get("spans_exported") is not None:
+            note = (note + ", " if note else "") + f"{r['spans_exported']:g} spans exported"
         lines.append([
             r["scenario"], r["target"], str(r.get("run", 1)), _fmt(r.get("rps"), ".0f"), _fmt(r.get("p50_ms"), ".2f"),
             _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("max_ms"), ".1f"), str(r["errors"]), _fmt(r.get("cpu_s_per_1k"), ".3f"),
@@ -328,7 +337,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection;
-    spooky-wN / spooky (one worker): requests/s; spooky+rl-MODE / spooky (no rule): CPU per request."""
+    spooky-wN / spooky (one worker): requests/s; spooky-tR / spooky (tracing off) and spooky+rl-MODE /
+    spooky (no rule): CPU per request."""
     single = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "spooky"}
     for r in rows:
         one = single.get((r["scenario"], r.get("run", 1)))
@@ -336,6 +346,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["rps_vs_one_worker"] = round(r["rps"] / one["rps"], 2)
         if r["target"].startswith("spooky+rl-") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
             r["cpu_vs_no_rule"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
+        if r["target"].startswith("spooky-t") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
+            r["cpu_vs_untraced"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
     for r in rows:
         c = caddy.get((r["scenario"], r.get("run", 1)))
@@ -360,7 +372,7 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              "errors": sum(r["errors"] for r in group)}
         for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
                     "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker",
-                    "cpu_vs_no_rule"):
+                    "cpu_vs_no_rule", "cpu_vs_untraced", "spans_exported"):
             values = sorted(r[key] for r in group if r.get(key) is not None)
             if values:
                 m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
@@ -382,7 +394,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-s", "--scenarios", default=",".join(DEFAULT_ORDER),
                    help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
     p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
-                        "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run")
+                        "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run; "
+                        "spooky+api_key and spooky+jwt run this checkout with the pool behind an API key or an RS256 JWT "
+                        "(bench/auth.py), the load sending valid credentials")
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
@@ -390,6 +404,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated scoped-rate-limit setups for the spooky target: none, local (one rule in this "
                         "process), redis (the same rule in a redis-server the bench starts); local runs as target "
                         "spooky+rl-local, redis as spooky+rl-redis (bench/targets.py rate_limit_config)")
+    p.add_argument("--tracing", default="",
+                   help="comma-separated observability.tracing settings for the spooky target: off, or a sample_ratio "
+                        "(e.g. off,1,0); ratio R runs as target spooky-tR with tracing enabled, exporting over OTLP/gRPC "
+                        "to a receiver in this process (tests/support/otlp.py)")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("--rate", type=float, default=0.0,
@@ -435,6 +453,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     modes = [m for m in args.rate_limit.split(",") if m]
     if any(m not in ("none", "local", "redis") for m in modes):
         raise SystemExit(f"--rate-limit takes none, local and redis (got {args.rate_limit})")
+    tracings = [t.strip() for t in args.tracing.split(",") if t.strip()]
+    for t in tracings:
+        if t != "off" and not (t.replace(".", "", 1).isdigit() and 0 <= float(t) <= 1):
+            raise SystemExit(f"--tracing: {t!r} is neither off nor a sample ratio in [0, 1]")
+    if "spooky" in targets and tracings:  # --tracing off,1: spooky (tracing off) and spooky-t1
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if t == "off" else f"spooky-t{t}" for t in tracings]
     skipped = []
     if "redis" in modes and not shutil.which("redis-server"):
         modes.remove("redis")
@@ -465,6 +490,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["origin"] = origin.kind
     origin.start()
     redis = RedisServer(workdir) if any(t == "spooky+rl-redis" for t in targets) else None
+    collector = contextlib.ExitStack()
+    otlp = None
+    if any(t.startswith("spooky-t") for t in targets):
+        from tests.support.otlp import grpc_receiver  # an OTLP/gRPC receiver on opentelemetry-proto
+
+        otlp = collector.enter_context(grpc_receiver())
     try:
         if redis is not None:
             redis.start()
@@ -488,13 +519,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         server = SpookyServer(workdir, bench.certs, name=target, rate_limit=target[len("spooky+rl-"):],
                                               redis_url=redis.url if redis is not None else None,
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky-t"):  # --tracing R: tracing on at sample_ratio R
+                        assert otlp is not None
+                        server = SpookyServer(workdir, bench.certs, name=target, tracing=float(target[len("spooky-t"):]),
+                                              otlp_endpoint=otlp.endpoint,
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+"):  # spooky+api_key, spooky+jwt: bench/auth.py
+                        server = SpookyServer(workdir, bench.certs, name=target, auth=BenchAuth(target[len("spooky+"):], workdir),
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-w"):  # --workers N: performance.worker_threads N
                         server = SpookyServer(workdir, bench.certs, workers=int(target[len("spooky-w"):]), name=target)
                     else:
                         server = SpookyServer(workdir, bench.certs,
                                               cprofile_out=workdir / "cprofile-spooky.pstats" if args.cprofile else None)
                     load = procstat.load_average()
+                    spans_before = len(otlp.sink.spans) if otlp is not None else 0
                     row = bench.measure(server, origin, name, sc)
+                    if target.startswith("spooky-t") and otlp is not None:  # what the collector got (warm-up included)
+                        row["spans_exported"] = len(otlp.sink.spans) - spans_before
                     row["run"] = run_index
                     row["load_avg"] = load
                     result["rows"].append(row)
@@ -504,6 +546,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         origin.stop()
         if redis is not None:
             redis.stop()
+        collector.close()
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     add_ratios(result["rows"])

@@ -15,6 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.auth import BenchAuth
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_MIB = 1 << 20
@@ -262,12 +266,20 @@ class SpookyServer(Server):
     name = "spooky"
 
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
-                 cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None) -> None:
+                 cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None,
+                 tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None) -> None:
         super().__init__(workdir, certs)
+        #: the pool's auth mode (bench/auth.py) and the credentials the load sends
+        self.auth = auth
+        self.request_headers = auth.headers if auth is not None else []
         self.workers = workers
         #: ``--rate-limit``: none, local or redis (:func:`rate_limit_config`)
         self.rate_limit = rate_limit
         self.redis_url = redis_url
+        #: observability.tracing.sample_ratio with tracing enabled (None: tracing off), spans
+        #: exported over OTLP/gRPC to ``otlp_endpoint`` (bench/run.py's receiver)
+        self.tracing = tracing
+        self.otlp_endpoint = otlp_endpoint
         #: run under bench/cprofile_run.py (profiling switched by SIGUSR1/SIGUSR2) writing here
         self.cprofile_out = cprofile_out
         self.control_port = free_port() if workers > 1 else 0
@@ -277,10 +289,17 @@ class SpookyServer(Server):
 
     def config_text(self, upstream_url: str, port: int) -> str:
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
+        if self.auth is not None:
+            tls += self.auth.pool_config()
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
         # with workers: the supervisor's /ready (every worker serving) gates the load
-        control = (f"observability:\n  control_api:\n    enabled: true\n    port: {self.control_port}\n"
+        control = (f"  control_api:\n    enabled: true\n    port: {self.control_port}\n"
                    if self.workers > 1 else "")
+        if self.tracing is not None:
+            control += (f"  tracing:\n    enabled: true\n    sample_ratio: {self.tracing}\n"
+                        f"    otlp_endpoint: \"{self.otlp_endpoint}\"\n")
+        if control:
+            control = "observability:\n" + control
         return f"""version: 1
 listen:
   address: "127.0.0.1"
@@ -315,6 +334,8 @@ security:
 
     def start(self, upstream_url: str, port: int) -> None:
         self.port = port
+        if self.auth is not None:
+            self.auth.start()
         path = self.workdir / f"spooky-{port}.yaml"
         path.write_text(self.config_text(upstream_url, port))
         env = python_env(self.src)
@@ -330,6 +351,12 @@ security:
         wait_tcp(port, self.proc, what="spooky-trio")
         if self.workers > 1:  # every worker must have bound its sockets before the load connects
             wait_ready(self.control_port, self.proc)
+
+
+    def stop(self) -> None:
+        super().stop()
+        if self.auth is not None:
+            self.auth.stop()
 
 
 class CaddyServer(Server):

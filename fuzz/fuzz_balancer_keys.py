@@ -1,7 +1,7 @@
 """Fuzz balancer hash-key extraction (``load_balancing.key``) over random requests.
 
-Invariants: ``key_source`` accepts every key form the docs list and raises only
-``ValueError`` otherwise; ``request_key`` never raises and returns bytes; it is
+Invariants: ``key_source`` accepts every key form the docs list (``config/keyspec.py``)
+and raises only ``ValueError`` otherwise; ``request_key`` never raises and returns bytes; it is
 deterministic, and so is ``hash64`` (a 64-bit value). ``header:<name>`` ignores the name's
 case and joins every value of that header with ", "; ``cookie:<name>`` returns a value
 without ``;``; ``authority`` is lowercase; ``path`` has no query; an absent source falls back
@@ -21,10 +21,12 @@ from _fdp import Reader
 
 with instrumented(__name__):
     from spooky_trio.balancing.keys import default_key, hash64, key_source, request_key
+    from spooky_trio.config.keyspec import parse_key_spec
 
 
-SPECS = [None, "path", "authority", "method", "cid", "header:X-User", "header:x-user", "cookie:sid", "query:q",
-         "query:a b", "header:", "cookie:", "bogus", "header:é"]
+PLAIN = ("path", "authority", "method", "cid", "sticky-cid", "peer_ip", "client_ip", "bearer_token")
+SPECS = [None, *PLAIN, "header:X-User", "header:x-user", " Header: x-user ", "cookie:sid", "Cookie:SID", "query:q",
+         "query:a b", "header:", "cookie:", "bogus", "header:é", "sticky_cid", "peer-ip"]
 NAMES = [b"x-user", b"cookie", b"host", b"x-other"]
 VALUES = [b"alice", b"sid=1; other=2", b"a=b;sid=\"q\"", b"sid", b"", b"bob, carol"]
 PATHS = [b"/", b"/a?q=1&q=2", b"/a?x=1&q=%zz+y#frag", b"/a?a+b=%41", b"?q", b"", b"/a#?q=1"]
@@ -48,7 +50,7 @@ def test_one_input(data: bytes) -> None:
     try:
         source = key_source(spec)
     except ValueError:
-        assert spec is not None and spec not in ("path", "authority", "method", "cid")
+        assert spec is not None and spec.strip().lower() not in PLAIN
         return
     key = request_key(source, request)
     assert isinstance(key, bytes)
@@ -57,14 +59,15 @@ def test_one_input(data: bytes) -> None:
     own = source(request)
     if own is None:
         assert key == default_key(request)
-    if spec is not None and spec.startswith("header:") and own is not None:
-        name = spec[7:].lower().encode("ascii")
+    parsed = parse_key_spec(spec) if spec is not None else None
+    if parsed is not None and parsed.kind == "header" and own is not None:
+        name = parsed.name.encode()
         assert own == b", ".join(v for n, v in headers if n == name)
-    if spec is not None and spec.startswith("cookie:") and own is not None:
+    if parsed is not None and parsed.kind == "cookie" and own is not None:
         assert b";" not in own
-    if spec == "authority" and own is not None:
+    if parsed is not None and parsed.kind == "authority" and own is not None:
         assert own == own.lower()
-    if spec == "path" and own is not None:
+    if parsed is not None and parsed.kind == "path" and own is not None:
         assert b"?" not in own
 
 

@@ -13,8 +13,10 @@ framing errors are ``h11.RemoteProtocolError`` (what ``next_body_chunk`` maps to
 ``RequestBodyError``). Every DownstreamRequest has a non-empty method, header names that
 are lowercase, no CR/LF/NUL in any header value, method, authority or path, never both
 Content-Length and Transfer-Encoding, a non-negative ``content_length`` that matches the
-header, no client-sent ``x-client-cert-subject``, and a body object exactly when the
-request declares one.
+header, no client-sent ``x-client-cert-subject``, a body object exactly when the
+request declares one, an origin-form or ``*`` target, and as the proxy would forward it the
+request passes h11's client-side serializer (issue 24: the one validator lets nothing
+through that an HTTP/1.1 backend connection would refuse).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from _runner import instrumented, run
 
 with instrumented(__name__):
     import h11
+
+    from spooky_trio.http.headers import build_upstream_headers
     from spooky_trio.ingress.bootstrap import BootstrapLimits, ServeContext
     from spooky_trio.ingress.h1 import H1ServerConnection, _Reject
     from spooky_trio.ingress.tls import CLIENT_CERT_HEADER
@@ -105,6 +109,13 @@ def _check_request(request, body) -> None:  # type: ignore[no-untyped-def]
     chunked = b"transfer-encoding" in names
     assert (body is not None) == (chunked or (request.content_length or 0) > 0)
     assert request.body is body
+    assert request.path[:1] == b"/" or request.path == b"*", request.path
+    authority = request.authority or b"example.com"
+    upstream = build_upstream_headers(request.headers, forwarded_mode="append", client_ip="198.51.100.9",
+                                      scheme=b"https", client_authority=authority)
+    h11.Connection(h11.CLIENT).send(h11.Request(
+        method=request.method, target=request.path,
+        headers=[(b"host", authority), *((n, v) for n, v in upstream if n not in (b"content-length", b"transfer-encoding"))]))
 
 
 if __name__ == "__main__":

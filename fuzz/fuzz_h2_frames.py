@@ -1,6 +1,6 @@
 """Fuzz the HTTP/2 ingress frame path: frames -> h2 server connection (configured exactly
 as ``H2ServerConnection`` configures it) -> ``H2ServerConnection._on_event`` /
-``_start_stream`` / ``_build`` -> DownstreamRequest.
+``_start_stream`` (``ingress/multiplexed.py``: ``refusal``, ``build_request``) -> DownstreamRequest.
 
 Input: after the client preface, a sequence of frames built from the data (HEADERS with an
 HPACK-encoded header list biased towards pseudo-headers, extended CONNECT and framing
@@ -8,11 +8,14 @@ fields; CONTINUATION, DATA, RST_STREAM, SETTINGS, WINDOW_UPDATE, PRIORITY, PING,
 or raw bytes. Stream tasks are not run: a stand-in nursery records them.
 
 Invariants: only ``h2.exceptions.ProtocolError`` escapes ``receive_data`` (a connection
-error: the real reader logs it and closes), and nothing escapes ``_on_event``. Every stream
-has either a DownstreamRequest or an ErrorResponse (400/431/501). A request has lowercase,
-non-pseudo header names, no CR/LF/NUL in any header value, method, authority or path, a
-non-negative ``content_length`` matching its header, ``GET`` + ``upgrade: websocket`` and no
-body for an extended CONNECT, and ``host_header`` only next to a non-empty ``:authority``.
+error: the real reader logs it and closes; a malformed request head is a stream error, see
+ingress/h2_engine.py), and nothing escapes ``_on_event``. Every stream has a
+DownstreamRequest, and either an ErrorResponse (400/431/501; then the request is the
+bodiless, headerless record the access log shows) or an accepted request. An accepted
+request has lowercase, non-pseudo header names, no control characters in any header value,
+method, authority or path, a non-negative ``content_length`` matching its header, ``GET`` +
+``upgrade: websocket`` and no body for an extended CONNECT, ``host_header`` only next to an
+``:authority``, and as the proxy would forward it passes h11's HTTP/1.1 serializer.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _runner import instrumented, run
 from _fdp import Reader
+from _runner import instrumented, run
 
 with instrumented(__name__):
     import h2.exceptions
+    import h11
     import hpack
+
+    from spooky_trio.http.headers import build_upstream_headers
     from spooky_trio.ingress.bootstrap import BootstrapLimits, ServeContext
     from spooky_trio.ingress.h2 import H2ServerConnection
 
@@ -113,16 +119,17 @@ def test_one_input(data: bytes) -> None:
 
 
 def _check_stream(stream) -> None:  # type: ignore[no-untyped-def]
-    assert (stream.request is None) != (stream.error is None)
+    request = stream.request
+    assert request is not None
     if stream.error is not None:
         assert stream.error.status in (400, 431, 501), stream.error
+        assert request.headers == [] and request.body is None
         return
-    request = stream.request
     for name, value in request.headers:
         assert name == name.lower() and name and name[:1] != b":", name
-        assert not any(c in value for c in b"\r\n\x00"), (name, value)
+        assert not any(c < 0x20 and c != 0x09 or c == 0x7F for c in value), (name, value)
     for value in (request.method, request.authority, request.path, request.scheme, request.host_header or b""):
-        assert not any(c in value for c in b"\r\n\x00"), value
+        assert not any(c < 0x20 or c == 0x7F for c in value), value
     declared = [v for n, v in request.headers if n == b"content-length"]
     if declared:
         assert request.content_length == int(declared[0]) >= 0
@@ -130,6 +137,15 @@ def _check_stream(stream) -> None:  # type: ignore[no-untyped-def]
         pass  # extended CONNECT rewritten for the pipeline
     if request.host_header is not None:
         assert request.authority
+    if request.method == b"CONNECT":
+        return
+    # what the forward step would send to an HTTP/1.1 backend: h11 must accept it
+    authority = request.authority or b"example.com"
+    upstream = build_upstream_headers(request.headers, forwarded_mode="overwrite", client_ip="198.51.100.9",
+                                      scheme=b"https", client_authority=authority)
+    h11.Connection(h11.CLIENT).send(h11.Request(
+        method=request.method, target=request.path,
+        headers=[(b"host", authority), *((n, v) for n, v in upstream if n != b"content-length")]))
 
 
 if __name__ == "__main__":

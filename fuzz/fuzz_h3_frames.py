@@ -9,14 +9,14 @@ allows no dynamic table, so these are connection errors), DATA, unknown
 and forbidden frame types, HEADERS frames announcing a huge length, control-stream frames
 (also announcing a huge length), raw stream bytes, and client stream resets. The server side is ``StreamScopedH3Connection`` with the limits
 ``QuicConnectionTask`` gives it; each ``HeadersReceived`` goes through the conversion steps
-of ``QuicConnectionTask._start_request`` (``parse_request_head``, header limits, client-cert
-scrub, ``DownstreamRequest``).
+of ``QuicConnectionTask._start_request`` (the validator's ``split_pseudo``, then
+``ingress/multiplexed.py``: ``refusal``, ``build_request``).
 
 Invariants: nothing escapes ``handle_event`` (aioquic turns connection errors into a
 CONNECTION_CLOSE); a connection close never uses H3_INTERNAL_ERROR or QUIC INTERNAL_ERROR;
 every request-stream problem is stream-scoped (a ``MalformedRequest`` whose stream was reset
-with H3_MESSAGE_ERROR or H3_EXCESSIVE_LOAD) or a ``MessageError`` from
-``parse_request_head`` (``_start_request`` resets that stream); a converted request has
+with H3_MESSAGE_ERROR or H3_EXCESSIVE_LOAD) or a 400 from the validator
+(``_start_request`` answers it through the answer door); a converted request has
 lowercase non-pseudo names and no CR/LF/NUL anywhere; a decoded field section is bounded
 (at most ``max_field_lines`` lines of static entries or literals); no
 request stream buffers more than ``max_field_section_bytes``, no unidirectional stream more
@@ -30,22 +30,33 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _runner import instrumented, run
 from _fdp import Reader
+from _runner import instrumented, run
 
 with instrumented(__name__):
     import pylsqpack
     from aioquic.buffer import encode_uint_var
-    from aioquic.h3.connection import ErrorCode, FrameType, MessageError, encode_frame, encode_settings
+    from aioquic.h3.connection import (
+        ErrorCode,
+        FrameType,
+        encode_frame,
+        encode_settings,
+    )
     from aioquic.h3.events import HeadersReceived
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.connection import QuicConnection
     from aioquic.quic.events import StreamReset
     from aioquic.quic.packet import QuicErrorCode
-    from spooky_trio.http.messages import DownstreamRequest
-    from spooky_trio.ingress.h3 import MAX_UNI_STREAM_BUFFER, MalformedRequest, StreamScopedH3Connection, parse_request_head
-    from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, client_headers
-    from spooky_trio.http.errors import header_limit_error
+
+    from spooky_trio.http.errors import ErrorResponse
+    from spooky_trio.http.validate import split_pseudo
+    from spooky_trio.ingress.h3 import (
+        MAX_UNI_STREAM_BUFFER,
+        MalformedRequest,
+        StreamScopedH3Connection,
+    )
+    from spooky_trio.ingress.multiplexed import build_request, refusal
+    from spooky_trio.ingress.tls import CLIENT_CERT_HEADER
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -116,8 +127,8 @@ class Pair:
         self.client = QuicConnection(configuration=client_cfg)
         self.client.connect(SERVER_ADDR, now=self.now)
         first = self.client.datagrams_to_send(now=self.now)
-        from aioquic.quic.packet import pull_quic_header
         from aioquic.buffer import Buffer
+        from aioquic.quic.packet import pull_quic_header
 
         header = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8)
         self.server = QuicConnection(configuration=server_cfg, original_destination_connection_id=header.destination_cid)
@@ -254,22 +265,13 @@ def _check_request(stream_id: int, raw: list[tuple[bytes, bytes]]) -> None:
     assert len(raw) <= MAX_FIELD_LINES, (stream_id, len(raw))
     # no dynamic table: a line is a static entry or literals (Huffman expands at most 8/5)
     assert lines_bytes <= MAX_FIELD_LINES * MAX_STATIC_LINE_BYTES + 2 * MAX_FIELD_SECTION_BYTES, lines_bytes
-    try:
-        pseudo, headers = parse_request_head(raw)
-    except MessageError:
-        return  # _start_request resets this stream with H3_MESSAGE_ERROR
-    header_limit_error(headers, max_count=MAX_HEADERS_COUNT, max_bytes=MAX_HEADERS_BYTES)
-    headers = client_headers(headers, None)
-    request = DownstreamRequest(
-        method=pseudo.get(b":method", b""),
-        scheme=pseudo.get(b":scheme", b"https"),
-        authority=pseudo.get(b":authority", b""),
-        path=pseudo.get(b":path", b""),
-        headers=headers,
-        protocol="HTTP/3",
-        client_address=CLIENT_ADDR,
-        host_header=next((v for n, v in headers if n == b"host"), None),
-    )
+    head = split_pseudo(raw)
+    if isinstance(head, ErrorResponse):
+        return  # _start_request answers 400 through the answer door
+    if refusal(head, max_count=MAX_HEADERS_COUNT, max_bytes=MAX_HEADERS_BYTES, websocket=False) is not None:
+        return  # likewise (431, 400, 501)
+    pseudo = {name: value for name, value in raw if name[:1] == b":"}
+    request = build_request(head, None, protocol="HTTP/3", client_address=CLIENT_ADDR, subject=None)
     for name, value in request.headers:
         assert name and name == name.lower() and name[:1] != b":" and name != CLIENT_CERT_HEADER, name
         assert not any(c in value for c in b"\r\n\x00"), (name, value)

@@ -3,15 +3,17 @@
 Input: a header list as QPACK would decode it (arbitrary name/value bytes, biased towards
 real pseudo-headers and connection-specific fields). It goes through what the server does
 with a HEADERS frame: aioquic's ``validate_request_headers`` (run by H3Connection, whose
-MessageError ``StreamScopedH3Connection`` turns into a stream reset), then
-``parse_request_head`` and the same steps ``QuicConnectionTask._start_request`` takes
-(client-cert header scrub, header limits, Host lookup, ``DownstreamRequest``).
+MessageError ``StreamScopedH3Connection`` turns into a stream reset), then the one
+request-head validator (``http/validate.py``: ``split_pseudo``, ``check_head``) and the same
+steps ``QuicConnectionTask._start_request`` takes (``ingress/multiplexed.py``: header limits,
+``refusal``, then ``build_request``: client-cert header scrub, cookie join, Host lookup).
 
-Invariants: only aioquic ``MessageError`` escapes. For an accepted request: every regular
-header name is lowercase and not a pseudo-header, every pseudo-header key starts with ``:``
-and is one of the known five, non-CONNECT requests have ``:scheme`` and ``:path``,
-``:protocol`` only comes with CONNECT, no value holds CR, LF or NUL, and the regular
-headers keep their order.
+Invariants: only aioquic ``MessageError`` escapes; the validator answers (a 400) or accepts.
+For an accepted request: every regular header name is lowercase and not a pseudo-header,
+non-CONNECT requests have ``:scheme`` (``https``) and an origin-form or ``*`` ``:path``,
+``:protocol`` only comes with CONNECT, no value holds a control character, and the request
+as the proxy would forward it is accepted by h11's HTTP/1.1 serializer (what an upstream
+refuses never gets past the validator: issue 24, finding 1).
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _runner import instrumented, run
 from _fdp import Reader
+from _runner import instrumented, run
 
 with instrumented(__name__):
+    import h11
     from aioquic.h3.connection import MessageError, validate_request_headers
-    from spooky_trio.http.messages import DownstreamRequest
-    from spooky_trio.ingress.h3 import parse_request_head
-    from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, client_headers
-    from spooky_trio.http.errors import header_limit_error
+
+    from spooky_trio.http.errors import ErrorResponse
+    from spooky_trio.http.headers import build_upstream_headers
+    from spooky_trio.http.validate import split_pseudo
+    from spooky_trio.ingress.multiplexed import build_request, refusal
+    from spooky_trio.ingress.tls import CLIENT_CERT_HEADER
 
 
 NAMES = [
@@ -61,36 +66,38 @@ def test_one_input(data: bytes) -> None:
     stream = _Stream()
     try:
         validate_request_headers(raw, stream)  # what H3Connection does before HeadersReceived
-        pseudo, headers = parse_request_head(raw)
     except MessageError:
         return
-    assert set(pseudo) <= KNOWN_PSEUDO, pseudo
-    if pseudo.get(b":method") != b"CONNECT":
-        assert b":scheme" in pseudo and b":path" in pseudo
-        assert b":protocol" not in pseudo
-    assert headers == [(n, v) for n, v in raw if not n.startswith(b":")]
-    # the steps of QuicConnectionTask._start_request / _rejection
-    header_limit_error(headers, max_count=128, max_bytes=16384)
-    headers = client_headers(headers, None)
-    host_header = next((v for n, v in headers if n == b"host"), None)
-    request = DownstreamRequest(
-        method=pseudo.get(b":method", b""),
-        scheme=pseudo.get(b":scheme", b"https"),
-        authority=pseudo.get(b":authority", b""),
-        path=pseudo.get(b":path", b""),
-        headers=headers,
-        protocol="HTTP/3",
-        client_address=("192.0.2.1", 443),
-        content_length=stream.expected_content_length,
-        host_header=host_header,
-    )
+    head = split_pseudo(raw)
+    if isinstance(head, ErrorResponse):
+        assert head.status == 400
+        return
+    assert head.headers == [(n, v) for n, v in raw if not n.startswith(b":")]
+    # what QuicConnectionTask._start_request does (ingress/multiplexed.py)
+    error = refusal(head, max_count=128, max_bytes=16384, websocket=False)
+    if error is not None:
+        assert error.status in (400, 431, 501) and error.reason
+        return
+    if head.method != b"CONNECT":
+        assert head.scheme == b"https" and head.path is not None and (head.path[:1] == b"/" or head.path == b"*")
+        assert head.protocol is None
+    request = build_request(head, None, protocol="HTTP/3", client_address=("192.0.2.1", 443), subject=None)
+    assert request.content_length == stream.expected_content_length
+    host_header = request.host_header
     for name, value in request.headers:
         assert name == name.lower() and name[:1] != b":", name
         assert name != CLIENT_CERT_HEADER
-        assert not any(c in value for c in b"\r\n\x00"), (name, value)
-    for value in (request.method, request.scheme, request.authority, request.path):
-        assert not any(c in value for c in b"\r\n\x00"), value
-    assert request.content_length is None or request.content_length >= 0
+        assert not any(c < 0x20 and c != 0x09 or c == 0x7F for c in value), (name, value)
+    assert sum(1 for n, _ in request.headers if n == b"cookie") <= 1
+    if request.method == b"CONNECT" or head.protocol is not None:
+        return
+    # what the forward step would send to an HTTP/1.1 backend: h11 must accept it
+    upstream = build_upstream_headers(request.headers, forwarded_mode="overwrite", client_ip="192.0.2.1",
+                                      scheme=b"https", client_authority=request.authority or host_header or b"example.com")
+    upstream = [(n, v) for n, v in upstream if n != b"content-length"]
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=request.method, target=request.path,
+                          headers=[(b"host", request.authority or host_header or b"example.com"), *upstream]))
 
 
 if __name__ == "__main__":

@@ -215,6 +215,27 @@ def h3_frames_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def auth_token_seeds() -> dict[str, bytes]:
+    def built(mode: int, header: int, payload: int) -> bytes:
+        return Writer().int_in_range(mode, 0, 2).boolean(True).byte(header).boolean(True).byte(payload).getvalue()
+
+    raw = Writer().int_in_range(0, 0, 2).getvalue()
+    return {
+        "raw_bearer": raw + b"Bearer abc.def.ghi",
+        "raw_key": raw + b"  key-two ",
+        "raw_basic": raw + b"Basic dXNlcjpwdw==",
+        "hs256_valid": built(1, 0, 0),
+        "hs256_aud_list_nbf": built(1, 0, 1),
+        "hs256_string_exp": built(1, 0, 2),
+        "hs256_expired": built(1, 0, 3),
+        "hs256_claims_to_headers": built(1, 0, 4),
+        "near_none": built(1, 2, 0),
+        "near_crit": built(1, 3, 0),
+        "es256_bad_signature": built(2, 1, 0),
+        "near_rs256_confusion": built(1, 5, 0),
+    }
+
+
 def control_api_seeds() -> dict[str, bytes]:
     # setup bytes: endpoint (0 = metrics, else control API), token, reload fails, ready; then read size
     control, metrics = bytes([1, 1, 0, 1]), bytes([0, 0, 0, 1])
@@ -238,6 +259,38 @@ def control_api_seeds() -> dict[str, bytes]:
     }
 
 
+def request_head_seeds() -> dict[str, bytes]:
+    import fuzz_request_head as harness  # its option lists; importing it outside libFuzzer is inert
+
+    def head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, scheme: bytes | None = b"https",
+             authority: bytes | None = b"localhost", multiplexed: bool = True, merge: bool = True,
+             action: str = "keep", reverse: bool = False) -> bytes:
+        w = Writer().boolean(False).bytes_(method).boolean(False).bytes_(target).int_in_range(len(headers), 0, 12)
+        for name, value in headers:
+            w.boolean(False).bytes_(name).boolean(False).bytes_(value)
+        w.pick(harness.SCHEMES, scheme).pick(harness.AUTHORITIES, authority).boolean(multiplexed)
+        return w.boolean(merge).pick(harness.ESCAPED_SLASH_ACTIONS, action).boolean(reverse).getvalue()
+
+    ua = (b"user-agent", b"x")
+    return {
+        "get": head(b"GET", b"/", [ua]),
+        "h1_get": head(b"GET", b"/a?b=c", [(b"Host", b"example.com"), ua], scheme=None, authority=None, multiplexed=False),
+        "post_cl": head(b"POST", b"/p", [(b"content-length", b"5"), (b"content-length", b"5")]),
+        "cookies": head(b"GET", b"/", [(b"cookie", b"a=1"), (b"cookie", b"b=2")]),
+        "connect": head(b"CONNECT", b"", [], scheme=None, authority=b"example.com:8443"),
+        "dot_segments": head(b"GET", b"/a/./b/../../c", [ua], action="reject"),
+        "escapes": head(b"GET", b"/%61%2e%2E/%2f%5C/%7e", [ua], action="unescape"),
+        "merge": head(b"GET", b"//admin///x", [ua], merge=True),
+        "near_uppercase": head(b"GET", b"/", [(b"X-Upper", b"1")]),
+        "near_te": head(b"GET", b"/", [(b"te", b"gzip"), (b"connection", b"close")]),
+        "near_cl_mismatch": head(b"POST", b"/", [(b"content-length", b"1"), (b"content-length", b"2")]),
+        "near_ctl_value": head(b"GET", b"/", [(b"x-a", b"a\x0bb")]),
+        "near_bad_escape": head(b"GET", b"/%zz/%", [ua]),
+        "near_scheme": head(b"GET", b"/", [ua], scheme=b"http"),
+        "near_pseudo_after": head(b"GET", b"/", [ua, (b":path", b"/x")], reverse=True),
+    }
+
+
 ALL = {
     "fuzz_config": config_seeds,
     "fuzz_h3_headers": h3_seeds,
@@ -248,6 +301,8 @@ ALL = {
     "fuzz_balancer_keys": key_seeds,
     "fuzz_forwarded_headers": forwarded_seeds,
     "fuzz_control_api": control_api_seeds,
+    "fuzz_request_head": request_head_seeds,
+    "fuzz_auth_tokens": auth_token_seeds,
 }
 
 

@@ -44,6 +44,8 @@ PERFORMANCE = {
     "backend_body_total_timeout_ms": 5000,
     "backend_total_request_timeout_ms": 6000,
     "max_response_body_bytes": 2000000,
+    # no effect here, but Spooky's cross-check wants it <= max_response_body_bytes
+    "unknown_length_response_prebuffer_bytes": 65536,
 }
 
 

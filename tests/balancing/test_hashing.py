@@ -51,6 +51,26 @@ class TestKeys:
         # a configured source the request lacks falls back to the default chain
         assert request_key(key_source("header:x-user"), request(authority=b"h.example")) == b"h.example"
 
+    def test_spooky_key_specs(self) -> None:
+        # spooky-head.md section 2: sticky-cid = cid, client_ip = peer_ip (the transport
+        # peer, never X-Forwarded-For), bearer_token; specs and names case-insensitive
+        r = request(
+            client=("198.51.100.7", 4433),
+            cid=b"\x07",
+            headers=[(b"x-forwarded-for", b"203.0.113.9"), (b"authorization", b"Bearer  tok-1 "), (b"cookie", b"Session=s1")],
+            path=b"/a?User=u1",
+        )
+        assert key_source("peer_ip")(r) == key_source(" CLIENT_IP ")(r) == b"198.51.100.7"
+        assert key_source("Sticky-CID")(r) == key_source("cid")(r) == b"\x07"
+        assert key_source("bearer_token")(r) == b"tok-1"
+        assert key_source("cookie:session")(r) == key_source("Cookie:SESSION")(r) == b"s1"
+        assert key_source("query:user")(r) == b"u1"
+        assert key_source("HEADER:Authorization")(r) == b"Bearer  tok-1 "
+        # not a bearer token, or no Authorization: the source yields nothing (default chain)
+        assert key_source("bearer_token")(request(headers=[(b"authorization", b"Basic abc")])) is None
+        assert key_source("bearer_token")(request(headers=[(b"authorization", b"Bearer ")])) is None
+        assert key_source("bearer_token")(request()) is None
+
     def test_invalid_key_rejected(self) -> None:
         for bad in ("header:", "body", "cookie"):
             with pytest.raises(ValueError):

@@ -146,3 +146,35 @@ def test_h1_exchange_ab_runs_each_target(tmp_path):
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["a", "b"]
     assert all(float(line.split()[2]) > 0 for line in lines)
+
+
+def test_bench_tracing_targets(tmp_path):
+    """--tracing off,1: the spooky target untraced and traced at sample_ratio 1 in one run;
+    the traced one exports every request's span to the bench's OTLP receiver."""
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky", "--tracing", "off,1", "-n", "200", "-p", "1",
+         "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    off, traced = json.loads(out_json.read_text())["rows"]
+    assert (off["target"], traced["target"]) == ("spooky", "spooky-t1")
+    assert off["errors"] == traced["errors"] == 0
+    assert traced["spans_exported"] >= 200 and "spans_exported" not in off
+    assert traced["cpu_vs_untraced"] > 0 and "x CPU/req of spooky" in proc.stdout
+
+
+def test_bench_auth_targets(tmp_path):
+    """``-t spooky+api_key,spooky+jwt``: the load sends valid credentials (a refusal would be
+    an error of the run), the JWT target's JWK Set server starts and stops with it."""
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky+api_key,spooky+jwt", "-n", "100", "-p", "1",
+         "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [(r["target"], r["errors"]) for r in rows] == [("spooky+api_key", 0), ("spooky+jwt", 0)]
+    assert all(r["requests"] >= 100 for r in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,17 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "cannot read" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         request_cmd.main(["https://localhost/", "--http", "4"])
+
+
+@pytest.mark.parametrize("version", ["3", "2"])
+async def test_certificate_failure_in_a_process_prints_only_our_line(version: str, server: Server) -> None:
+    # a process of its own: no test logging handlers, as an operator runs it
+    argv = [sys.executable, "-m", "spooky_trio", "request", f"https://127.0.0.1:{server.port}/echo", "--http", version, "--timeout", "10"]
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and result.stdout == b""
+    assert err.startswith("spooky-trio request: error: ") and err.count("\n") == 1, err
+    assert "certificate" in err
+    # -v shows what the libraries said (aioquic's handshake error, for HTTP/3)
+    verbose = await trio.run_process(argv + ["-v"], capture_stdout=True, capture_stderr=True, check=False)
+    assert verbose.returncode == 1 and verbose.stderr.decode().count("\n") >= (2 if version == "3" else 1)

@@ -160,6 +160,10 @@ RESILIENCE = {
         "connect_allowed_authorities": [],
         "allowed_methods": [],
         "denied_path_prefixes": [],
+        "normalize_path": True,
+        "merge_slashes": True,
+        "escaped_slashes": "keep",
+        "forward_normalized_path": True,
     },
     "watchdog": {
         "enabled": False,

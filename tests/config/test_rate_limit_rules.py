@@ -85,6 +85,10 @@ def test_the_password_is_never_in_an_error_or_a_repr() -> None:
     assert all("hunter2" not in str(issue) for issue in errors(text))
     config = load(rules(OK, store='  rate_limit_store: {kind: redis, url: "redis://u:hunter2@r:6380/1"}\n'))
     assert "hunter2" not in repr(config) and "redis://***@r:6380/1" in repr(config.resilience.rate_limit_store)
+    # the url is a Secret: alone its repr is ***, and a mistyped one is not quoted either
+    assert repr(config.resilience.rate_limit_store.url) == "'***'"
+    mistyped = rules(OK, store="  rate_limit_store: {kind: redis, url: [redis://:hunter2@r]}\n")
+    assert all("hunter2" not in str(issue) for issue in errors(mistyped))
 
 
 def test_spooky_head_example_5_and_every_default() -> None:

@@ -185,24 +185,12 @@ CASES = [
         "max_limit: 5000",
         "global_inflight_limit",
     ),
-    (
-        BASE + "performance:\n  global_inflight_limit: 32\n",
-        "resilience.adaptive_admission.min_limit",
-        "global_inflight_limit: 32",  # min_limit is not written: the related key is
-        "defaults to performance.global_inflight_limit",
-    ),
     (BASE + "resilience:\n  retry_budget:\n    ratio_percent: 101\n", "resilience.retry_budget.ratio_percent", "ratio_percent", "0 and 100"),
     (
         BASE + "resilience:\n  retry_budget:\n    per_route_ratio_percent:\n      /api: 150\n",
         'resilience.retry_budget.per_route_ratio_percent["/api"]',
         "/api: 150",
         "0 and 100",
-    ),
-    (
-        BASE + "resilience:\n  retry_budget:\n    per_route_ratio_percent:\n      api: 5\n",
-        "resilience.retry_budget.per_route_ratio_percent.api",
-        "api: 5",
-        "'/'",
     ),
     (
         BASE + "resilience:\n  hedging:\n    enabled: true\n    delay_ms: 0\n",
@@ -221,12 +209,6 @@ CASES = [
         "resilience.brownout.trigger_inflight_percent",
         "trigger_inflight_percent",
         "1 and 100",
-    ),
-    (
-        BASE + "resilience:\n  brownout:\n    core_routes: [web]\n",
-        "resilience.brownout.core_routes[0]",
-        "core_routes",
-        "unknown pool 'web'",
     ),
     (BASE + "resilience:\n  route_queue:\n    global_cap: 0\n", "resilience.route_queue.global_cap", "global_cap", "> 0"),
     (

@@ -145,7 +145,7 @@ upstream:
     route: {path_prefix: /b}
     load_balancing: {type: sticky_cid, key: cid}
     host_policy: {mode: rewrite, host: b.internal}
-    forwarded_headers: {mode: APPEND}
+    forwarded_headers: {mode: append}
     backends: [{id: x, address: "http://x"}]
   c:
     route: {path_prefix: /c}

@@ -133,7 +133,7 @@ def test_merge_keys_still_merge() -> None:
         ("upstream:\n  <<: 1\n", 2, "expected a mapping or list of mappings for merging"),
         ("upstream:\n  <<: [{}, 2]\n", 2, "expected a mapping for merging"),
         ("s: &s x\nupstream:\n  <<: [*s]\n", 1, "expected a mapping for merging"),
-        ("upstream:\n  <<: {}\n  <<: {}\n", 3, 'duplicate merge key "<<"'),
+        ("upstream:\n  <<: {}\n  <<: {}\n", 3, "duplicate merge key '<<': the same key as line 2"),
         ("upstream:\n  <<: *nowhere\n", 2, "undefined alias"),
     ],
 )
@@ -146,11 +146,45 @@ def test_every_duplicate_key_is_reported_with_its_path() -> None:
     text = VALID + "  api:\n    route: {path_prefix: /}\n" + "listen: {}\n"
     issues = issues_of(text)
     assert [(i.path, i.line, i.message) for i in issues] == [
-        ("upstream.api", 6, "duplicate key 'api' (first written at line 3)"),
-        ("listen", 8, "duplicate key 'listen' (first written at line 1)"),
+        ("upstream.api", 6, "duplicate key 'api': the same key as line 3"),
+        ("listen", 8, "duplicate key 'listen': the same key as line 1"),
     ]
     # quoting does not make a different key
     assert only("a: 1\n'a': 2\n").path == "a"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "line", "column", "message"),
+    [
+        # keys equal once read: ruamel's own error printed both values, as Python dicts
+        ("a: 1\n16: {x: 1}\n0x10: {y: [1, 2]}\n", '["0x10"]', 3, 1, "duplicate key '0x10': the same key as line 2 (written '16')"),
+        ("a: 1\ntrue: {x: 1}\nTrue: 2\n", "True", 3, 1, "duplicate key 'True': the same key as line 2 (written 'true')"),
+        ("a: 1\n1: a\ntrue: b\n", "true", 3, 1, "duplicate key 'true': the same key as line 2 (written '1')"),
+        ("a: 1\n1: a\n1.0: b\n", '["1.0"]', 3, 1, "duplicate key '1.0': the same key as line 2 (written '1')"),
+        ("a: 1\n~: a\nnull: b\n", "null", 3, 1, "duplicate key 'null': the same key as line 2 (written '~')"),
+        ("upstream:\n  x:\n    route: {a: 1, 0o20: 2, 16: {z: 3}}\n", 'upstream.x.route["16"]', 3, 28,
+         "duplicate key '16': the same key as line 3 (written '0o20')"),
+        ("log:\n  level: info\n  level: {debug: 1}\n", "log.level", 3, 3, "duplicate key 'level': the same key as line 2"),
+    ],
+)
+def test_duplicate_keys_have_path_line_and_column(text: str, path: str, line: int, column: int, message: str) -> None:
+    issue = only(text)
+    assert (issue.path, issue.line, issue.column, issue.message) == (path, line, column, message)
+
+
+def test_a_string_key_and_a_number_key_are_different_keys() -> None:
+    # "16" and 16 are two keys (as in the constructed dict): the schema then reports the
+    # non-string one, not a duplicate
+    issues = issues_of(VALID + "'16': 1\n16: 2\n")
+    assert [i.message for i in issues if "duplicate" in i.message] == []
+
+
+def test_duplicate_keys_through_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(VALID + "performance:\n  0x10: 1\n  16: {a: [1, {b: 2}]}\n")
+    assert cli.main(["check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"{path}: performance[\"16\"]: line 8 col 3: duplicate key '16': the same key as line 7 (written '0x10')\n"
 
 
 def test_non_string_keys_are_schema_errors() -> None:
@@ -167,6 +201,10 @@ def test_non_string_keys_are_schema_errors() -> None:
         ("!!int x", "'x' is not a valid !!int"),
         ("!!float x", "'x' is not a valid !!float"),
         ("!!bool maybe", "'maybe' is not a valid !!bool"),  # KeyError in ruamel
+        # IndexError in ruamel (fuzz/regressions/fuzz_config/empty_tagged_int)
+        ("!!int ", "'' is not a valid !!int"),
+        ("!!int 0x", "'0x' is not a valid !!int"),
+        ("!!float _", "'_' is not a valid !!float"),
         ("2001-13-45", "'2001-13-45' is not a valid !!timestamp: month must be in 1..12"),
         ("2001-12-14 99:00:00", "is not a valid !!timestamp: hour must be in 0..23"),
     ],

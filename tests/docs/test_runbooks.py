@@ -1,4 +1,4 @@
-"""The runbooks and the security page cite only metrics, control API paths and commands
+"""The runbooks, the security, auth and install pages cite only metrics, control API paths and commands
 that exist.
 
 Metric names are taken from the modules that define metrics (``observability/metrics.py``,
@@ -23,9 +23,11 @@ from spooky_trio.observability import collect, metrics, ratelimit_metrics, super
 from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / "security.md", ROOT / "docs" / "rate-limiting.md"]
+DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / n for n in ("security.md", "auth.md", "install.md",
+                                                                                       "rate-limiting.md")]
 INDEXED = ["first-10-minutes.md", "backend-incident.md", "draining-a-node.md", "certificate-rotation.md",
-           "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "rate-limit-store-down.md"]
+           "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "auth-key-rotation.md",
+           "rate-limit-store-down.md"]
 
 _LITERAL = re.compile(r'(\w*)\(\s*"(spooky_[a-z0-9_]+)"')
 _DOC_METRIC = re.compile(r"spooky_[A-Za-z0-9_]*[A-Za-z0-9]")

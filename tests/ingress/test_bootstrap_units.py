@@ -9,10 +9,14 @@ import pytest
 import trio
 
 from spooky_trio.ingress.bootstrap import BootstrapLimits, ServeContext
-from spooky_trio.ingress.h1 import raw_response
+from spooky_trio.ingress.h1_stream import raw_response
 from spooky_trio.ingress.h2_stream import header_block
-from spooky_trio.ingress.tls import CLIENT_CERT_HEADER, classify_handshake_failure, client_headers, escape_subject
-from spooky_trio.http.errors import ProxyError
+from spooky_trio.ingress.tls import (
+    CLIENT_CERT_HEADER,
+    classify_handshake_failure,
+    client_headers,
+    escape_subject,
+)
 from spooky_trio.proxy.tunnel import websocket_accept
 
 
@@ -52,13 +56,11 @@ def test_subject_escaping_and_header_stripping() -> None:
 
 def test_header_limits_and_alt_svc() -> None:
     ctx = ServeContext(handler=None, activity=None, limits=BootstrapLimits(max_headers_count=3, max_headers_bytes=20), stats=Counter())  # type: ignore[arg-type]
-    ctx.check_head([(b"a", b"1")] * 3)
-    with pytest.raises(ProxyError) as info:
-        ctx.check_head([(b"a", b"1")] * 4)
-    assert info.value.response.status == 431 and info.value.response.reason == "too_many_headers"
-    with pytest.raises(ProxyError) as info:
-        ctx.check_head([(b"name", b"x" * 17)])
-    assert info.value.response.reason == "headers_too_large"
+    assert ctx.head_limit_error([(b"a", b"1")] * 3) is None
+    error = ctx.head_limit_error([(b"a", b"1")] * 4)
+    assert error is not None and error.status == 431 and error.reason == "too_many_headers"
+    error = ctx.head_limit_error([(b"name", b"x" * 17)])
+    assert error is not None and error.reason == "headers_too_large"
     ctx.alt_svc = b'h3=":443"; ma=86400'
     assert ctx.response_headers([(b"alt-svc", b'h3=":8443"'), (b"x", b"y")]) == [(b"x", b"y"), (b"alt-svc", b'h3=":443"; ma=86400')]
 

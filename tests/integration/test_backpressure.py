@@ -76,6 +76,7 @@ async def test_slow_backend_holds_back_a_large_upload(certs_dir: Path) -> None:
     extra = """
 performance:
   max_request_body_bytes: 100000000
+  request_buffer_global_cap_bytes: 100000000
   backend_timeout_ms: 30000
   backend_body_idle_timeout_ms: 30000
   client_body_idle_timeout_ms: 30000

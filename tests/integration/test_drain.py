@@ -106,7 +106,8 @@ async def test_second_signal_cuts_the_drain_short(certs_dir: Path, tmp_path: Pat
             proxy_yaml(
                 f'app:\n  route: {{path_prefix: "/"}}\n  backends: [{{id: a, address: "http://127.0.0.1:{backend.port}"}}]\n',
                 certs_dir=certs_dir,
-                extra="performance:\n  shutdown_drain_timeout_ms: 60000\n  backend_timeout_ms: 60000\n  backend_body_idle_timeout_ms: 60000\n",
+                extra="performance:\n  shutdown_drain_timeout_ms: 60000\n  backend_timeout_ms: 60000\n  backend_body_idle_timeout_ms: 60000\n"
+                "  backend_body_total_timeout_ms: 60000\n  backend_total_request_timeout_ms: 60000\n",
             )
         )
         port = int(next(line.split(":")[1] for line in config.read_text().splitlines() if line.strip().startswith("port:")))

@@ -57,8 +57,10 @@ async def test_methods_and_denied_paths(certs_dir: Path) -> None:
             r = await c.request("GET", "/internal/secrets?x=1")
             assert r.status == 403 and b"path_denied" in r.body
             assert (await c.request("GET", "/echo/internal")).status == 404  # reached the backend: a prefix, not a substring
+            async with c.stream_raw([(b":method", b"CONNECT"), (b":authority", b"localhost:443")]) as resp:
+                assert resp.status == 405  # CONNECT is not in allowed_methods
             r = await c.request("CONNECT", "/", headers=[], authority="localhost:443")
-            assert r.status == 405  # CONNECT is not in allowed_methods
+            assert r.status == 400 and b"bad_connect" in r.body  # RFC 9114 4.4: no :scheme/:path with CONNECT
         assert len(backend.requests) == 2  # only the POST and /echo/internal reached the backend
         text = server.metrics.render().decode()
         assert "spooky_policy_denied_total 3.0" in text

@@ -38,6 +38,7 @@ def _config(certs_dir: Path, upstream: str, *, extra: str = "", tls: str | None 
 LIMITS = """
 performance:
   max_response_body_bytes: 100000
+  unknown_length_response_prebuffer_bytes: 100000
   backend_timeout_ms: 500
   backend_body_idle_timeout_ms: 500
   backend_body_total_timeout_ms: 500

@@ -19,7 +19,16 @@ from spooky_trio.proxy.answers import Answer
 from spooky_trio.proxy.chain import Chain, Proxy
 from spooky_trio.proxy.context import RequestContext, ResponseHead
 from spooky_trio.upstream import UpstreamConnectError
-from tests.proxy.fakes import CONFIG, RecordingSink, ScriptedResponse, build, count, ok, request
+from spooky_trio.upstream.errors import UnforwardableRequest
+from tests.proxy.fakes import (
+    CONFIG,
+    RecordingSink,
+    ScriptedResponse,
+    build,
+    count,
+    ok,
+    request,
+)
 
 
 class Step:
@@ -119,8 +128,8 @@ async def test_a_raised_proxy_error_is_answered_with_its_headers_and_a_bug_propa
 async def test_the_built_in_chain_forwards_and_records(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="spooky.access")
     proxy, generation, store, metrics, upstream = build({"10.0.0.1": ok(b"from a"), "10.0.0.2": ok(b"from b")})
-    assert proxy.chain_for(generation).names == ["protocol_policy", "route", "brownout", "body_limit", "admission", "balance",
-                                                     "forward"]
+    assert proxy.chain_for(generation).names == ["normalize_path", "protocol_policy", "route", "brownout", "body_limit", "admission",
+                                                     "balance", "forward"]
     sinks = [RecordingSink() for _ in range(2)]
     for sink in sinks:
         await proxy.handle(request(b"/x?y=1", headers=[(b"x-forwarded-proto", b"forged")]), sink)
@@ -179,6 +188,26 @@ async def test_a_connect_failure_is_retried_on_the_other_backend() -> None:
     assert metrics.registry.get_sample_value("spooky_retries_total") == 1
     a, b = generation.backends()
     assert a.state.failures["transport"] == 1 and a.state.slots.held == b.state.slots.held == 0
+
+
+async def test_a_head_the_upstream_serializer_refuses_is_the_requests_fault() -> None:
+    """Issue 24, finding 1: a serializer refusal is a 400, never retried elsewhere and never
+    a failure of the backend (a client could otherwise eject a whole pool)."""
+    def refuse(req: object) -> ScriptedResponse:
+        raise UnforwardableRequest("cannot send this request over HTTP/1.1: Illegal header name")
+
+    extra = "  retry_budget: {enabled: true, ratio_percent: 100}"
+    proxy, generation, _, metrics, upstream = build({"10.0.0.1": refuse, "10.0.0.2": refuse}, extra=extra)
+    for _ in range(5):
+        sink = RecordingSink()
+        await proxy.handle(request(), sink)
+        assert sink.status == 400 and b"unforwardable_request" in sink.body
+    assert len(upstream.sent) == 5  # one attempt each: no retry
+    assert metrics.registry.get_sample_value("spooky_retries_total") in (None, 0)
+    for backend in generation.backends():
+        assert sum(backend.state.failures.values()) == 0 and backend.state.available(trio.current_time())
+        assert backend.state.slots.held == 0
+    assert count(metrics, "unforwardable_request", "4xx") == 5
 
 
 async def test_a_failure_after_the_head_resets_the_stream_and_is_recorded(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,7 +12,7 @@ import trio.testing
 from spooky_trio.config import load_config_text
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
-from spooky_trio.proxy.chain import Proxy
+from spooky_trio.proxy.chain import Chain, Proxy
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.filters import build_chain
 from spooky_trio.proxy.ratelimit import LocalRateLimit
@@ -34,6 +34,10 @@ def own_fields() -> Script:
     return lambda req: ScriptedResponse(200, [(b"content-length", b"2"), (b"ratelimit", b'"backend";r=9;t=0')], [b"ok"])
 
 
+def step_named(chain: Chain, name: str) -> object:
+    return next(step for step in chain.filters if step.name == name)
+
+
 async def statuses(proxy: Proxy, n: int, **kwargs: object) -> list[int]:
     out = []
     for _ in range(n):
@@ -49,8 +53,8 @@ async def test_spooky_example_5_third_request_within_a_second_gets_429(mock_cloc
     caplog.set_level(logging.INFO, logger="spooky.access")
     proxy, generation, _, metrics, upstream = build({"10.0.0.1": ok(), "10.0.0.2": ok()}, extra=RULES)
     chain = proxy.chain_for(generation)
-    assert chain.names[:4] == ["protocol_policy", "route", "brownout", "rate_limit"]
-    assert isinstance(chain.filters[3], LocalRateLimit)  # no redis rule: a step that never waits
+    assert chain.names[:5] == ["normalize_path", "protocol_policy", "route", "brownout", "rate_limit"]
+    assert isinstance(chain.filters[4], LocalRateLimit)  # no redis rule: a step that never waits
     assert await statuses(proxy, 2) == [200, 200]
     sink = RecordingSink()
     await proxy.handle(request(), sink)
@@ -113,7 +117,7 @@ async def test_an_empty_key_skips_the_rule(mock_clock: trio.testing.MockClock) -
     bare = request(path=b"", method=b"")
     bare.authority = b""
     generation = proxy._pick_generation()
-    rule_step = proxy.chain_for(generation).filters[3]
+    rule_step = step_named(proxy.chain_for(generation), "rate_limit")
     assert isinstance(rule_step, LocalRateLimit)
     ctx = RequestContext(bare, generation)
     ctx.route_pool = "app"
@@ -184,7 +188,7 @@ async def test_a_reload_keeps_the_buckets_of_an_unchanged_rule_and_resets_a_chan
 
 async def test_a_connect_tunnel_is_not_rate_limited(mock_clock: trio.testing.MockClock) -> None:
     proxy, generation, _, _, _ = build({}, extra=RULES)
-    step = proxy.chain_for(generation).filters[3]
+    step = step_named(proxy.chain_for(generation), "rate_limit")
     assert isinstance(step, LocalRateLimit)
     ctx = RequestContext(request(), generation)
     assert ctx.route_pool is None  # the route step skips a CONNECT tunnel

@@ -11,13 +11,16 @@ from spooky_trio.resilience.hedge import HedgeRace, hedge_allowed
 
 def test_eligibility_by_method_and_route_allowlist() -> None:
     every = HedgingConfig(enabled=True)
-    assert hedge_allowed(b"GET", "app", b"/x", every) and hedge_allowed(b"HEAD", "app", b"/x", every)
-    assert not hedge_allowed(b"POST", "app", b"/x", every)
-    listed = HedgingConfig(enabled=True, route_allowlist=["/search", "catalog"], safe_methods=["get"])
-    assert hedge_allowed(b"GET", "web", b"/search?q=1", listed)
-    assert hedge_allowed(b"GET", "catalog", b"/items", listed)
-    assert not hedge_allowed(b"GET", "web", b"/items?next=/search", listed)
-    assert not hedge_allowed(b"HEAD", "catalog", b"/items", listed)
+    assert hedge_allowed(b"GET", "app", every) and hedge_allowed(b"HEAD", "app", every)
+    assert not hedge_allowed(b"POST", "app", every)
+    # pool names, trimmed, blanks dropped; "/search" is a name no pool has
+    listed = HedgingConfig(enabled=True, route_allowlist=["/search", " catalog ", "  "], safe_methods=["get"])
+    assert listed.route_allowlist == ["/search", "catalog"]
+    assert hedge_allowed(b"GET", "catalog", listed)
+    assert not hedge_allowed(b"GET", "search", listed) and not hedge_allowed(b"GET", "Catalog", listed)
+    assert not hedge_allowed(b"HEAD", "catalog", listed)
+    # only blanks: the list is empty, so every pool
+    assert hedge_allowed(b"GET", "any", HedgingConfig(enabled=True, route_allowlist=[" ", ""]))
 
 
 async def test_first_claim_wins_and_cancels_the_others(autojump_clock: trio.testing.MockClock) -> None:

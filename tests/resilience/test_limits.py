@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from spooky_trio.config.schema_runtime import RouteQueueConfig
-from spooky_trio.resilience.limits import RouteQueues, Slots, longest_prefix
+from spooky_trio.resilience.limits import RouteQueues, Slots
 
 
 def test_slots_respect_the_limit_passed_in() -> None:
@@ -35,29 +35,17 @@ async def test_wait_release_wakes_on_release(autojump_clock: trio.testing.MockCl
     assert woke == [5.0]
 
 
-def test_longest_prefix() -> None:
-    caps = {"/api": 1, "/api/v2": 2, "/": 3}
-    assert longest_prefix(caps, "/api/v2/x") == "/api/v2"
-    assert longest_prefix(caps, "/api/v1") == "/api"
-    assert longest_prefix(caps, "/other") == "/"
-    assert longest_prefix({"/a": 1}, "/b") is None
-    assert longest_prefix({}, "/b") is None
-
-
-def test_route_queues_per_route_and_global_caps() -> None:
-    cfg = RouteQueueConfig(default_cap=2, global_cap=3, caps={"/slow": 1})
+def test_route_queues_per_pool_and_global_caps() -> None:
+    cfg = RouteQueueConfig(default_cap=2, global_cap=3, caps={"slow": 1, "/app": 9})
     q = RouteQueues()
-    slow = q.route_of("app", "/slow/x", cfg)
-    app = q.route_of("app", "/fast", cfg)
-    assert slow == ("prefix:/slow", 1) and app == ("pool:app", 2)
-    assert q.try_enter(*slow, cfg)
-    assert not q.try_enter(*slow, cfg)  # its prefix cap
-    assert q.try_enter(*app, cfg) and q.try_enter(*app, cfg)
-    assert not q.try_enter(*app, cfg)
-    q.leave(slow[0])
-    assert q.try_enter("pool:other", 5, cfg)  # a free global place again
+    assert q.try_enter("slow", cfg)
+    assert not q.try_enter("slow", cfg)  # caps.slow
+    assert q.try_enter("app", cfg) and q.try_enter("app", cfg)
+    assert not q.try_enter("app", cfg)  # default_cap: "/app" is not the pool's name
+    q.leave("slow")
+    assert q.try_enter("other", cfg)  # a free global place again
     assert q.total == 3
-    assert not q.try_enter("pool:third", 5, cfg)  # global_cap
-    for route in ("pool:app", "pool:app", "pool:other"):
-        q.leave(route)
+    assert not q.try_enter("third", cfg)  # global_cap
+    for pool in ("app", "app", "other"):
+        q.leave(pool)
     assert q.total == 0 and not q.waiting

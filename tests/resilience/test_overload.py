@@ -41,7 +41,7 @@ performance:
 resilience:
   adaptive_admission: {{enabled: {admission}, min_limit: 2, decrease_step: 4, increase_step: 1, high_latency_ms: 100}}
   brownout: {{enabled: {brownout}, trigger_inflight_percent: 50, recover_inflight_percent: 20, core_routes: [core]}}
-  route_queue: {{default_cap: 1, global_cap: 5, shed_retry_after_seconds: 7, caps: {{"/big": 2}}}}
+  route_queue: {{default_cap: 1, global_cap: 5, shed_retry_after_seconds: 7, caps: {{core: 2, "/big": 5}}}}
   circuit_breaker: {{failure_threshold: 2, open_ms: 1000, half_open_max_probes: 1}}
 """
 
@@ -61,25 +61,25 @@ def shed_count(metrics: Metrics, reason: str) -> float:
 async def test_global_limit_sheds_with_retry_after_and_releases() -> None:
     generation, guard, metrics, _ = setup()
     config = generation.config
-    held = [await guard.admit(config, "web", b"/x") for _ in range(10)]
+    held = [await guard.admit(config, "web") for _ in range(10)]
     with pytest.raises(ShedError) as info:
-        await guard.admit(config, "web", b"/x")
+        await guard.admit(config, "web")
     assert info.value.response.status == 503 and info.value.response.reason == "global_inflight"
     assert info.value.retry_after == 7 and "too many requests" in info.value.response.body().decode()
     assert metrics.registry.get_sample_value("spooky_overload_shed_total") == 1
     guard.release(config, held.pop())
-    await guard.admit(config, "web", b"/x")
+    await guard.admit(config, "web")
 
 
 async def test_pool_limit_sheds_upstream_inflight_and_gives_back_the_global_slot() -> None:
     generation, guard, metrics, store = setup(pool_limit=2)
     config = generation.config
-    await guard.admit(config, "web", b"/")
-    await guard.admit(config, "web", b"/")
+    await guard.admit(config, "web")
+    await guard.admit(config, "web")
     with pytest.raises(ShedError, match="upstream pool"):
-        await guard.admit(config, "web", b"/")
+        await guard.admit(config, "web")
     assert store.resilience.global_slots.held == 2
-    await guard.admit(config, "core", b"/core")  # another pool has its own count
+    await guard.admit(config, "core")  # another pool has its own count
     assert shed_count(metrics, "upstream_inflight") == 1
 
 
@@ -94,16 +94,16 @@ async def test_admission_updates_brownout_which_its_own_step_checks_first() -> N
     generation, guard, metrics, store = setup(admission="true", brownout="true")
     config = generation.config
     for _ in range(5):  # 50% of 10: brownout turns on
-        await guard.admit(config, "core", b"/core")
+        await guard.admit(config, "core")
     assert store.resilience.brownout.active
     with pytest.raises(ShedError, match="brownout"):
         brownout_check(generation, guard, "web")
     brownout_check(generation, guard, "core")  # core routes are exempt
-    await guard.admit(config, "web", b"/")  # admission itself no longer checks brownout
+    await guard.admit(config, "web")  # admission itself no longer checks brownout
     for _ in range(2):  # slow upstream: the admission limit falls from 10 to 2
         guard.latency_sample(config, 500.0)
     with pytest.raises(ShedError) as info:
-        await guard.admit(config, "core", b"/core")
+        await guard.admit(config, "core")
     assert info.value.response.reason == "adaptive_admission"
     assert [shed_count(metrics, r) for r in ("brownout", "adaptive_admission")] == [1, 1]
 
@@ -111,7 +111,7 @@ async def test_admission_updates_brownout_which_its_own_step_checks_first() -> N
 async def test_brownout_recovers_only_at_the_recover_threshold() -> None:
     generation, guard, _, store = setup(brownout="true")
     config = generation.config
-    held = [await guard.admit(config, "core", b"/core") for _ in range(5)]
+    held = [await guard.admit(config, "core") for _ in range(5)]
     for _ in range(2):  # 5 -> 3 in flight: 30% is above recover (20%)
         guard.release(config, held.pop())
     assert store.resilience.brownout.active
@@ -123,11 +123,11 @@ async def test_brownout_recovers_only_at_the_recover_threshold() -> None:
 async def test_micro_wait_admits_when_a_slot_frees_in_time(autojump_clock: trio.testing.MockClock) -> None:
     generation, guard, metrics, store = setup(wait_ms=100, pool_limit=1)
     config = generation.config
-    first = await guard.admit(config, "web", b"/")
+    first = await guard.admit(config, "web")
     admitted_at: list[float] = []
 
     async def waiter() -> None:
-        await guard.admit(config, "web", b"/")
+        await guard.admit(config, "web")
         admitted_at.append(trio.current_time())
 
     async with trio.open_nursery() as nursery:
@@ -140,32 +140,36 @@ async def test_micro_wait_admits_when_a_slot_frees_in_time(autojump_clock: trio.
     assert store.resilience.queues.total == 0
     start = trio.current_time()
     with pytest.raises(ShedError, match="upstream pool"):  # nobody releases: shed after the wait
-        await guard.admit(config, "web", b"/")
+        await guard.admit(config, "web")
     assert trio.current_time() - start == pytest.approx(0.1)
 
 
-async def test_route_queue_caps_shed_at_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_route_queue_caps_are_keyed_by_pool_name(autojump_clock: trio.testing.MockClock) -> None:
+    # spooky-head.md section 4: caps[<pool>] for the pool that routed the request; "/big"
+    # looks like a path prefix and matches nothing (every other pool gets default_cap 1)
     generation, guard, metrics, _ = setup(wait_ms=1000, pool_limit=1)
     config = generation.config
-    await guard.admit(config, "web", b"/")
+    await guard.admit(config, "web")
+    await guard.admit(config, "core")
     outcomes: list[str] = []
 
-    async def waiter(path: bytes) -> None:
+    async def waiter(pool: str) -> None:
         try:
-            await guard.admit(config, "web", path)
+            await guard.admit(config, pool)
             outcomes.append("admitted")
         except ShedError as exc:
-            outcomes.append(f"{exc.response.reason} at {trio.current_time():g}")
+            outcomes.append(f"{pool} {exc.response.reason} at {trio.current_time():g}")
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter, b"/a")  # queues on pool "web" (default_cap 1)
+        nursery.start_soon(waiter, "web")  # queues on pool "web" (default_cap 1)
         await trio.sleep(0.1)
-        nursery.start_soon(waiter, b"/b")  # the pool's queue is full
-        nursery.start_soon(waiter, b"/big/1")  # its own prefix queue (cap 2)
-        nursery.start_soon(waiter, b"/big/2")
-        nursery.start_soon(waiter, b"/big/3")  # full
+        nursery.start_soon(waiter, "web")  # the pool's queue is full
+        nursery.start_soon(waiter, "core")  # caps.core: 2
+        nursery.start_soon(waiter, "core")
+        nursery.start_soon(waiter, "core")  # full
     assert sorted(outcomes) == [
-        "route_queue at 0.1", "route_queue at 0.1", "upstream_inflight at 1", "upstream_inflight at 1.1", "upstream_inflight at 1.1",
+        "core route_queue at 0.1", "core upstream_inflight at 1.1", "core upstream_inflight at 1.1",
+        "web route_queue at 0.1", "web upstream_inflight at 1",
     ]
     assert shed_count(metrics, "route_queue") == 2
 
@@ -246,7 +250,7 @@ async def test_state_survives_a_rebuild_of_the_generation() -> None:
     for _ in range(2):
         breaker_verdict(config.resilience.circuit_breaker, pool.backends[0], False, True)
     for _ in range(5):
-        await guard.admit(config, "core", b"/core")
+        await guard.admit(config, "core")
     rebuilt = Generation.build(config, number=2, state=store)
     assert rebuilt.pools["web"].backends[0].state.breaker.state == "open"
     assert store.resilience.brownout.active and store.resilience.global_slots.held == 5

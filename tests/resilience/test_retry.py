@@ -55,13 +55,14 @@ def test_reload_to_a_lower_ratio_caps_the_credit() -> None:
     assert b.ratio == 5 and b.credit == 500
 
 
-def test_per_route_budgets_use_the_longest_prefix() -> None:
-    cfg = RetryBudgetConfig(ratio_percent=10, per_route_ratio_percent={"/api": 50, "/api/slow": 0})
+def test_per_route_budgets_are_keyed_by_pool_name() -> None:
+    cfg = RetryBudgetConfig(ratio_percent=10, per_route_ratio_percent={"api": 50, "slow": 0, "/web": 90})
     budgets = RetryBudgets()
-    g, ratio = budgets.for_path(b"/web?x=/api", cfg)
+    g, ratio = budgets.for_pool("web", cfg)  # "/web" is not a pool name: the global budget
     assert ratio == 10 and g is budgets.global_budget
-    api, ratio = budgets.for_path(b"/api/users", cfg)
-    assert ratio == 50 and api is budgets.routes["/api"]
-    slow, ratio = budgets.for_path(b"/api/slow/1", cfg)
+    api, ratio = budgets.for_pool("api", cfg)
+    assert ratio == 50 and api is budgets.routes["api"]
+    slow, ratio = budgets.for_pool("slow", cfg)
     assert ratio == 0 and not slow.try_withdraw(ratio)
-    assert budgets.for_path(b"/api/x", cfg)[0] is api  # the same budget every time
+    assert budgets.for_pool("api", cfg)[0] is api  # the same budget every time
+    assert budgets.for_pool("API", cfg)[0] is g  # names are exact

@@ -8,8 +8,14 @@ import json
 import pytest
 import trio
 
-from spooky_trio.upstream import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.upstream import (
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from spooky_trio.upstream.common import READ_CHUNK
+from spooky_trio.upstream.errors import UnforwardableRequest, UpstreamError
 from tests.support.backends import pattern_bytes, run_backend, run_raw_backend
 from tests.upstream.conftest import chunks, fetch, h1_target, read_all, request
 
@@ -283,3 +289,19 @@ async def test_retired_target_busy_connection_is_not_pooled_again(pool: Upstream
         assert await pool.retire(keep={target}) == 0  # kept again: it pools once more
         await fetch(pool, target, request("GET", "/echo"))
         assert pool.idle_h1_connections(target) == 1
+
+
+@pytest.mark.parametrize("bad", [[(b"x(y", b"1")], [(b"x-a", b"a\x0bb")], [(b"x-a", b"a\r\nb")]])
+async def test_a_head_h11_refuses_is_unforwardable_and_the_connection_is_not_reused(
+        pool: UpstreamPool, bad: list[tuple[bytes, bytes]]) -> None:
+    """The last line of defence behind the ingress validator (issue 24): the serializer's
+    refusal is the request's fault (not an UpstreamError), and the h11 connection it left
+    in ERROR never serves another request."""
+    async with run_backend() as backend:
+        target = h1_target(backend.port)
+        assert (await fetch(pool, target, request("GET", "/echo"))).status == 200
+        with pytest.raises(UnforwardableRequest) as info:
+            await fetch(pool, target, request("GET", "/echo", headers=bad))
+        assert not isinstance(info.value, UpstreamError)
+        assert (await fetch(pool, target, request("GET", "/echo"))).status == 200
+        assert len(backend.requests) == 2  # the refused head never reached the backend

@@ -1,12 +1,19 @@
 """Hash keys: which bytes of a request a hashing balancer hashes (``load_balancing.key``).
 
 ``header:<name>``  all values of that header, joined with ", " (name case-insensitive)
-``cookie:<name>``  that cookie's value, from every ``cookie`` header (HTTP/2 and HTTP/3 split them)
-``query:<name>``   the first value of that query parameter, percent-decoded
+``cookie:<name>``  that cookie's value, from every ``cookie`` header (HTTP/2 and HTTP/3 split
+                   them; name case-insensitive, as Spooky's key specs are)
+``query:<name>``   the first value of that query parameter, percent-decoded (name
+                   case-insensitive)
 ``path``           the path without the query string
 ``authority``      ``:authority`` (or Host), lower-cased: host names are case-insensitive
 ``method``         the request method
-``cid``            the client's QUIC original destination connection ID
+``cid``            the client's QUIC original destination connection ID (also ``sticky-cid``)
+``peer_ip``        the transport peer's IP address (also ``client_ip``; never X-Forwarded-For).
+                   Spooky does not resolve this source when balancing and falls back; we hash it
+``bearer_token``   the token of the first ``Authorization`` header whose scheme is ``Bearer``
+
+The grammar (aliases, case rules) is :mod:`spooky_trio.config.keyspec`.
 
 When the configured source is absent from a request (no such header, an HTTP/1.1 request
 for ``cid``) the default chain applies: authority, else path, else method. Keys are hashed
@@ -21,6 +28,7 @@ from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
 from spooky_trio.balancing.base import PickRequest
+from spooky_trio.config.keyspec import parse_key_spec
 
 #: extracts a key from a request, or None when the request does not carry it
 KeySource = Callable[[PickRequest], bytes | None]
@@ -46,7 +54,7 @@ def _cookie(name: bytes) -> KeySource:
                 continue
             for pair in value.split(b";"):
                 cookie_name, eq, cookie_value = pair.strip().partition(b"=")
-                if eq and cookie_name == name:
+                if eq and cookie_name.lower() == name:
                     return cookie_value.strip(b'"')
         return None
 
@@ -64,7 +72,7 @@ def _query(name: bytes) -> KeySource:
             return None
         for pair in query.split(b"#", 1)[0].split(b"&"):
             param, _, value = pair.partition(b"=")
-            if _unquote(param) == name:
+            if _unquote(param).lower() == name:
                 return _unquote(value)
         return None
 
@@ -87,6 +95,30 @@ def _cid(request: PickRequest) -> bytes | None:
     return request.quic_connection_id or None
 
 
+def _peer_ip(request: PickRequest) -> bytes | None:
+    return request.client_address[0].encode() or None
+
+
+def _bearer_token(request: PickRequest) -> bytes | None:
+    for name, value in request.headers:
+        if name == b"authorization":  # only the first one counts, as in Spooky's auth
+            parts = value.split(None, 1)
+            if len(parts) != 2 or parts[0].lower() != b"bearer":
+                return None
+            return parts[1].strip() or None
+    return None
+
+
+_PLAIN: dict[str, KeySource] = {
+    "path": _path,
+    "authority": _authority,
+    "method": _method,
+    "cid": _cid,
+    "peer_ip": _peer_ip,
+    "bearer_token": _bearer_token,
+}
+
+
 def default_key(request: PickRequest) -> bytes:
     """Authority, else path, else method (the spec's default hash key)."""
     return _authority(request) or _path(request) or request.method
@@ -99,18 +131,15 @@ def key_source(spec: str | None) -> KeySource:
     """
     if spec is None:
         return default_key
-    plain: dict[str, KeySource] = {"path": _path, "authority": _authority, "method": _method, "cid": _cid}
-    if spec in plain:
-        return plain[spec]
-    kind, colon, name = spec.partition(":")
-    if colon and name:
-        if kind == "header":
-            return _header(name.lower().encode("ascii"))
-        if kind == "cookie":
-            return _cookie(name.encode("ascii"))
-        if kind == "query":
-            return _query(name.encode("utf-8"))
-    raise ValueError(f"invalid load_balancing.key {spec!r}")
+    parsed = parse_key_spec(spec)
+    name = parsed.name
+    if parsed.kind == "header":
+        return _header(name.encode())
+    if parsed.kind == "cookie":
+        return _cookie(name.encode())
+    if parsed.kind == "query":
+        return _query(name.encode())
+    return _PLAIN[parsed.kind]
 
 
 def request_key(source: KeySource, request: PickRequest) -> bytes:

@@ -3,12 +3,15 @@
 HTTP/3 (default) uses :class:`~spooky_trio.clients.h3.H3Client`; ``--http 2`` and
 ``--http 1.1`` use TLS over TCP via :mod:`spooky_trio.clients.tcp`. The exit status is 0
 for any HTTP response (like curl) and 1, with a one-line message on stderr, when no
-response could be obtained (resolution, connection, TLS, reset, timeout).
+response could be obtained (resolution, connection, TLS, reset, timeout). Library log
+records (aioquic logs a failed handshake at ERROR) are not printed: the one-line error says
+what failed; ``-v`` prints them, with their debug records.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -36,7 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--include", action="store_true", help="print the status line and headers (and trailers) too")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="overall time limit (default 30)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE instead of standard output")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the protocol libraries' log records (aioquic, h2) on stderr")
     return p
+
+
+def library_logs(verbose: bool) -> None:
+    """Where the libraries' log records go: with ``verbose``, to stderr with their debug
+    records; otherwise nowhere. Without a handler, Python's last-resort handler would print
+    their warnings and errors (aioquic's own line about a failed certificate check) before
+    our one-line error. A process that configured logging already keeps its handlers."""
+    root = logging.getLogger()
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="* %(name)s %(levelname)s: %(message)s")
+    elif not root.handlers:
+        root.addHandler(logging.NullHandler())
 
 
 class UsageError(Exception):
@@ -166,6 +182,7 @@ async def _h3(args: argparse.Namespace, host: str, port: int, method: str, autho
 def main(argv: list[str]) -> int:
     """Entry point for ``spooky-trio request ARGS``; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    library_logs(args.verbose)
     try:
         return trio.run(run, args)
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
-"""Configuration layer: YAML (schema version 1, see ``spec/config.md``) -> frozen attrs classes.
+"""Configuration layer: YAML (schema version 1, ``docs/configuration.md``) -> frozen attrs classes.
 
 Entry points: :func:`load_config` / :func:`load_config_text` (raise :class:`ConfigError`
-carrying every :class:`ConfigIssue`), and :func:`check_files` for the certificate, key and
-CA files a loaded config names. Relative file paths are resolved against the current
+carrying every :class:`ConfigIssue`), :func:`check_files` for the certificate, key and
+CA files a loaded config names, and :func:`config_warnings` for what loads but deserves a
+word to the operator. Relative file paths are resolved against the current
 working directory.
 """
 
@@ -12,6 +13,7 @@ from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.files import certificate_covers, check_files
 from spooky_trio.config.issues import ConfigError, ConfigIssue
 from spooky_trio.config.load import load_config, load_config_text
+from spooky_trio.config.notices import config_warnings
 from spooky_trio.config.schema import (
     BackendConfig,
     ClientAuthConfig,
@@ -90,6 +92,7 @@ __all__ = [
     "WatchdogConfig",
     "certificate_covers",
     "check_files",
+    "config_warnings",
     "load_config",
     "load_config_text",
     "parse_backend_address",

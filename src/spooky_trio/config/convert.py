@@ -8,8 +8,8 @@ already stripped of ruamel's scalar subclasses. Rules enforced here:
 - ``list[...]`` requires a sequence, ``dict[...]`` a mapping, attrs classes a mapping.
 - Unknown keys are errors (``forbid_extra_keys``); ``null`` on a key of an attrs class means
   the key was omitted, so the default applies (or the key is reported as required).
-- ``Literal`` enums accept hyphen and underscore spellings in any case; log levels also
-  accept Spooky's names.
+- ``Literal`` enums accept the spellings Spooky accepts, with Spooky's case rules
+  (:mod:`spooky_trio.config.spellings`), and are stored canonical.
 
 :func:`structure_errors` turns cattrs' nested exception groups into ``(path, kind, message)``.
 """
@@ -33,8 +33,9 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from spooky_trio.config.issues import KeyPath
-from spooky_trio.config.normalize import LOG_LEVEL_ALIASES, normalize_enum_spelling
-from spooky_trio.config.schema import INTERNAL, Config, LogLevel
+from spooky_trio.config.schema import INTERNAL, Config
+from spooky_trio.config.schema_auth import Secret
+from spooky_trio.config.spellings import canonical, describe_choices
 
 #: Error kinds produced by :func:`structure_errors`.
 UNKNOWN_KEY = "unknown-key"
@@ -86,19 +87,20 @@ def _structure_str(value: Any, _: Any) -> str:
     return str(value)
 
 
-def _make_literal_hook(literal: Any) -> Callable[[Any, Any], str]:
-    choices = [str(c) for c in typing.get_args(literal)]
-    aliases = LOG_LEVEL_ALIASES if literal is LogLevel else {}
+def _structure_secret(value: Any, _: Any) -> Secret:
+    if not isinstance(value, str):  # never quote a secret, even a mistyped one
+        raise TypeError(f"expected a string, got {describe(value).split(' (')[0]}")
+    return Secret(value)
 
+
+def _make_literal_hook(literal: Any) -> Callable[[Any, Any], str]:
     def hook(value: Any, _: Any) -> str:
         if not isinstance(value, str):
-            raise TypeError(f"expected one of {', '.join(choices)}; got {describe(value)}")
-        canonical = normalize_enum_spelling(value)
-        canonical = aliases.get(canonical, canonical)
-        if canonical not in choices:
-            names = ", ".join(choices + sorted(aliases)) if aliases else ", ".join(choices)
-            raise ValueError(f"invalid value {value!r}: must be one of {names}")
-        return canonical
+            raise TypeError(f"expected one of {describe_choices(literal)}; got {describe(value)}")
+        result = canonical(literal, value)
+        if result is None:
+            raise ValueError(f"invalid value {value!r}: must be one of {describe_choices(literal)}")
+        return result
 
     return hook
 
@@ -121,6 +123,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(Secret, _structure_secret)
     conv.register_structure_hook_factory(_is_literal, _make_literal_hook)
 
     def list_factory(tp: Any) -> Callable[[Any, Any], list[Any]]:

@@ -8,10 +8,9 @@ when the config came from the loader).
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import ipaddress
 import os
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from spooky_trio.config.issues import ConfigIssue, KeyPath, PositionMap
 from spooky_trio.config.schema import Config, ListenerTls, UpstreamTlsConfig
+from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.validate_ratelimit import check_store_files
 
 
@@ -32,8 +32,9 @@ def check_files(config: Config) -> list[ConfigIssue]:
     Checked: each effective listener's ``tls.cert``/``tls.key`` (PEM parses, key matches the
     leaf certificate), ``tls.certificates[]`` (same, plus ``server_name`` covered by the
     certificate's SANs), ``tls.client_auth.ca_file``, ``upstream_tls.ca_file``/``ca_dir`` and
-    every pool's ``tls.ca_file``/``ca_dir``, ``resilience.rate_limit_store.password_file`` and
-    ``ca_file``.
+    every pool's ``tls.ca_file``/``ca_dir``, the files of every pool's ``auth`` block
+    (``ca_file``s, ``client_secret_file``), and ``resilience.rate_limit_store.password_file``
+    and ``ca_file``.
     """
     positions = PositionMap(config.source_positions)
     issues: list[ConfigIssue] = []
@@ -45,6 +46,8 @@ def check_files(config: Config) -> list[ConfigIssue]:
     for name, pool in config.upstream.items():
         if pool.tls is not None:
             issues.extend(_check_upstream_tls(positions, ("upstream", name, "tls"), pool.tls))
+        if pool.auth is not None:
+            issues.extend(_check_auth_files(positions, ("upstream", name, "auth"), pool.auth))
     issues.extend(check_store_files(config))
     return issues
 
@@ -189,4 +192,34 @@ def _check_upstream_tls(positions: PositionMap, path: KeyPath, tls: UpstreamTlsC
         issues.extend(_check_ca_file(positions, path + ("ca_file",), tls.ca_file))
     if tls.ca_dir is not None:
         issues.extend(_check_ca_dir(positions, path + ("ca_dir",), tls.ca_dir))
+    return issues
+
+
+def read_secret_file(path: str) -> str:
+    """The trimmed content of a file that holds one secret (``client_secret_file``); raises
+    ``ValueError`` saying why it cannot be used (the message never contains the secret)."""
+    try:
+        text = _read(path).decode("utf-8").strip()
+    except _FileError as exc:
+        raise ValueError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+def _check_auth_files(positions: PositionMap, path: KeyPath, auth: AuthConfig) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    if auth.jwt is not None and auth.jwt.ca_file is not None:
+        issues.extend(_check_ca_file(positions, path + ("jwt", "ca_file"), auth.jwt.ca_file))
+    ext = auth.external_auth
+    if ext is not None:
+        if ext.ca_file is not None:
+            issues.extend(_check_ca_file(positions, path + ("external_auth", "ca_file"), ext.ca_file))
+        if ext.client_secret_file is not None:
+            try:
+                read_secret_file(ext.client_secret_file)
+            except ValueError as exc:
+                issues.append(positions.issue(path + ("external_auth", "client_secret_file"), str(exc)))
     return issues

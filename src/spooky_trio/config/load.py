@@ -15,7 +15,8 @@ Pipeline:
    reported, since they would describe a default rather than the file.
 4. :func:`~spooky_trio.config.validate.validate` checks ranges and cross-field rules.
 5. Fallbacks are resolved: each pool's ``load_balancing`` (own, else top-level, else
-   round-robin) and ``adaptive_admission.max_limit`` (else ``global_inflight_limit``).
+   round-robin) and ``adaptive_admission.max_limit`` (else ``max(global_inflight_limit,
+   min_limit)``, Spooky's effective ceiling).
 
 Relative file paths inside the config are kept as written; they are resolved against the
 current working directory of the process when the files are opened (not against the
@@ -79,10 +80,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return load_config_text(text, source=os.fspath(path))
 
 
-def load_config_text(text: str, source: str = "<string>") -> Config:
-    """Load a config from YAML ``text``; ``source`` names the document in whole-file messages.
+def read_tree(text: str, source: str = "<string>") -> tuple[dict[str, Any], PositionMap]:
+    """Steps 1-2: YAML ``text`` as plain data (the top-level mapping) and the position of
+    every key and value, before the schema is applied.
 
-    Raises :class:`ConfigError` listing every problem, ordered by position in the text.
+    Raises :class:`ConfigError` for a YAML problem, an empty document or a top level that is
+    not a mapping.
     """
     tree = parse_yaml(text)
     if tree is None:
@@ -93,7 +96,15 @@ def load_config_text(text: str, source: str = "<string>") -> Config:
     if not isinstance(data, dict):
         line, column = _node_position(tree)
         raise ConfigError([ConfigIssue("", line, column, f"the top level of {source} must be a mapping of sections")])
+    return data, positions
 
+
+def load_config_text(text: str, source: str = "<string>") -> Config:
+    """Load a config from YAML ``text``; ``source`` names the document in whole-file messages.
+
+    Raises :class:`ConfigError` listing every problem, ordered by position in the text.
+    """
+    data, positions = read_tree(text, source)
     issues: list[ConfigIssue] = []
     hook = _get(data, _RESTART_HOOK_PATH)
     if hook is not _MISSING:
@@ -272,7 +283,8 @@ def _resolve(config: Config, text: str, positions: PositionMap) -> Config:
     resilience = config.resilience
     admission = resilience.adaptive_admission
     if admission.max_limit is None:
-        admission = attrs.evolve(admission, max_limit=config.performance.global_inflight_limit)
+        ceiling = max(config.performance.global_inflight_limit, admission.min_limit)
+        admission = attrs.evolve(admission, max_limit=ceiling)
         resilience = attrs.evolve(resilience, adaptive_admission=admission)
     return attrs.evolve(
         config,

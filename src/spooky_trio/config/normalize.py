@@ -1,4 +1,4 @@
-"""Value normalizers used as attrs converters and by the enum structuring hook.
+"""Value normalizers used as attrs converters.
 
 Converters here never raise: type checking happens earlier (in the cattrs hooks), and an
 attrs converter that raised would escape cattrs' per-field error collection.
@@ -7,27 +7,18 @@ attrs converter that raised would escape cattrs' per-field error collection.
 from __future__ import annotations
 
 
-#: Spooky's log level names (and ``warning``) mapped to spooky-trio's canonical levels.
-LOG_LEVEL_ALIASES: dict[str, str] = {
-    "silence": "off",
-    "poltergeist": "error",
-    "scream": "warn",
-    "spooky": "info",
-    "haunt": "debug",
-    "whisper": "trace",
-    "warning": "warn",
-}
-
-
-def normalize_enum_spelling(value: str) -> str:
-    """Canonical spelling of an enumerated value: lower case, ``_`` replaced by ``-``, trimmed."""
-    return value.strip().lower().replace("_", "-")
-
-
 def upper_list(value: object) -> object:
     """Upper-case every string of a list (HTTP method lists); other values pass unchanged."""
     if isinstance(value, list):
         return [item.upper() if isinstance(item, str) else item for item in value]
+    return value
+
+
+def pool_names(value: object) -> object:
+    """Trim every string of a list of pool names and drop the blank ones, as Spooky does for
+    ``hedging.route_allowlist`` and ``brownout.core_routes``; other values pass unchanged."""
+    if isinstance(value, list):
+        return [item.strip() if isinstance(item, str) else item for item in value if not (isinstance(item, str) and not item.strip())]
     return value
 
 

@@ -1,6 +1,7 @@
-"""Configuration schema (version 1): frozen attrs classes mirroring ``spec/config.md``.
+"""Configuration schema (version 1): frozen attrs classes, documented key by key in
+``docs/configuration.md`` (a test keeps the two in step).
 
-Field names are exactly the YAML keys and defaults are the spec defaults. Enumerated values
+Field names are exactly the YAML keys and defaults are Spooky's. Enumerated values
 are stored in their canonical hyphen spelling (``round-robin``, ``pass-through``, ...), HTTP
 method names upper-cased, log levels as ``off/error/warn/info/debug/trace``.
 
@@ -9,7 +10,8 @@ against the process's current working directory when the files are opened.
 
 Invariants that hold for a :class:`Config` returned by the loader (not for hand-built ones):
 every ``PoolConfig.load_balancing`` is set (pool's own, else top-level ``load_balancing``,
-else round-robin) and ``resilience.adaptive_admission.max_limit`` is an int.
+else round-robin) and ``resilience.adaptive_admission.max_limit`` is an int (when omitted:
+``max(performance.global_inflight_limit, min_limit)``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import attrs
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
 from spooky_trio.config.normalize import empty_to_none, upper_optional
+from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -163,6 +166,8 @@ class PoolConfig:
     host_policy: HostPolicyConfig = attrs.field(factory=HostPolicyConfig)
     forwarded_headers: ForwardedHeadersConfig = attrs.field(factory=ForwardedHeadersConfig)
     tls: UpstreamTlsConfig | None = None
+    #: authentication and authorization of the requests this pool's route matches
+    auth: AuthConfig | None = None
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""

@@ -1,8 +1,9 @@
 """Schema of rate limiting: Spooky's ``resilience.scoped_rate_limits`` and our store keys.
 
 ``scoped_rate_limits`` is Spooky's rule language (``spooky-head.md`` section 2);
-``rate_limit_store``, ``rate_limit_headers`` and a rule's ``store`` are ours
-(``extensions.md`` section 3). Enumerated values (``scope``, ``kind``, ``store``,
+``rate_limit_store`` (every key of it), ``rate_limit_headers`` and a rule's ``store`` are ours
+(``extensions.md`` section 3), marked :data:`~spooky_trio.config.markers.EXT` so that
+``check --spooky-strict`` reports them and the reference marks them ``(ext)``. Enumerated values (``scope``, ``kind``, ``store``,
 ``failure_mode``) are plain strings checked exactly by
 :mod:`spooky_trio.config.validate_ratelimit`: Spooky accepts no other spelling of ``scope``,
 and ours follow the same rule. The rules themselves run in ``resilience/ratelimit.py`` and
@@ -12,6 +13,9 @@ and ours follow the same rule. The rules themselves run in ``resilience/ratelimi
 from __future__ import annotations
 
 import attrs
+
+from spooky_trio.config.markers import EXT
+from spooky_trio.config.schema_auth import Secret
 
 SCOPES = ("route", "client", "tenant", "token")
 STORE_KINDS = ("memory", "redis")
@@ -35,7 +39,7 @@ class ScopedRateLimitConfig:
     key: str | None = None
     route_allowlist: list[str] = attrs.field(factory=list)
     idle_ttl_secs: int = 300
-    store: str = "memory"
+    store: str = attrs.field(default="memory", metadata=EXT)
 
     def identity(self) -> tuple[object, ...]:
         """What a reload compares: a rule whose every field is unchanged keeps its buckets."""
@@ -43,7 +47,7 @@ class ScopedRateLimitConfig:
                 self.idle_ttl_secs, self.store)
 
 
-def _redacted_url(url: str | None) -> str:
+def _redacted_url(url: Secret | None) -> str:
     """``url`` for a repr: the userinfo (which may hold the password) replaced by ``***``."""
     if url is None:
         return "None"
@@ -60,12 +64,17 @@ class RateLimitStoreConfig:
     against the system roots plus ``ca_file``); ``password_file`` holds the password (first
     line) instead of the URL. ``timeout_ms`` bounds the whole store check of one request;
     after it, or while the store is known to be down, ``failure_mode`` decides.
+
+    ``url`` is a :class:`~spooky_trio.config.schema_auth.Secret`, since it may hold the
+    password: the loader's type errors never quote it, its own repr is ``***`` and this
+    class's repr shows it without the userinfo; logs and ``/admin/runtime`` show
+    :meth:`~spooky_trio.config.validate_ratelimit.RedisUrl.redacted`.
     """
 
-    kind: str = "memory"
-    url: str | None = attrs.field(default=None, repr=_redacted_url)
-    password_file: str | None = None
-    ca_file: str | None = None
-    key_prefix: str = "spooky:rl:"
-    timeout_ms: int = 25
-    failure_mode: str = "local"
+    kind: str = attrs.field(default="memory", metadata=EXT)
+    url: Secret | None = attrs.field(default=None, repr=_redacted_url, metadata=EXT)
+    password_file: str | None = attrs.field(default=None, metadata=EXT)
+    ca_file: str | None = attrs.field(default=None, metadata=EXT)
+    key_prefix: str = attrs.field(default="spooky:rl:", metadata=EXT)
+    timeout_ms: int = attrs.field(default=25, metadata=EXT)
+    failure_mode: str = attrs.field(default="local", metadata=EXT)

@@ -1,16 +1,20 @@
 """Schema of the tuning sections: ``performance``, ``resilience``, ``observability``, ``security``.
 
 Every class is a frozen attrs class whose field names are exactly the YAML keys and whose
-defaults are the ones in ``spec/config.md``. Range and cross-field rules live in
-:mod:`spooky_trio.config.validate_runtime`; these classes only describe shape and defaults.
+defaults are Spooky's (``docs/configuration.md`` documents each key). Range and cross-field
+rules live in :mod:`spooky_trio.config.validate_runtime`; these classes only describe shape,
+defaults and markers (:mod:`spooky_trio.config.markers`).
 Durations are integer milliseconds unless the key name says otherwise.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
-from spooky_trio.config.normalize import upper_list
+from spooky_trio.config.markers import COMPAT, EXT
+from spooky_trio.config.normalize import pool_names, upper_list
 from spooky_trio.config.schema_ratelimit import RateLimitStoreConfig, ScopedRateLimitConfig
 
 _MIB = 1024 * 1024
@@ -21,12 +25,12 @@ class PerformanceConfig:
     """``performance``: workers, inflight limits, timeouts, buffers and connection-flood guards."""
 
     worker_threads: int = 1
-    control_plane_threads: int = 2
+    control_plane_threads: int = attrs.field(default=2, metadata=COMPAT)
     reuseport: bool = True
     pin_workers: bool = False
-    packet_shards_per_worker: int = 1
-    packet_shard_queue_capacity: int = 2048
-    packet_shard_queue_max_bytes: int = 64 * _MIB
+    packet_shards_per_worker: int = attrs.field(default=1, metadata=COMPAT)
+    packet_shard_queue_capacity: int = attrs.field(default=2048, metadata=COMPAT)
+    packet_shard_queue_max_bytes: int = attrs.field(default=64 * _MIB, metadata=COMPAT)
     global_inflight_limit: int = 4096
     per_upstream_inflight_limit: int = 1024
     per_backend_inflight_limit: int = 64
@@ -45,7 +49,7 @@ class PerformanceConfig:
     backend_dns_refresh_enabled: bool = False
     backend_dns_refresh_interval_ms: int = 30000
     #: (ext) resolvers as ``ip``, ``ip:port`` or ``[ipv6]:port``; empty means the system ones.
-    backend_dns_nameservers: list[str] = attrs.field(factory=list)
+    backend_dns_nameservers: list[str] = attrs.field(factory=list, metadata=EXT)
     new_connections_per_sec: int = 2000
     new_connections_burst: int = 500
     max_active_connections: int = 20000
@@ -56,8 +60,8 @@ class PerformanceConfig:
     quic_initial_max_streams_uni: int = 100
     max_request_body_bytes: int = 1_000_000
     max_response_body_bytes: int = 100 * _MIB
-    request_buffer_global_cap_bytes: int = 64 * _MIB
-    unknown_length_response_prebuffer_bytes: int = 2 * _MIB
+    request_buffer_global_cap_bytes: int = attrs.field(default=64 * _MIB, metadata=COMPAT)
+    unknown_length_response_prebuffer_bytes: int = attrs.field(default=2 * _MIB, metadata=COMPAT)
 
 
 @attrs.frozen(kw_only=True)
@@ -65,7 +69,8 @@ class AdaptiveAdmissionConfig:
     """Latency-driven global limit moving between ``min_limit`` and ``max_limit``.
 
     ``max_limit`` is ``None`` only in the raw schema; the loader replaces an omitted value
-    with ``performance.global_inflight_limit``, so a loaded config always has an int here.
+    with ``max(performance.global_inflight_limit, min_limit)`` (Spooky's effective ceiling),
+    so a loaded config always has an int here. The global limit still bounds admission.
     """
 
     enabled: bool = True
@@ -88,7 +93,10 @@ class CircuitBreakerConfig:
 
 @attrs.frozen(kw_only=True)
 class RetryBudgetConfig:
-    """Retries allowed per 100 primary requests, globally and per path prefix."""
+    """Retries allowed per 100 primary requests, globally and per pool.
+
+    ``per_route_ratio_percent`` is keyed by pool name (exact; spooky-head.md section 4).
+    """
 
     enabled: bool = True
     ratio_percent: int = 10
@@ -101,27 +109,33 @@ def _default_safe_methods() -> list[str]:
 
 @attrs.frozen(kw_only=True)
 class HedgingConfig:
-    """Send a second attempt after ``delay_ms`` for safe methods (``route_allowlist`` empty = all)."""
+    """Send a second attempt after ``delay_ms`` for safe methods.
+
+    ``route_allowlist``: pool names (trimmed, blanks dropped); empty means every pool.
+    """
 
     enabled: bool = False
     delay_ms: int = 100
     safe_methods: list[str] = attrs.field(factory=_default_safe_methods, converter=upper_list)
-    route_allowlist: list[str] = attrs.field(factory=list)
+    route_allowlist: list[str] = attrs.field(factory=list, converter=pool_names)
 
 
 @attrs.frozen(kw_only=True)
 class BrownoutConfig:
-    """Shed non-core pools with 503 while inflight is above the trigger percentage."""
+    """Shed non-core pools with 503 while inflight is above the trigger percentage.
+
+    ``core_routes``: pool names (trimmed, blanks dropped) that are never shed.
+    """
 
     enabled: bool = True
     trigger_inflight_percent: int = 90
     recover_inflight_percent: int = 60
-    core_routes: list[str] = attrs.field(factory=list)
+    core_routes: list[str] = attrs.field(factory=list, converter=pool_names)
 
 
 @attrs.frozen(kw_only=True)
 class RouteQueueConfig:
-    """Queue caps: per path prefix (``caps``), default per route, and global."""
+    """Queue caps: per pool name (``caps``, exact), ``default_cap`` for other pools, and global."""
 
     default_cap: int = 512
     global_cap: int = 2048
@@ -145,6 +159,15 @@ class ProtocolConfig:
     allowed_methods: list[str] = attrs.field(factory=list, converter=upper_list)
     #: requests whose path starts with one of these get 403
     denied_path_prefixes: list[str] = attrs.field(factory=list)
+    # -- ours (extensions): the path every check sees (http/paths.py, docs/security.md) --
+    #: resolve ``.``/``..``, decode percent-escaped unreserved characters
+    normalize_path: bool = attrs.field(default=True, metadata=EXT)
+    #: collapse runs of ``/``
+    merge_slashes: bool = attrs.field(default=True, metadata=EXT)
+    #: ``%2F``/``%5C``: ``keep`` (data), ``reject`` (400) or ``unescape`` (decoded)
+    escaped_slashes: Literal["keep", "reject", "unescape"] = attrs.field(default="keep", metadata=EXT)
+    #: forward the normalized path (true) or the client's own (false) to the backend
+    forward_normalized_path: bool = attrs.field(default=True, metadata=EXT)
 
 
 @attrs.frozen(kw_only=True)
@@ -183,9 +206,9 @@ class ResilienceConfig:
     #: Spooky's rules (config/schema_ratelimit.py, docs/rate-limiting.md)
     scoped_rate_limits: list[ScopedRateLimitConfig] = attrs.field(factory=list)
     #: (ext) where ``store: redis`` rules keep their buckets
-    rate_limit_store: RateLimitStoreConfig = attrs.field(factory=RateLimitStoreConfig)
+    rate_limit_store: RateLimitStoreConfig = attrs.field(factory=RateLimitStoreConfig, metadata=EXT)
     #: (ext) ``RateLimit`` / ``RateLimit-Policy`` on every answer, not only on 429s
-    rate_limit_headers: bool = False
+    rate_limit_headers: bool = attrs.field(default=False, metadata=EXT)
 
 
 @attrs.frozen(kw_only=True)

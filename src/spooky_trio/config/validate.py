@@ -8,7 +8,6 @@ violation as a :class:`~spooky_trio.config.checks.Problem`. It never raises.
 from __future__ import annotations
 
 import ipaddress
-import re
 
 from spooky_trio.config.address import is_hostname, is_token, parse_backend_address
 from spooky_trio.config.checks import (
@@ -18,6 +17,7 @@ from spooky_trio.config.checks import (
     route_host_error,
 )
 from spooky_trio.config.issues import KeyPath, format_path
+from spooky_trio.config.keyspec import parse_key_spec
 from spooky_trio.config.schema import (
     Config,
     ListenerConfig,
@@ -25,11 +25,10 @@ from spooky_trio.config.schema import (
     PoolConfig,
     UpstreamTlsConfig,
 )
+from spooky_trio.config.validate_auth import validate_auth
 from spooky_trio.config.validate_runtime import validate_runtime
 
 SUPPORTED_VERSION = 1
-_HASH_KEYS_PLAIN = ("path", "authority", "method", "cid")
-_HASH_KEY_PREFIXED = re.compile(r"^(header|cookie|query):(.*)$")
 
 
 def validate(config: Config) -> list[Problem]:
@@ -112,32 +111,14 @@ def _validate_upstream_tls(out: Problems, path: KeyPath, tls: UpstreamTlsConfig)
         out.not_empty(path + ("ca_dir",), tls.ca_dir)
 
 
-def hash_key_error(key: str) -> str | None:
-    """Why ``key`` is not a valid load-balancing key, or None when it is valid."""
-    if key in _HASH_KEYS_PLAIN:
-        return None
-    match = _HASH_KEY_PREFIXED.fullmatch(key)
-    if match is None:
-        return (
-            f"invalid key {key!r}: expected header:<name>, cookie:<name>, query:<name>, "
-            "path, authority, method or cid"
-        )
-    kind, name = match.groups()
-    if not name:
-        return f"invalid key {key!r}: {kind}: needs a name"
-    if kind in ("header", "cookie") and not is_token(name):
-        return f"invalid key {key!r}: {name!r} is not a valid {kind} name"
-    if kind == "query" and any(ch.isspace() or ch in "&=#" for ch in name):
-        return f"invalid key {key!r}: {name!r} is not a valid query parameter name"
-    return None
-
-
 def _validate_load_balancing(out: Problems, path: KeyPath, lb: LoadBalancingConfig) -> None:
-    # A key on an algorithm that does not hash is accepted and ignored (Spooky-compatible).
+    # Checked for every type, as Spooky does; a key on an algorithm that does not hash is
+    # then ignored.
     if lb.key is not None:
-        error = hash_key_error(lb.key)
-        if error:
-            out.add(path + ("key",), error)
+        try:
+            parse_key_spec(lb.key)
+        except ValueError as exc:
+            out.add(path + ("key",), str(exc))
 
 
 def _validate_pools(out: Problems, config: Config) -> None:
@@ -188,6 +169,8 @@ def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
         out.add(path + ("host_policy", "host"), f"only allowed when host_policy.mode is rewrite (mode is {policy.mode})")
     if pool.tls is not None:
         _validate_upstream_tls(out, path + ("tls",), pool.tls)
+    if pool.auth is not None:
+        validate_auth(out, path + ("auth",), pool.auth)
     _validate_backends(out, path, pool)
 
 

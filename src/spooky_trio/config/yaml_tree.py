@@ -14,7 +14,10 @@ a :class:`ConfigIssue` with the key path and the line/column where it was writte
 - a recursive alias (a value that contains itself, directly or through ``<<``);
 - aliases expanding the document past :data:`MAX_VALUES` values;
 - a mapping key that is a mapping or a list (config keys are names);
-- the same string key twice in one mapping (each repeat is reported with its path);
+- the same key twice in one mapping, compared as read (``16`` and ``0x10``, ``true`` and
+  ``True``, ``1`` and ``1.0`` are the same key, as the constructed dict would see them), or
+  two ``<<`` merge keys; each repeat is reported with its path, line and column and the line
+  of the first, never with ruamel's text (which prints the values as Python dicts);
 - a tag other than the plain scalar, list and mapping ones (``!!python/...``, ``!!set``,
   ``!!omap``, ``!!binary``, ``!custom``...), or a scalar its tag cannot read (``!!int x``,
   an impossible date), or an integer literal longer than :data:`MAX_INT_LITERAL` characters.
@@ -37,7 +40,13 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scanner import RoundTripScanner
 
-from spooky_trio.config.issues import ConfigError, ConfigIssue, KeyPath, format_path, sort_issues
+from spooky_trio.config.issues import (
+    ConfigError,
+    ConfigIssue,
+    KeyPath,
+    format_path,
+    sort_issues,
+)
 
 #: deepest nesting of mappings/lists (a real config is under 10 levels deep)
 MAX_DEPTH = 64
@@ -204,7 +213,7 @@ class _GraphCheck:
             for index, item in enumerate(node.value):
                 yield self._visit(item, path + (index,), depth + 1)
         elif isinstance(node, MappingNode):
-            seen: dict[str, Node] = {}
+            seen: dict[object, Node] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode):
                     kind = _KIND.get(type(key_node), "node")
@@ -212,16 +221,35 @@ class _GraphCheck:
                     continue
                 if self._check_tag(key_node, path, in_key=True):
                     continue
+                name = key_node.value
+                identity = self._key_identity(key_node)
+                first = seen.get(identity)
                 if key_node.tag == _MERGE_TAG:  # `<<: *defaults`: its entries join this mapping
+                    if first is not None:
+                        self._add(path + ("<<",), key_node, f"duplicate merge key '<<': the same key as line {first.start_mark.line + 1}")
+                    seen.setdefault(identity, key_node)
                     yield self._visit(value_node, path + ("<<",), depth + 1)
                     continue
-                name = key_node.value
                 child = path + (name,)
-                first = seen.get(name) if key_node.tag == _CORE + "str" else None
                 if first is not None:
-                    self._add(child, key_node, f"duplicate key {name!r} (first written at line {first.start_mark.line + 1})")
-                seen.setdefault(name, key_node)
+                    same = "" if first.value == name else f" (written {first.value!r})"
+                    self._add(child, key_node, f"duplicate key {name!r}: the same key as line {first.start_mark.line + 1}{same}")
+                seen.setdefault(identity, key_node)
                 yield self._visit(value_node, child, depth + 1)
+
+    def _key_identity(self, node: ScalarNode) -> object:
+        """What makes two keys of one mapping the same: the text of a string key, the value
+        read for any other scalar (a readable one: :meth:`_check_tag` ran first), tagged so a
+        string never equals a number."""
+        tag = node.tag or ""
+        if tag in (_CORE + "str", _MERGE_TAG):
+            return (tag, node.value)
+        value = self._constructor.construct_object(node)
+        try:
+            hash(value)
+        except TypeError:
+            return (tag, node.value)
+        return ("value", value)
 
     def _check_tag(self, node: Node, path: KeyPath, *, in_key: bool) -> bool:
         """Report an unsupported tag or an unreadable scalar; True when ``node`` is bad."""
@@ -242,9 +270,10 @@ class _GraphCheck:
             except MarkedYAMLError as exc:
                 self._add(path, node, f"{node.value!r} is not a valid {_short_tag(tag)}: {exc.problem}")
                 return True
-            except (ValueError, KeyError, TypeError, OverflowError) as exc:
-                # ruamel reads scalars with int(), float(), datetime(), a dict of booleans:
-                # their errors mean the text is not a value of the tag
+            except Exception as exc:  # noqa: BLE001 - any failure means "not a value of the tag"
+                # ruamel reads scalars with int(), float(), datetime(), a dict of booleans and
+                # string indexing (`!!int +`, `!!float ''`: IndexError, found by fuzz_config);
+                # whatever it raises on one tagged scalar, the text is not a value of the tag
                 detail = f": {exc}" if isinstance(exc, ValueError) else ""
                 self._add(path, node, f"{node.value!r} is not a valid {_short_tag(tag)}{detail}")
                 return True

@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable, Iterator
 import attrs
 import trio
 
+from spooky_trio.auth.store import AuthStore
 from spooky_trio.config import HealthCheckConfig
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
@@ -184,6 +185,9 @@ class StateStore:
         #: scoped rate limits: buckets by rule identity (an unchanged rule keeps them across
         #: a reload) and the Redis stores of the live generations
         self.rate_limits = RateLimitState()
+        #: the auth layer's JWKS caches, discovery documents and HTTP clients (its task:
+        #: ``AuthStore.run``, started by the server)
+        self.auth = AuthStore()
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""

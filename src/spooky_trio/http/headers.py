@@ -25,6 +25,7 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 #: Headers the proxy itself sets on the upstream request; client copies are replaced.
 _PROXY_SET: frozenset[bytes] = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
+_PROXY_SET_AND_FORWARDED = _PROXY_SET | {b"forwarded"}
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:
@@ -55,9 +56,23 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
 
 
 def strip_response_hop_by_hop(headers: Headers) -> Headers:
-    """Like :func:`strip_hop_by_hop` for responses (no ``te`` exception)."""
+    """Like :func:`strip_hop_by_hop` for responses (no ``te`` exception).
+
+    A response framed by ``Transfer-Encoding`` loses its ``Content-Length`` too (RFC 9112
+    6.3: Transfer-Encoding wins and a proxy MUST remove Content-Length): the length a backend
+    declared next to chunked framing describes nothing we relay, and an HTTP/2 or HTTP/3
+    client would hold us to it."""
     named = _connection_tokens(headers)
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+    chunked = False
+    out: Headers = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in named:
+            chunked = chunked or name == b"transfer-encoding"
+            continue
+        out.append((name, value))
+    if chunked:
+        out = [(n, v) for n, v in out if n != b"content-length"]
+    return out
 
 
 def upstream_authority(
@@ -95,11 +110,16 @@ def build_upstream_headers(
 ) -> Headers:
     """Request headers as sent upstream: hop-by-hop removed, X-Forwarded-* applied.
 
-    ``Host`` is removed here; the upstream client sends the chosen authority itself.
+    ``scheme`` is the scheme the proxy terminated (``X-Forwarded-Proto``), never one the
+    client sent. ``Host`` is removed here; the upstream client sends the chosen authority
+    itself. A client-sent ``Forwarded`` (RFC 7239) is removed unless ``forwarded_mode`` is
+    ``preserve``: we report the hop in X-Forwarded-*, and a client's own ``Forwarded:
+    proto=http;for=...`` would otherwise contradict it for backends that read it.
     """
     cleaned = strip_hop_by_hop(headers)
     existing_xff = [v for n, v in cleaned if n == b"x-forwarded-for"]
-    out: Headers = [(n, v) for n, v in cleaned if n not in _PROXY_SET and n != b"x-forwarded-for"]
+    dropped = _PROXY_SET if forwarded_mode == "preserve" else _PROXY_SET_AND_FORWARDED
+    out: Headers = [(n, v) for n, v in cleaned if n not in dropped and n != b"x-forwarded-for"]
     xff = forwarded_for(forwarded_mode, existing_xff, client_ip)
     if xff is not None:
         out.append((b"x-forwarded-for", xff))

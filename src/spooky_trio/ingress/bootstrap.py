@@ -3,7 +3,8 @@
 ```
 BootstrapListener.serve (nursery owned by the listener)
 ├─ accept loop                 stops at drain
-└─ connection task per client  TLS handshake (SNI identity, client certificate) -> ALPN
+└─ connection task per client  plain HTTP: 400 with a hint (plaintext.py); else TLS
+     │                         handshake (SNI identity, client certificate) -> ALPN
      ├─ H1ServerConnection.run     requests one after another
      └─ H2ServerConnection.run     one task per stream in the connection's nursery
 ```
@@ -28,11 +29,12 @@ import trio
 
 from spooky_trio.config import ClientAuthConfig, PerformanceConfig, ProtocolConfig
 from spooky_trio.core.activity import Activity
-from spooky_trio.http.errors import ErrorResponse, ProxyError, header_limit_error
+from spooky_trio.http.errors import ErrorResponse, header_limit_error
 from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
+from spooky_trio.ingress.plaintext import answer_plain_http, starts_with_plain_http
 from spooky_trio.ingress.tls import (
     BootstrapTls,
     classify_handshake_failure,
@@ -98,12 +100,6 @@ class ServeContext:
         """431 when the request's fields pass ``max_headers_count`` or ``max_headers_bytes``
         (sum of names and values), else None."""
         return header_limit_error(headers, max_count=self.limits.max_headers_count, max_bytes=self.limits.max_headers_bytes)
-
-    def check_head(self, headers: Headers) -> None:
-        """Raise :class:`ProxyError` with :meth:`head_limit_error`'s 431, if any."""
-        error = self.head_limit_error(headers)
-        if error is not None:
-            raise ProxyError(error.status, error.reason, error.message)
 
     async def serve_request(self, request: DownstreamRequest, sink: ResponseSink) -> None:
         """Run the pipeline for one request, counted as in flight; never raises for it."""
@@ -237,7 +233,9 @@ class BootstrapListener:
         stream = trio.SSLStream(tcp, self.tls.context, server_side=True)
         try:
             with trio.fail_after(self.limits.handshake_timeout):
-                await stream.do_handshake()
+                plain = await starts_with_plain_http(tcp)  # ingress/plaintext.py: 400 with a hint
+                if not plain:
+                    await stream.do_handshake()
         except trio.TooSlowError:
             self.tls.record_failure("timeout", client_address)
             await trio.aclose_forcefully(stream)
@@ -245,6 +243,9 @@ class BootstrapListener:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.tls.record_failure(classify_handshake_failure(exc), client_address)
             await trio.aclose_forcefully(stream)
+            return
+        if plain:
+            await answer_plain_http(tcp, self.ctx, client_address)
             return
         alpn = stream.selected_alpn_protocol()
         self.tls.record_alpn(alpn)

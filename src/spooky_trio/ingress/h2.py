@@ -40,16 +40,23 @@ import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from spooky_trio.http.errors import ErrorResponse, ProxyError
+from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.h2_pump import H2WriterPump
-from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
+from spooky_trio.http.validate import MultiplexedHead, split_pseudo
+from spooky_trio.ingress.h2_engine import MalformedStream, StreamScopedH2Connection
 from spooky_trio.ingress.h2_stream import (
     RECEIVE_SIZE,
     SEND_HIGH_WATER,
     H2RequestBody,
     H2ResponseSink,
 )
-from spooky_trio.ingress.tls import client_headers
+from spooky_trio.ingress.multiplexed import (
+    StreamTask,
+    build_request,
+    check_trailers,
+    refusal,
+    refused_request,
+)
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.bootstrap import ServeContext
@@ -61,16 +68,8 @@ log = logging.getLogger("spooky.ingress.h2")
 CLOSE_FLUSH_TIMEOUT = 10.0
 
 
-class _Stream:
-    __slots__ = ("stream_id", "request", "body", "sink", "error", "cancel_scope")
-
-    def __init__(self, stream_id: int, request: DownstreamRequest | None, body: H2RequestBody | None, sink: H2ResponseSink, error: ErrorResponse | None) -> None:
-        self.stream_id = stream_id
-        self.request = request
-        self.body = body
-        self.sink = sink
-        self.error = error
-        self.cancel_scope = trio.CancelScope()
+#: a request stream of this connection
+_Stream = StreamTask[H2RequestBody, H2ResponseSink]
 
 
 class H2ServerConnection:
@@ -82,12 +81,13 @@ class H2ServerConnection:
         self.client_address = client_address
         self.subject = subject
         limits = ctx.limits
-        self.h2 = h2.connection.H2Connection(
-            # header_block() builds what h2's outbound normalization and validation would pass
+        self.h2 = StreamScopedH2Connection(
+            # header_block() builds what h2's outbound normalization and validation would pass;
+            # inbound heads are checked by http/validate.py per stream (h2_engine.py: why)
             h2.config.H2Configuration(
                 client_side=False,
                 header_encoding=None,
-                validate_inbound_headers=True,
+                validate_inbound_headers=False,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
             )
@@ -210,15 +210,24 @@ class H2ServerConnection:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if event.stream_ended is not None:
                 self._end_body(event.stream_id)
-        elif isinstance(event, (h2.events.StreamEnded, h2.events.TrailersReceived)):
+        elif isinstance(event, h2.events.StreamEnded):
             self._end_body(event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            # request trailers end the body and are not forwarded; a malformed section
+            # resets the stream (docs/security.md)
+            problem = check_trailers(event.headers or [])
+            if problem is not None:
+                self._malformed(event.stream_id, problem)
+                # (our side may be closed already: an answer given before the body ended)
+                self.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            else:
+                self._end_body(event.stream_id)
+        elif isinstance(event, MalformedStream):
+            self._malformed(event.stream_id, event.reason)
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                if stream.body is not None:
-                    stream.body.fail(RequestBodyError("client reset the stream"))
-                stream.sink.aborted = True
-                stream.cancel_scope.cancel()
+                stream.abort("client reset the stream")
                 if event.remote_reset and not stream.sink.finished:
                     self._reset_debt += 1
                     if self._reset_debt > self.ctx.limits.h2_max_reset_debt:
@@ -230,6 +239,15 @@ class H2ServerConnection:
         elif isinstance(event, h2.events.ConnectionTerminated):
             return False
         return True
+
+    def _malformed(self, stream_id: int, reason: str) -> None:
+        """A stream the engine or we reset as malformed (RFC 9113 8.1.1): counted, its
+        request (if one started) aborted; the connection and its other streams go on."""
+        self.ctx.stats["h2_malformed_streams"] += 1
+        log.debug("HTTP/2 stream %d from %s reset as malformed: %s", stream_id, self.client_address, reason)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.abort(f"malformed request: {reason}")
 
     def _enhance_your_calm(self) -> None:
         log.info("HTTP/2 client %s reset %d streams it did not let finish: GOAWAY(ENHANCE_YOUR_CALM)",
@@ -251,68 +269,28 @@ class H2ServerConnection:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         self._any_request = True
-        pseudo: dict[bytes, bytes] = {}
-        headers: Headers = []
-        for name, value in event.headers or []:
-            if name[:1] == b":":
-                pseudo[bytes(name)] = bytes(value)
-            else:
-                headers.append((bytes(name), bytes(value)))
-        ended = event.stream_ended is not None
-        body = None if ended else H2RequestBody(self, stream_id)
-        error: ErrorResponse | None = None
-        request: DownstreamRequest | None = None
-        try:
-            request = self._build(pseudo, headers, body)
-        except ProxyError as exc:
-            error = exc.response
-            # what the access log shows of the refused request
-            request = DownstreamRequest(
-                method=pseudo.get(b":method", b""), scheme=b"https", authority=pseudo.get(b":authority", b""),
-                path=pseudo.get(b":path", b""), headers=[], protocol="HTTP/2", client_address=self.client_address,
-            )
+        body = None if event.stream_ended is not None else H2RequestBody(self, stream_id)
+        head = split_pseudo(event.headers or [])
+        limits = self.ctx.limits
+        error = head if isinstance(head, ErrorResponse) else refusal(
+            head, max_count=limits.max_headers_count, max_bytes=limits.max_headers_bytes, websocket=True)
+        if error is None:
+            assert isinstance(head, MultiplexedHead)
+            request = build_request(head, body, protocol="HTTP/2", client_address=self.client_address, subject=self.subject)
+        else:
+            known = head if isinstance(head, MultiplexedHead) else None
+            request = refused_request(known, protocol="HTTP/2", client_address=self.client_address)
         # extended CONNECT (WebSocket) and plain CONNECT: the stream's DATA is the tunnel
-        tunnel_body = body if pseudo.get(b":protocol") is not None or pseudo.get(b":method") == b"CONNECT" else None
-        sink = H2ResponseSink(self, stream_id, tunnel_body)
+        connecting = isinstance(head, MultiplexedHead) and (head.protocol is not None or head.method == b"CONNECT")
+        sink = H2ResponseSink(self, stream_id, body if connecting else None)
         stream = _Stream(stream_id, request, body, sink, error)
         self.streams[stream_id] = stream
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_stream, stream)
 
-    def _build(self, pseudo: dict[bytes, bytes], headers: Headers, body: H2RequestBody | None) -> DownstreamRequest:
-        """The pipeline's request; raises :class:`ProxyError` (431, 400, 501)."""
-        self.ctx.check_head(headers)
-        method = pseudo.get(b":method", b"")
-        protocol = pseudo.get(b":protocol")
-        request_body = body
-        if protocol is not None:
-            if protocol.lower() != b"websocket":
-                raise ProxyError(501, "connect_protocol_unsupported", f"extended CONNECT for {protocol.decode('latin-1')!r} is not supported")
-            # RFC 8441: relayed like an HTTP/1.1 upgrade; the stream's DATA is the tunnel
-            method, request_body = b"GET", None
-            headers = [*headers, (b"connection", b"upgrade"), (b"upgrade", b"websocket")]
-        declared = next((v for n, v in headers if n == b"content-length"), None)
-        if declared is not None and not declared.isdigit():
-            raise ProxyError(400, "bad_content_length", "content-length is not a number")
-        authority = pseudo.get(b":authority", b"")
-        host = next((v for n, v in headers if n == b"host"), None)
-        return DownstreamRequest(
-            method=method,
-            scheme=pseudo.get(b":scheme", b"https"),
-            authority=authority,
-            path=pseudo.get(b":path", b""),
-            headers=client_headers(headers, self.subject),
-            protocol="HTTP/2",
-            client_address=self.client_address,
-            body=request_body,
-            content_length=int(declared) if declared is not None else None,
-            host_header=host if authority and host is not None else None,
-        )
-
     async def _serve_stream(self, stream: _Stream) -> None:
         try:
             with stream.cancel_scope:
-                assert stream.request is not None
                 if stream.error is not None:
                     await self.ctx.reject(stream.request, stream.sink, stream.error)
                 else:

@@ -263,29 +263,6 @@ class StreamScopedH3Connection(H3Connection):
 check_overrides(StreamScopedH3Connection)  # an aioquic that moved a hook fails at import
 
 
-def parse_request_head(headers: Headers) -> tuple[dict[bytes, bytes], Headers]:
-    """Split validated request headers into pseudo-headers and regular headers.
-
-    aioquic already enforced RFC 9114 4.3.1 syntax (lowercase names, pseudo-headers first,
-    no duplicates, no connection-specific fields). Here the rules it leaves to the
-    application: ``:scheme`` and ``:path`` are required except for CONNECT.
-    Raises :class:`MessageError`.
-    """
-    pseudo: dict[bytes, bytes] = {}
-    regular: Headers = []
-    for name, value in headers:
-        if name[:1] == b":":
-            pseudo[name] = value
-        else:
-            regular.append((name, value))
-    if pseudo.get(b":method") != b"CONNECT":
-        if b":scheme" not in pseudo or b":path" not in pseudo:
-            raise MessageError("request lacks :scheme or :path")
-        if b":protocol" in pseudo:
-            raise MessageError(":protocol is only valid with CONNECT")
-    return pseudo, regular
-
-
 class H3RequestBody(QueuedRequestBody):
     """The body of one request stream, fed by the connection's receive path.
 

@@ -24,17 +24,25 @@ from aioquic.quic.events import (
     StreamReset,
 )
 
-from spooky_trio.http.errors import ErrorResponse, header_limit_error
-from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
+from spooky_trio.http.errors import ErrorResponse
+from spooky_trio.http.validate import (
+    MultiplexedHead,
+    split_pseudo,
+)
 from spooky_trio.ingress.h3 import (
     H3RequestBody,
     H3ResponseSink,
     MalformedRequest,
     StreamScopedH3Connection,
-    parse_request_head,
+)
+from spooky_trio.ingress.multiplexed import (
+    StreamTask,
+    build_request,
+    check_trailers,
+    refusal,
+    refused_request,
 )
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
-from spooky_trio.ingress.tls import client_headers
 
 if TYPE_CHECKING:
     from spooky_trio.ingress.quic import QuicListener
@@ -47,15 +55,8 @@ def _is_crypto_error(code: int) -> bool:
     return 0x100 <= code <= 0x1FF
 
 
-class _RequestStream:
-    __slots__ = ("stream_id", "body", "sink", "cancel_scope", "request")
-
-    def __init__(self, stream_id: int, body: H3RequestBody | None, sink: H3ResponseSink, request: DownstreamRequest) -> None:
-        self.stream_id = stream_id
-        self.body = body
-        self.sink = sink
-        self.request = request
-        self.cancel_scope = trio.CancelScope()
+#: a request stream of this connection
+_RequestStream = StreamTask[H3RequestBody, H3ResponseSink]
 
 
 class QuicConnectionTask:
@@ -142,81 +143,61 @@ class QuicConnectionTask:
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self._start_request(event)
-            elif event.stream_ended and stream.body is not None:
-                # request trailers end the body; they are not forwarded
-                stream.body.feed(b"", True, self.quic.stream_read_offset(event.stream_id))
+            else:
+                # request trailers end the body and are not forwarded; a malformed section
+                # resets the stream (docs/security.md)
+                problem = check_trailers(event.headers)
+                if problem is not None:
+                    self.reset_stream(event.stream_id, ErrorCode.H3_MESSAGE_ERROR)
+                    self._malformed(event.stream_id, problem, excessive_load=False)
+                elif event.stream_ended and stream.body is not None:
+                    stream.body.feed(b"", True, self.quic.stream_read_offset(event.stream_id))
         elif isinstance(event, MalformedRequest):
-            self.listener.stats["excessive_load" if event.excessive_load else "malformed_requests"] += 1
-            log.debug("malformed request on stream %d from %s: %s", event.stream_id, self.addr, event.reason)
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                if stream.body is not None:
-                    stream.body.fail(RequestBodyError(f"malformed request: {event.reason}"))
-                stream.sink.aborted = True
-                stream.cancel_scope.cancel()
+            self._malformed(event.stream_id, event.reason, excessive_load=event.excessive_load)
+
+    def _malformed(self, stream_id: int, reason: str, *, excessive_load: bool) -> None:
+        """A request stream reset as malformed or too heavy: counted, its request (if one
+        started) aborted; the connection and its other streams go on."""
+        self.listener.stats["excessive_load" if excessive_load else "malformed_requests"] += 1
+        log.debug("malformed request on stream %d from %s: %s", stream_id, self.addr, reason)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.abort(f"malformed request: {reason}")
 
     def _start_request(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
         if self._goaway_stream_id is not None and stream_id >= self._goaway_stream_id:
             self.reset_stream(stream_id, ErrorCode.H3_REQUEST_REJECTED)
             return
-        try:
-            pseudo, headers = parse_request_head(event.headers)
-        except Exception as exc:  # MessageError: reset this stream only
-            self.listener.stats["malformed_requests"] += 1
-            log.debug("malformed request on stream %d: %s", stream_id, exc)
-            self.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+        head = split_pseudo(event.headers)
+        limits = self.listener.protocol
+        error = head if isinstance(head, ErrorResponse) else refusal(
+            head, max_count=limits.max_headers_count, max_bytes=limits.max_headers_bytes, websocket=False)
+        if error is not None:  # answered through the answer door: logged and counted
+            known = head if isinstance(head, MultiplexedHead) else None
+            self._nursery.start_soon(self._reject, stream_id, known, error)  # type: ignore[union-attr]
             return
-        rejection = self._rejection(pseudo, headers)
-        if rejection is not None:
-            self._nursery.start_soon(self._reject, stream_id, pseudo, rejection)  # type: ignore[union-attr]
-            return
-        # QUIC clients present no certificate: a client-sent subject header is always forged
-        headers = client_headers(headers, None)
-        content_length = self.h3.expected_content_length(stream_id)
-        host_header = None
-        for name, value in headers:
-            if name == b"host":
-                host_header = value
-                break
+        assert isinstance(head, MultiplexedHead)
         body = None if event.stream_ended else H3RequestBody(self, stream_id)
         if body is not None:
             self.quic.consumed_offsets[stream_id] = self.quic.stream_read_offset(stream_id)
-        request = DownstreamRequest(
-            method=pseudo.get(b":method", b""),
-            scheme=pseudo.get(b":scheme", b"https"),
-            authority=pseudo.get(b":authority", b""),
-            path=pseudo.get(b":path", b""),
-            headers=headers,
-            protocol="HTTP/3",
-            client_address=self.addr,
-            body=body,
-            content_length=content_length,
-            host_header=host_header,
+        # QUIC clients present no certificate: a client-sent subject header is always forged
+        request = build_request(
+            head, body, protocol="HTTP/3", client_address=self.addr, subject=None,
             quic_connection_id=self.original_dcid,
             # a request head decoded before the handshake completed came in 0-RTT
             early_data=not self._handshake_done,
         )
         tunnel_body = body if request.method == b"CONNECT" else None
-        stream = _RequestStream(stream_id, body, H3ResponseSink(self, stream_id, tunnel_body), request)
+        stream = _RequestStream(stream_id, request, body, H3ResponseSink(self, stream_id, tunnel_body))
         self.streams[stream_id] = stream
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_stream, stream)
 
-    def _rejection(self, pseudo: dict[bytes, bytes], headers: Headers) -> ErrorResponse | None:
-        """An answer given without running the pipeline: header limits, extended CONNECT."""
-        limits = self.listener.protocol
-        error = header_limit_error(headers, max_count=limits.max_headers_count, max_bytes=limits.max_headers_bytes)
-        if error is None and b":protocol" in pseudo:
-            error = ErrorResponse(501, "extended_connect_unsupported", "WebSocket over HTTP/3 (RFC 9220) is not supported; use the TCP listener")
-        return error
-
-    async def _reject(self, stream_id: int, pseudo: dict[bytes, bytes], error: ErrorResponse) -> None:
-        """Answer a request refused before the chain through the answer door."""
-        request = DownstreamRequest(
-            method=pseudo.get(b":method", b""), scheme=b"https", authority=pseudo.get(b":authority", b""),
-            path=pseudo.get(b":path", b""), headers=[], protocol="HTTP/3", client_address=self.addr,
-        )
+    async def _reject(self, stream_id: int, head: MultiplexedHead | None, error: ErrorResponse) -> None:
+        """Answer a request refused before the chain through the answer door (``head`` None:
+        its pseudo-headers were malformed)."""
+        request = refused_request(head, protocol="HTTP/3", client_address=self.addr)
         sink = H3ResponseSink(self, stream_id)
         activity = self.listener.activity
         activity.enter()  # in flight like a served request: a drain waits for its record
@@ -265,12 +246,8 @@ class QuicConnectionTask:
 
     def _client_aborted(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if stream.body is not None:
-            stream.body.fail(RequestBodyError("client reset the stream"))
-        stream.sink.aborted = True
-        stream.cancel_scope.cancel()
+        if stream is not None:
+            stream.abort("client reset the stream")
 
     def _terminated(self) -> None:
         for stream in list(self.streams.values()):

@@ -35,7 +35,7 @@ class AccessRecord:
     its answer door and the byte-counting wrappers."""
 
     __slots__ = ("request", "started", "started_wall", "status", "pool", "backend", "bytes_in", "bytes_out", "outcome",
-                 "reason")
+                 "reason", "client_target")
 
     def __init__(self, request: DownstreamRequest) -> None:
         self.request = request
@@ -53,6 +53,9 @@ class AccessRecord:
         #: machine-readable reason of the proxy's own answer or reset (``no_route``,
         #: ``headers_too_large``, ``connect_failed``, ``client_gone``...)
         self.reason: str | None = None
+        #: the request target as the client sent it, when the proxy normalized the path
+        #: (the log shows what the client asked for)
+        self.client_target: bytes | None = None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in :data:`FIELDS` order."""
@@ -64,7 +67,7 @@ class AccessRecord:
             "protocol": req.protocol,
             "method": req.method.decode("latin-1"),
             "authority": (req.authority or req.host_header or b"").decode("latin-1"),
-            "path": req.path.decode("latin-1"),
+            "path": (self.client_target or req.path).decode("latin-1"),
             "status": self.status,
             "pool": self.pool,
             "backend": self.backend,

@@ -248,6 +248,7 @@ _PROTOCOL_ERRORS = {
     ("h3", "malformed_request"): "malformed_requests",
     ("h3", "excessive_load"): "excessive_load",
     ("h3", "control_stream_overflow"): "control_stream_overflow",
+    ("h2", "malformed_request"): "h2_malformed_streams",
     ("h2", "protocol_error"): "h2_protocol_errors",
     ("h2", "rapid_reset"): "h2_rapid_reset",
 }
@@ -259,6 +260,7 @@ def _protocol_errors(quic: list[QuicListenerView], tcp: list[TcpListenerView]) -
     without a response. h3 ``malformed_request`` (H3_MESSAGE_ERROR) and ``excessive_load``
     (H3_EXCESSIVE_LOAD: oversized HEADERS frame / field section) are per stream,
     ``control_stream_overflow`` (a SETTINGS/MAX_PUSH_ID frame too large to buffer) per connection; h2
+    ``malformed_request`` (RST_STREAM PROTOCOL_ERROR: a malformed head or trailers) per stream,
     ``protocol_error`` and ``rapid_reset`` (GOAWAY ENHANCE_YOUR_CALM) per connection."""
     family = CounterMetricFamily("spooky_protocol_errors", "Streams/connections closed by a protocol rule or abuse guard",
                                  labels=["protocol", "reason"])

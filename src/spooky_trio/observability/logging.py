@@ -75,5 +75,11 @@ def install_handler(handler: logging.Handler, log_config: LogConfig) -> None:
     root.setLevel(LEVELS.get(log_config.level, logging.INFO))
     # library chatter stays at warning unless we trace
     level = TRACE if log_config.level == "trace" else logging.WARNING
-    for noisy in ("quic", "aioquic", "hpack", "h2", "hypercorn"):
+    for noisy in LIBRARY_LOGGERS:
         logging.getLogger(noisy).setLevel(level)
+
+
+#: libraries whose loggers stay at warning below ``trace``: their debug lines carry request
+#: headers (hpack: every decoded field, Authorization included) and httpx's info lines the
+#: URLs of the auth layer's calls, so below ``trace`` secrets never reach the log
+LIBRARY_LOGGERS = ("quic", "aioquic", "hpack", "h2", "hypercorn", "httpx", "httpcore")

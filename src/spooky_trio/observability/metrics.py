@@ -59,6 +59,23 @@ class _ReasonCollector(Collector):
         yield family
 
 
+class _AuthDecisionCollector(Collector):
+    """``spooky_auth_decisions_total{upstream,step,result}`` from :attr:`Metrics.auth_decisions`."""
+
+    def __init__(self, decisions: collections.Counter[tuple[str, str, str]]) -> None:
+        self._decisions = decisions
+
+    def describe(self) -> list[Metric]:
+        return []  # collected only at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("spooky_auth_decisions", "Authentication steps by pool, step and result (allowed, fail_open or the refusal reason)",
+                                     labels=["upstream", "step", "result"])
+        for (pool, step, result), count in sorted(list(self._decisions.items())):
+            family.add_metric([pool, step, result], count)
+        yield family
+
+
 class Metrics:
     """Every event metric, defined once in ``self.registry`` (never the global registry)."""
 
@@ -155,6 +172,35 @@ class Metrics:
         self.config_reloads = Counter("spooky_config_reload", "Configuration reloads by result", ["result"], registry=r)
         for result in ("success", "invalid", "failed"):
             self.config_reloads.labels(result=result)
+        # observability.tracing (observability/tracing.py, trace_export.py): extensions
+        self.tracing_spans_exported = Counter("spooky_tracing_spans_exported", "Spans delivered to the OTLP collector", registry=r)
+        self.tracing_spans_dropped = Counter(
+            "spooky_tracing_spans_dropped", "Spans dropped before export, by reason", ["reason"], registry=r
+        )
+        self.tracing_exports = Counter("spooky_tracing_exports", "OTLP export calls, by result", ["result"], registry=r)
+        #: reason -> child, resolved once (a drop is counted per span while the queue is full)
+        self._tracing_dropped = {
+            reason: self.tracing_spans_dropped.labels(reason) for reason in ("queue_full", "export_failed", "no_exporter")
+        }
+        for result in ("success", "failure", "timeout"):
+            self.tracing_exports.labels(result)
+        # authentication (auth/, proxy/auth.py; docs/auth.md). Decisions happen once per
+        # request of an authenticated pool: a plain dict exposed at scrape time, like reasons
+        #: (pool, step, result) -> requests (``spooky_auth_decisions_total``)
+        self.auth_decisions: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        r.register(_AuthDecisionCollector(self.auth_decisions))
+        self.auth_calls = Counter(
+            "spooky_auth_outbound_calls", "Outbound calls of the auth layer (jwks, oidc_discovery, oidc_introspection, "
+            "external_http) by result (2xx..5xx for an answer, else timeout, connect, tls, too_large, ...)", ["kind", "result"], registry=r,
+        )
+        self.auth_call_latency = Histogram(
+            "spooky_auth_outbound_latency_ms", "Duration of the auth layer's outbound calls (ms)", ["kind"],
+            buckets=LATENCY_BUCKETS_MS, registry=r,
+        )
+        self.jwks_stale = Counter(
+            "spooky_auth_jwks_stale_served", "Tokens verified with JWKS keys kept past jwks_cache_secs because refreshes failed",
+            registry=r,
+        )
 
     # -- event hooks --
 
@@ -253,6 +299,30 @@ class Metrics:
             self.rate_limit_store_errors.labels(error).inc()
         elif latency_ms is not None:
             self.rate_limit_store_latency.observe(latency_ms)
+
+    def tracing_dropped(self, reason: str, spans: int) -> None:
+        """``spans`` finished spans were not exported: ``queue_full`` (the bounded queue was
+        full when they ended), ``export_failed`` (their batch failed or timed out),
+        ``no_exporter`` (no usable exporter: see the log)."""
+        self._tracing_dropped[reason].inc(spans)
+
+    def tracing_export(self, result: str, spans: int) -> None:
+        """One export call of ``spans`` spans ended: ``success``, ``failure`` or ``timeout``."""
+        self.tracing_exports.labels(result).inc()
+        if result == "success":
+            self.tracing_spans_exported.inc(spans)
+
+    def auth_decision(self, pool: str, step: str, result: str) -> None:
+        """``step`` (api_key, jwt, external_http, oidc) of ``pool`` decided ``result``."""
+        self.auth_decisions[(pool, step, result)] += 1
+
+    def auth_call(self, kind: str, result: str, seconds: float) -> None:
+        """One outbound call of the auth layer ended (``result`` ``ok`` or why not)."""
+        self.auth_calls.labels(kind, result).inc()
+        self.auth_call_latency.labels(kind).observe(seconds * 1000)
+
+    def jwks_stale_served(self) -> None:
+        self.jwks_stale.inc()
 
     def render(self) -> bytes:
         """The text exposition of the registry."""

@@ -68,7 +68,7 @@ class OverloadGuard:
 
     # -- admission: adaptive admission, global and pool slots (and the brownout state) --
 
-    async def admit(self, config: Config, pool: str, path: bytes) -> Slots:
+    async def admit(self, config: Config, pool: str) -> Slots:
         """Take a global and a pool slot for a request routed to ``pool``, or raise
         :class:`ShedError`. Returns the pool's slots, to hand back to :meth:`release`."""
         state = self.state
@@ -84,7 +84,7 @@ class OverloadGuard:
             if effective < limit:
                 limit, reason = effective, "adaptive_admission"
         if not gslots.try_acquire(limit) and not await self._wait(
-            config, (gslots,), lambda: gslots.try_acquire(limit), "global", pool, path
+            config, (gslots,), lambda: gslots.try_acquire(limit), "global", pool
         ):
             raise self.shed(config, reason)
         try:
@@ -93,7 +93,7 @@ class OverloadGuard:
                 pslots = state.pool_slots[pool] = Slots()
             plimit = perf.per_upstream_inflight_limit
             if not pslots.try_acquire(plimit) and not await self._wait(
-                config, (pslots,), lambda: pslots.try_acquire(plimit), "upstream", pool, path
+                config, (pslots,), lambda: pslots.try_acquire(plimit), "upstream", pool
             ):
                 raise self.shed(config, "upstream_inflight")
         except BaseException:
@@ -125,7 +125,7 @@ class OverloadGuard:
             log.info("brownout off: %d of %d requests in flight", inflight, limit)
         self.state.on_change()
 
-    async def _wait(self, config: Config, slots: Sequence[Slots], acquire: Callable[[], bool], scope: str, pool: str, path: bytes) -> bool:
+    async def _wait(self, config: Config, slots: Sequence[Slots], acquire: Callable[[], bool], scope: str, pool: str) -> bool:
         """The micro-wait: queue for up to ``inflight_acquire_wait_ms``, calling ``acquire``
         after each release of one of ``slots`` until it succeeds. False when no wait is
         configured or it expired; sheds ``route_queue`` when the queue is full."""
@@ -134,8 +134,7 @@ class OverloadGuard:
             return False
         rq = config.resilience.route_queue
         queues = self.state.queues
-        route, cap = queues.route_of(pool, path.split(b"?", 1)[0].decode("latin-1"), rq)
-        if not queues.try_enter(route, cap, rq):
+        if not queues.try_enter(pool, rq):
             raise self.shed(config, "route_queue")
         self.state.on_change()
         try:
@@ -148,7 +147,7 @@ class OverloadGuard:
                         return True
             return False
         finally:
-            queues.leave(route)
+            queues.leave(pool)
             self.state.on_change()
 
     # -- backend choice: per-backend limit, then the breaker --
@@ -172,7 +171,7 @@ class OverloadGuard:
                     found.append(picked)
                 return picked is not None
 
-            if await self._wait(config, blocked, acquire, "backend", pool.name, request.path):
+            if await self._wait(config, blocked, acquire, "backend", pool.name):
                 backend = found[0]
         if backend is None:
             if reason is None:

@@ -12,7 +12,8 @@ Three functions, one per way a request can end, all used by the chain
   possible any more (the head went out, the client is gone), the stream is reset.
 * :meth:`AnswerDoor.record`: once per request, whatever happened: the access-log line and
   ``spooky_requests_total`` / ``spooky_requests_by_reason_total{reason,status_class}``
-  (plus the validation / policy / early-data counters for the proxy's own refusals).
+  (plus the validation / policy / early-data counters for the proxy's own refusals), and
+  the end of the request's trace span when it has one (``proxy/tracing.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from spooky_trio.http.messages import (
     RequestBodyTimeout,
     RequestBodyTooLarge,
 )
+from spooky_trio.proxy.tracing import finish_span
 from spooky_trio.upstream.errors import (
+    UnforwardableRequest,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -74,6 +77,8 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
     exc = unwrap(exc)
     if isinstance(exc, ProxyError):
         return exc.response
+    if isinstance(exc, UnforwardableRequest):
+        return ErrorResponse(400, exc.reason, "the request cannot be expressed to the backend")
     if isinstance(exc, UpstreamTLSError):
         return ErrorResponse(502, exc.reason, "TLS handshake with the backend failed")
     if isinstance(exc, UpstreamConnectError):
@@ -153,13 +158,16 @@ class AnswerDoor:
             ctx.outcome, ctx.reason = "reset", reason
             return
         headers = failure.headers if isinstance(failure, ProxyError) else ()
-        ours = isinstance(failure, (ProxyError, RequestBodyError))
+        ours = isinstance(failure, (ProxyError, RequestBodyError, UnforwardableRequest))
         await self.answer(ctx, Answer.from_error(error, headers, rejection=ours))
 
     def record(self, ctx: RequestContext) -> None:
-        """The record step: count the request and write its access-log line (once)."""
+        """The record step: count the request, write its access-log line and end its span
+        (once)."""
         if ctx.reason is None:
             ctx.reason = "ok" if ctx.outcome in ("ok", "tunnel") else ctx.outcome
         if self.metrics is not None:
             self.metrics.request_done(ctx.status if ctx.outcome != "reset" else None, ctx.reason)
         ctx.emit()
+        if ctx.span is not None:
+            finish_span(ctx)

@@ -25,6 +25,8 @@ from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
 from spooky_trio.observability.access import AccessRecord
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from spooky_trio.proxy.chain import ResponseFilter
     from spooky_trio.proxy.lease import BackendLease
     from spooky_trio.resilience.policy import ConnectTarget
@@ -52,7 +54,7 @@ class RequestContext(AccessRecord):
     """
 
     __slots__ = ("generation", "config", "sink", "authority", "route_pool", "serving_pool", "lease", "connect_target", "response_headers",
-                 "_cleanups", "_response_filters")
+                 "forward_target", "_cleanups", "_response_filters", "span")
 
     def __init__(self, request: DownstreamRequest, generation: Generation | None) -> None:
         super().__init__(request)
@@ -68,8 +70,14 @@ class RequestContext(AccessRecord):
         self.connect_target: ConnectTarget | None = None
         #: added to the response head, whoever answers (the route-decision header)
         self.response_headers: Headers = []
+        #: the target sent upstream when it is not ``request.path`` (the client's own
+        #: target, with ``forward_normalized_path: false``)
+        self.forward_target: bytes | None = None
         self._cleanups: list[Callable[[], object]] = []
         self._response_filters: list[ResponseFilter] = []
+        #: the request's trace span (``observability.tracing``: ``proxy/tracing.py``), ended
+        #: by the record step
+        self.span: Span | None = None
 
     def attach_sink(self, sink: ResponseSink) -> ClientSink:
         """Wrap the ingress's ``sink``; every response of this request goes through it."""

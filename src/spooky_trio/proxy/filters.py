@@ -1,18 +1,29 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-protocol_policy -> route -> brownout -> rate_limit -> body_limit -> admission -> balance
-  -> forward (terminal)
+[trace ->] normalize_path -> protocol_policy -> route [-> auth] [-> brownout] [-> rate_limit]
+  [-> external_auth] -> body_limit -> admission -> balance -> forward (terminal)
 ```
 
+* ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
+  trace context continued or started and sent upstream (``proxy/tracing.py``); it decides
+  nothing, so it runs first and every refusal after it is traced;
+* ``normalize_path``: the request's path as every later step sees it (``http/paths.py``:
+  dot segments, merged slashes, unreserved escapes; ``resilience.protocol`` ext keys), with
+  the client's own target kept for the access log and, with ``forward_normalized_path:
+  false``, for the backend (400 for a malformed escape or a refused escaped slash);
 * ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
   0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
   with the decision log and header of ``observability.routing``;
+* ``auth`` (``proxy/auth.py``, only in a generation with an ``auth`` block): api_key then
+  jwt with scopes and roles (401), for the pool the route chose;
 * ``brownout`` (``proxy/brownout.py``, unless disabled): while brownout is on, a pool that
   is not a core route gets 503 + ``Retry-After``;
 * ``rate_limit`` (``proxy/ratelimit.py``, only with ``scoped_rate_limits``): Spooky's
   scoped rate limits, local or through Redis (429 + ``Retry-After``);
+* ``external_auth`` (``proxy/external_auth.py``, only with an ``external_auth`` block):
+  external auth of kind http or oidc for the pool the route chose;
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
 * ``admission``: adaptive admission, global and pool inflight limits, route queues (503 +
   ``Retry-After``), slots given back when the request ends;
@@ -22,9 +33,9 @@ protocol_policy -> route -> brownout -> rate_limit -> body_limit -> admission ->
 
 A CONNECT tunnel (a permitted ``CONNECT`` target) skips ``route``, ``body_limit`` and
 ``balance``: it is admitted as the pseudo pool ``@connect`` and relayed by ``forward``.
-:func:`build_chain` is the one place the order is written down; the next subsystems (auth,
-rate limits, plugins, traffic policy) slot in here in the order of
-../shared/spec/extensions.md section 0.
+:func:`build_chain` is the one place the order is written down (its docstring says why each
+step is where it is); the next subsystems (plugins, traffic policy) slot in here in the order
+of ../shared/spec/extensions.md section 0.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
 from spooky_trio.http.errors import ProxyError
 from spooky_trio.http.headers import host_without_port
+from spooky_trio.http.paths import PathError, normalize_path
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
 from spooky_trio.proxy.brownout import Brownout
@@ -45,16 +57,48 @@ from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
 from spooky_trio.proxy.ratelimit import rate_limit_step
+from spooky_trio.proxy.tracing import Trace
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from spooky_trio.observability.metrics import Metrics
+    from spooky_trio.observability.tracing import Tracing
 
 route_log = logging.getLogger("spooky.routing")
 
 #: the pseudo pool CONNECT tunnels are admitted as (config pool names cannot start with "@")
 CONNECT_POOL = "@connect"
+
+
+class NormalizePath:
+    """Normalize the path before any policy or routing (module docstring, http/paths.py)."""
+
+    name = "normalize_path"
+
+    def __init__(self, config: Config) -> None:
+        protocol = config.resilience.protocol
+        self.enabled = protocol.normalize_path
+        self.merge_slashes = protocol.merge_slashes
+        self.escaped_slashes = protocol.escaped_slashes
+        self.forward_normalized = protocol.forward_normalized_path
+
+    def on_request(self, ctx: RequestContext) -> Answer | None:
+        request = ctx.request
+        target = request.path
+        if not self.enabled or target[:1] != b"/":  # CONNECT (no path), OPTIONS *
+            return None
+        path, mark, query = target.partition(b"?")
+        try:
+            normalized = normalize_path(path, merge_slashes=self.merge_slashes, escaped_slashes=self.escaped_slashes)
+        except PathError as exc:
+            raise ProxyError(400, exc.reason, str(exc)) from None
+        if normalized is not path:
+            ctx.client_target = target
+            request.path = normalized + mark + query
+            if not self.forward_normalized:
+                ctx.forward_target = target
+        return None
 
 
 class ProtocolPolicy:
@@ -156,7 +200,7 @@ class Admission:
         name = pool.name if pool is not None and ctx.connect_target is None else CONNECT_POOL
         config = ctx.config
         assert config is not None
-        slots = await self.guard.admit(config, name, ctx.request.path)
+        slots = await self.guard.admit(config, name)
         ctx.on_finish(functools.partial(self.guard.release, config, slots))
         return None
 
@@ -180,18 +224,51 @@ class Balance:
         return None
 
 
-def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None) -> Chain:
+def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateStore, metrics: Metrics | None,
+                tracing: Tracing | None = None) -> Chain:
     """The chain of ``generation`` in the order of the module docstring. ``state`` is the
-    server's store (overload state survives reloads there)."""
+    server's store (overload state survives reloads there); ``tracing`` the server's
+    (None: no span, whatever the config says).
+
+    Spooky's own steps keep Spooky's order (spooky-head.md section 2, "Order"), so a request
+    several steps would refuse gets Spooky's status: route (404), ``auth`` (api_key, jwt:
+    401), ``brownout`` (503), ``rate_limit`` (429), ``external_auth``, then the overload
+    steps (extensions.md section 0). ``trace`` decides nothing and runs first, so every
+    refusal is traced; ``normalize_path`` runs before every step that reads the path.
+
+    ``body_limit`` (a declared ``Content-Length`` over ``max_request_body_bytes``: 413) is
+    not in Spooky's list: Spooky enforces the limit on the body itself, which it reads only
+    once it dispatches the request, after every check above. So a 413 must not pre-empt
+    any of them: an unauthenticated, browned-out or rate-limited request with a large body
+    gets 401, 503 or 429 as on Spooky, and a request refused by auth never learns the body
+    limit. It runs just before ``admission``, not after it, on purpose: an oversize request
+    can never be served, so it must not take or queue for an inflight slot (the one case
+    that differs from Spooky is a request that overload would also shed: 413 here, 503
+    there). A body without a declared length is limited as it streams (``forward``).
+    """
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [ProtocolPolicy(config, metrics), Route(generation)]
-    # (auth: api_key, jwt go here)
+    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation)]
+    if tracing is not None and config.observability.tracing.enabled:
+        filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
+    # auth is imported only for a config with auth: PyJWT and httpx stay out of processes
+    # that never use them
+    local_auth: Filter | SyncFilter | None = None
+    external_auth: Filter | SyncFilter | None = None
+    if any(pool.auth is not None for pool in config.upstream.values()):
+        from spooky_trio.proxy.auth import local_auth_filter
+        from spooky_trio.proxy.external_auth import external_auth_filter
+
+        local_auth = local_auth_filter(generation, state.auth, metrics)
+        external_auth = external_auth_filter(generation, state.auth, metrics)
+    if local_auth is not None:
+        filters.append(local_auth)
     if config.resilience.brownout.enabled:
         filters.append(Brownout(config, guard, CONNECT_POOL))
     rate_limit = rate_limit_step(config, state.rate_limits, metrics)
     if rate_limit is not None:
         filters.append(rate_limit)
-    # (external auth goes here)
+    if external_auth is not None:
+        filters.append(external_auth)
     filters += [BodyLimit(config), Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

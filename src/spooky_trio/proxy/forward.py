@@ -90,7 +90,7 @@ class Forward:
         # failures (never reached) are retried for any method (retry_reason)
         replayable = request.body is None and request.method in IDEMPOTENT_METHODS
         if res.retry_budget.enabled:
-            budget, ratio = self.guard.state.budgets.for_path(request.path, res.retry_budget)
+            budget, ratio = self.guard.state.budgets.for_pool(pool.name, res.retry_budget)
             budget.deposit(ratio)
             if (
                 not replayable
@@ -101,7 +101,7 @@ class Forward:
                 chunks = await self._buffer_body(request)
                 replayable = True
         hedging = res.hedging
-        hedge = hedging.enabled and request.body is None and len(pool.backends) > 1 and hedge_allowed(request.method, pool.name, request.path, hedging)
+        hedge = hedging.enabled and request.body is None and len(pool.backends) > 1 and hedge_allowed(request.method, pool.name, hedging)
         tried = [lease.backend]
         while True:
             try:

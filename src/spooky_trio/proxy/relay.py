@@ -14,6 +14,7 @@ from spooky_trio.http.headers import (
     upstream_authority,
 )
 from spooky_trio.http.messages import ResponseSink, UpstreamRequest
+from spooky_trio.http.validate import TRANSPORT_SCHEME
 from spooky_trio.proxy.bodies import limited_body, replay_body
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.upstream import UpstreamResponse
@@ -37,7 +38,7 @@ def upstream_request(ctx: RequestContext, backend: BackendRuntime, chunks: list[
         request.headers,
         forwarded_mode=policy.forwarded_headers.mode,
         client_ip=request.client_address[0],
-        scheme=request.scheme or b"https",
+        scheme=TRANSPORT_SCHEME,  # the scheme we terminated, never the client's :scheme
         client_authority=authority,
     )
     headers = [(n, v) for n, v in headers if n != b"content-length"]
@@ -53,7 +54,7 @@ def upstream_request(ctx: RequestContext, backend: BackendRuntime, chunks: list[
         )
     return UpstreamRequest(
         method=request.method,
-        target=request.path,
+        target=ctx.forward_target or request.path,
         authority=upstream_authority(
             policy.host_policy.mode,
             client_authority=authority,

@@ -36,6 +36,7 @@ from spooky_trio.http.messages import (
     ResponseSink,
     UpstreamRequest,
 )
+from spooky_trio.http.validate import TRANSPORT_SCHEME
 from spooky_trio.upstream.errors import UpstreamProtocolError
 from spooky_trio.upstream.h1 import H1Response, connect
 
@@ -104,7 +105,7 @@ async def relay_tunnel(
         request.headers,
         forwarded_mode=pool.forwarded_headers.mode,
         client_ip=request.client_address[0],
-        scheme=request.scheme or b"https",
+        scheme=TRANSPORT_SCHEME,  # the scheme we terminated, never the client's :scheme
         client_authority=authority,
     )
     key = next((v for n, v in headers if n == b"sec-websocket-key"), None)

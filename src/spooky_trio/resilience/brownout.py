@@ -3,7 +3,9 @@
 The inflight percentage is the global inflight count over ``performance.global_inflight_limit``.
 Brownout turns on when it reaches ``trigger_inflight_percent`` and off only once it has
 fallen to ``recover_inflight_percent`` (hysteresis: between the two it keeps its state).
-While on, requests routed to a pool not listed in ``core_routes`` get 503 + Retry-After.
+While on, requests routed to a pool not listed in ``core_routes`` get 503 + Retry-After
+(names trimmed, blanks dropped, matched exactly as Spooky does; a name that matches no
+pool is accepted and never matches).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hedging (``resilience.hedging``): a second attempt on another backend after ``delay_ms``.
 
-For methods in ``safe_methods`` without a request body, on routes in ``route_allowlist``
-(empty: every route; an entry starting with ``/`` is a path prefix, any other a pool name),
+For methods in ``safe_methods`` without a request body, on pools named in ``route_allowlist``
+(empty: every pool; names trimmed, blanks dropped, matched exactly as Spooky does),
 the pipeline starts the primary attempt and, if no response head arrived ``delay_ms`` later,
 a hedge attempt on a different backend. The first attempt whose response head arrives wins
 (:meth:`HedgeRace.claim`) and relays its response; the others are cancelled at once through
@@ -19,15 +19,13 @@ import trio
 from spooky_trio.config import HedgingConfig
 
 
-def hedge_allowed(method: bytes, pool: str, path: bytes, cfg: HedgingConfig) -> bool:
-    """Is this request eligible for hedging under ``cfg`` (``resilience.hedging``)?"""
+def hedge_allowed(method: bytes, pool: str, cfg: HedgingConfig) -> bool:
+    """Is a request with ``method`` routed to ``pool`` eligible for hedging under ``cfg``
+    (``resilience.hedging``)?"""
     if method.decode("latin-1") not in cfg.safe_methods:
         return False
     allow = cfg.route_allowlist
-    if not allow:
-        return True
-    text = path.split(b"?", 1)[0].decode("latin-1")
-    return any(text.startswith(entry) if entry.startswith("/") else entry == pool for entry in allow)
+    return not allow or pool in allow
 
 
 class HedgeRace:

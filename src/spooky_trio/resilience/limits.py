@@ -5,16 +5,16 @@ by the caller, because it is per-generation config while the count must survive 
 (requests admitted under the old generation release their slots after the swap).
 
 With ``performance.inflight_acquire_wait_ms`` > 0 a request that finds no free slot waits
-that long for one instead of being shed at once. Waiting requests form the route queues:
-at most ``route_queue.caps[prefix]`` (the longest prefix matching the path) or
-``default_cap`` (per pool) per route and ``global_cap`` in all may wait; one more is shed
-at once with reason ``route_queue``. With no wait configured nobody queues.
+that long for one instead of being shed at once. Waiting requests form the route queues,
+one per pool: at most ``route_queue.caps[pool]`` (the name of the pool that routed the
+request, matched exactly as Spooky does; spooky-head.md section 4) or ``default_cap`` and
+``global_cap`` in all may wait; one more is shed at once with reason ``route_queue``. With
+no wait configured nobody queues.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
 
 import trio
 
@@ -51,27 +51,8 @@ class Slots:
         await self._freed.wait()
 
 
-#: id(mapping) -> (mapping, its keys longest first); config maps are frozen with their config
-_PREFIX_CACHE: dict[int, tuple[Mapping[str, object], list[str]]] = {}
-
-
-def longest_prefix(mapping: Mapping[str, object], path: str) -> str | None:
-    """The longest key of ``mapping`` that ``path`` starts with, or None."""
-    if not mapping:
-        return None
-    cached = _PREFIX_CACHE.get(id(mapping))
-    if cached is None or cached[0] is not mapping:
-        if len(_PREFIX_CACHE) > 64:  # old generations' maps
-            _PREFIX_CACHE.clear()
-        cached = _PREFIX_CACHE[id(mapping)] = (mapping, sorted(mapping, key=len, reverse=True))
-    for prefix in cached[1]:
-        if path.startswith(prefix):
-            return prefix
-    return None
-
-
 class RouteQueues:
-    """Requests waiting for a slot, per route and in all (see the module docstring)."""
+    """Requests waiting for a slot, per pool and in all (see the module docstring)."""
 
     __slots__ = ("waiting", "total")
 
@@ -79,26 +60,20 @@ class RouteQueues:
         self.waiting: collections.Counter[str] = collections.Counter()
         self.total = 0
 
-    @staticmethod
-    def route_of(pool: str, path: str, cfg: RouteQueueConfig) -> tuple[str, int]:
-        """(queue key, cap) of a request: its ``caps`` prefix, else its pool with ``default_cap``."""
-        prefix = longest_prefix(cfg.caps, path)
-        if prefix is not None:
-            return "prefix:" + prefix, cfg.caps[prefix]
-        return "pool:" + pool, cfg.default_cap
-
-    def try_enter(self, route: str, cap: int, cfg: RouteQueueConfig) -> bool:
-        """Join the queue of ``route`` unless it or the global queue is full."""
-        if self.total >= cfg.global_cap or self.waiting[route] >= cap:
+    def try_enter(self, pool: str, cfg: RouteQueueConfig) -> bool:
+        """Join the queue of ``pool`` unless it (``caps[pool]``, else ``default_cap``) or the
+        global queue is full; one dict lookup by name."""
+        cap = cfg.caps.get(pool, cfg.default_cap)
+        if self.total >= cfg.global_cap or self.waiting[pool] >= cap:
             return False
-        self.waiting[route] += 1
+        self.waiting[pool] += 1
         self.total += 1
         return True
 
-    def leave(self, route: str) -> None:
+    def leave(self, pool: str) -> None:
         self.total -= 1
-        left = self.waiting[route] - 1
+        left = self.waiting[pool] - 1
         if left:
-            self.waiting[route] = left
+            self.waiting[pool] = left
         else:
-            del self.waiting[route]
+            del self.waiting[pool]

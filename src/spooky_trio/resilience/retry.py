@@ -15,14 +15,14 @@ Budget (:class:`RetryBudget`): every primary request earns ``ratio_percent`` hun
 a retry, every retry spends one; the credit is capped at ``ratio_percent`` retries (what 100
 primaries earn) and starts full. So over any stretch of traffic, retries stay within about
 ``ratio_percent`` per 100 requests plus that initial burst, and ``ratio_percent: 0`` means no
-retries. A request whose path starts with a ``per_route_ratio_percent`` prefix (longest wins)
-uses that route's own budget with that ratio instead of the global one.
+retries. A request whose pool is named in ``per_route_ratio_percent`` (the pool that routed
+it, matched exactly as Spooky does; spooky-head.md section 4) uses that pool's own budget
+with that ratio instead of the global one.
 """
 
 from __future__ import annotations
 
 from spooky_trio.config import RetryBudgetConfig
-from spooky_trio.resilience.limits import longest_prefix
 from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
 
 #: methods whose repetition has the effect of one request (RFC 9110 9.2.2)
@@ -85,25 +85,25 @@ class RetryBudget:
 
 
 class RetryBudgets:
-    """The global budget and the per-route ones; kept in the Server's state store."""
+    """The global budget and the per-pool ones; kept in the Server's state store."""
 
     __slots__ = ("global_budget", "routes")
 
     def __init__(self) -> None:
         self.global_budget: RetryBudget | None = None
+        #: pool name -> its budget (pools named in ``per_route_ratio_percent``)
         self.routes: dict[str, RetryBudget] = {}
 
-    def for_path(self, path: bytes, cfg: RetryBudgetConfig) -> tuple[RetryBudget, int]:
-        """(budget, ratio) for a request target (path and query) under ``cfg`` (``resilience.retry_budget``)."""
+    def for_pool(self, pool: str, cfg: RetryBudgetConfig) -> tuple[RetryBudget, int]:
+        """(budget, ratio) for a request routed to ``pool`` under ``cfg`` (``resilience.retry_budget``)."""
         routes = cfg.per_route_ratio_percent
-        prefix = longest_prefix(routes, path.split(b"?", 1)[0].decode("latin-1")) if routes else None
-        if prefix is None:
+        ratio = routes.get(pool) if routes else None  # no call at all in the common case
+        if ratio is None:
             budget = self.global_budget
             if budget is None:
                 budget = self.global_budget = RetryBudget(cfg.ratio_percent)
             return budget, cfg.ratio_percent
-        ratio = cfg.per_route_ratio_percent[prefix]
-        budget = self.routes.get(prefix)
+        budget = self.routes.get(pool)
         if budget is None:
-            budget = self.routes[prefix] = RetryBudget(ratio)
+            budget = self.routes[pool] = RetryBudget(ratio)
         return budget, ratio

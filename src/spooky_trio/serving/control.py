@@ -8,7 +8,8 @@ Control API (``observability.control_api``):
 * ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends with their
   circuit breaker, connection counts, overload state: inflight, admission limit, brownout,
   route queues, retry budgets; scoped rate limits: rules with their decisions and buckets,
-  the shared stores' state; uptime, version);
+  the shared stores' state (never the store's password); uptime, version; the auth settings
+  per pool with every secret as ``***``, the JWKS caches and OIDC discovery documents);
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from spooky_trio.auth.describe import describe_auth
 from spooky_trio.config import Config, ControlApiConfig, MetricsConfig
 from spooky_trio.core.activity import Activity
 from spooky_trio.core.generation import Generation
@@ -306,6 +308,7 @@ class ControlApi(BearerEndpoint):
             "in_flight_requests": server.activity.count,
             "overload": _overload_snapshot(server),
             "rate_limits": server.state.rate_limits.snapshot(server.config.resilience),
+            "auth": {"pools": describe_auth(server.config), **server.state.auth.snapshot()},
         }
         if server.worker_index is not None:
             requests = server.metrics.registry.get_sample_value("spooky_requests_total") or 0
@@ -329,7 +332,7 @@ def _overload_snapshot(server: ControlTarget) -> dict[str, object]:
         "route_queues": {"waiting": state.queues.total, "by_route": dict(state.queues.waiting)},
         "retry_budget": {
             "global_credit": None if budgets.global_budget is None else budgets.global_budget.credit / 100,
-            "routes": {prefix: budget.credit / 100 for prefix, budget in budgets.routes.items()},
+            "routes": {pool: budget.credit / 100 for pool, budget in budgets.routes.items()},
         },
     }
 

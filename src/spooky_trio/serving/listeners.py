@@ -19,6 +19,7 @@ from spooky_trio.ingress.identities import IdentityError, IdentityStore
 from spooky_trio.ingress.quic import QuicListener
 from spooky_trio.ingress.tls import BootstrapTls, TlsSetupError
 from spooky_trio.observability.http_server import HttpEndpoint
+from spooky_trio.serving.instance_lock import InstanceLocks, ListenerInUse
 
 log = logging.getLogger("spooky.server")
 
@@ -37,9 +38,14 @@ class ListenerPair:
     ``key`` (address, configured port) is the listener's identity across reloads. Each pair
     counts its requests in its own :class:`Activity` (whose parent is the Server's), so a
     reload that removes it can drain it alone.
+
+    ``locks``: the process's :class:`InstanceLocks`; the pair holds the lock of its address
+    from :meth:`bind` until its sockets are closed, so a second instance cannot share the
+    port (serving/instance_lock.py).
     """
 
-    def __init__(self, config: ListenerConfig, quic: QuicListener, tcp: BootstrapListener, activity: Activity) -> None:
+    def __init__(self, config: ListenerConfig, quic: QuicListener, tcp: BootstrapListener, activity: Activity,
+                 locks: InstanceLocks | None = None) -> None:
         self.config = config
         self.key: tuple[str, int] = (config.address, config.port)
         self.quic = quic
@@ -47,29 +53,52 @@ class ListenerPair:
         self.activity = activity
         self.scope = trio.CancelScope()
         self.done = trio.Event()
+        self._locks = locks
+        self._locked = False
 
     @property
     def name(self) -> str:
         return f"{self.quic.address}:{self.quic.port}"
 
     def bind(self) -> None:
-        """Bind UDP then TCP on the same port; raises :class:`BindError` (nothing left bound)."""
+        """Take the instance lock, bind UDP then TCP on the same port; raises
+        :class:`BindError` (nothing left bound or locked)."""
+        self._lock()
         try:
             self.quic.bind()
         except OSError as exc:
+            self._unlock()
             raise BindError(f"cannot bind UDP {self.quic.address}:{self.quic.port}: {exc.strerror or exc}") from exc
         try:
             self.tcp.bind(self.quic.port)
         except OSError as exc:
             self.quic.sock.close()
             self.quic.sock = None  # type: ignore[assignment]
+            self._unlock()
             raise BindError(f"cannot bind TCP {self.tcp.address}:{self.quic.port}: {exc.strerror or exc}") from exc
+
+    def _lock(self) -> None:
+        # port 0 is a fresh port nobody shares; without reuseport the bind itself refuses a
+        # second instance (with the kernel's error, as before)
+        if self._locks is None or self.config.port == 0 or not self.quic.performance.reuseport:
+            return
+        try:
+            self._locks.acquire(self.config.address, self.config.port)
+        except ListenerInUse as exc:
+            raise BindError(str(exc)) from exc
+        self._locked = True
+
+    def _unlock(self) -> None:
+        if self._locked and self._locks is not None:
+            self._locked = False
+            self._locks.release(self.config.address, self.config.port)
 
     def unbind(self) -> None:
         """Close the sockets of a pair that was bound but never served (aborted reload)."""
         if self.quic.sock is not None:
             self.quic.sock.close()
         self.tcp.unbind()
+        self._unlock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve both listeners until :attr:`scope` is cancelled."""
@@ -80,6 +109,7 @@ class ListenerPair:
                     await nursery.start(self.tcp.serve)
                     task_status.started()
         finally:
+            self._unlock()  # both sockets are closed now
             self.done.set()
 
     def adopt(self, fresh: ListenerPair) -> None:

@@ -33,7 +33,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from spooky_trio.config import Config, ConfigError, check_files, load_config_text
+from spooky_trio.config import Config, ConfigError, check_files, config_warnings, load_config_text
 from spooky_trio.config.diff import diff_line, diff_summary
 from spooky_trio.config.issues import ConfigIssue
 from spooky_trio.config.persist import write_atomic
@@ -219,7 +219,11 @@ class ConfigManager:
             what = f"canary generation {generation.number} ({canary_percent:g}% of new requests)" if canary_percent is not None else f"config generation {generation.number}"
             log.info("%s applied (%s, %s, sha256 %s%s): %s", what, trigger, source, config.source_sha256[:12],
                      ", persisted" if persist else "", diff_line(diff))
-            body_out = {"result": "applied", **applied.describe(), "persisted": persist, "diff": diff}
+            warnings = config_warnings(config)
+            for warning in warnings:
+                log.warning("config warning: %s", warning)
+            body_out = {"result": "applied", **applied.describe(), "persisted": persist, "diff": diff,
+                        "warnings": [issue_json(w) for w in warnings]}
             if canary_percent is not None:
                 body_out["canary_percent"] = canary_percent
             return Outcome(200, body_out, after)
@@ -235,7 +239,8 @@ class ConfigManager:
             return Outcome(exc.status, {"result": "invalid", "generation": self.generations.stable.number,
                                         "errors": [issue_json(i) for i in exc.issues]})
         return Outcome(200, {"result": "valid", "sha256": config.source_sha256,
-                             "diff": diff_summary(self.generations.stable.config, config)})
+                             "diff": diff_summary(self.generations.stable.config, config),
+                             "warnings": [issue_json(w) for w in config_warnings(config)]})
 
     async def rollback(self, *, persist: bool = False) -> Outcome:
         """Drop the canary if one is active; otherwise return to the previous generation."""

@@ -2,8 +2,11 @@
 
 ```
 Server.run
+├─ instance locks: answer other instances' probes (serving/instance_lock.py)
 ├─ upstream pool (h2 connection readers, idle reaper)
 ├─ health supervisor: background nursery (health checkers, DNS refreshers)
+├─ trace export: drains the span queue to the OTLP collector (observability/trace_export.py)
+├─ auth store: JWKS refreshers, OIDC discovery fetches, the auth layer's HTTP clients
 ├─ rate-limit stores: one task per shared store in use (Redis client, probes while down)
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
@@ -40,12 +43,14 @@ from spooky_trio.ingress.quic import QuicListener
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
+from spooky_trio.observability.tracing import Tracing
 from spooky_trio.proxy.chain import Proxy
 from spooky_trio.proxy.filters import build_chain
 from spooky_trio.proxy.ratelimit import stores_of
 from spooky_trio.resilience.watchdog import Watchdog
 from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.serving.exits import EXIT_RESTART, StartupError
+from spooky_trio.serving.instance_lock import InstanceLocks, held_by_my_supervisor
 from spooky_trio.serving.listeners import (
     BindError,
     ListenerPair,
@@ -91,13 +96,23 @@ class Server:
         #: the reload transaction, history, rollback and canary (serving/reload.py); it owns
         #: the GenerationSet the request path reads
         self.reloads = ConfigManager(self, first)
+        #: observability.tracing: tracers per generation, the span queue, the OTLP export task
+        self.tracing = Tracing(self.metrics)
+        self.tracing.follow([config.observability.tracing])
         self.proxy = Proxy(
             self.reloads.generations.pick,
-            lambda generation: build_chain(generation, upstream=self.upstream, state=self.state, metrics=self.metrics),
+            lambda generation: build_chain(generation, upstream=self.upstream, state=self.state, metrics=self.metrics,
+                                           tracing=self.tracing),
             self.metrics,
         )
-        self.proxy.chain_for(first)
+        try:
+            self.proxy.chain_for(first)
+        except Exception as exc:  # noqa: BLE001 - a file a filter reads (auth CA, secret) went bad after the checks
+            raise StartupError(f"cannot build the request chain: {exc}") from exc
         self.health = HealthSupervisor(self.upstream, self.metrics)
+        #: the locks of the listener addresses (serving/instance_lock.py); a worker shares
+        #: its supervisor's
+        self.locks = InstanceLocks(tolerate=held_by_my_supervisor if worker_index is not None else None)
         #: one QUIC + TCP listener pair per listener block, in config order
         self._pairs: list[ListenerPair] = []
         #: pairs a reload removed that are still draining
@@ -192,7 +207,7 @@ class Server:
             activity=activity,
             protocol=config.resilience.protocol,
         )
-        return ListenerPair(listener, quic, tcp, activity)
+        return ListenerPair(listener, quic, tcp, activity, self.locks)
 
     def bind(self) -> None:
         """Bind every listener socket; raises :class:`StartupError` naming the address."""
@@ -221,14 +236,18 @@ class Server:
                 raise StartupError(str(exc)) from exc
             await self._serve(handle_signals, task_status)
         finally:
+            self.locks.release_all()
             self._nursery = None
             self.stopped.set()
 
     async def _serve(self, handle_signals: bool, task_status: trio.TaskStatus[Server]) -> None:
         async with trio.open_nursery() as root:
             self._nursery = root
+            await root.start(self.locks.run)  # answers other instances' probes (instance_lock.py)
             await root.start(self.upstream.run)
             await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
+            await root.start(self.tracing.run)  # OTLP export: drains the span queue in a worker thread
+            await root.start(self.state.auth.run, self.metrics)  # auth nursery: JWKS refreshers, OIDC discovery (auth/store.py)
             await root.start(self.state.rate_limits.stores.run)  # nursery of the shared rate-limit stores
             await self.follow_rate_limit_stores()
             for pair in self._pairs:
@@ -242,6 +261,7 @@ class Server:
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()
+            await self.tracing.flush()  # the drained requests' spans, within a short bound
             root.cancel_scope.cancel()
 
     async def _start_pair(self, pair: ListenerPair) -> None:
@@ -366,6 +386,7 @@ class Server:
         removed backends stop, new ones start, unchanged ones keep running; removed
         backends' connections drain; the shared rate-limit stores follow too."""
         live = self.generations.live()
+        self.tracing.follow(generation.config.observability.tracing for generation in live)
         await self.health.apply([b for generation in live for b in generation.backends()], live[-1].config.performance)
         keep = set()
         for generation in live:
@@ -373,6 +394,7 @@ class Server:
                 keep.add(backend.target)
                 keep.add(backend.connect_target)
         await self.upstream.retire(keep)
+        self.state.auth.follow(generation.config for generation in live)
         await self.follow_rate_limit_stores()
 
     async def follow_rate_limit_stores(self) -> None:
@@ -413,7 +435,6 @@ class Server:
                     self.forced = True
                     root_scope.cancel()
                     return
-
 
     async def _reload_on_signal(self) -> None:
         outcome = await self.reloads.reload_file("SIGHUP")

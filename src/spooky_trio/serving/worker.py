@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -58,8 +59,10 @@ async def _watch_lifeline(fd: int, server: Server) -> None:
     server.request_drain()
 
 
-def run_worker(config: Config, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None) -> int:
-    """The body of ``spooky-trio worker`` (logging is configured by the caller)."""
+def run_worker(config: Config, config_path: str, index: int, report_fd: int, lifeline_fd: int | None = None,
+               override: Callable[[Config], Config] | None = None) -> int:
+    """The body of ``spooky-trio worker`` (logging is configured by the caller);
+    ``override`` is applied to every config a reload loads (``--log-level``, ``--log-format``)."""
     token = os.environ.pop(TOKEN_ENV, "") or secrets.token_urlsafe(32)
     if config.performance.pin_workers:
         try:
@@ -69,7 +72,7 @@ def run_worker(config: Config, config_path: str, index: int, report_fd: int, lif
             log.warning("worker %d: cannot pin to a CPU: %s", index, exc)
 
     def adapt(cfg: Config) -> Config:
-        return worker_config(cfg, token)
+        return worker_config(cfg if override is None else override(cfg), token)
 
     server = Server(adapt(config), config_path=config_path, worker_index=index, adapt_config=adapt)
 

@@ -2,10 +2,12 @@
 
 ```
 spooky-trio run (supervisor, Trio)
+├─ the configured listeners' instance locks (serving/instance_lock.py), shared by the workers
 ├─ metrics endpoint (the configured address): scrapes every worker, merges, + its own metrics
 ├─ control API (the configured address): health, ready (every worker), runtime (all),
 │    reload / reload-certs / /admin/config/* forwarded to every worker, restart (all)
-├─ signal watcher: TERM/INT -> drain every worker (a second one: stop now), HUP -> each worker
+├─ signal watcher: TERM/INT -> drain every worker (a second one: stop now), HUP -> each
+│    serving worker (one still starting gets it once it serves)
 └─ one keeper task per worker: spawn ``python -m spooky_trio worker``, wait, restart on a
    crash with backoff (0.5 s doubling to 10 s)
 
@@ -20,7 +22,8 @@ control API belong to the supervisor, the worker's control API listens on 127.0.
 default paths, the token the supervisor passed in ``SPOOKY_WORKER_TOKEN``. A worker drains when
 its lifeline pipe from the supervisor reaches EOF (the supervisor died). Once serving, the
 worker writes one JSON line (``{"control_port": p, "pid": ...}``) to the report pipe: that is
-its readiness signal. See docs/performance.md ("Workers").
+its readiness signal. The supervisor asks the workers' control APIs through
+serving/worker_client.py. See docs/performance.md ("Workers").
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ import signal
 import sys
 import time
 
-import attrs
-import h11
 import trio
 
 from spooky_trio.config import Config, MetricsConfig
@@ -53,8 +54,10 @@ from spooky_trio.serving.control import (
     EndpointSetupError,
 )
 from spooky_trio.serving.exits import StartupError
+from spooky_trio.serving.instance_lock import InstanceLocks, ListenerInUse
 from spooky_trio.serving.supervisor_control import SupervisorControlApi
 from spooky_trio.serving.worker import TOKEN_ENV
+from spooky_trio.serving.worker_client import WorkerAnswer, WorkerUnreachable, fetch
 
 log = logging.getLogger("spooky.workers")
 
@@ -62,71 +65,9 @@ log = logging.getLogger("spooky.workers")
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 10.0
 #: how long a worker may take to start serving before it counts as failed
 START_TIMEOUT = 60.0
-#: largest answer read from a worker (metrics text, runtime JSON)
-MAX_ANSWER_BYTES = 32 * 1024 * 1024
-
-
-# -- talking to a worker --
-
-
-class WorkerUnreachable(Exception):
-    pass
-
-
-async def fetch(port: int, method: str, target: str, token: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
-    """One HTTP/1.1 exchange with a worker's private control API: (status, body)."""
-    try:
-        with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            async with stream:
-                conn = h11.Connection(h11.CLIENT)
-                headers = [("host", "127.0.0.1"), ("authorization", f"Bearer {token}"), ("connection", "close"),
-                           ("content-length", str(len(body)))]
-                out = conn.send(h11.Request(method=method, target=target, headers=headers))
-                if body:
-                    out += conn.send(h11.Data(data=body))
-                out += conn.send(h11.EndOfMessage())
-                await stream.send_all(out)
-                status, answer = 0, bytearray()
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
-                    elif isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        answer += event.data
-                        if len(answer) > MAX_ANSWER_BYTES:
-                            raise WorkerUnreachable("answer too large")
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        return status, bytes(answer)
-    except (OSError, trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-        raise WorkerUnreachable(f"{type(exc).__name__}: {exc}") from exc
 
 
 # -- the supervisor --
-
-
-@attrs.define(eq=False)
-class WorkerAnswer:
-    """One worker's answer to :meth:`Supervisor.each_worker`: ``status`` and ``body``, or
-    ``error`` when it could not be asked."""
-
-    worker: int
-    pid: int | None
-    status: int | None = None
-    body: bytes | None = None
-    error: str | None = None
-
-    def document(self) -> object:
-        """The body as JSON, its text when it is not JSON, None without a body."""
-        if self.body is None:
-            return None
-        try:
-            doc: object = json.loads(self.body)
-        except ValueError:
-            return self.body.decode("utf-8", "replace")
-        return doc
 
 
 class WorkerSlot:
@@ -143,6 +84,8 @@ class WorkerSlot:
         self.started_at: float | None = None
         self.last_exit: int | None = None
         self.ever_served = False
+        #: a SIGHUP came while this worker was starting (before its handler): sent once it serves
+        self.reload_pending = False
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -161,14 +104,18 @@ class Supervisor:
     """Runs ``worker_threads`` worker processes (module docstring); ``run`` returns once
     every worker exited after a drain (or the startup failed)."""
 
-    def __init__(self, config: Config, config_path: str) -> None:
+    def __init__(self, config: Config, config_path: str, *, worker_args: list[str] | None = None) -> None:
         self.config = config
         self.config_path = os.path.abspath(config_path)
+        #: passed on to every worker's command line (the log options of ``spooky-trio run``)
+        self.worker_args = list(worker_args or ())
         self.count = config.performance.worker_threads
         for listener in config.effective_listeners():
             if listener.port == 0:
                 raise StartupError(f"listener {listener.address}: port 0 cannot be shared by {self.count} workers; configure a port")
         self.token = secrets.token_urlsafe(32)
+        #: the listeners' instance locks: held here, shared by the workers
+        self.locks = InstanceLocks()
         self.slots = [WorkerSlot(i) for i in range(self.count)]
         self.metrics = SupervisorMetrics(self.count, lambda: sum(slot.state == "serving" for slot in self.slots))
         self.started_monotonic = time.monotonic()
@@ -194,6 +141,17 @@ class Supervisor:
     # -- lifecycle --
 
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            for listener in self.config.effective_listeners():  # before any worker binds
+                try:
+                    self.locks.acquire(listener.address, listener.port)
+                except ListenerInUse as exc:
+                    raise StartupError(str(exc)) from exc
+            await self._run(task_status)
+        finally:
+            self.locks.release_all()
+
+    async def _run(self, task_status: trio.TaskStatus[Supervisor]) -> None:
         bound = []
         for endpoint, required in self.endpoints:
             try:
@@ -209,6 +167,7 @@ class Supervisor:
         log.info("supervisor (pid %d) starting %d workers", os.getpid(), self.count)
         async with trio.open_nursery() as root:
             await root.start(self._watch_signals, root.cancel_scope)
+            await root.start(self.locks.run)
             async with trio.open_nursery() as services:
                 for endpoint in bound:
                     await services.start(endpoint.serve)
@@ -248,7 +207,10 @@ class Supervisor:
                 if signum == signal.SIGHUP:
                     log.info("received SIGHUP: every worker reloads the configuration file")
                     for slot in self.slots:
-                        slot.signal(signal.SIGHUP)
+                        if slot.state == "serving":
+                            slot.signal(signal.SIGHUP)
+                        else:  # its default action would kill a worker still starting
+                            slot.reload_pending = True
                 elif not self._drain_requested.is_set():
                     log.info("received %s: graceful drain of every worker", signal.Signals(signum).name)
                     self.request_drain()
@@ -295,8 +257,8 @@ class Supervisor:
         env = dict(os.environ)
         env[TOKEN_ENV] = self.token
         argv = [sys.executable, "-m", "spooky_trio", "worker", "--config", self.config_path,
-                "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read)]
-        slot.state, slot.control_port = "starting", None
+                "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read), *self.worker_args]
+        slot.state, slot.control_port, slot.reload_pending = "starting", None, False  # it reads the file now
         try:
             # own session: a terminal's Ctrl-C reaches the supervisor only, which drains them
             process = await trio.lowlevel.open_process(argv, pass_fds=(write_fd, life_read), env=env, start_new_session=True)
@@ -349,6 +311,9 @@ class Supervisor:
                 slot.process.kill()
             return
         slot.state, slot.ever_served = "serving", True
+        if slot.reload_pending:
+            slot.reload_pending = False
+            slot.signal(signal.SIGHUP)
         log.info("worker %d (pid %s) serving; private control API on 127.0.0.1:%d", slot.index, slot.pid, slot.control_port)
         if all(s.ever_served for s in self.slots) and not self.all_started.is_set():
             self.all_started.set()

@@ -46,6 +46,16 @@ class UpstreamProtocolError(UpstreamError):
     reason = "protocol_error"
 
 
+class UnforwardableRequest(Exception):
+    """The request cannot be written to the backend: h11's serializer refused its head (h2
+    does not validate what it sends). The request's fault, never the backend's: it is not
+    an :class:`UpstreamError`, so it counts against no backend's health or breaker and is
+    not retried elsewhere; the client gets 400. The head validator (``http/validate.py``)
+    keeps this from happening; this is the last line of defence."""
+
+    reason = "unforwardable_request"
+
+
 def failure_reason(exc: BaseException) -> str | None:
     """The health failure reason ``exc`` stands for, or None when it says nothing about the
     backend (the client's body failed, the client went away, a local limit)."""

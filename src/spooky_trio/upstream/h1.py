@@ -41,7 +41,11 @@ from spooky_trio.upstream.common import (
     exchange_scope,
     pump_body,
 )
-from spooky_trio.upstream.errors import UpstreamProtocolError, UpstreamTimeout
+from spooky_trio.upstream.errors import (
+    UnforwardableRequest,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from spooky_trio.upstream.fd_stream import FdSocketStream
 from spooky_trio.upstream.tls import open_backend_stream
 
@@ -204,7 +208,7 @@ class H1Connection:
         try:
             head = self._h11.send(self._request_head(request))
         except h11.LocalProtocolError as exc:
-            raise UpstreamProtocolError(f"cannot send this request over HTTP/1.1: {exc}") from exc
+            raise UnforwardableRequest(f"cannot send this request over HTTP/1.1: {exc}") from exc
         if request.body is None:
             data = head + self._h11.send(h11.EndOfMessage())
             try:

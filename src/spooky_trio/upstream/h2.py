@@ -141,7 +141,10 @@ class H2Connection:
     def try_open_stream(self, request: UpstreamRequest) -> H2Stream | None:
         """Send the request headers on a new stream; None if this connection cannot take it.
 
-        Raises :class:`UpstreamProtocolError` when h2 rejects the request headers.
+        Raises :class:`UpstreamProtocolError` when h2 refuses to send: its outbound header
+        validation is off (the ingress validator and ``request_headers`` make the head), so
+        that is the connection's state, not the request's fault (unlike HTTP/1.1's
+        :class:`~spooky_trio.upstream.errors.UnforwardableRequest`).
         """
         if not self.can_open_stream:
             return None

@@ -1,0 +1,116 @@
+"""``spooky-trio check --spooky-strict``: what in a valid config Spooky would not accept.
+
+A config that uses none of our extensions runs on Spooky too (``extensions.md``); this finds
+every place where that is not so, one :class:`ConfigIssue` each, in file order:
+
+1. every extension key the config writes: a schema field marked
+   :data:`~spooky_trio.config.markers.EXTENSION`, found by walking the document as written
+   against the schema classes (so a key a later feature adds and marks is found too);
+2. every spelling of an enum that only we accept (:attr:`Spelling.ours`, e.g. ``warning``);
+3. every finding of :data:`PORTABILITY_RULES`: rules Spooky enforces that we deliberately
+   relax. A feature that relaxes another Spooky rule appends its check there.
+
+It runs on a config that already loaded; the text is read again to see keys as written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from spooky_trio.config.checks import Problem, Problems
+from spooky_trio.config.issues import ConfigIssue, KeyPath, PositionMap, sort_issues
+from spooky_trio.config.load import read_tree
+from spooky_trio.config.markers import EXTENSION
+from spooky_trio.config.schema import Config
+from spooky_trio.config.schema_walk import attrs_classes, container_of, field_for
+from spooky_trio.config.spellings import canonical, is_ours
+
+
+#: (key path, message, report at the key rather than the value)
+_Finding = tuple[KeyPath, str, bool]
+
+
+def _written(data: object, classes: list[type], path: KeyPath) -> Iterator[_Finding]:
+    """Each extension key and each spelling of ours in ``data``, a mapping written for one
+    of the attrs ``classes``."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        found = field_for(classes, key)
+        if found is None:
+            continue
+        attribute, tp = found
+        child = path + (key,)
+        if attribute.metadata.get(EXTENSION):
+            yield child, "a spooky-trio extension key (Spooky rejects it)", True
+        yield from _value(value, tp, child)
+
+
+def _value(value: object, tp: object, path: KeyPath) -> Iterator[_Finding]:
+    classes = attrs_classes(tp)
+    if classes:
+        yield from _written(value, classes, path)
+        return
+    container = container_of(tp)
+    if container is not None:
+        element, item = container
+        if element == "[]" and isinstance(value, list):
+            for index, entry in enumerate(value):
+                yield from _value(entry, item, path + (index,))
+        elif element == "<name>" and isinstance(value, dict):
+            for name, entry in value.items():
+                yield from _value(entry, item, path + (name,))
+        return
+    if isinstance(value, str) and is_ours(tp, value):
+        yield path, f"{value!r} is a spooky-trio spelling (Spooky: {canonical(tp, value)!r})", False
+
+
+def _shared_backend_addresses(config: Config, out: Problems) -> None:
+    # extensions.md section 7: we allow one backend address in several pools; Spooky rejects
+    # that. Compared as written, as Spooky compares them.
+    first: dict[str, str] = {}
+    for pool_name, pool in config.upstream.items():
+        for index, backend in enumerate(pool.backends):
+            owner = first.setdefault(backend.address, pool_name)
+            if owner != pool_name:
+                out.add(
+                    ("upstream", pool_name, "backends", index, "address"),
+                    f"{backend.address} is also a backend of pool {owner!r} (Spooky rejects a backend address in several pools)",
+                )
+
+
+def _request_body_beyond_stream_window(config: Config, out: Problems) -> None:
+    # spooky-head.md section 5 makes this an error: Spooky reads a request body within the
+    # stream's initial window. We stream bodies and grow the window as they are consumed, so
+    # larger bodies work here with bounded memory; only a config meant for Spooky must obey.
+    perf = config.performance
+    if perf.max_request_body_bytes > perf.quic_initial_max_stream_data:
+        out.add(
+            ("performance", "max_request_body_bytes"),
+            f"Spooky requires <= quic_initial_max_stream_data ({perf.max_request_body_bytes} vs "
+            f"{perf.quic_initial_max_stream_data}); spooky-trio streams request bodies and accepts it",
+            ("performance", "quic_initial_max_stream_data"),
+        )
+
+
+#: rules Spooky enforces that spooky-trio relaxes; each adds its findings to ``out``
+PORTABILITY_RULES: list[Callable[[Config, Problems], None]] = [
+    _shared_backend_addresses,
+    _request_body_beyond_stream_window,
+]
+
+
+def spooky_strict_issues(config: Config, text: str, source: str = "<string>") -> list[ConfigIssue]:
+    """What keeps ``config`` (loaded from ``text``) from loading unchanged on Spooky."""
+    data, positions = read_tree(text, source)
+    issues = [positions.issue(path, message, at_key=at_key) for path, message, at_key in _written(data, [Config], ())]
+    rules = Problems()
+    for rule in PORTABILITY_RULES:
+        rule(config, rules)
+    located = PositionMap(config.source_positions)
+    issues += [_issue(located, problem) for problem in rules.items]
+    return sort_issues(issues)
+
+
+def _issue(positions: PositionMap, problem: Problem) -> ConfigIssue:
+    return positions.issue(problem.path, problem.message, related=problem.related)
