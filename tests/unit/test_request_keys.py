@@ -1,5 +1,6 @@
-"""Spooky's request key grammar and extraction (http/request_keys.py): what config accepts
-and what each spec reads from a request, fallbacks left to the caller."""
+"""Spooky's request key grammar and extraction (http/request_keys.py, the one home of both for
+the config validator, the balancer and the scoped rate limits): what config accepts and what
+each spec reads from a request, fallbacks left to the caller."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def req(path: bytes = b"/p?x=1", headers: list[tuple[bytes, bytes]] | None = Non
         ("Client_IP", KeySpec("peer_ip")),
         ("bearer_token", KeySpec("bearer_token")),
         ("Header:X-Tenant", KeySpec("header", "x-tenant")),
-        ("header : x y ", KeySpec("header", "x y")),  # Spooky checks only that the name is not blank
+        ("header: x y ", KeySpec("header", "x y")),  # Spooky checks only that the name is not blank
         ("cookie:Session", KeySpec("cookie", "session")),
         ("QUERY:tenant", KeySpec("query", "tenant")),
     ],
@@ -37,7 +38,7 @@ def test_specs_spooky_accepts(text: str, spec: KeySpec) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "  ", "peer-ip", "client-ip", "bearer-token", "sticky_cid", "header:", "cookie: ",
-                                  "body:x", "host", "query"])
+                                  "body:x", "host", "query", "header :x"])
 def test_specs_spooky_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid key"):
         parse_key_spec(text)
@@ -54,6 +55,24 @@ def test_plain_specs() -> None:
     assert read("method", r) == "POST"
     assert read("peer_ip", r) == read("client_ip", r) == "198.51.100.7"
     assert read("cid", r) is None and read("sticky-cid", r) is None  # Spooky: always the fallback
+
+
+def test_cid_is_read_only_for_balancing() -> None:
+    # the one reader that differs: a rate limit keyed on cid always falls back (Spooky never
+    # hands the connection ID to that resolver), a hashing balancer reads the ID's bytes
+    r = req()
+    r.quic_connection_id = b"\x00\xfe"
+    for text in ("cid", "sticky-cid"):
+        assert key_reader(parse_key_spec(text))(r) is None
+        assert key_reader(parse_key_spec(text), connection_ids=True)(r) == "\x00\xfe"
+    assert key_reader(parse_key_spec("cid"), connection_ids=True)(req()) is None  # the TCP listener has none
+    assert key_reader(parse_key_spec("header:x"), connection_ids=True)(req(headers=[(b"x", b"1")])) == "1"
+
+
+def test_a_name_outside_ascii_is_accepted_and_builds_a_reader() -> None:
+    # the validator accepts it (as Spooky does); building its reader must not raise either
+    assert parse_key_spec("header:x-€") == KeySpec("header", "x-€")
+    assert read("header:x-€", req(headers=[(b"x", b"1")])) is None
 
 
 def test_peer_ip_never_reads_forwarded_headers() -> None:
