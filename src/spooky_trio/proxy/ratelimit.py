@@ -89,14 +89,21 @@ class Rule:
         self.policy = f"{self.sf_name};q={config.burst};w={math.ceil(config.burst / config.requests_per_sec)}".encode()
 
     def key(self, ctx: RequestContext, pool: str) -> str:
-        """The request's bucket key for this rule ("" skips the rule): the key, or its
-        digest when it is long (``bucket_key``)."""
+        """The request's bucket key for this rule, or its digest when it is long
+        (``bucket_key``); "" when the rule does not apply: not for ``pool``, or an empty key
+        (counted as ``skipped``)."""
+        allow = self.allow
+        if allow is not None and pool not in allow:
+            return ""
         read = self.read
         if read is None:
             key = pool
         else:
             request = ctx.request
             key = read(request) or fallback_key(request)
+            if not key:
+                self.counters.skipped += 1
+                return ""
         return key if len(key) <= MAX_KEY_CHARS else bucket_key(key)
 
     def fields(self, balance: float) -> list[tuple[bytes, bytes]]:
@@ -159,12 +166,8 @@ class LocalRateLimit:
         best: Rule | None = None
         least = math.inf
         for rule in self.rules:
-            allow = rule.allow
-            if allow is not None and pool not in allow:
-                continue
             key = rule.key(ctx, pool)
             if not key:
-                rule.counters.skipped += 1
                 continue
             balance = rule.state.take(key, now)
             if balance < 0:
@@ -202,12 +205,8 @@ class RateLimit:
         best: list[tuple[Rule, float]] = []
         shared: list[tuple[Rule, str]] = []  # consecutive redis rules, decided in one call
         for rule in self.rules:
-            allow = rule.allow
-            if allow is not None and pool not in allow:
-                continue
             key = rule.key(ctx, pool)
             if not key:
-                rule.counters.skipped += 1
                 continue
             if rule.redis_prefix is not None:
                 shared.append((rule, key))
