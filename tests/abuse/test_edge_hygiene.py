@@ -270,3 +270,15 @@ async def test_a_local_answer_to_head_has_no_body(certs_dir: Path) -> None:
             raw = await h1_raw(server, certs_dir, b"HEAD /admin/x HTTP/1.1\r\nhost: localhost\r\n\r\n"
                                                   b"GET /ok HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
             assert status_of(raw) == 403 and raw.count(b"HTTP/1.1 ") == 2 and raw.endswith(b"ok")
+
+
+async def test_a_clients_connection_list_strips_its_own_fields_only(certs_dir: Path) -> None:
+    """RFC 9110 7.6.1 is honoured where the request enters: the fields an HTTP/1.1 client
+    names in Connection never reach the backend, but it cannot name away a field the proxy
+    sets (here X-Forwarded-For; claims and trace context are added the same way)."""
+    async with recording_backend() as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir)) as server:
+        raw = await h1_raw(server, certs_dir, b"GET /ok HTTP/1.1\r\nhost: localhost\r\nconnection: close, x-secret, x-forwarded-for\r\n"
+                                              b"x-secret: 1\r\nx-forwarded-for: 10.9.9.9\r\n\r\n")
+        assert status_of(raw) == 200
+    assert backend.header_values(0, b"x-secret") == [] and backend.header_values(0, b"connection") == []
+    assert backend.header_values(0, b"x-forwarded-for") == [b"127.0.0.1"]
