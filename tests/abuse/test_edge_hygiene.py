@@ -252,3 +252,33 @@ async def test_http3_request_trailers_end_the_body_and_malformed_ones_reset(cert
             assert (await raw_exchange(client, headers_frame(static_block(GET)))).status == 200
         assert await metrics.value("spooky_protocol_errors_total", protocol="h3", reason="malformed_request") == 1
     assert backend.header_values(0, b"x-t") == [] and backend.target(0) == b"/"
+
+
+async def test_a_local_answer_to_head_has_no_body(certs_dir: Path) -> None:
+    """RFC 9110 9.3.2: the proxy's own answers (here a 404 and a policy 403) to HEAD carry
+    the length a GET would get and no body, on every protocol; the connection goes on."""
+    async with recording_backend() as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir, extra=POLICY)) as server:
+        async with h2_probe(server, certs_dir) as h2c, h3(server, certs_dir) as h3c:
+            for path in (b"/admin/x", b"/ok"):
+                head = await h2c.result(await h2c.request(h2_fields(path, method=b"HEAD")))
+                get = await h2c.result(await h2c.request(h2_fields(path)))
+                assert head.status == get.status and head.body == b"" and head.reset is None
+                assert dict(head.headers)[b"content-length"] == str(len(get.body)).encode()
+                status, body = await h3_raw(h3c, h2_fields(path, method=b"HEAD"))
+                assert (status, body) == (get.status, b"")
+            assert (await h3c.request("GET", "/ok", authority="localhost")).status == 200
+            raw = await h1_raw(server, certs_dir, b"HEAD /admin/x HTTP/1.1\r\nhost: localhost\r\n\r\n"
+                                                  b"GET /ok HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            assert status_of(raw) == 403 and raw.count(b"HTTP/1.1 ") == 2 and raw.endswith(b"ok")
+
+
+async def test_a_clients_connection_list_strips_its_own_fields_only(certs_dir: Path) -> None:
+    """RFC 9110 7.6.1 is honoured where the request enters: the fields an HTTP/1.1 client
+    names in Connection never reach the backend, but it cannot name away a field the proxy
+    sets (here X-Forwarded-For; claims and trace context are added the same way)."""
+    async with recording_backend() as backend, running_proxy(proxy_yaml(h1_pool(backend.url), certs_dir=certs_dir)) as server:
+        raw = await h1_raw(server, certs_dir, b"GET /ok HTTP/1.1\r\nhost: localhost\r\nconnection: close, x-secret, x-forwarded-for\r\n"
+                                              b"x-secret: 1\r\nx-forwarded-for: 10.9.9.9\r\n\r\n")
+        assert status_of(raw) == 200
+    assert backend.header_values(0, b"x-secret") == [] and backend.header_values(0, b"connection") == []
+    assert backend.header_values(0, b"x-forwarded-for") == [b"127.0.0.1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from spooky_trio.http.headers import (
     build_upstream_headers,
+    drop_connection_nominated,
     host_without_port,
     strip_hop_by_hop,
     strip_response_hop_by_hop,
@@ -21,8 +22,24 @@ def test_hop_by_hop_and_connection_named_headers_removed() -> None:
         (b"te", b"trailers"),
         (b"accept", b"*/*"),
     ]
-    assert strip_hop_by_hop(headers) == [(b"te", b"trailers"), (b"accept", b"*/*")]
+    assert strip_hop_by_hop(drop_connection_nominated(headers)) == [(b"te", b"trailers"), (b"accept", b"*/*")]
     assert strip_response_hop_by_hop(headers) == [(b"accept", b"*/*")]
+    # at the ingress the client's nominated fields go, hop-by-hop ones stay for the chain
+    assert drop_connection_nominated(headers) == [h for h in headers if h[0] != b"x-secret"]
+    plain = [(b"connection", b"keep-alive, Upgrade"), (b"upgrade", b"websocket")]
+    assert drop_connection_nominated(plain) is plain
+
+
+def test_a_client_cannot_strip_what_the_chain_adds() -> None:
+    """A field the chain adds (a claim, trace context) under a name the client nominated in
+    Connection reaches the backend: nomination is honoured where the request enters."""
+    client = [(b"connection", b"x-user, traceparent"), (b"x-user", b"forged"), (b"accept", b"*/*")]
+    request = drop_connection_nominated(client)
+    assert request == [(b"connection", b"x-user, traceparent"), (b"accept", b"*/*")]
+    request = [*request, (b"x-user", b"alice"), (b"traceparent", b"00-ab-cd-01")]  # the chain's
+    out = build_upstream_headers(request, forwarded_mode="overwrite", client_ip="192.0.2.7", scheme=b"https", client_authority=b"h")
+    assert (b"x-user", b"alice") in out and (b"traceparent", b"00-ab-cd-01") in out
+    assert (b"x-user", b"forged") not in out and not any(n == b"connection" for n, _ in out)
 
 
 def test_forwarded_modes() -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioquic.h3.connection import FrameType, H3Connection
+from aioquic.h3.connection import FrameType, H3Connection, H3Stream
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType
@@ -145,15 +145,26 @@ class FlowControlledQuicConnection(QuicConnection):
 
 
 class GoawayAwareH3Connection(H3Connection):
-    """An :class:`H3Connection` that notes when the server's control stream carries GOAWAY.
+    """An :class:`H3Connection` that notes when the server's control stream carries GOAWAY,
+    and knows a response to HEAD has no body.
 
     aioquic 1.7 skips GOAWAY payloads without a hook, so the frame is detected when its
-    type is validated; the identifier it carries is not needed by the client.
+    type is validated; the identifier it carries is not needed by the client. It also holds
+    every response to its declared ``content-length``, a HEAD response included (whose
+    length is the GET's, RFC 9110 9.3.2), and closes the connection over it: the streams in
+    :attr:`head_requests` are exempt.
     """
 
     def __init__(self, quic: QuicConnection) -> None:
         super().__init__(quic)
         self.goaway_seen = False
+        #: request streams whose method is HEAD (the client adds and removes them)
+        self.head_requests: set[int] = set()
+
+    @overrides
+    def _check_content_length(self, stream: H3Stream) -> None:
+        if stream.stream_id not in self.head_requests:
+            super()._check_content_length(stream)
 
     @overrides
     def _check_control_frame_type(self, frame_type: int) -> None:

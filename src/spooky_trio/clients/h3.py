@@ -267,6 +267,8 @@ class H3Client(H3Transport):
         self._streams[stream_id] = state
         self._quic.track_stream(stream_id)
         try:
+            if (b":method", b"HEAD") in headers:
+                self._h3.head_requests.add(stream_id)
             self._h3.send_headers(stream_id, headers, end_stream=end_stream and empty)
             state.send_done = end_stream and empty
             if not state.send_done and not empty:
@@ -326,6 +328,7 @@ class H3Client(H3Transport):
         if state.sender_scope is not None:
             state.sender_scope.cancel()
         self._streams.pop(state.stream_id, None)
+        self._h3.head_requests.discard(state.stream_id)
         self._quic.untrack_stream(state.stream_id)
         if self._error is None:
             stop = not state.receive_finished

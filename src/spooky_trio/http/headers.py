@@ -39,15 +39,30 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
+def drop_connection_nominated(headers: Headers) -> Headers:
+    """A client's request fields named in its ``Connection`` header, removed (RFC 9110
+    7.6.1) where the request enters (the HTTP/1.1 ingress: HTTP/2 and HTTP/3 refuse a
+    ``connection`` field). Done there, not on the way out, because the chain adds fields of
+    its own (claims, trace context, auth headers, rewrites) that a client's
+    ``Connection: x-user`` must not be able to strip. The standard hop-by-hop fields stay
+    for now (``upgrade`` marks a WebSocket handshake); :func:`strip_hop_by_hop` removes
+    them when the request is forwarded."""
+    named = _connection_tokens(headers)
+    if not named or named <= HOP_BY_HOP:
+        return headers
+    return [(name, value) for name, value in headers if name not in named or name in HOP_BY_HOP]
+
+
 def strip_hop_by_hop(headers: Headers) -> Headers:
-    """Drop hop-by-hop headers and every header named in ``Connection`` (RFC 9110 7.6.1).
+    """A request's hop-by-hop fields dropped as it is forwarded. The fields its client named
+    in ``Connection`` are already gone (:func:`drop_connection_nominated`); what is left
+    under such a name was set by the proxy and stays.
 
     ``te: trailers`` is the one hop-by-hop value HTTP/2 allows end to end; it is kept.
     """
-    named = _connection_tokens(headers)
     out: Headers = []
     for name, value in headers:
-        if name in HOP_BY_HOP or name in named:
+        if name in HOP_BY_HOP:
             if name == b"te" and value.strip().lower() == b"trailers":
                 out.append((name, value))
             continue

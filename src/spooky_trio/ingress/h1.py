@@ -21,6 +21,7 @@ import trio
 
 from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
+from spooky_trio.http.headers import drop_connection_nominated
 from spooky_trio.http.validate import TRANSPORT_SCHEME, check_head
 from spooky_trio.ingress.h1_stream import (
     RECEIVE_SIZE,
@@ -228,7 +229,7 @@ class H1ServerConnection:
             scheme=b"https",
             authority=authority,
             path=target,
-            headers=client_headers(headers, self.subject),
+            headers=client_headers(drop_connection_nominated(headers), self.subject),
             protocol="HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0",
             client_address=self.client_address,
             body=body,

@@ -128,10 +128,12 @@ class AnswerDoor:
         if answer.rejection and self.metrics is not None:
             self.metrics.request_rejected(answer.status)
         headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode())]
+        # a HEAD answer has the GET answer's length and no body (RFC 9110 9.3.2)
+        body = b"" if ctx.request.method == b"HEAD" else answer.body
         try:
-            await sink.send_headers(answer.status, headers, end_stream=not answer.body)
-            if answer.body:
-                await sink.send_data(answer.body, end_stream=True)
+            await sink.send_headers(answer.status, headers, end_stream=not body)
+            if body:
+                await sink.send_data(body, end_stream=True)
         except trio.BrokenResourceError:
             log.debug("client went away before the %d answer", answer.status)
             ctx.outcome, ctx.reason = "reset", "client_gone"

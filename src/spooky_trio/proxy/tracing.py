@@ -27,7 +27,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from spooky_trio.http.headers import host_without_port
-from spooky_trio.http.messages import Headers
 
 if TYPE_CHECKING:
     from spooky_trio.proxy.answers import Answer
@@ -60,18 +59,15 @@ class Trace:
         # one pass; most requests carry no trace headers and skip the propagator's parsing
         parents: list[str] = []
         states: list[str] = []
-        hop_named = False
         for name, value in headers:
             if name == b"traceparent":
                 parents.append(value.decode("latin-1"))
             elif name == b"tracestate":
                 states.append(value.decode("latin-1"))
-            elif name == b"connection" and b"trace" in value.lower():
-                hop_named = True
-        if parents or states or hop_named:
-            # the client's copies never go upstream, and a client's "Connection: traceparent"
-            # must not strip ours on the way (hop-by-hop removal runs after this step)
-            request.headers = headers = _without_client_trace_headers(headers)
+        if parents or states:
+            # the client's copies never go upstream (a client's "Connection: traceparent"
+            # cannot strip ours: the ingress honours a Connection list, http/headers.py)
+            request.headers = headers = [(n, v) for n, v in headers if n not in _TRACE_HEADERS]
             # W3C: two traceparents are no parent
             if len(parents) == 1:
                 carrier = {"traceparent": parents, "tracestate": states} if states else {"traceparent": parents}
@@ -90,20 +86,6 @@ class Trace:
         if context.trace_state:
             headers.append((b"tracestate", context.trace_state.to_header().encode("latin-1")))
         return None
-
-
-def _without_client_trace_headers(headers: Headers) -> Headers:
-    out: Headers = []
-    for name, value in headers:
-        if name in _TRACE_HEADERS:
-            continue
-        if name == b"connection":
-            tokens = [t for t in value.split(b",") if t.strip().lower() not in _TRACE_HEADERS]
-            if not tokens:
-                continue
-            value = b",".join(tokens)
-        out.append((name, value))
-    return out
 
 
 def finish_span(ctx: RequestContext) -> None:
