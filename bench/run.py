@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import procstat
 from bench.auth import BenchAuth
-from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, SpookyServer, free_port, python_env
+from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, RedisServer, SpookyServer, free_port, python_env
 
 RESULTS = REPO / "bench" / "results"
 
@@ -315,6 +315,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             note = f"open loop {r['offered_rate']:g}/s, {r['skipped']:g} skipped"
         if r.get("rps_vs_one_worker") is not None:
             note = (note + ", " if note else "") + f"{r['rps_vs_one_worker']:.2f}x req/s of 1 worker"
+        if r.get("cpu_vs_no_rule") is not None:
+            note = (note + ", " if note else "") + f"{r['cpu_vs_no_rule']:.3f}x CPU of no rule"
         if r.get("cpu_vs_untraced") is not None:
             note = (note + ", " if note else "") + f"{r['cpu_vs_untraced']:.3f}x CPU/req of spooky"
         if r.get("spans_exported") is not None:
@@ -335,12 +337,15 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """spooky / caddy per scenario and run: CPU per request, requests/s, RSS per connection;
-    spooky-wN / spooky (one worker): requests/s; spooky-tR / spooky (tracing off): CPU per request."""
+    spooky-wN / spooky (one worker): requests/s; spooky-tR / spooky (tracing off) and spooky+rl-MODE /
+    spooky (no rule): CPU per request."""
     single = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "spooky"}
     for r in rows:
         one = single.get((r["scenario"], r.get("run", 1)))
         if r["target"].startswith("spooky-w") and one is not None and r.get("rps") and one.get("rps"):
             r["rps_vs_one_worker"] = round(r["rps"] / one["rps"], 2)
+        if r["target"].startswith("spooky+rl-") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
+            r["cpu_vs_no_rule"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
         if r["target"].startswith("spooky-t") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
             r["cpu_vs_untraced"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
@@ -367,7 +372,7 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              "errors": sum(r["errors"] for r in group)}
         for key in ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_s_per_1k", "peak_rss_mb", "cpu_ratio", "rps_ratio",
                     "rss_per_connection_kib", "connections", "offered_rate", "skipped", "rps_vs_one_worker",
-                    "cpu_vs_untraced", "spans_exported"):
+                    "cpu_vs_no_rule", "cpu_vs_untraced", "spans_exported"):
             values = sorted(r[key] for r in group if r.get(key) is not None)
             if values:
                 m[key] = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
@@ -395,6 +400,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
+    p.add_argument("--rate-limit", default="none",
+                   help="comma-separated scoped-rate-limit setups for the spooky target: none, local (one rule in this "
+                        "process), redis (the same rule in a redis-server the bench starts); local runs as target "
+                        "spooky+rl-local, redis as spooky+rl-redis (bench/targets.py rate_limit_config)")
     p.add_argument("--tracing", default="",
                    help="comma-separated observability.tracing settings for the spooky target: off, or a sample_ratio "
                         "(e.g. off,1,0); ratio R runs as target spooky-tR with tracing enabled, exporting over OTLP/gRPC "
@@ -441,6 +450,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "spooky" in targets and counts != [1]:  # --workers 1,2: spooky (1 worker) and spooky-w2
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if n == 1 else f"spooky-w{n}" for n in counts]
+    modes = [m for m in args.rate_limit.split(",") if m]
+    if any(m not in ("none", "local", "redis") for m in modes):
+        raise SystemExit(f"--rate-limit takes none, local and redis (got {args.rate_limit})")
     tracings = [t.strip() for t in args.tracing.split(",") if t.strip()]
     for t in tracings:
         if t != "off" and not (t.replace(".", "", 1).isdigit() and 0 <= float(t) <= 1):
@@ -449,6 +461,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if t == "off" else f"spooky-t{t}" for t in tracings]
     skipped = []
+    if "redis" in modes and not shutil.which("redis-server"):
+        modes.remove("redis")
+        skipped.append("spooky+rl-redis (redis-server not installed)")
+    if "spooky" in targets and modes != ["none"]:  # --rate-limit none,local: spooky and spooky+rl-local
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if m == "none" else f"spooky+rl-{m}" for m in modes]
     if "caddy" in targets and not shutil.which("caddy"):
         targets.remove("caddy")
         skipped.append("caddy (not installed)")
@@ -471,6 +489,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     origin = Origin(workdir, bench.certs, prefer=args.origin)
     result["origin"] = origin.kind
     origin.start()
+    redis = RedisServer(workdir) if any(t == "spooky+rl-redis" for t in targets) else None
     collector = contextlib.ExitStack()
     otlp = None
     if any(t.startswith("spooky-t") for t in targets):
@@ -478,6 +497,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         otlp = collector.enter_context(grpc_receiver())
     try:
+        if redis is not None:
+            redis.start()
         for name in names:
             sc = dict(SCENARIOS[name])
             if args.connections and sc["kind"] != "idle":
@@ -494,6 +515,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         label, _, src = target.partition("=")
                         server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}",
                                               cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+rl-"):  # --rate-limit MODE: one scoped rate limit rule
+                        server = SpookyServer(workdir, bench.certs, name=target, rate_limit=target[len("spooky+rl-"):],
+                                              redis_url=redis.url if redis is not None else None,
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky-t"):  # --tracing R: tracing on at sample_ratio R
                         assert otlp is not None
                         server = SpookyServer(workdir, bench.certs, name=target, tracing=float(target[len("spooky-t"):]),
@@ -519,6 +544,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           f"{row.get('cpu_s_per_1k', '-')} CPU s/1k, errors {row['errors']}", file=sys.stderr, flush=True)
     finally:
         origin.stop()
+        if redis is not None:
+            redis.stop()
         collector.close()
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)

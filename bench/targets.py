@@ -1,4 +1,5 @@
-"""The processes a benchmark run starts: the origin, spooky-trio, Caddy.
+"""The processes a benchmark run starts: the origin, spooky-trio, Caddy (and redis-server for
+``--rate-limit redis``).
 
 Everything lives in one temporary directory (configs, certificates, logs) and every process
 is started by us, by pid, and stopped by that pid at the end.
@@ -223,19 +224,58 @@ class Server:
         self.proc = None
 
 
+class RedisServer:
+    """A ``redis-server`` on a free loopback port, for the ``--rate-limit redis`` targets."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(self.workdir / "redis.log", "wb")
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
+        wait_tcp(self.port, self.proc, what="redis-server")
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.proc = None
+
+
+def rate_limit_config(mode: str, redis_url: str | None) -> str:
+    """The ``resilience`` section of ``--rate-limit MODE``: one ``client`` rule (peer IP) that
+    never refuses (a billion tokens), so the measured cost is the check itself; ``redis``
+    keeps its bucket in the store, failing closed so a store problem shows as errors."""
+    if mode == "none":
+        return ""
+    rule = "    - {name: bench, scope: client, requests_per_sec: 1000000000, burst: 1000000000"
+    if mode == "local":
+        return f"resilience:\n  scoped_rate_limits:\n{rule}}}\n"
+    return (f"resilience:\n  rate_limit_store: {{kind: redis, url: \"{redis_url}\", timeout_ms: 1000, failure_mode: fail_closed}}\n"
+            f"  scoped_rate_limits:\n{rule}, store: redis}}\n")
+
+
 class SpookyServer(Server):
     """The real ``spooky-trio run`` process with a generated config."""
 
     name = "spooky"
 
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
-                 cprofile_out: Path | None = None, tracing: float | None = None, otlp_endpoint: str = "",
-                 auth: BenchAuth | None = None) -> None:
+                 cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None,
+                 tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None) -> None:
         super().__init__(workdir, certs)
         #: the pool's auth mode (bench/auth.py) and the credentials the load sends
         self.auth = auth
         self.request_headers = auth.headers if auth is not None else []
         self.workers = workers
+        #: ``--rate-limit``: none, local or redis (:func:`rate_limit_config`)
+        self.rate_limit = rate_limit
+        self.redis_url = redis_url
         #: observability.tracing.sample_ratio with tracing enabled (None: tracing off), spans
         #: exported over OTLP/gRPC to ``otlp_endpoint`` (bench/run.py's receiver)
         self.tracing = tracing
@@ -290,7 +330,7 @@ log:
 security:
   privileges:
     enabled: false
-{control}"""
+{control}{rate_limit_config(self.rate_limit, self.redis_url)}"""
 
     def start(self, upstream_url: str, port: int) -> None:
         self.port = port

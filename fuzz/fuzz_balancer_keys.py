@@ -1,11 +1,14 @@
 """Fuzz balancer hash-key extraction (``load_balancing.key``) over random requests.
 
-Invariants: ``key_source`` accepts every key form the docs list (``config/keyspec.py``)
-and raises only ``ValueError`` otherwise; ``request_key`` never raises and returns bytes; it is
-deterministic, and so is ``hash64`` (a 64-bit value). ``header:<name>`` ignores the name's
-case and joins every value of that header with ", "; ``cookie:<name>`` returns a value
-without ``;``; ``authority`` is lowercase; ``path`` has no query; an absent source falls back
-to the default chain (authority, else path, else method).
+Invariants: ``key_source`` accepts every key form the docs list (``http/request_keys.py``,
+the grammar shared with the scoped rate limits) and raises only ``ValueError`` otherwise;
+``request_key`` never raises and returns bytes; it is deterministic, and so is ``hash64`` (a
+64-bit value). Spooky's extraction: ``header:<name>`` ignores the name's case and reads the
+first field of that name only, when it is visible ASCII; ``cookie:<name>`` returns a trimmed
+value without ``;``; ``query:<name>`` a non-empty value without ``&``, not decoded;
+``authority`` is the authority as sent; ``path`` has no query; ``cid`` is the connection ID's
+own bytes; an absent source falls back to Spooky's chain (authority, else full path, else
+method).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from _fdp import Reader
 
 with instrumented(__name__):
     from spooky_trio.balancing.keys import default_key, hash64, key_source, request_key
-    from spooky_trio.config.keyspec import parse_key_spec
+    from spooky_trio.http.request_keys import parse_key_spec
 
 
 PLAIN = ("path", "authority", "method", "cid", "sticky-cid", "peer_ip", "client_ip", "bearer_token")
 SPECS = [None, *PLAIN, "header:X-User", "header:x-user", " Header: x-user ", "cookie:sid", "Cookie:SID", "query:q",
-         "query:a b", "header:", "cookie:", "bogus", "header:é", "sticky_cid", "peer-ip"]
+         "query:a b", "header:", "cookie:", "bogus", "header:é", "header:€", "sticky_cid", "peer-ip"]
 NAMES = [b"x-user", b"cookie", b"host", b"x-other"]
 VALUES = [b"alice", b"sid=1; other=2", b"a=b;sid=\"q\"", b"sid", b"", b"bob, carol"]
 PATHS = [b"/", b"/a?q=1&q=2", b"/a?x=1&q=%zz+y#frag", b"/a?a+b=%41", b"?q", b"", b"/a#?q=1"]
@@ -59,16 +62,24 @@ def test_one_input(data: bytes) -> None:
     own = source(request)
     if own is None:
         assert key == default_key(request)
+    else:
+        assert own and key == own.encode("latin-1")
     parsed = parse_key_spec(spec) if spec is not None else None
-    if parsed is not None and parsed.kind == "header" and own is not None:
-        name = parsed.name.encode()
-        assert own == b", ".join(v for n, v in headers if n == name)
-    if parsed is not None and parsed.kind == "cookie" and own is not None:
-        assert b";" not in own
-    if parsed is not None and parsed.kind == "authority" and own is not None:
-        assert own == own.lower()
-    if parsed is not None and parsed.kind == "path" and own is not None:
-        assert b"?" not in own
+    if parsed is None or own is None:
+        return
+    if parsed.kind == "header":
+        first = next(v for n, v in headers if n == parsed.name.encode())
+        assert own.encode("latin-1") == first and all(c == "\t" or " " <= c <= "~" for c in own)
+    elif parsed.kind == "cookie":
+        assert ";" not in own and own == own.strip()
+    elif parsed.kind == "query":
+        assert "&" not in own and own.encode("latin-1") in request.path.partition(b"?")[2]
+    elif parsed.kind == "authority":
+        assert own.encode("latin-1") == request.authority
+    elif parsed.kind == "path":
+        assert "?" not in own
+    elif parsed.kind == "cid":
+        assert own.encode("latin-1") == request.quic_connection_id
 
 
 if __name__ == "__main__":

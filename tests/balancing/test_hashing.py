@@ -15,41 +15,51 @@ from tests.balancing.helpers import loads, request
 KEYS = [f"user-{i}".encode() for i in range(20000)]
 
 
+def key(spec: str | None, r: object) -> bytes:
+    """The bytes a balancer keyed on ``spec`` hashes for ``r`` (fallback included)."""
+    return request_key(key_source(spec), r)  # type: ignore[arg-type]
+
+
 class TestKeys:
-    def test_header_is_case_insensitive_and_joins_repeats(self) -> None:
-        source = key_source("header:X-User")
-        assert source(request(headers=[(b"x-user", b"alice")])) == b"alice"
-        assert source(request(headers=[(b"x-user", b"a"), (b"other", b"z"), (b"x-user", b"b")])) == b"a, b"
-        assert source(request()) is None
+    """Spooky's extraction (http/request_keys.py, shared with the scoped rate limits), as the
+    bytes the balancer hashes; only ``cid`` and ``peer_ip`` differ from the rate limits'."""
+
+    def test_header_is_case_insensitive_and_reads_the_first_field(self) -> None:
+        assert key("header:X-User", request(headers=[(b"x-user", b"alice")])) == b"alice"
+        # Spooky reads one field, not the joined list: a second x-user cannot move the key
+        assert key("header:x-user", request(headers=[(b"x-user", b"a"), (b"other", b"z"), (b"x-user", b"b")])) == b"a"
+        assert key_source("header:x-user")(request()) is None
+        # a value that is not visible ASCII yields nothing (Spooky's to_str): the fallback
+        assert key("header:x-user", request(headers=[(b"x-user", b"caf\xc3\xa9")], authority=b"h.example")) == b"h.example"
 
     def test_cookie_from_any_cookie_header(self) -> None:
-        source = key_source("cookie:sid")
-        assert source(request(headers=[(b"cookie", b"a=1; sid=abc; b=2")])) == b"abc"
-        assert source(request(headers=[(b"cookie", b"a=1"), (b"cookie", b'sid="q"')])) == b"q"
-        assert source(request(headers=[(b"cookie", b"xsid=1; sid2=2")])) is None
+        assert key("cookie:sid", request(headers=[(b"cookie", b"a=1; sid=abc; b=2")])) == b"abc"
+        assert key("cookie:SID", request(headers=[(b"cookie", b"a=1"), (b"cookie", b"Sid= q ")])) == b"q"  # trimmed
+        assert key("cookie:sid", request(headers=[(b"cookie", b'sid="q"')])) == b'"q"'  # quotes kept, as Spooky
+        assert key_source("cookie:sid")(request(headers=[(b"cookie", b"xsid=1; sid2=2")])) is None
+        assert key_source("cookie:sid")(request(headers=[(b"cookie", b"flag; sid=1")])) is None  # Spooky's parser stops
 
-    def test_query_parameter_is_percent_decoded(self) -> None:
-        source = key_source("query:u")
-        assert source(request(path=b"/a?x=1&u=b%20c&u=second")) == b"b c"
-        assert source(request(path=b"/a?u=b+c")) == b"b c"
-        assert source(request(path=b"/a?uu=1")) is None
-        assert source(request(path=b"/a")) is None
+    def test_query_parameter_is_not_decoded(self) -> None:
+        assert key("query:u", request(path=b"/a?x=1&u=b%20c&u=second")) == b"b%20c"
+        assert key("query:U", request(path=b"/a?u=&u=b+c")) == b"b+c"  # empty values skipped
+        assert key_source("query:u")(request(path=b"/a?uu=1")) is None
+        assert key_source("query:u")(request(path=b"/a")) is None
 
     def test_plain_sources(self) -> None:
-        r = request(path=b"/p/q?x=1", authority=b"Example.COM:443", method=b"POST", cid=b"\x01\x02")
-        assert key_source("path")(r) == b"/p/q"
-        assert key_source("authority")(r) == b"example.com:443"
-        assert key_source("method")(r) == b"POST"
-        assert key_source("cid")(r) == b"\x01\x02"
+        r = request(path=b"/p/q?x=1", authority=b"Example.COM:443", method=b"POST", cid=b"\x01\xff")
+        assert key("path", r) == b"/p/q"
+        assert key("authority", r) == b"Example.COM:443"  # as sent, as Spooky
+        assert key("method", r) == b"POST"
+        assert key("cid", r) == b"\x01\xff"  # the connection ID's own bytes
         assert key_source("cid")(request()) is None
 
-    def test_default_chain_authority_then_path_then_method(self) -> None:
+    def test_fallback_authority_then_full_path_then_method(self) -> None:
         assert default_key(request(authority=b"a.example")) == b"a.example"
-        assert default_key(request(authority=b"", path=b"/x?y")) == b"/x"
+        assert default_key(request(authority=b"", path=b"/x?y")) == b"/x?y"
         assert default_key(request(authority=b"", path=b"", method=b"GET")) == b"GET"
-        assert key_source(None) is default_key
+        assert key(None, request(authority=b"a.example")) == b"a.example"
         # a configured source the request lacks falls back to the default chain
-        assert request_key(key_source("header:x-user"), request(authority=b"h.example")) == b"h.example"
+        assert key("header:x-user", request(authority=b"h.example")) == b"h.example"
 
     def test_spooky_key_specs(self) -> None:
         # spooky-head.md section 2: sticky-cid = cid, client_ip = peer_ip (the transport
@@ -60,19 +70,19 @@ class TestKeys:
             headers=[(b"x-forwarded-for", b"203.0.113.9"), (b"authorization", b"Bearer  tok-1 "), (b"cookie", b"Session=s1")],
             path=b"/a?User=u1",
         )
-        assert key_source("peer_ip")(r) == key_source(" CLIENT_IP ")(r) == b"198.51.100.7"
-        assert key_source("Sticky-CID")(r) == key_source("cid")(r) == b"\x07"
-        assert key_source("bearer_token")(r) == b"tok-1"
-        assert key_source("cookie:session")(r) == key_source("Cookie:SESSION")(r) == b"s1"
-        assert key_source("query:user")(r) == b"u1"
-        assert key_source("HEADER:Authorization")(r) == b"Bearer  tok-1 "
+        assert key("peer_ip", r) == key(" CLIENT_IP ", r) == b"198.51.100.7"
+        assert key("Sticky-CID", r) == key("cid", r) == b"\x07"
+        assert key("bearer_token", r) == b"tok-1"
+        assert key("cookie:session", r) == key("Cookie:SESSION", r) == b"s1"
+        assert key("query:user", r) == b"u1"
+        assert key("HEADER:Authorization", r) == b"Bearer  tok-1 "
         # not a bearer token, or no Authorization: the source yields nothing (default chain)
         assert key_source("bearer_token")(request(headers=[(b"authorization", b"Basic abc")])) is None
         assert key_source("bearer_token")(request(headers=[(b"authorization", b"Bearer ")])) is None
         assert key_source("bearer_token")(request()) is None
 
     def test_invalid_key_rejected(self) -> None:
-        for bad in ("header:", "body", "cookie"):
+        for bad in ("header:", "body", "cookie", "header :x"):
             with pytest.raises(ValueError):
                 key_source(bad)
 

@@ -25,6 +25,20 @@ SAMPLES = {
     "resilience.protocol.merge_slashes": "false",
     "resilience.protocol.escaped_slashes": "reject",
     "resilience.protocol.forward_normalized_path": "false",
+    "resilience.rate_limit_store": "{}",
+    "resilience.rate_limit_store.kind": "memory",
+    "resilience.rate_limit_store.url": "'redis://:pw@127.0.0.1:6379/0'",
+    "resilience.rate_limit_store.password_file": "/etc/spooky/redis-password",
+    "resilience.rate_limit_store.ca_file": "/etc/spooky/redis-ca.pem",
+    "resilience.rate_limit_store.key_prefix": "'edge:rl:'",
+    "resilience.rate_limit_store.timeout_ms": "50",
+    "resilience.rate_limit_store.failure_mode": "fail_open",
+    "resilience.rate_limit_headers": "true",
+}
+#: keys inside a list: the whole tail to append (the key is reported at entry [0])
+TAIL_SAMPLES = {
+    "resilience.scoped_rate_limits[].store":
+        "resilience:\n  scoped_rate_limits:\n    - {name: r, scope: client, requests_per_sec: 1, burst: 1, store: memory}\n",
 }
 
 #: pool keys: the ``auth`` block (with whatever the key needs beside it) of a third pool
@@ -45,8 +59,9 @@ POOL_SAMPLES = {
     "upstream.<pool>.auth.insufficient_scope_status": (_JWT % "issuer: i") + "      required_scopes: [read]\n"
                                                       "      insufficient_scope_status: 403\n",
 }
-#: the extension keys a pool sample needs beside its own
-_NEEDED = {"upstream.ext.auth.jwt.jwks_uri"}
+#: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
+#: holding a rate_limit_store key, itself an extension key)
+_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store"}
 
 
 def config_text(certs_dir: Path, tail: str = "") -> str:
@@ -109,13 +124,15 @@ def test_every_finding_one_line_each_and_exit_1(tmp_path: Path, certs_dir: Path)
 def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
-    missing = [key.dotted for key in extension if key.dotted not in SAMPLES and key.dotted not in POOL_SAMPLES]
-    assert not missing, f"give SAMPLES (or POOL_SAMPLES) a value for: {missing}"
+    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES}]
+    assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES) a value for: {missing}"
     message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
         if key.dotted in POOL_SAMPLES:  # a third pool, continuing config_text's upstream mapping
             tail = ("  ext:\n    route: {path_prefix: /ext}\n    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n"
                     "    auth:\n" + POOL_SAMPLES[key.dotted].replace("CA", str(certs_dir / "ca.pem")))
+        elif key.dotted in TAIL_SAMPLES:
+            tail = TAIL_SAMPLES[key.dotted]
         else:
             tail = ""
             for depth, element in enumerate(key.path[:-1]):
@@ -123,7 +140,7 @@ def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
             tail += "  " * (len(key.path) - 1) + f"{key.path[-1]}: {SAMPLES[key.dotted]}\n"
         text = config_text(certs_dir, tail)
         issues = {(i.path, i.message) for i in spooky_strict_issues(load_config_text(text), text)}
-        expected = key.dotted.replace("<pool>", "ext")
+        expected = key.dotted.replace("<pool>", "ext").replace("[]", "[0]")
         assert (expected, message) in issues, (key.dotted, issues)
         assert issues <= {(expected, message)} | {(path, message) for path in _NEEDED}, (key.dotted, issues)
 

@@ -177,6 +177,17 @@ RESILIENCE = {
         "restart_cooldown_ms": 120000,
         "restart_command": [],
     },
+    "scoped_rate_limits": [],
+    "rate_limit_store": {
+        "kind": "memory",
+        "url": None,
+        "password_file": None,
+        "ca_file": None,
+        "key_prefix": "spooky:rl:",
+        "timeout_ms": 25,
+        "failure_mode": "local",
+    },
+    "rate_limit_headers": False,
 }
 
 

@@ -48,6 +48,13 @@ SETTINGS = [
         ["resilience.brownout.core_routes"] * 2,
         ["core_routes:"] * 2,
     ),
+    (
+        # blank entries are errors here (not dropped), so each name is reported at its entry
+        "  scoped_rate_limits:\n    - {name: r, scope: client, requests_per_sec: 1, burst: 1,\n"
+        "       route_allowlist: [api, ' ghost ', /legacy]}\n",
+        ["resilience.scoped_rate_limits[0].route_allowlist[1]", "resilience.scoped_rate_limits[0].route_allowlist[2]"],
+        ["route_allowlist:"] * 2,
+    ),
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from spooky_trio.config import ConfigError, load_config_text
-from spooky_trio.config.keyspec import KeySpec, parse_key_spec
+from spooky_trio.http.request_keys import KeySpec, parse_key_spec
 from tests.config.helpers import LISTEN, issue_at
 
 BACKENDS = '    backends: [{id: a, address: "http://127.0.0.1:8080"}]\n'

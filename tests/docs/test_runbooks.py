@@ -2,7 +2,7 @@
 that exist.
 
 Metric names are taken from the modules that define metrics (``observability/metrics.py``,
-``collect.py``, ``supervisor_metrics.py``: every ``spooky_*`` literal, with
+``collect.py``, ``supervisor_metrics.py``, ``ratelimit_metrics.py``: every ``spooky_*`` literal, with
 the suffixes the exposition adds: ``_total`` for counters, ``_bucket``/``_count``/``_sum``
 for histograms). Control API paths are the defaults of ``ControlApiConfig``, the ``/admin/config`` routes
 and the metrics path. ``spooky-trio <command>`` must be a CLI command. Only files present are
@@ -19,13 +19,15 @@ import pytest
 
 from spooky_trio import cli
 from spooky_trio.config.schema_runtime import ControlApiConfig, MetricsConfig
-from spooky_trio.observability import collect, metrics, supervisor_metrics
+from spooky_trio.observability import collect, metrics, ratelimit_metrics, supervisor_metrics
 from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / n for n in ("security.md", "auth.md", "install.md")]
+DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / n for n in ("security.md", "auth.md", "install.md",
+                                                                                       "rate-limiting.md")]
 INDEXED = ["first-10-minutes.md", "backend-incident.md", "draining-a-node.md", "certificate-rotation.md",
-           "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "auth-key-rotation.md"]
+           "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "auth-key-rotation.md",
+           "rate-limit-store-down.md"]
 
 _LITERAL = re.compile(r'(\w*)\(\s*"(spooky_[a-z0-9_]+)"')
 _DOC_METRIC = re.compile(r"spooky_[A-Za-z0-9_]*[A-Za-z0-9]")
@@ -35,7 +37,8 @@ _DOC_COMMAND = re.compile(r"(?:^|`|\$ )spooky-trio ([a-z][a-z0-9-]*)", re.MULTIL
 
 
 def defined_metrics() -> set[str]:
-    source = "".join(Path(module.__file__).read_text() for module in (metrics, collect, supervisor_metrics))  # type: ignore[arg-type]
+    modules = (metrics, collect, supervisor_metrics, ratelimit_metrics)
+    source = "".join(Path(module.__file__).read_text() for module in modules)  # type: ignore[arg-type]
     names: set[str] = set()
     for constructor, name in _LITERAL.findall(source):
         names.add(name)

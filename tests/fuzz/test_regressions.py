@@ -33,7 +33,7 @@ def test_config_rejects(name: str, message: str) -> None:
 def test_key_spec_is_trimmed_like_spooky() -> None:
     # the same file's key "header:x-user\n" slipped through a "$" regex once; key specs are
     # now trimmed as a whole (Spooky trims them), so it means header x-user
-    from spooky_trio.config.keyspec import KeySpec, parse_key_spec
+    from spooky_trio.http.request_keys import KeySpec, parse_key_spec
 
     text = (REGRESSIONS / "fuzz_config" / "trailing_newline_token.yaml").read_text().replace('method: "GET\\n"', "method: GET")
     config = load_config_text(text)

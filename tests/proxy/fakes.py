@@ -137,6 +137,7 @@ def build(scripts: dict[str, Script], extra: str = "", **kwargs: Any) -> tuple[P
     store = StateStore()
     generation = Generation.build(load_config_text(CONFIG.format(extra=extra)), state=store)
     metrics = Metrics()
+    metrics.attach_rate_limits(store.rate_limits)
     upstream = ScriptedUpstream(scripts)
     proxy = Proxy(lambda: generation, lambda g: build_chain(g, upstream=upstream, state=store, metrics=metrics), metrics)  # type: ignore[arg-type]
     return proxy, generation, store, metrics, upstream

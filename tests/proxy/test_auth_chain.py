@@ -37,25 +37,31 @@ def build_with(auth: str) -> tuple[Proxy, Generation, StateStore, Metrics, Scrip
 
 def test_no_auth_block_no_auth_step() -> None:
     proxy, generation, *_ = build({"10.0.0.1": ok(), "10.0.0.2": ok()})
-    assert names(proxy, generation) == ["normalize_path", "protocol_policy", "route", "body_limit", "admission", "balance", "forward"]
+    assert names(proxy, generation) == ["normalize_path", "protocol_policy", "route", "brownout", "body_limit", "admission", "balance",
+                                        "forward"]
 
 
-def test_local_auth_sits_after_body_limit_and_never_waits() -> None:
+def test_local_auth_sits_right_after_the_route_and_never_waits() -> None:
+    # Spooky's order: route -> api_key -> jwt -> brownout -> ...; body_limit after the auth
+    # steps (proxy/filters.py build_chain), so a refused request with a big body gets 401
     proxy, generation, *_ = build_with(API_KEY)
     chain = proxy.chain_for(generation)
-    assert chain.names == ["normalize_path", "protocol_policy", "route", "body_limit", "auth", "admission", "balance", "forward"]
+    assert chain.names == ["normalize_path", "protocol_policy", "route", "auth", "brownout", "body_limit", "admission", "balance",
+                           "forward"]
     step = chain.filters[3]
+    assert step.name == "auth"
     assert not inspect.iscoroutinefunction(step.on_request)  # a SyncFilter: no coroutine per request
 
 
 def test_jwks_auth_is_async_and_external_auth_comes_before_admission() -> None:
     proxy, generation, *_ = build_with("    auth: {jwt: {jwks_uri: 'https://127.0.0.1:9/jwks', jwks_timeout_ms: 1}}\n")
     chain = proxy.chain_for(generation)
-    assert chain.names[4] == "auth" and inspect.iscoroutinefunction(chain.filters[4].on_request)
+    assert chain.names[3] == "auth" and inspect.iscoroutinefunction(chain.filters[3].on_request)
     proxy, generation, *_ = build_with("    auth: {external_auth: {kind: http, endpoint: 'http://127.0.0.1:9/check'}}\n")
-    assert proxy.chain_for(generation).names == ["normalize_path", "protocol_policy", "route", "body_limit", "external_auth", "admission", "balance", "forward"]
+    assert proxy.chain_for(generation).names == ["normalize_path", "protocol_policy", "route", "brownout", "external_auth", "body_limit",
+                                                 "admission", "balance", "forward"]
     proxy, generation, *_ = build_with("    auth: {external_auth: {kind: http, endpoint: 'http://127.0.0.1:9/', response_header_allowlist: [x-u]}}\n")
-    assert proxy.chain_for(generation).names[4:6] == ["auth", "external_auth"]  # the strip step runs first
+    assert proxy.chain_for(generation).names[3:6] == ["auth", "brownout", "external_auth"]  # the strip step runs first
 
 
 async def test_refused_requests_reach_no_backend() -> None:

@@ -128,7 +128,8 @@ async def test_a_raised_proxy_error_is_answered_with_its_headers_and_a_bug_propa
 async def test_the_built_in_chain_forwards_and_records(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="spooky.access")
     proxy, generation, store, metrics, upstream = build({"10.0.0.1": ok(b"from a"), "10.0.0.2": ok(b"from b")})
-    assert proxy.chain_for(generation).names == ["normalize_path", "protocol_policy", "route", "body_limit", "admission", "balance", "forward"]
+    assert proxy.chain_for(generation).names == ["normalize_path", "protocol_policy", "route", "brownout", "body_limit", "admission",
+                                                     "balance", "forward"]
     sinks = [RecordingSink() for _ in range(2)]
     for sink in sinks:
         await proxy.handle(request(b"/x?y=1", headers=[(b"x-forwarded-proto", b"forged")]), sink)

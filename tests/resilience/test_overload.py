@@ -1,4 +1,5 @@
-"""The composed checks (brownout -> admission -> limits/queues -> backend limit -> breaker) on a MockClock."""
+"""The composed checks (admission -> limits/queues -> backend limit -> breaker, and the
+brownout step that admission keeps up to date) on a MockClock."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from spooky_trio.config import load_config_text
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.http.errors import ProxyError, ShedError
 from spooky_trio.proxy.admission import OverloadGuard
+from spooky_trio.proxy.brownout import Brownout
+from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.lease import breaker_verdict
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
@@ -80,24 +83,29 @@ async def test_pool_limit_sheds_upstream_inflight_and_gives_back_the_global_slot
     assert shed_count(metrics, "upstream_inflight") == 1
 
 
-async def test_check_order_brownout_then_admission_then_limits() -> None:
+def brownout_check(generation: Generation, guard: OverloadGuard, pool: str) -> None:
+    """The chain's brownout step (proxy/brownout.py) for a request routed to ``pool``."""
+    ctx = RequestContext(request(), generation)
+    ctx.serving_pool = generation.pools[pool]
+    Brownout(generation.config, guard, "@connect").on_request(ctx)
+
+
+async def test_admission_updates_brownout_which_its_own_step_checks_first() -> None:
     generation, guard, metrics, store = setup(admission="true", brownout="true")
     config = generation.config
     for _ in range(5):  # 50% of 10: brownout turns on
         await guard.admit(config, "core")
     assert store.resilience.brownout.active
     with pytest.raises(ShedError, match="brownout"):
-        await guard.admit(config, "web")
-    await guard.admit(config, "core")  # core routes are exempt
+        brownout_check(generation, guard, "web")
+    brownout_check(generation, guard, "core")  # core routes are exempt
+    await guard.admit(config, "web")  # admission itself no longer checks brownout
     for _ in range(2):  # slow upstream: the admission limit falls from 10 to 2
         guard.latency_sample(config, 500.0)
     with pytest.raises(ShedError) as info:
-        await guard.admit(config, "web")
-    assert info.value.response.reason == "brownout"  # brownout is checked first
-    with pytest.raises(ShedError) as info:
         await guard.admit(config, "core")
     assert info.value.response.reason == "adaptive_admission"
-    assert [shed_count(metrics, r) for r in ("brownout", "adaptive_admission")] == [2, 1]
+    assert [shed_count(metrics, r) for r in ("brownout", "adaptive_admission")] == [1, 1]
 
 
 async def test_brownout_recovers_only_at_the_recover_threshold() -> None:
@@ -109,7 +117,7 @@ async def test_brownout_recovers_only_at_the_recover_threshold() -> None:
     assert store.resilience.brownout.active
     guard.release(config, held.pop())  # 2 in flight: 20%
     assert not store.resilience.brownout.active
-    await guard.admit(config, "web")
+    brownout_check(generation, guard, "web")
 
 
 async def test_micro_wait_admits_when_a_slot_frees_in_time(autojump_clock: trio.testing.MockClock) -> None:

@@ -51,6 +51,18 @@ def test_merge_sums_counters_and_histograms_and_takes_min_of_other_gauges() -> N
     assert created and merged[created[0]] <= samples(one.render())[created[0]]
 
 
+def test_merge_of_rate_limit_gauges() -> None:
+    def worker(buckets: int, fallback: int) -> str:
+        return (f"# HELP spooky_rate_limit_buckets b\n# TYPE spooky_rate_limit_buckets gauge\n"
+                f'spooky_rate_limit_buckets{{rule="r"}} {buckets}.0\n'
+                f"# HELP spooky_rate_limit_store_fallback_active f\n# TYPE spooky_rate_limit_store_fallback_active gauge\n"
+                f'spooky_rate_limit_store_fallback_active{{store="s"}} {fallback}.0\n')
+
+    merged = samples(merge_expositions([worker(3, 0), worker(4, 1)]))
+    assert merged[("spooky_rate_limit_buckets", (("rule", "r"),))] == 7  # buckets held by all workers
+    assert merged[("spooky_rate_limit_store_fallback_active", (("store", "s"),))] == 1  # one worker falling back shows
+
+
 def test_merge_of_nothing_is_empty() -> None:
     assert merge_expositions([]) == b""
 

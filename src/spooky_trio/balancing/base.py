@@ -14,6 +14,8 @@ import abc
 from collections.abc import Sequence
 from typing import Protocol
 
+from spooky_trio.http.request_keys import KeyRequest
+
 
 class BackendLoad(Protocol):
     """The live load signals of one backend (kept in the long-lived state store)."""
@@ -27,15 +29,9 @@ class BackendLoad(Protocol):
         """Smoothed time to response headers in seconds, or None before the first sample."""
 
 
-class PickRequest(Protocol):
-    """The request attributes balancers may hash on; :class:`DownstreamRequest` has them all."""
-
-    method: bytes
-    authority: bytes
-    path: bytes
-    headers: list[tuple[bytes, bytes]]
-    client_address: tuple[str, int]
-    quic_connection_id: bytes | None
+#: the request attributes balancers may hash on: those key specs read
+#: (:mod:`spooky_trio.http.request_keys`); :class:`DownstreamRequest` has them all
+PickRequest = KeyRequest
 
 
 class Balancer(abc.ABC):

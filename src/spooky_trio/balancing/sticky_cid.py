@@ -31,6 +31,6 @@ class StickyCid(ConsistentHash):
         if self._fallback is not None:
             key = self._fallback(request)
             if key is not None:
-                return b"key:" + key
+                return b"key:" + key.encode("latin-1")
         host, port = request.client_address
         return f"addr:{host}:{port}".encode()

@@ -89,6 +89,7 @@ class H3Client(H3Transport):
         session_ticket: SessionTicket | None = None,
         session_ticket_handler: Callable[[SessionTicket], None] | None = None,
         early_data: bool = False,
+        local_host: str | None = None,
     ) -> AsyncIterator[H3Client]:
         """Connect, complete the QUIC/TLS handshake and yield the client; close on exit.
 
@@ -103,6 +104,8 @@ class H3Client(H3Transport):
         it) the client is yielded before the handshake completes, so the first requests
         go out as 0-RTT early data; :attr:`early_data_accepted` tells whether the server
         took it (known once the handshake completed: see :meth:`wait_handshake`).
+        ``local_host`` binds the client's socket to that address (e.g. another loopback
+        address, to appear as another client).
         """
         target = f"{host}:{port}"
         try:
@@ -135,6 +138,8 @@ class H3Client(H3Transport):
             raise H3ConnectError(f"cannot create a UDP socket for {target}: {exc}") from None
         try:
             sock.setblocking(False)
+            if local_host is not None:
+                sock.bind((local_host, 0))
             sock.connect(peer)  # connected UDP: ICMP "port unreachable" surfaces as ECONNREFUSED
         except OSError as exc:
             sock.close()

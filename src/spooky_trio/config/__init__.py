@@ -31,6 +31,7 @@ from spooky_trio.config.schema import (
     SniCertificate,
     UpstreamTlsConfig,
 )
+from spooky_trio.config.schema_ratelimit import RateLimitStoreConfig, ScopedRateLimitConfig
 from spooky_trio.config.schema_runtime import (
     AdaptiveAdmissionConfig,
     BrownoutConfig,
@@ -77,11 +78,13 @@ __all__ = [
     "PoolConfig",
     "PrivilegesConfig",
     "ProtocolConfig",
+    "RateLimitStoreConfig",
     "ResilienceConfig",
     "RetryBudgetConfig",
     "RouteConfig",
     "RouteQueueConfig",
     "RoutingDecisionConfig",
+    "ScopedRateLimitConfig",
     "SecurityConfig",
     "SniCertificate",
     "TracingConfig",

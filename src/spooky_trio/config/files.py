@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from spooky_trio.config.issues import ConfigIssue, KeyPath, PositionMap
 from spooky_trio.config.schema import Config, ListenerTls, UpstreamTlsConfig
 from spooky_trio.config.schema_auth import AuthConfig
+from spooky_trio.config.validate_ratelimit import check_store_files
 
 
 class _FileError(Exception):
@@ -31,8 +32,9 @@ def check_files(config: Config) -> list[ConfigIssue]:
     Checked: each effective listener's ``tls.cert``/``tls.key`` (PEM parses, key matches the
     leaf certificate), ``tls.certificates[]`` (same, plus ``server_name`` covered by the
     certificate's SANs), ``tls.client_auth.ca_file``, ``upstream_tls.ca_file``/``ca_dir`` and
-    every pool's ``tls.ca_file``/``ca_dir``, and the files of every pool's ``auth`` block
-    (``ca_file``s, ``client_secret_file``).
+    every pool's ``tls.ca_file``/``ca_dir``, the files of every pool's ``auth`` block
+    (``ca_file``s, ``client_secret_file``), and ``resilience.rate_limit_store.password_file``
+    and ``ca_file``.
     """
     positions = PositionMap(config.source_positions)
     issues: list[ConfigIssue] = []
@@ -46,6 +48,7 @@ def check_files(config: Config) -> list[ConfigIssue]:
             issues.extend(_check_upstream_tls(positions, ("upstream", name, "tls"), pool.tls))
         if pool.auth is not None:
             issues.extend(_check_auth_files(positions, ("upstream", name, "auth"), pool.auth))
+    issues.extend(check_store_files(config))
     return issues
 
 

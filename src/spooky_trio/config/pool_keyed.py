@@ -7,8 +7,8 @@ that matches no pool, including one that looks like a path prefix (Spooky's own 
 :func:`unknown_pool_warnings` gives one warning per such name, which ``spooky-trio check``
 prints and ``spooky-trio run`` and every reload log.
 
-:data:`POOL_KEYED` lists every such setting; a feature that adds one (e.g.
-``resilience.scoped_rate_limits[].route_allowlist``) appends its :data:`NameSource` there.
+:data:`POOL_KEYED` lists every such setting; a feature that adds one appends its
+:data:`NameSource` there.
 """
 
 from __future__ import annotations
@@ -43,11 +43,21 @@ def list_items(path: KeyPath, get: Callable[[Config], Sequence[str]]) -> NameSou
     return names
 
 
+def rule_allowlists(config: Config) -> Iterator[tuple[KeyPath, str]]:
+    """``scoped_rate_limits[].route_allowlist``: names trimmed; a blank one is an error, not
+    dropped (spooky-head.md section 4), so each name is reported at its own entry."""
+    for index, rule in enumerate(config.resilience.scoped_rate_limits):
+        for position, name in enumerate(rule.route_allowlist):
+            if name.strip():
+                yield ("resilience", "scoped_rate_limits", index, "route_allowlist", position), name.strip()
+
+
 POOL_KEYED: list[NameSource] = [
     map_keys(("resilience", "route_queue", "caps"), lambda c: c.resilience.route_queue.caps),
     map_keys(("resilience", "retry_budget", "per_route_ratio_percent"), lambda c: c.resilience.retry_budget.per_route_ratio_percent),
     list_items(("resilience", "hedging", "route_allowlist"), lambda c: c.resilience.hedging.route_allowlist),
     list_items(("resilience", "brownout", "core_routes"), lambda c: c.resilience.brownout.core_routes),
+    rule_allowlists,
 ]
 
 

@@ -15,6 +15,7 @@ import attrs
 
 from spooky_trio.config.markers import COMPAT, EXT
 from spooky_trio.config.normalize import pool_names, upper_list
+from spooky_trio.config.schema_ratelimit import RateLimitStoreConfig, ScopedRateLimitConfig
 
 _MIB = 1024 * 1024
 
@@ -191,7 +192,8 @@ class WatchdogConfig:
 
 @attrs.frozen(kw_only=True)
 class ResilienceConfig:
-    """``resilience``: admission, breaker, retries, hedging, brownout, queues, protocol, watchdog."""
+    """``resilience``: admission, breaker, retries, hedging, brownout, queues, protocol, watchdog,
+    rate limits."""
 
     adaptive_admission: AdaptiveAdmissionConfig = attrs.field(factory=AdaptiveAdmissionConfig)
     circuit_breaker: CircuitBreakerConfig = attrs.field(factory=CircuitBreakerConfig)
@@ -201,6 +203,12 @@ class ResilienceConfig:
     route_queue: RouteQueueConfig = attrs.field(factory=RouteQueueConfig)
     protocol: ProtocolConfig = attrs.field(factory=ProtocolConfig)
     watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
+    #: Spooky's rules (config/schema_ratelimit.py, docs/rate-limiting.md)
+    scoped_rate_limits: list[ScopedRateLimitConfig] = attrs.field(factory=list)
+    #: (ext) where ``store: redis`` rules keep their buckets
+    rate_limit_store: RateLimitStoreConfig = attrs.field(factory=RateLimitStoreConfig, metadata=EXT)
+    #: (ext) ``RateLimit`` / ``RateLimit-Policy`` on every answer, not only on 429s
+    rate_limit_headers: bool = attrs.field(default=False, metadata=EXT)
 
 
 @attrs.frozen(kw_only=True)

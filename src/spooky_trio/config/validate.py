@@ -17,7 +17,7 @@ from spooky_trio.config.checks import (
     route_host_error,
 )
 from spooky_trio.config.issues import KeyPath, format_path
-from spooky_trio.config.keyspec import parse_key_spec
+from spooky_trio.http.request_keys import parse_key_spec
 from spooky_trio.config.schema import (
     Config,
     ListenerConfig,

@@ -12,6 +12,7 @@ from spooky_trio.config.schema_runtime import (
     PerformanceConfig,
     ResilienceConfig,
 )
+from spooky_trio.config.validate_ratelimit import validate_rate_limits
 
 #: HTTP/3 peers open three unidirectional streams (control, QPACK encoder, QPACK decoder).
 MIN_UNI_STREAMS = 3
@@ -51,6 +52,7 @@ def validate_runtime(out: Problems, config: Config) -> None:
     """Add every violation in the runtime sections of ``config`` to ``out``."""
     _performance(out, config.performance)
     _resilience(out, config.resilience, config.performance)
+    validate_rate_limits(out, config.resilience)
     _observability(out, config)
     privileges = config.security.privileges
     if privileges.enabled:

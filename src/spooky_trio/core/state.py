@@ -23,6 +23,7 @@ from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
 from spooky_trio.resilience.breaker import CircuitBreaker
 from spooky_trio.resilience.limits import Slots
+from spooky_trio.resilience.ratelimit import RateLimitState
 from spooky_trio.resilience.state import ResilienceState
 from spooky_trio.upstream import BackendTarget
 from spooky_trio.upstream.errors import status_failure_reason
@@ -181,6 +182,9 @@ class StateStore:
         #: backend TLS contexts by trust-material content: a reload re-reads the CA files and
         #: keeps the same context (so the same pooled connections) while they are unchanged
         self.client_tls = ClientContexts()
+        #: scoped rate limits: buckets by rule identity (an unchanged rule keeps them across
+        #: a reload) and the Redis stores of the live generations
+        self.rate_limits = RateLimitState()
         #: the auth layer's JWKS caches, discovery documents and HTTP clients (its task:
         #: ``AuthStore.run``, started by the server)
         self.auth = AuthStore()

@@ -22,9 +22,13 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spooky_trio.observability.collect import ServerCollector, ServingView
+from spooky_trio.observability.ratelimit_metrics import RateLimitCollector, RateLimitView
 
 #: upstream latency buckets, milliseconds
 LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+#: rate-limit store latency buckets, milliseconds (a healthy store answers in about 1 ms)
+STORE_LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250)
 
 #: statuses the pipeline answers itself that count as request validation failures / policy denials
 _VALIDATION_STATUSES = frozenset({400})
@@ -149,6 +153,20 @@ class Metrics:
         self.hedge_primary_won = Counter(
             "spooky_hedge_primary_won_after_trigger", "Primary attempts that won after a hedge was started", registry=r
         )
+        # scoped rate limits (Spooky's names; per-rule decisions and store state are read at
+        # scrape time: observability/ratelimit_metrics.py)
+        self.rate_limited = Counter("spooky_request_rate_limited", "Requests answered 429 by a scoped rate limit", registry=r)
+        self.route_rate_limited = Counter(
+            "spooky_route_rate_limited", "Requests answered 429 by a scoped rate limit, by route (pool)", ["route"], registry=r
+        )
+        self.rate_limit_store_errors = Counter(
+            "spooky_rate_limit_store_errors", "Shared rate-limit store checks that failed, by kind (timeout, error)",
+            ["kind"], registry=r,
+        )
+        self.rate_limit_store_latency = Histogram(
+            "spooky_rate_limit_store_latency_ms", "Time of a successful shared rate-limit store check (ms)",
+            buckets=STORE_LATENCY_BUCKETS_MS, registry=r,
+        )
         #: reload transactions (file re-read, SIGHUP, apply, rollback, promote) by result:
         #: success, invalid (the document was rejected), failed (build, bind or write failed)
         self.config_reloads = Counter("spooky_config_reload", "Configuration reloads by result", ["result"], registry=r)
@@ -270,6 +288,18 @@ class Metrics:
         if changed:
             self.dns_changes.inc()
 
+    def request_rate_limited(self, route: str) -> None:
+        """A scoped rate limit answered 429 for a request routed to ``route``."""
+        self.rate_limited.inc()
+        self.route_rate_limited.labels(route).inc()
+
+    def rate_limit_store_check(self, latency_ms: float | None, error: str | None) -> None:
+        """One shared-store check ended: its latency, or the error kind (``timeout``, ``error``)."""
+        if error is not None:
+            self.rate_limit_store_errors.labels(error).inc()
+        elif latency_ms is not None:
+            self.rate_limit_store_latency.observe(latency_ms)
+
     def tracing_dropped(self, reason: str, spans: int) -> None:
         """``spans`` finished spans were not exported: ``queue_full`` (the bounded queue was
         full when they ended), ``export_failed`` (their batch failed or timed out),
@@ -302,3 +332,8 @@ class Metrics:
         """Register the scrape-time collector reading ``view`` (the serving process's
         listeners, activity, generation and state: ``observability/collect.py``)."""
         self.registry.register(ServerCollector(view))
+
+    def attach_rate_limits(self, view: RateLimitView) -> None:
+        """Register the scrape-time collector of the scoped rate limits (``view``: the
+        StateStore's ``rate_limits``)."""
+        self.registry.register(RateLimitCollector(view))

@@ -52,11 +52,12 @@ class _WorkerGauges(Collector):
         yield _gauge("spooky_workers_serving", "Worker processes serving now", self._serving())
 
 
-#: gauges whose per-worker values add up; ``spooky_brownout_active`` takes the max, every
-#: other gauge the min (config generation, backend health, certificate expiry: a worker
-#: lagging behind shows)
-_SUMMED_GAUGES = frozenset({"spooky_active_connections", "spooky_inflight_requests", "spooky_adaptive_admission_limit"})
-_MAX_GAUGES = frozenset({"spooky_brownout_active"})
+#: gauges whose per-worker values add up; ``spooky_brownout_active`` and a rate-limit
+#: store's fallback state take the max (one worker in it shows), every other gauge the min
+#: (config generation, backend health, certificate expiry: a worker lagging behind shows)
+_SUMMED_GAUGES = frozenset({"spooky_active_connections", "spooky_inflight_requests", "spooky_adaptive_admission_limit",
+                            "spooky_rate_limit_buckets"})
+_MAX_GAUGES = frozenset({"spooky_brownout_active", "spooky_rate_limit_store_fallback_active"})
 
 
 def merge_expositions(texts: list[str], exclude: frozenset[str] = frozenset()) -> bytes:

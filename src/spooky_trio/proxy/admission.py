@@ -1,7 +1,9 @@
 """The overload checks composed in their order, for one routed request.
 
-``brownout -> adaptive admission -> global/per-pool limits (route queues) -> per-backend
-limit -> circuit breaker``; the first that refuses sheds the request with a
+``adaptive admission -> global/per-pool limits (route queues) -> per-backend limit -> circuit
+breaker`` (brownout, which Spooky checks before the rate limits, is its own step of the chain:
+``proxy/brownout.py``; its on/off state is updated here, after every slot taken or given
+back); the first that refuses sheds the request with a
 :class:`~spooky_trio.http.errors.ShedError` (503, ``Retry-After:
 route_queue.shed_retry_after_seconds``, the reason in the body) and counts it in
 ``spooky_overload_shed_total`` and ``spooky_overload_shed_by_reason_total{reason}``.
@@ -64,7 +66,7 @@ class OverloadGuard:
             self.metrics.overload_shed(reason)
         return ShedError(reason, _MESSAGES[reason], config.resilience.route_queue.shed_retry_after_seconds)
 
-    # -- admission: brownout, adaptive admission, global and pool slots --
+    # -- admission: adaptive admission, global and pool slots (and the brownout state) --
 
     async def admit(self, config: Config, pool: str) -> Slots:
         """Take a global and a pool slot for a request routed to ``pool``, or raise
@@ -74,10 +76,7 @@ class OverloadGuard:
         res = config.resilience
         gslots = state.global_slots
         limit = perf.global_inflight_limit
-        brownout = res.brownout
-        # the state is re-evaluated after every acquire and release, so it is current here
-        if brownout.enabled and state.brownout.active and pool not in brownout.core_routes:
-            raise self.shed(config, "brownout")
+        brownout = res.brownout  # checked by its own step (proxy/brownout.py); its state is updated here
         admission = res.adaptive_admission
         reason = "global_inflight"
         if admission.enabled:

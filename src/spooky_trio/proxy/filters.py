@@ -1,8 +1,8 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-[trace ->] normalize_path -> protocol_policy -> route -> body_limit [-> auth -> external_auth]
-  -> admission -> balance -> forward (terminal)
+[trace ->] normalize_path -> protocol_policy -> route [-> auth] [-> brownout] [-> rate_limit]
+  [-> external_auth] -> body_limit -> admission -> balance -> forward (terminal)
 ```
 
 * ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
@@ -16,21 +16,26 @@
   0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
   with the decision log and header of ``observability.routing``;
+* ``auth`` (``proxy/auth.py``, only in a generation with an ``auth`` block): api_key then
+  jwt with scopes and roles (401), for the pool the route chose;
+* ``brownout`` (``proxy/brownout.py``, unless disabled): while brownout is on, a pool that
+  is not a core route gets 503 + ``Retry-After``;
+* ``rate_limit`` (``proxy/ratelimit.py``, only with ``scoped_rate_limits``): Spooky's
+  scoped rate limits, local or through Redis (429 + ``Retry-After``);
+* ``external_auth`` (``proxy/external_auth.py``, only with an ``external_auth`` block):
+  external auth of kind http or oidc for the pool the route chose;
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
-* ``auth`` and ``external_auth`` (``proxy/auth.py``, ``proxy/external_auth.py``; only in a
-  generation with an ``auth`` block): api_key and jwt (401/403), then external auth of kind
-  http or oidc, for the pool the route chose;
-* ``admission``: brownout, adaptive admission, global and pool inflight limits, route
-  queues (503 + ``Retry-After``), slots given back when the request ends;
+* ``admission``: adaptive admission, global and pool inflight limits, route queues (503 +
+  ``Retry-After``), slots given back when the request ends;
 * ``balance``: a backend of the serving pool under its limit whose breaker permits, leased
   for the first attempt (503);
 * ``forward`` (``proxy/forward.py``): the exchange, with retries and hedging, or a tunnel.
 
 A CONNECT tunnel (a permitted ``CONNECT`` target) skips ``route``, ``body_limit`` and
 ``balance``: it is admitted as the pseudo pool ``@connect`` and relayed by ``forward``.
-:func:`build_chain` is the one place the order is written down; the next subsystems (auth,
-rate limits, plugins, traffic policy) slot in here in the order of
-../shared/spec/extensions.md section 0.
+:func:`build_chain` is the one place the order is written down (its docstring says why each
+step is where it is); the next subsystems (plugins, traffic policy) slot in here in the order
+of ../shared/spec/extensions.md section 0.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ from spooky_trio.http.headers import host_without_port
 from spooky_trio.http.paths import PathError, normalize_path
 from spooky_trio.proxy.admission import OverloadGuard
 from spooky_trio.proxy.answers import Answer
+from spooky_trio.proxy.brownout import Brownout
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
+from spooky_trio.proxy.ratelimit import rate_limit_step
 from spooky_trio.proxy.tracing import Trace
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
@@ -221,21 +228,47 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
                 tracing: Tracing | None = None) -> Chain:
     """The chain of ``generation`` in the order of the module docstring. ``state`` is the
     server's store (overload state survives reloads there); ``tracing`` the server's
-    (None: no span, whatever the config says)."""
+    (None: no span, whatever the config says).
+
+    Spooky's own steps keep Spooky's order (spooky-head.md section 2, "Order"), so a request
+    several steps would refuse gets Spooky's status: route (404), ``auth`` (api_key, jwt:
+    401), ``brownout`` (503), ``rate_limit`` (429), ``external_auth``, then the overload
+    steps (extensions.md section 0). ``trace`` decides nothing and runs first, so every
+    refusal is traced; ``normalize_path`` runs before every step that reads the path.
+
+    ``body_limit`` (a declared ``Content-Length`` over ``max_request_body_bytes``: 413) is
+    not in Spooky's list: Spooky enforces the limit on the body itself, which it reads only
+    once it dispatches the request, after every check above. So a 413 must not pre-empt
+    any of them: an unauthenticated, browned-out or rate-limited request with a large body
+    gets 401, 503 or 429 as on Spooky, and a request refused by auth never learns the body
+    limit. It runs just before ``admission``, not after it, on purpose: an oversize request
+    can never be served, so it must not take or queue for an inflight slot (the one case
+    that differs from Spooky is a request that overload would also shed: 413 here, 503
+    there). A body without a declared length is limited as it streams (``forward``).
+    """
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation), BodyLimit(config)]
+    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation)]
     if tracing is not None and config.observability.tracing.enabled:
         filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
-    # auth: api_key and jwt right after the route, before brownout and rate limits; external
-    # auth after those (extensions.md section 0: brownout and scoped rate limits go between
-    # the two) and before admission, so unauthenticated traffic takes no slot. Imported
-    # only for a config with auth: PyJWT and httpx stay out of processes that never use them
+    # auth is imported only for a config with auth: PyJWT and httpx stay out of processes
+    # that never use them
+    local_auth: Filter | SyncFilter | None = None
+    external_auth: Filter | SyncFilter | None = None
     if any(pool.auth is not None for pool in config.upstream.values()):
         from spooky_trio.proxy.auth import local_auth_filter
         from spooky_trio.proxy.external_auth import external_auth_filter
 
-        filters += [step for step in (local_auth_filter(generation, state.auth, metrics),
-                                      external_auth_filter(generation, state.auth, metrics)) if step is not None]
-    filters += [Admission(guard), Balance(guard)]
+        local_auth = local_auth_filter(generation, state.auth, metrics)
+        external_auth = external_auth_filter(generation, state.auth, metrics)
+    if local_auth is not None:
+        filters.append(local_auth)
+    if config.resilience.brownout.enabled:
+        filters.append(Brownout(config, guard, CONNECT_POOL))
+    rate_limit = rate_limit_step(config, state.rate_limits, metrics)
+    if rate_limit is not None:
+        filters.append(rate_limit)
+    if external_auth is not None:
+        filters.append(external_auth)
+    filters += [BodyLimit(config), Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

@@ -7,8 +7,9 @@ Control API (``observability.control_api``):
   503 otherwise;
 * ``GET runtime_path``: JSON snapshot (generation, listeners, pools and backends with their
   circuit breaker, connection counts, overload state: inflight, admission limit, brownout,
-  route queues, retry budgets; uptime, version; the auth settings per pool with every
-  secret as ``***``, the JWKS caches and OIDC discovery documents);
+  route queues, retry budgets; scoped rate limits: rules with their decisions and buckets,
+  the shared stores' state (never the store's password); uptime, version; the auth settings
+  per pool with every secret as ``***``, the JWKS caches and OIDC discovery documents);
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
@@ -306,6 +307,7 @@ class ControlApi(BearerEndpoint):
             "connections": {"quic": quic_conns, "tcp": tcp_conns, "total": quic_conns + tcp_conns},
             "in_flight_requests": server.activity.count,
             "overload": _overload_snapshot(server),
+            "rate_limits": server.state.rate_limits.snapshot(server.config.resilience),
             "auth": {"pools": describe_auth(server.config), **server.state.auth.snapshot()},
         }
         if server.worker_index is not None:

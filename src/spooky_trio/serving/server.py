@@ -3,10 +3,10 @@
 ```
 Server.run
 ├─ instance locks: answer other instances' probes (serving/instance_lock.py)
-├─ upstream pool (h2 connection readers, idle reaper)
-├─ health supervisor: background nursery (health checkers, DNS refreshers)
-├─ trace export: drains the span queue to the OTLP collector (observability/trace_export.py)
-├─ auth store: JWKS refreshers, OIDC discovery fetches, the auth layer's HTTP clients
+├─ background services, each following the live generations (serving/background.py):
+│    upstream pool (h2 connection readers, idle reaper), health supervisor (probers, DNS
+│    refreshers), trace export (span queue -> OTLP), auth store (JWKS refreshers, OIDC
+│    discovery, HTTP clients), rate-limit stores (one task per Redis store in use)
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
 ├─ one service per enabled endpoint (metrics, control API), each in its own cancel scope
@@ -46,6 +46,7 @@ from spooky_trio.observability.tracing import Tracing
 from spooky_trio.proxy.chain import Proxy
 from spooky_trio.proxy.filters import build_chain
 from spooky_trio.resilience.watchdog import Watchdog
+from spooky_trio.serving.background import Background
 from spooky_trio.serving.control import ControlApi, EndpointSetupError, metrics_endpoint
 from spooky_trio.serving.exits import EXIT_RESTART, StartupError
 from spooky_trio.serving.instance_lock import InstanceLocks, held_by_my_supervisor
@@ -108,6 +109,8 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - a file a filter reads (auth CA, secret) went bad after the checks
             raise StartupError(f"cannot build the request chain: {exc}") from exc
         self.health = HealthSupervisor(self.upstream, self.metrics)
+        #: the services that follow the live generations (serving/background.py)
+        self.background = Background(self.upstream, self.health, self.tracing, self.state, self.metrics, self.proxy.chain_for)
         #: the locks of the listener addresses (serving/instance_lock.py); a worker shares
         #: its supervisor's
         self.locks = InstanceLocks(tolerate=held_by_my_supervisor if worker_index is not None else None)
@@ -133,6 +136,7 @@ class Server:
             except Exception as exc:
                 raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
         self.metrics.attach(self)
+        self.metrics.attach_rate_limits(self.state.rate_limits)
         #: name ("metrics", "control") -> the enabled endpoint's service
         self._services: dict[str, Service] = {}
         obs = config.observability
@@ -241,10 +245,7 @@ class Server:
         async with trio.open_nursery() as root:
             self._nursery = root
             await root.start(self.locks.run)  # answers other instances' probes (instance_lock.py)
-            await root.start(self.upstream.run)
-            await root.start(self.health.run, self.generation.backends(), self.config.performance)  # background nursery: probes, DNS
-            await root.start(self.tracing.run)  # OTLP export: drains the span queue in a worker thread
-            await root.start(self.state.auth.run, self.metrics)  # auth nursery: JWKS refreshers, OIDC discovery (auth/store.py)
+            await self.background.start(root, self.generation)  # pool, health, trace export, auth, rate-limit stores
             for pair in self._pairs:
                 await self._start_pair(pair)
             for service in self._services.values():
@@ -377,19 +378,8 @@ class Server:
         return stop_moved
 
     async def follow_generations(self) -> None:
-        """Health checks and pooled connections follow the live generations: probes of
-        removed backends stop, new ones start, unchanged ones keep running; removed
-        backends' connections drain."""
-        live = self.generations.live()
-        self.tracing.follow(generation.config.observability.tracing for generation in live)
-        await self.health.apply([b for generation in live for b in generation.backends()], live[-1].config.performance)
-        keep = set()
-        for generation in live:
-            for backend in generation.backends():
-                keep.add(backend.target)
-                keep.add(backend.connect_target)
-        await self.upstream.retire(keep)
-        self.state.auth.follow(generation.config for generation in live)
+        """The background services follow the live generations (:meth:`Background.follow`)."""
+        await self.background.follow(self.generations.live())
 
     async def _retire_pair(self, pair: ListenerPair) -> None:
         log.info("listener %s removed by a reload: draining", pair.name)
@@ -423,7 +413,6 @@ class Server:
                     self.forced = True
                     root_scope.cancel()
                     return
-
 
     async def _reload_on_signal(self) -> None:
         outcome = await self.reloads.reload_file("SIGHUP")
