@@ -19,6 +19,10 @@ generation's filter chain, bind added listeners and moved endpoints, open a new 
 nothing running is touched, and :meth:`Staged.abort` undoes it all) and then
 :meth:`Server.commit` (around the swap of the reload manager's
 :class:`~spooky_trio.core.generations.GenerationSet`; see docs/reload.md).
+
+(About 420 lines, over the house's ~400: the task tree and the stage/commit pair read the
+same fields and belong together; what could leave already did — staging.py, background.py,
+listeners.py, watchdog.py.)
 """
 
 from __future__ import annotations
