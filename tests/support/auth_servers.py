@@ -28,6 +28,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from tests.support.asgi import serve_lifespan
+
 
 @attrs.define(eq=False)
 class AuthServer:
@@ -66,13 +68,8 @@ async def _body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes:
 def _app(server: AuthServer) -> Callable[..., Awaitable[None]]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope["path"]

@@ -48,6 +48,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from tests.support.asgi import serve_lifespan
+
 _PATTERN = bytes(range(256))
 _CHUNK = 64 * 1024
 
@@ -164,13 +166,8 @@ async def _raw_echo(receive: Receive, send: Send, record: dict[str, Any]) -> Non
 def _make_app(backend: Backend) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         headers = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]]

@@ -14,6 +14,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from tests.support.asgi import serve_lifespan
+
 
 def client_context(certs_dir: Path, *, alpn: list[str] | None = None, cert: Any = None) -> ssl.SSLContext:
     """A client context trusting the test CA; ``cert`` is a trustme LeafCert to present."""
@@ -85,13 +87,8 @@ class WsBackend:
 def _ws_app(backend: WsBackend) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] == "http":
             backend.http_requests += 1
             await send({"type": "http.response.start", "status": 403, "headers": [(b"content-length", b"9")]})
