@@ -58,6 +58,11 @@ def reason(method: bytes = b"GET", path: bytes | None = b"/", headers: H | None 
     ({"headers": [(b"content-length", b"-1")]}, "bad_content_length"),
     ({"headers": [(b"content-length", b"1, 1")]}, "bad_content_length"),
     ({"headers": [(b"content-length", b"1"), (b"content-length", b"2")]}, "conflicting_content_length"),
+    # fuzz_h2_frames (tab_in_host): Host is an authority, whatever the protocol
+    ({"headers": [(b"host", b"a\tb")]}, "bad_host"),
+    ({"headers": [(b"host", b"a b")]}, "bad_host"),
+    ({"headers": [(b"host", b"user@example.com")]}, "bad_host"),
+    ({"authority": None, "multiplexed": False, "headers": [(b"Host", b"a\tb")]}, "bad_host"),
 ])
 def test_refused_heads(kwargs: dict[str, object], expected: str) -> None:
     assert reason(**kwargs) == expected  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ Rules (RFC 9110 5.1, 5.5, 5.6.2, 9.1; RFC 9112 3.2; RFC 9113 8.2-8.3; RFC 9114 4
   transport's (``https``: every listener terminates TLS or QUIC), ``:path`` for every method
   but plain CONNECT, ``:protocol`` only with CONNECT; ``:authority`` when present not empty
   and without userinfo (RFC 9113 8.3.1 lets ``host`` stand in for a missing one: the route
-  step takes either, and answers 400 ``missing_authority`` without both);
+  step takes either, and answers 400 ``missing_authority`` without both); ``host``, on
+  every protocol, holds no whitespace and no ``@`` either;
 * ``content-length``: digits, and several copies only with the same value.
 
 Performance: one regular expression over all names and one over all values per request
@@ -156,12 +157,18 @@ def check_head(
                 return _bad("connection_specific_field", f"{name.decode('latin-1')} is not allowed in HTTP/2 and HTTP/3")
             if name == b"te" and value.lower() != b"trailers":
                 return _bad("bad_te", "te may only be 'trailers' in HTTP/2 and HTTP/3")
-        if name == b"content-length" or not multiplexed and name.lower() == b"content-length":
+        else:
+            name = name.lower()  # (HTTP/1.1 names come in any case; h11 lowercases them first)
+        if name == b"content-length":
             if _DIGITS.fullmatch(value) is None:
                 return _bad("bad_content_length", "content-length is not a number")
             if content_length is not None and int(value) != int(content_length):
                 return _bad("conflicting_content_length", "content-length appears with different values")
             content_length = value
+        elif name == b"host" and (b" " in value or b"\t" in value or b"@" in value):
+            # the request's authority when there is no :authority (HTTP/1.1 always): the
+            # :authority rules, but empty is the route step's 400 (missing_authority)
+            return _bad("bad_host", "host holds whitespace or '@'")
     return None
 
 
