@@ -6,7 +6,8 @@ every place where that is not so, one :class:`ConfigIssue` each, in file order:
 1. every extension key the config writes: a schema field marked
    :data:`~spooky_trio.config.markers.EXTENSION`, found by walking the document as written
    against the schema classes (so a key a later feature adds and marks is found too);
-2. every spelling of an enum that only we accept (:attr:`Spelling.ours`, e.g. ``warning``);
+2. every spelling of an enum that only we accept (:attr:`Spelling.ours`, e.g. ``warning``,
+   or a case-insensitive value with whitespace around it: :func:`~spooky_trio.config.spellings.is_ours`);
 3. every finding of :data:`PORTABILITY_RULES`: rules Spooky enforces that we deliberately
    relax. A feature that relaxes another Spooky rule appends its check there.
 
@@ -62,7 +63,10 @@ def _value(value: object, tp: object, path: KeyPath) -> Iterator[_Finding]:
                 yield from _value(entry, item, path + (name,))
         return
     if isinstance(value, str) and is_ours(tp, value):
-        yield path, f"{value!r} is a spooky-trio spelling (Spooky: {canonical(tp, value)!r})", False
+        if value != value.strip():
+            yield path, f"{value!r} has whitespace around it (Spooky's validator does not trim it: write {value.strip()!r})", False
+        else:
+            yield path, f"{value!r} is a spooky-trio spelling (Spooky: {canonical(tp, value)!r})", False
 
 
 def _shared_backend_addresses(config: Config, out: Problems) -> None:
