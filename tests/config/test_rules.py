@@ -236,10 +236,10 @@ CASES = [
         "restart_command",
     ),
     (
-        BASE + "resilience:\n  watchdog:\n    overload_inflight_percent: 0\n",
+        BASE + "resilience:\n  watchdog:\n    overload_inflight_percent: 101\n",
         "resilience.watchdog.overload_inflight_percent",
         "overload_inflight_percent",
-        "1 and 100",
+        "0 and 100",
     ),
     (
         BASE + "observability:\n  tracing:\n    sample_ratio: 1.5\n",

@@ -125,7 +125,8 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
     out.positive(aa_path + ("min_limit",), aa.min_limit)
     out.at_least(aa_path + ("decrease_step",), aa.decrease_step, 1)
     out.at_least(aa_path + ("increase_step",), aa.increase_step, 1)
-    out.positive(aa_path + ("high_latency_ms",), aa.high_latency_ms)
+    # Spooky checks no range here: 0 means every sample with any latency lowers the limit
+    out.at_least(aa_path + ("high_latency_ms",), aa.high_latency_ms, 0)
     limit = perf.global_inflight_limit
     # spooky-head.md section 5: max_limit is checked only when set (unset, the ceiling is
     # max(global_inflight_limit, min_limit), filled by the loader), whether or not enabled
@@ -159,7 +160,8 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
 
     bo, bo_path = res.brownout, r + ("brownout",)
     out.between(bo_path + ("trigger_inflight_percent",), bo.trigger_inflight_percent, 1, 100)
-    out.between(bo_path + ("recover_inflight_percent",), bo.recover_inflight_percent, 1, 100)
+    # 0: brownout turns off only when nothing is in flight (Spooky: <= 100 and < trigger)
+    out.between(bo_path + ("recover_inflight_percent",), bo.recover_inflight_percent, 0, 100)
     if bo.recover_inflight_percent >= bo.trigger_inflight_percent:
         out.add(
             bo_path + ("recover_inflight_percent",),
@@ -188,9 +190,10 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
     wd, wd_path = res.watchdog, r + ("watchdog",)
     out.positive(wd_path + ("check_interval_ms",), wd.check_interval_ms)
     out.positive(wd_path + ("poll_stall_timeout_ms",), wd.poll_stall_timeout_ms)
-    out.between(wd_path + ("timeout_error_rate_percent",), wd.timeout_error_rate_percent, 1, 100)
+    # Spooky: <= 100, 0 included (any window with enough requests is then unhealthy)
+    out.between(wd_path + ("timeout_error_rate_percent",), wd.timeout_error_rate_percent, 0, 100)
     out.at_least(wd_path + ("min_requests_per_window",), wd.min_requests_per_window, 1)
-    out.between(wd_path + ("overload_inflight_percent",), wd.overload_inflight_percent, 1, 100)
+    out.between(wd_path + ("overload_inflight_percent",), wd.overload_inflight_percent, 0, 100)
     out.at_least(wd_path + ("unhealthy_consecutive_windows",), wd.unhealthy_consecutive_windows, 1)
     out.at_least(wd_path + ("drain_grace_ms",), wd.drain_grace_ms, 0)
     out.at_least(wd_path + ("restart_cooldown_ms",), wd.restart_cooldown_ms, 0)
