@@ -209,37 +209,44 @@ def _endpoint(out: Problems, path: KeyPath, cfg: MetricsConfig | ControlApiConfi
 
 
 def _observability(out: Problems, config: Config) -> None:
+    # As Spooky, each block's values are checked only when it is enabled: a disabled
+    # endpoint, decision header or tracer uses none of them (spooky-head.md section 6).
     obs, o = config.observability, ("observability",)
     metrics, m_path = obs.metrics, o + ("metrics",)
-    _endpoint(out, m_path, metrics)
-    out.http_path(m_path + ("path",), metrics.path)
+    if metrics.enabled:
+        _endpoint(out, m_path, metrics)
+        out.http_path(m_path + ("path",), metrics.path)
 
     api, a_path = obs.control_api, o + ("control_api",)
-    _endpoint(out, a_path, api)
-    seen: dict[str, str] = {}
-    for name in ("health_path", "ready_path", "runtime_path", "restart_path", "reload_path", "reload_certs_path"):
-        value = getattr(api, name)
-        out.http_path(a_path + (name,), value)
-        if value in seen:
-            out.add(a_path + (name,), f"same path as {seen[value]} ({value!r})")
-        seen.setdefault(value, name)
-    token_missing = api.auth_token is None or not api.auth_token.strip()
-    if api.enabled and token_missing and not is_loopback(api.address):
-        out.add(
-            a_path + ("auth_token",),
-            f"required when the control API listens on a non-loopback address ({api.address})",
-            a_path + ("address",),
-        )
+    if api.enabled:
+        _endpoint(out, a_path, api)
+        seen: dict[str, str] = {}
+        for name in ("health_path", "ready_path", "runtime_path", "restart_path", "reload_path", "reload_certs_path"):
+            value = getattr(api, name)
+            out.http_path(a_path + (name,), value)
+            if value in seen:
+                out.add(a_path + (name,), f"same path as {seen[value]} ({value!r})")
+            seen.setdefault(value, name)
+        token_missing = api.auth_token is None or not api.auth_token.strip()
+        if token_missing and not is_loopback(api.address):
+            out.add(
+                a_path + ("auth_token",),
+                f"required when the control API listens on a non-loopback address ({api.address})",
+                a_path + ("address",),
+            )
     if metrics.enabled and api.enabled and metrics.port == api.port and metrics.address == api.address:
         out.add(a_path + ("port",), f"metrics already use {api.address}:{api.port}", m_path + ("port",))
 
     routing = obs.routing
-    if not is_token(routing.header_name):
-        out.add(o + ("routing", "header_name"), f"invalid header name {routing.header_name!r}")
+    if routing.expose_header and not routing.header_name.strip():
+        out.add(o + ("routing", "header_name"), "must not be blank when expose_header is true", o + ("routing", "expose_header"))
 
     tracing, t_path = obs.tracing, o + ("tracing",)
-    out.not_empty(t_path + ("service_name",), tracing.service_name)
-    out.between(t_path + ("sample_ratio",), tracing.sample_ratio, 0.0, 1.0)
-    endpoint = tracing.otlp_endpoint
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        out.add(t_path + ("otlp_endpoint",), f"must be an http:// or https:// URL (got {endpoint!r})")
+    if tracing.enabled:
+        out.not_empty(t_path + ("service_name",), tracing.service_name)
+        out.between(t_path + ("sample_ratio",), tracing.sample_ratio, 0.0, 1.0)
+        endpoint = tracing.otlp_endpoint
+        # Spooky requires only a non-blank endpoint; we also require the scheme, which says
+        # whether the export uses TLS (docs/configuration.md)
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            out.add(t_path + ("otlp_endpoint",), f"must be an http:// or https:// URL (got {endpoint!r})")
