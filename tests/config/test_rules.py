@@ -236,13 +236,13 @@ CASES = [
         "restart_command",
     ),
     (
-        BASE + "resilience:\n  watchdog:\n    overload_inflight_percent: 0\n",
+        BASE + "resilience:\n  watchdog:\n    overload_inflight_percent: 101\n",
         "resilience.watchdog.overload_inflight_percent",
         "overload_inflight_percent",
-        "1 and 100",
+        "0 and 100",
     ),
     (
-        BASE + "observability:\n  tracing:\n    sample_ratio: 1.5\n",
+        BASE + "observability:\n  tracing:\n    enabled: true\n    sample_ratio: 1.5\n",
         "observability.tracing.sample_ratio",
         "sample_ratio",
         "between 0.0 and 1.0",
@@ -254,7 +254,7 @@ CASES = [
         "non-loopback",
     ),
     (
-        BASE + "observability:\n  metrics:\n    port: 0\n",
+        BASE + "observability:\n  metrics:\n    enabled: true\n    port: 0\n",
         "observability.metrics.port",
         "port: 0",
         "65535",

@@ -93,6 +93,18 @@ observability:
     assert worker_config(load_config_text(text), "private").observability == adapted.observability
 
 
+def test_a_disabled_control_api_lends_the_workers_no_unchecked_value(certs_dir: Path) -> None:
+    # a disabled control API's values are not validated (as Spooky), so its timeout may be 0:
+    # the workers' private control API then keeps the default
+    text = proxy_yaml(h1_pool("http://127.0.0.1:9"), certs_dir=certs_dir, extra="""
+observability:
+  control_api:
+    connection_timeout_ms: 0
+""")
+    control = worker_config(load_config_text(text), "private").observability.control_api
+    assert control.connection_timeout_ms == INTERNAL.connection_timeout_ms == 30000
+
+
 def test_merge_drops_excluded_families_with_their_created_gauge() -> None:
     text = Metrics().render().decode()
     assert "spooky_control_api_connection_limit_drops_created" in text

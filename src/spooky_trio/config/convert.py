@@ -35,7 +35,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from spooky_trio.config.issues import KeyPath
 from spooky_trio.config.schema import INTERNAL, Config
 from spooky_trio.config.schema_auth import Secret
-from spooky_trio.config.spellings import canonical, describe_choices
+from spooky_trio.config.spellings import canonical, describe_choices, near_miss
 
 #: Error kinds produced by :func:`structure_errors`.
 UNKNOWN_KEY = "unknown-key"
@@ -99,7 +99,9 @@ def _make_literal_hook(literal: Any) -> Callable[[Any, Any], str]:
             raise TypeError(f"expected one of {describe_choices(literal)}; got {describe(value)}")
         result = canonical(literal, value)
         if result is None:
-            raise ValueError(f"invalid value {value!r}: must be one of {describe_choices(literal)}")
+            close = near_miss(literal, value)
+            hint = f" (exact spelling: did you mean {close!r}?)" if close else ""
+            raise ValueError(f"invalid value {value!r}: must be one of {describe_choices(literal)}{hint}")
         return result
 
     return hook

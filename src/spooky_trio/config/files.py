@@ -31,8 +31,9 @@ def check_files(config: Config) -> list[ConfigIssue]:
 
     Checked: each effective listener's ``tls.cert``/``tls.key`` (PEM parses, key matches the
     leaf certificate), ``tls.certificates[]`` (same, plus ``server_name`` covered by the
-    certificate's SANs), ``tls.client_auth.ca_file``, ``upstream_tls.ca_file``/``ca_dir`` and
-    every pool's ``tls.ca_file``/``ca_dir``, the files of every pool's ``auth`` block
+    certificate's SANs), ``tls.client_auth.ca_file``, the ``ca_file``/``ca_dir`` of every
+    upstream TLS policy a backend uses (:meth:`Config.tls_policies_in_use`: as Spooky, a
+    policy of pools without TLS backends is not read), the files of every pool's ``auth`` block
     (``ca_file``s, ``client_secret_file``), and ``resilience.rate_limit_store.password_file``
     and ``ca_file``.
     """
@@ -42,10 +43,9 @@ def check_files(config: Config) -> list[ConfigIssue]:
     for index, listener in enumerate(config.effective_listeners()):
         path = base + (index,) if config.listeners else base
         issues.extend(_check_listener_tls(positions, path + ("tls",), listener.tls))
-    issues.extend(_check_upstream_tls(positions, ("upstream_tls",), config.upstream_tls))
+    for tls_path, tls in config.tls_policies_in_use():
+        issues.extend(_check_upstream_tls(positions, tls_path, tls))
     for name, pool in config.upstream.items():
-        if pool.tls is not None:
-            issues.extend(_check_upstream_tls(positions, ("upstream", name, "tls"), pool.tls))
         if pool.auth is not None:
             issues.extend(_check_auth_files(positions, ("upstream", name, "auth"), pool.auth))
     issues.extend(check_store_files(config))

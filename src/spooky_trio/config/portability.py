@@ -6,7 +6,8 @@ every place where that is not so, one :class:`ConfigIssue` each, in file order:
 1. every extension key the config writes: a schema field marked
    :data:`~spooky_trio.config.markers.EXTENSION`, found by walking the document as written
    against the schema classes (so a key a later feature adds and marks is found too);
-2. every spelling of an enum that only we accept (:attr:`Spelling.ours`, e.g. ``warning``);
+2. every spelling of an enum that only we accept (:attr:`Spelling.ours`, e.g. ``warning``,
+   or a case-insensitive value with whitespace around it: :func:`~spooky_trio.config.spellings.is_ours`);
 3. every finding of :data:`PORTABILITY_RULES`: rules Spooky enforces that we deliberately
    relax. A feature that relaxes another Spooky rule appends its check there.
 
@@ -62,7 +63,10 @@ def _value(value: object, tp: object, path: KeyPath) -> Iterator[_Finding]:
                 yield from _value(entry, item, path + (name,))
         return
     if isinstance(value, str) and is_ours(tp, value):
-        yield path, f"{value!r} is a spooky-trio spelling (Spooky: {canonical(tp, value)!r})", False
+        if value != value.strip():
+            yield path, f"{value!r} has whitespace around it (Spooky's validator does not trim it: write {value.strip()!r})", False
+        else:
+            yield path, f"{value!r} is a spooky-trio spelling (Spooky: {canonical(tp, value)!r})", False
 
 
 def _shared_backend_addresses(config: Config, out: Problems) -> None:
@@ -93,10 +97,52 @@ def _request_body_beyond_stream_window(config: Config, out: Problems) -> None:
         )
 
 
+def _is_zero(value: int) -> bool:
+    return value == 0
+
+
+#: ranges Spooky's validator enforces that we relax, since the value means something here:
+#: (key path, Spooky's rule, True when a value breaks it)
+_SPOOKY_RANGES: tuple[tuple[KeyPath, str, Callable[[int], bool]], ...] = (
+    (("performance", "shutdown_drain_timeout_ms"), "> 0", _is_zero),  # in-flight work cancelled at once
+    (("performance", "h2_pool_max_idle_per_backend"), "> 0", _is_zero),  # no idle upstream connection kept
+    (("resilience", "route_queue", "shed_retry_after_seconds"), "> 0", _is_zero),  # overload 503s: Retry-After: 0
+    (("resilience", "watchdog", "drain_grace_ms"), "> 0", _is_zero),  # the restart command runs at once
+    (("resilience", "watchdog", "restart_cooldown_ms"), "> 0", _is_zero),  # no pause between restarts
+    (("performance", "worker_threads"), "<= 1024", lambda value: value > 1024),
+    (("performance", "control_plane_threads"), "<= 1024", lambda value: value > 1024),
+    (("performance", "packet_shards_per_worker"), "<= 256", lambda value: value > 256),
+)
+
+
+def _spooky_ranges(config: Config, out: Problems) -> None:
+    for path, requirement, broken in _SPOOKY_RANGES:
+        value: object = config
+        for step in path:
+            value = getattr(value, str(step))
+        assert isinstance(value, int)
+        if broken(value):
+            out.add(path, f"Spooky requires {requirement} (got {value})")
+    for pool_name, pool in config.upstream.items():
+        for index, backend in enumerate(pool.backends):
+            check = backend.health_check
+            if check is not None and check.cooldown_ms == 0:  # probing resumes at once
+                out.add(("upstream", pool_name, "backends", index, "health_check", "cooldown_ms"), "Spooky requires > 0 (got 0)")
+
+
+def _listen_written(config: Config, out: Problems) -> None:
+    # Spooky's top-level ``listen`` has no default: a config with only ``listeners`` fails
+    # there (an empty ``listen: {}`` is enough). Ours defaults it.
+    if config.listeners and ("listen",) not in config.source_positions:
+        out.add(("listeners",), "Spooky also requires a top-level listen, unused beside listeners (listen: {} will do)")
+
+
 #: rules Spooky enforces that spooky-trio relaxes; each adds its findings to ``out``
 PORTABILITY_RULES: list[Callable[[Config, Problems], None]] = [
     _shared_backend_addresses,
     _request_body_beyond_stream_window,
+    _spooky_ranges,
+    _listen_written,
 ]
 
 

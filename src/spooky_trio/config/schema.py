@@ -173,6 +173,17 @@ class PoolConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""
         return self.load_balancing or config_level or LoadBalancingConfig()
 
+    def uses_tls(self) -> bool:
+        """True when a backend is reached over TLS (``https://`` or a bare address): only
+        then does a TLS policy apply to the pool (and only then does Spooky check it)."""
+        for backend in self.backends:
+            try:
+                if parse_backend_address(backend.address).scheme == "https":
+                    return True
+            except ValueError:
+                continue  # reported at the address
+        return False
+
 
 @attrs.frozen(kw_only=True)
 class LogFileConfig:
@@ -218,3 +229,20 @@ class Config:
     def effective_listeners(self) -> list[ListenerConfig]:
         """``listeners`` when non-empty, else ``[listen]``."""
         return list(self.listeners) if self.listeners else [self.listen]
+
+    def tls_policies_in_use(self) -> list[tuple[KeyPath, UpstreamTlsConfig]]:
+        """The upstream TLS policies some backend uses, with their key paths: each TLS pool's
+        own ``tls``, and ``upstream_tls`` when a TLS pool has none (spooky-head.md section 6:
+        a policy no backend uses is not checked, its files not read)."""
+        out: list[tuple[KeyPath, UpstreamTlsConfig]] = []
+        global_used = False
+        for name, pool in self.upstream.items():
+            if not pool.uses_tls():
+                continue
+            if pool.tls is not None:
+                out.append((("upstream", name, "tls"), pool.tls))
+            else:
+                global_used = True
+        if global_used:
+            out.insert(0, (("upstream_tls",), self.upstream_tls))
+        return out

@@ -13,6 +13,8 @@ printed by accident (a log line, a traceback, a test failure) never shows them.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 from spooky_trio.config.markers import EXT
@@ -83,6 +85,12 @@ class JwtAuthConfig:
         return default + (DEFAULT_JWKS_ALGORITHMS if self.jwks_uri is not None else ())
 
 
+#: ``external_auth.kind`` and ``failure_mode``: exact spellings, no aliases (spooky-head.md
+#: section 3; read by the loader like every enum, :mod:`spooky_trio.config.spellings`)
+ExternalAuthKind = Literal["http", "oidc"]
+FailureMode = Literal["fail_closed", "fail_open"]
+
+
 @attrs.frozen(kw_only=True)
 class HeaderValueConfig:
     """One ``{name, value}`` of ``external_auth.request_headers``."""
@@ -99,7 +107,7 @@ class ExternalAuthConfig:
     oidc keys default to None so that "given" can be told from "omitted").
     """
 
-    kind: str
+    kind: ExternalAuthKind
     # kind http
     endpoint: str | None = None
     response_header_allowlist: list[str] = attrs.field(factory=list)
@@ -107,7 +115,7 @@ class ExternalAuthConfig:
     request_headers: list[HeaderValueConfig] = attrs.field(factory=list)
     timeout_ms: int = 1000
     #: ``fail_closed`` or ``fail_open`` (exact spelling, as Spooky)
-    failure_mode: str = "fail_closed"
+    failure_mode: FailureMode = "fail_closed"
     #: ext: extra CA bundle trusted (beside the system roots) for every call of this block
     ca_file: str | None = attrs.field(default=None, converter=empty_to_none, metadata=EXT)
     # kind oidc

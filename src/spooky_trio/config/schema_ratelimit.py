@@ -3,23 +3,28 @@
 ``scoped_rate_limits`` is Spooky's rule language (``spooky-head.md`` section 2);
 ``rate_limit_store`` (every key of it), ``rate_limit_headers`` and a rule's ``store`` are ours
 (``extensions.md`` section 3), marked :data:`~spooky_trio.config.markers.EXT` so that
-``check --spooky-strict`` reports them and the reference marks them ``(ext)``. Enumerated values (``scope``, ``kind``, ``store``,
-``failure_mode``) are plain strings checked exactly by
-:mod:`spooky_trio.config.validate_ratelimit`: Spooky accepts no other spelling of ``scope``,
-and ours follow the same rule. The rules themselves run in ``resilience/ratelimit.py`` and
-``proxy/ratelimit.py``; docs/rate-limiting.md is the operator's guide.
+``check --spooky-strict`` reports them and the reference marks them ``(ext)``. Enumerated
+values (``scope``, ``kind``, ``store``, ``failure_mode``) are ``Literal`` types read by the
+loader like every other enum (:mod:`spooky_trio.config.spellings`): none has an alias, so
+each takes exactly its values, as Spooky takes ``scope`` (spooky-head.md section 3: "No
+other aliases exist"), and ours follow the same rule. The cross-field rules are in
+:mod:`spooky_trio.config.validate_ratelimit`; the rules themselves run in
+``resilience/ratelimit.py`` and ``proxy/ratelimit.py``; docs/rate-limiting.md is the
+operator's guide.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import attrs
 
 from spooky_trio.config.markers import EXT
 from spooky_trio.config.schema_auth import Secret
 
-SCOPES = ("route", "client", "tenant", "token")
-STORE_KINDS = ("memory", "redis")
-FAILURE_MODES = ("fail_open", "fail_closed", "local")
+RateLimitScope = Literal["route", "client", "tenant", "token"]
+StoreKind = Literal["memory", "redis"]
+StoreFailureMode = Literal["fail_open", "fail_closed", "local"]
 #: the largest value of Spooky's u32 fields
 U32_MAX = 2**32 - 1
 
@@ -33,13 +38,13 @@ class ScopedRateLimitConfig:
     or ``redis`` (``resilience.rate_limit_store``, shared by every proxy using it)."""
 
     name: str
-    scope: str
+    scope: RateLimitScope
     requests_per_sec: int
     burst: int
     key: str | None = None
     route_allowlist: list[str] = attrs.field(factory=list)
     idle_ttl_secs: int = 300
-    store: str = attrs.field(default="memory", metadata=EXT)
+    store: StoreKind = attrs.field(default="memory", metadata=EXT)
 
     def identity(self) -> tuple[object, ...]:
         """What a reload compares: a rule whose every field is unchanged keeps its buckets."""
@@ -71,10 +76,10 @@ class RateLimitStoreConfig:
     :meth:`~spooky_trio.config.validate_ratelimit.RedisUrl.redacted`.
     """
 
-    kind: str = attrs.field(default="memory", metadata=EXT)
+    kind: StoreKind = attrs.field(default="memory", metadata=EXT)
     url: Secret | None = attrs.field(default=None, repr=_redacted_url, metadata=EXT)
     password_file: str | None = attrs.field(default=None, metadata=EXT)
     ca_file: str | None = attrs.field(default=None, metadata=EXT)
     key_prefix: str = attrs.field(default="spooky:rl:", metadata=EXT)
     timeout_ms: int = attrs.field(default=25, metadata=EXT)
-    failure_mode: str = attrs.field(default="local", metadata=EXT)
+    failure_mode: StoreFailureMode = attrs.field(default="local", metadata=EXT)

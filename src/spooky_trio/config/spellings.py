@@ -6,11 +6,14 @@ written spelling means. A ``Literal`` without an entry in :data:`SPELLINGS` acce
 its canonical values, case-sensitively, as Spooky does for every enum it has no alias
 table for (``log.format``, ``forwarded_headers.mode``, ``listen.protocol``, ...).
 
-Case rules follow Spooky, value by value: ``load_balancing.type`` is trimmed and
-case-insensitive (Spooky lower-cases it before its alias match), ``log.level`` is
-case-insensitive, ``host_policy.mode`` is exact (serde names plus three aliases).
-A spelling listed in :attr:`Spelling.ours` is accepted here but not by Spooky;
-``spooky-trio check --spooky-strict`` reports it (:mod:`spooky_trio.config.portability`).
+Case rules follow Spooky, value by value: ``load_balancing.type`` and ``log.level`` are
+case-insensitive (Spooky's validator compares them with ``eq_ignore_ascii_case``),
+``host_policy.mode`` is exact (serde names plus three aliases), and so is every enum without
+an entry here (``scope``, ``kind``, ``failure_mode``, ``store``, ...). We also trim a
+case-insensitive value, which Spooky's validator does not (its balancer does); a spelling
+listed in :attr:`Spelling.ours`, or a case-insensitive value written with surrounding
+whitespace, is accepted here but not by Spooky, and ``spooky-trio check --spooky-strict``
+reports it (:func:`is_ours`, :mod:`spooky_trio.config.portability`).
 """
 
 from __future__ import annotations
@@ -97,12 +100,26 @@ def canonical(literal: object, written: str) -> str | None:
 
 
 def is_ours(literal: object, written: str) -> bool:
-    """True when ``written`` is an accepted spelling that Spooky would reject."""
+    """True when ``written`` is an accepted spelling that Spooky would reject: one of
+    :attr:`Spelling.ours`, or a case-insensitive value with whitespace around it."""
     spelling = SPELLINGS.get(literal)
-    if spelling is None:
+    if spelling is None or canonical(literal, written) is None:
         return False
-    key = written.strip().lower() if spelling.case_insensitive else written
-    return key in spelling.ours
+    if not spelling.case_insensitive:
+        return written in spelling.ours
+    return written != written.strip() or written.strip().lower() in spelling.ours
+
+
+def near_miss(literal: object, written: str) -> str | None:
+    """For an exact enum, the value ``written`` misses only by case or by ``-`` for ``_``
+    (or the reverse), to name in the error; None otherwise."""
+    if literal in SPELLINGS:
+        return None
+
+    def fold(text: str) -> str:
+        return text.strip().lower().replace("-", "_")
+
+    return next((value for value in choices(literal) if fold(value) == fold(written)), None)
 
 
 def describe_choices(literal: object) -> str:

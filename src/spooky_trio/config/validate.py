@@ -40,7 +40,8 @@ def validate(config: Config) -> list[Problem]:
     for index, listener in enumerate(config.listeners):
         _validate_listener(out, ("listeners", index), listener)
     _validate_effective_listeners(out, config)
-    _validate_upstream_tls(out, ("upstream_tls",), config.upstream_tls)
+    for tls_path, tls in config.tls_policies_in_use():
+        _validate_upstream_tls(out, tls_path, tls)
     if config.load_balancing is not None:
         _validate_load_balancing(out, ("load_balancing",), config.load_balancing)
     _validate_pools(out, config)
@@ -167,8 +168,6 @@ def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
                 out.add(path + ("host_policy", "host"), error)
     elif policy.host is not None:
         out.add(path + ("host_policy", "host"), f"only allowed when host_policy.mode is rewrite (mode is {policy.mode})")
-    if pool.tls is not None:
-        _validate_upstream_tls(out, path + ("tls",), pool.tls)
     if pool.auth is not None:
         validate_auth(out, path + ("auth",), pool.auth)
     _validate_backends(out, path, pool)

@@ -22,7 +22,6 @@ from spooky_trio.config.schema_auth import (
     JwtAuthConfig,
 )
 
-FAILURE_MODES = ("fail_closed", "fail_open")
 #: external_auth keys that only kind oidc takes (kind http must leave them out)
 _OIDC_ONLY = ("discovery_url", "issuer_url", "client_id", "client_secret", "client_secret_file", "audience", "scopes",
               "discovery_cache_secs", "introspection_cache_secs")
@@ -122,11 +121,6 @@ def _algorithms(out: Problems, path: KeyPath, jwt: JwtAuthConfig) -> None:
 
 
 def _external(out: Problems, path: KeyPath, ext: ExternalAuthConfig) -> None:
-    if ext.kind not in ("http", "oidc"):
-        out.add(path + ("kind",), f"must be http or oidc (got {ext.kind!r})")
-        return
-    if ext.failure_mode not in FAILURE_MODES:
-        out.add(path + ("failure_mode",), f"must be fail_closed or fail_open (got {ext.failure_mode!r})")
     out.positive(path + ("timeout_ms",), ext.timeout_ms)
     _request_headers(out, path + ("request_headers",), ext.request_headers)
     if ext.kind == "http":

@@ -125,7 +125,8 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
     out.positive(aa_path + ("min_limit",), aa.min_limit)
     out.at_least(aa_path + ("decrease_step",), aa.decrease_step, 1)
     out.at_least(aa_path + ("increase_step",), aa.increase_step, 1)
-    out.positive(aa_path + ("high_latency_ms",), aa.high_latency_ms)
+    # Spooky checks no range here: 0 means every sample with any latency lowers the limit
+    out.at_least(aa_path + ("high_latency_ms",), aa.high_latency_ms, 0)
     limit = perf.global_inflight_limit
     # spooky-head.md section 5: max_limit is checked only when set (unset, the ceiling is
     # max(global_inflight_limit, min_limit), filled by the loader), whether or not enabled
@@ -159,7 +160,8 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
 
     bo, bo_path = res.brownout, r + ("brownout",)
     out.between(bo_path + ("trigger_inflight_percent",), bo.trigger_inflight_percent, 1, 100)
-    out.between(bo_path + ("recover_inflight_percent",), bo.recover_inflight_percent, 1, 100)
+    # 0: brownout turns off only when nothing is in flight (Spooky: <= 100 and < trigger)
+    out.between(bo_path + ("recover_inflight_percent",), bo.recover_inflight_percent, 0, 100)
     if bo.recover_inflight_percent >= bo.trigger_inflight_percent:
         out.add(
             bo_path + ("recover_inflight_percent",),
@@ -188,9 +190,10 @@ def _resilience(out: Problems, res: ResilienceConfig, perf: PerformanceConfig) -
     wd, wd_path = res.watchdog, r + ("watchdog",)
     out.positive(wd_path + ("check_interval_ms",), wd.check_interval_ms)
     out.positive(wd_path + ("poll_stall_timeout_ms",), wd.poll_stall_timeout_ms)
-    out.between(wd_path + ("timeout_error_rate_percent",), wd.timeout_error_rate_percent, 1, 100)
+    # Spooky: <= 100, 0 included (any window with enough requests is then unhealthy)
+    out.between(wd_path + ("timeout_error_rate_percent",), wd.timeout_error_rate_percent, 0, 100)
     out.at_least(wd_path + ("min_requests_per_window",), wd.min_requests_per_window, 1)
-    out.between(wd_path + ("overload_inflight_percent",), wd.overload_inflight_percent, 1, 100)
+    out.between(wd_path + ("overload_inflight_percent",), wd.overload_inflight_percent, 0, 100)
     out.at_least(wd_path + ("unhealthy_consecutive_windows",), wd.unhealthy_consecutive_windows, 1)
     out.at_least(wd_path + ("drain_grace_ms",), wd.drain_grace_ms, 0)
     out.at_least(wd_path + ("restart_cooldown_ms",), wd.restart_cooldown_ms, 0)
@@ -206,37 +209,44 @@ def _endpoint(out: Problems, path: KeyPath, cfg: MetricsConfig | ControlApiConfi
 
 
 def _observability(out: Problems, config: Config) -> None:
+    # As Spooky, each block's values are checked only when it is enabled: a disabled
+    # endpoint, decision header or tracer uses none of them (spooky-head.md section 6).
     obs, o = config.observability, ("observability",)
     metrics, m_path = obs.metrics, o + ("metrics",)
-    _endpoint(out, m_path, metrics)
-    out.http_path(m_path + ("path",), metrics.path)
+    if metrics.enabled:
+        _endpoint(out, m_path, metrics)
+        out.http_path(m_path + ("path",), metrics.path)
 
     api, a_path = obs.control_api, o + ("control_api",)
-    _endpoint(out, a_path, api)
-    seen: dict[str, str] = {}
-    for name in ("health_path", "ready_path", "runtime_path", "restart_path", "reload_path", "reload_certs_path"):
-        value = getattr(api, name)
-        out.http_path(a_path + (name,), value)
-        if value in seen:
-            out.add(a_path + (name,), f"same path as {seen[value]} ({value!r})")
-        seen.setdefault(value, name)
-    token_missing = api.auth_token is None or not api.auth_token.strip()
-    if api.enabled and token_missing and not is_loopback(api.address):
-        out.add(
-            a_path + ("auth_token",),
-            f"required when the control API listens on a non-loopback address ({api.address})",
-            a_path + ("address",),
-        )
+    if api.enabled:
+        _endpoint(out, a_path, api)
+        seen: dict[str, str] = {}
+        for name in ("health_path", "ready_path", "runtime_path", "restart_path", "reload_path", "reload_certs_path"):
+            value = getattr(api, name)
+            out.http_path(a_path + (name,), value)
+            if value in seen:
+                out.add(a_path + (name,), f"same path as {seen[value]} ({value!r})")
+            seen.setdefault(value, name)
+        token_missing = api.auth_token is None or not api.auth_token.strip()
+        if token_missing and not is_loopback(api.address):
+            out.add(
+                a_path + ("auth_token",),
+                f"required when the control API listens on a non-loopback address ({api.address})",
+                a_path + ("address",),
+            )
     if metrics.enabled and api.enabled and metrics.port == api.port and metrics.address == api.address:
         out.add(a_path + ("port",), f"metrics already use {api.address}:{api.port}", m_path + ("port",))
 
     routing = obs.routing
-    if not is_token(routing.header_name):
-        out.add(o + ("routing", "header_name"), f"invalid header name {routing.header_name!r}")
+    if routing.expose_header and not routing.header_name.strip():
+        out.add(o + ("routing", "header_name"), "must not be blank when expose_header is true", o + ("routing", "expose_header"))
 
     tracing, t_path = obs.tracing, o + ("tracing",)
-    out.not_empty(t_path + ("service_name",), tracing.service_name)
-    out.between(t_path + ("sample_ratio",), tracing.sample_ratio, 0.0, 1.0)
-    endpoint = tracing.otlp_endpoint
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        out.add(t_path + ("otlp_endpoint",), f"must be an http:// or https:// URL (got {endpoint!r})")
+    if tracing.enabled:
+        out.not_empty(t_path + ("service_name",), tracing.service_name)
+        out.between(t_path + ("sample_ratio",), tracing.sample_ratio, 0.0, 1.0)
+        endpoint = tracing.otlp_endpoint
+        # Spooky requires only a non-blank endpoint; we also require the scheme, which says
+        # whether the export uses TLS (docs/configuration.md)
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            out.add(t_path + ("otlp_endpoint",), f"must be an http:// or https:// URL (got {endpoint!r})")

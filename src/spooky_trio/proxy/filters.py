@@ -45,6 +45,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from spooky_trio.config import Config
+from spooky_trio.config.address import is_token
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
 from spooky_trio.http.errors import ProxyError
@@ -126,6 +127,10 @@ class Route:
         self.pools = generation.pools
         self.enforce_host_match = config.resilience.protocol.enforce_authority_host_match
         self.decisions = config.observability.routing
+        #: the decision header's name, or None: not exposed, or a name that is no HTTP token
+        #: (Spooky accepts any non-blank one, and never sends it; config_warnings says so)
+        name = self.decisions.header_name.strip().lower()
+        self.decision_header = name.encode("ascii") if self.decisions.expose_header and is_token(name) else None
 
     def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.connect_target is not None:
@@ -163,11 +168,11 @@ class Route:
             route_log.info("route %s %s%s -> %s (%s)", method, host, path, pool or "none", reason)
         else:
             route_log.info("route %s %s%s -> %s", method, host, path, pool or "none")
-        if decisions.expose_header:
+        if self.decision_header is not None:
             value = f"pool={pool or '-'}"
             if decisions.include_reason:
                 value += f"; reason=\"{reason}\""
-            ctx.response_headers.append((decisions.header_name.lower().encode("latin-1"), value.encode("latin-1", "replace")))
+            ctx.response_headers.append((self.decision_header, value.encode("latin-1", "replace")))
 
 
 class BodyLimit:

@@ -32,8 +32,10 @@ def worker_config(config: Config, token: str) -> Config:
     """``config`` as a worker serves it: no metrics endpoint of its own, the control API on
     a private loopback port (the supervisor serves the configured ones)."""
     obs = config.observability
+    # a disabled control API's values are not validated (as Spooky): then the default
+    timeout = (obs.control_api if obs.control_api.enabled else INTERNAL).connection_timeout_ms
     control = ControlApiConfig(enabled=True, required=True, address="127.0.0.1", port=0, auth_token=token,
-                               max_connections=64, connection_timeout_ms=obs.control_api.connection_timeout_ms)
+                               max_connections=64, connection_timeout_ms=timeout)
     return attrs.evolve(config, observability=attrs.evolve(obs, metrics=attrs.evolve(obs.metrics, enabled=False), control_api=control))
 
 
