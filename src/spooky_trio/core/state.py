@@ -171,7 +171,7 @@ class StateStore:
 
     :meth:`wait_for` lets tests and the control API wait for a transition without polling:
     every availability change (probe verdict, ejection, restoration, circuit breaker), every
-    DNS-driven address change and the overload events of ``resilience`` (a global inflight
+    DNS-driven address change, every change of a pool's backends (:meth:`notify`) and the overload events of ``resilience`` (a global inflight
     slot freed, brownout on/off, route queue entry/exit) wake waiters.
     """
 
@@ -212,6 +212,11 @@ class StateStore:
 
     def __iter__(self) -> Iterator[BackendState]:
         return iter(list(self._states.values()))
+
+    def notify(self) -> None:
+        """Wake :meth:`wait_for` waiters: something they may wait for changed (a pool's
+        backends after a discovery or admin change)."""
+        self._notify()
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -136,7 +136,10 @@ class EtcdGateway:
     async def watch(self, endpoint: str, prefix: bytes, start_revision: int) -> AsyncIterator[WatchStream]:
         """A watch of ``prefix`` from ``start_revision``, started (its first message, the
         creation, arrived within the deadline: :attr:`WatchStream.first`). Leaving the
-        block ends the watch. Errors inside the block (the stream's) are DiscoveryErrors."""
+        block ends the watch. A transport failure inside the block (reading the stream)
+        becomes a DiscoveryError; the block's own exceptions pass unchanged."""
+        import httpx
+
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_range_end(prefix)),
                                    "start_revision": str(start_revision)}}
         await self._ensure_token(endpoint)
@@ -152,7 +155,7 @@ class EtcdGateway:
                 if stream.first is None:
                     raise DiscoveryError("unreachable", f"{endpoint} closed the watch at once")
                 yield stream
-        except Exception as exc:  # noqa: BLE001 - httpx and anyio errors, mapped to one type
+        except (httpx.HTTPError, httpx.StreamError, OSError, trio.BrokenResourceError) as exc:
             raise _mapped(endpoint, exc) from None
 
     async def _call(self, endpoint: str, path: str, body: dict[str, object], limit: int) -> dict[str, object]:
@@ -278,9 +281,16 @@ def _watch_message(line: bytes) -> WatchMessage:
     )
 
 
+#: gRPC codes etcd answers for a missing or refused login: InvalidArgument ("user name is
+#: empty": auth is on, no token was sent), PermissionDenied, Unauthenticated
+_AUTH_CODES = (3, 7, 16)
+
+
 def _status_error(where: str, status: int, document: dict[str, object]) -> DiscoveryError:
-    message = document.get("message") or document.get("error") or ""
-    reason = "auth" if status in (401, 403) else "unreachable"
+    message = str(document.get("message") or document.get("error") or "")
+    code = _int(document.get("code"))
+    auth = status in (401, 403) or (code in _AUTH_CODES and ("user" in message or "auth" in message or "permission" in message))
+    reason = "auth" if auth else "unreachable"
     return DiscoveryError(reason, f"{where} answered HTTP {status}{f': {message}' if message else ''}")
 
 

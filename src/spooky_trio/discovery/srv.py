@@ -74,24 +74,25 @@ class SrvSource:
 
 
 def srv_entries(records: Sequence[dns.rdtypes.IN.SRV.SRV], scheme: str) -> list[BackendEntry]:
-    """The backends of the lowest priority group of ``records`` (module docstring), by id."""
-    usable = [record for record in records if record.target.to_text(omit_final_dot=True) not in ("", ".", "@")]
-    if not usable:
-        return []
-    lowest = min(record.priority for record in usable)
-    weights: dict[tuple[str, int], int] = {}
-    for record in usable:
-        if record.priority != lowest:
-            continue
+    """The backends of the lowest priority group of ``records`` (module docstring), by id.
+    Records that name no backend (target ``.``, port 0, a target that is no host name) are
+    left out before the group is chosen."""
+    usable: list[tuple[int, str, int, int]] = []
+    for record in records:
         target = record.target.to_text(omit_final_dot=True).lower()
-        key = (target, int(record.port))
-        weights[key] = max(weights.get(key, 1), int(record.weight), 1)
-    entries = []
-    for (target, port), weight in sorted(weights.items()):
-        address = f"{scheme}://{target}:{port}"
+        if target in ("", ".", "@"):
+            continue
         try:
-            parse_backend_address(address)  # a target that is no host name, port 0
+            parse_backend_address(f"{scheme}://{target}:{record.port}")
         except ValueError:
             continue
-        entries.append(BackendEntry(id=f"{target}:{port}", address=address, weight=weight))
-    return entries
+        usable.append((int(record.priority), target, int(record.port), int(record.weight)))
+    if not usable:
+        return []
+    lowest = min(priority for priority, _, _, _ in usable)
+    weights: dict[tuple[str, int], int] = {}
+    for priority, target, port, weight in usable:
+        if priority == lowest:
+            weights[(target, port)] = max(weights.get((target, port), 1), weight, 1)
+    return [BackendEntry(id=f"{target}:{port}", address=f"{scheme}://{target}:{port}", weight=weight)
+            for (target, port), weight in sorted(weights.items())]

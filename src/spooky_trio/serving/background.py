@@ -118,14 +118,15 @@ class Background:
         DNS refreshers and probes start first (a hostname backend takes requests once
         resolved, like a configured one at startup); then each pool swaps its set."""
         stale = [(generation, generation.stale_pools()) for generation in live]
-        prepared = [backend for _, pools in stale for _, backends in pools for backend in backends]
-        if not prepared:
+        if not any(pools for _, pools in stale):
             return
+        prepared = [backend for _, pools in stale for _, backends in pools for backend in backends]
         current = [backend for generation in live for backend in generation.backends()]
         await self.health.apply(current + prepared, live[-1].config.performance)
         for index, (generation, pools) in enumerate(stale):
             own = [backend for _, backends in pools for backend in backends]  # (targets carry this generation's TLS)
             generation.refresh(beside=live[0] if index else None, prepared=own)
+        self.state.notify()
 
     def _forget_removed(self, live: Sequence[Generation]) -> None:
         """Drop the long-lived state of discovered and admin-added backends no live
