@@ -88,6 +88,26 @@ async def test_polling_rhythm_retries_sooner_after_failures_and_follows_ttl(auto
     assert "pool app (file /x.yaml): backend a removed (http://a.internal:80): it takes no new requests, its requests in flight finish" in infos
 
 
+async def test_an_unexpected_error_is_logged_counted_and_the_source_keeps_going(autojump_clock: trio.testing.MockClock,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    state, metrics = DiscoveryState(), CountingMetrics()
+
+    class Broken(ScriptedSource):
+        async def fetch(self) -> Answer | None:
+            if not self.calls:
+                self.calls.append(trio.current_time())
+                raise KeyError("surprise")
+            return await super().fetch()
+
+    source = Broken([Answer(entries("a"))])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poll, source, SourceSink(state, KEY, metrics), 10.0)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert metrics.errors == [("app", "file", "internal")] and list((state.status(KEY).entries or {})) == ["a"]
+    assert any(r.exc_info and "unexpected error" in r.getMessage() for r in caplog.records)
+
+
 async def test_the_file_source_reads_parses_once_per_content_and_says_why_it_fails(tmp_path: Path,
                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "b.yaml"

@@ -92,11 +92,17 @@ class EtcdSource:
                     log.info("%s: the watch needs history etcd compacted; reading the prefix again", self.sink.label)
                     read_needed = True
                     continue
-                except DiscoveryError as exc:
+                except Exception as exc:  # noqa: BLE001 - DiscoveryError, or a surprise that must not end the source
+                    if not isinstance(exc, DiscoveryError):
+                        log.exception("%s: unexpected error while talking to %s", self.sink.label, endpoint)
+                        exc = DiscoveryError("internal", f"{type(exc).__name__}: {exc}")
                     self.sink.failure(exc)
                     read_needed = True  # a broken watch may have missed events
                     index += 1
                     failures += 1
+                    if exc.reason == "auth" and gateway is not None:  # the password or certificate may have been rotated
+                        await gateway.aclose()
+                        gateway = None
                 if not started and failures >= len(self.endpoints):
                     started = True
                     task_status.started()

@@ -113,6 +113,10 @@ async def poll(source: PolledSource, sink: SourceSink, period: float, *,
         except DiscoveryError as exc:
             sink.failure(exc)
             delay, retry = retry, min(retry * 2, period)
+        except Exception as exc:  # noqa: BLE001 - a bug or a library surprise must not end the source
+            log.exception("%s: unexpected error while asking the source", sink.label)
+            sink.failure(DiscoveryError("internal", f"{type(exc).__name__}: {exc}"))
+            delay, retry = retry, min(retry * 2, period)
         else:
             retry = min(RETRY_AFTER_FAILURE, period)
             if answer is not None:

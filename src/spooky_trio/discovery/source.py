@@ -22,7 +22,7 @@ from spooky_trio.discovery.membership import DiscoveryState, SourceKey
 log = logging.getLogger("spooky.discovery")
 
 #: the reasons a source fails, as the ``reason`` label of ``spooky_discovery_errors_total``
-REASONS = ("unreachable", "timeout", "not_found", "invalid", "empty", "auth", "too_large")
+REASONS = ("unreachable", "timeout", "not_found", "invalid", "empty", "auth", "too_large", "internal")
 
 
 class DiscoveryError(Exception):

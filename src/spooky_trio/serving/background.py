@@ -22,6 +22,7 @@ tree and the reload's stage/commit, and a new service of this kind is one edit h
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Sequence
 
 import trio
@@ -36,6 +37,8 @@ from spooky_trio.observability.tracing import Tracing
 from spooky_trio.proxy.chain import Chain
 from spooky_trio.proxy.ratelimit import stores_of
 from spooky_trio.upstream import UpstreamPool
+
+log = logging.getLogger("spooky.discovery")
 
 
 class Background:
@@ -64,6 +67,8 @@ class Background:
     async def start(self, nursery: trio.Nursery, generation: Generation) -> None:
         """Start every service under ``nursery``, following ``generation`` (the first one)."""
         await nursery.start(self.upstream.run)
+        if self.live is not None:  # from now on a change of a pool's backends is noticed
+            self.state.discovery.on_change = self._on_membership_change
         await nursery.start(self.discovery.run)  # discovery nursery: one task per source
         await self._follow_sources([generation])  # each source's first answer (bounded by its timeout_ms)
         generation.refresh()  # its pools as the sources answered, before any task reads them
@@ -74,7 +79,6 @@ class Background:
         await nursery.start(self.state.rate_limits.stores.run)  # nursery of the shared rate-limit stores
         await self._follow_rate_limit_stores([generation])
         if self.live is not None:
-            self.state.discovery.on_change = self._on_membership_change
             nursery.start_soon(self.follow_membership, self.live)
 
     async def follow(self, live: Sequence[Generation]) -> None:
@@ -103,7 +107,10 @@ class Background:
         while True:
             await self._membership_changed.wait()
             self._membership_changed = trio.Event()
-            await self.follow(live())
+            try:
+                await self.follow(live())
+            except Exception:  # noqa: BLE001 - the server keeps serving the sets it has; the next change retries
+                log.exception("applying a change of the pools' backends failed")
 
     def _on_membership_change(self) -> None:
         self._membership_changed.set()  # (the event object is replaced after each wake-up)
