@@ -116,16 +116,27 @@ def collections_summary(statuses: list[int]) -> dict[int, int]:
     return {status: statuses.count(status) for status in set(statuses)}
 
 
-async def test_tls_with_a_client_certificate_and_etcd_auth(tmp_path: Path, certs_dir: Path) -> None:
+async def test_tls_with_a_client_certificate_and_etcd_auth(tmp_path: Path, certs_dir: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "spooky.discovery")
     tls = (certs_dir / "ca.pem", certs_dir / "localhost.pem", certs_dir / "localhost.key")
     (tmp_path / "etcd-password").write_text("s3cret-pw\n")
-    async with run_backend(name="a") as a, running_etcd(tmp_path / "etcd", tls=tls) as etcd:
+    # tokens that expire 1-2 s after their last use (etcd checks every second), while the
+    # watch is renewed every 2.5 s: each renewal meets an expired token and must log in
+    # again, without counting a failure and without taking it for compaction (a re-read)
+    async with (run_backend(name="a") as a, run_backend(name="b") as b,
+                running_etcd(tmp_path / "etcd", tls=tls, extra=["--auth-token-ttl", "1"]) as etcd):
         await etcd.enable_auth("s3cret-pw")
         await etcd.put(PREFIX + "a", value(a))
         files = f", ca_file: '{tls[0]}', cert_file: '{tls[1]}', key_file: '{tls[2]}', username: root"
-        good = config([etcd.url], certs_dir, files + f", password_file: '{tmp_path / 'etcd-password'}'")
+        good = config([etcd.url], certs_dir, files + f", password_file: '{tmp_path / 'etcd-password'}'", refresh_ms=2500)
         async with running_proxy(good) as server, proxy_clients(server.listeners[0].port, certs_dir) as clients:
             assert pool_ids(server) == ["a"] and await answered_by(clients, 3) == ["a"] * 3
+            await trio.sleep(5.5)  # (real time, etcd's clock: two renewals with an expired token)
+            await etcd.put(PREFIX + "b", value(b))
+            await wait_pool(server, lambda ids: ids == ["a", "b"], timeout=1.0)
+            assert metric(server, "spooky_discovery_errors_total", upstream="app", source="etcd", reason="auth") == 0
+            assert not [r for r in caplog.records if "reading the prefix again" in r.getMessage()]
             described = json.dumps(server.control_api.snapshot() if server.control_api else {})
             assert "s3cret" not in described
         wrong = config([etcd.url], certs_dir, files + ", password: wrong-pw")

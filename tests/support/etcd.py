@@ -38,14 +38,16 @@ def _b64(text: str | bytes) -> str:
 
 
 class EtcdServer:
-    def __init__(self, binary: str, data_dir: Path, tls: tuple[Path, Path, Path] | None) -> None:
+    def __init__(self, binary: str, data_dir: Path, tls: tuple[Path, Path, Path] | None, extra: list[str]) -> None:
         self.binary = binary
+        self.extra = extra
         self.data_dir = data_dir
         self.tls = tls
         self.client_port = _free_tcp_port()
         self.peer_port = _free_tcp_port()
         self.process: trio.Process | None = None
         self.token: str | None = None
+        self.password: str | None = None
 
     @property
     def url(self) -> str:
@@ -63,7 +65,7 @@ class EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         argv = [self.binary, "--name", "t", "--data-dir", str(self.data_dir), "--listen-client-urls", self.url,
                 "--advertise-client-urls", self.url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"t={peer}", "--log-level", "error", "--logger", "zap"]
+                "--initial-cluster", f"t={peer}", "--log-level", "error", "--logger", "zap", *self.extra]
         if self.tls is not None:
             ca, cert, key = self.tls
             argv += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", str(ca), "--client-cert-auth"]
@@ -87,6 +89,10 @@ class EtcdServer:
         headers = {"authorization": self.token} if self.token else {}
         async with self._client() as client:
             response = await client.post(self.url + path, json=body, headers=headers)
+            if response.status_code == 401 and self.password is not None:  # the token expired: log in again
+                login = await client.post(self.url + "/v3/auth/authenticate", json={"name": "root", "password": self.password})
+                self.token = str(login.json()["token"])
+                response = await client.post(self.url + path, json=body, headers={"authorization": self.token})
         document = json.loads(response.content)
         assert response.status_code == 200, (path, response.status_code, document)
         assert isinstance(document, dict)
@@ -113,12 +119,14 @@ class EtcdServer:
         await self.call("/v3/auth/user/grant", {"user": "root", "role": "root"})
         await self.call("/v3/auth/enable", {})
         document = await self.call("/v3/auth/authenticate", {"name": "root", "password": password})
-        self.token = str(document["token"])
+        self.token, self.password = str(document["token"]), password
 
 
 @asynccontextmanager
-async def running_etcd(data_dir: Path, tls: tuple[Path, Path, Path] | None = None) -> AsyncIterator[EtcdServer]:
-    server = EtcdServer(require("etcd", "etcd-server"), data_dir, tls)
+async def running_etcd(data_dir: Path, tls: tuple[Path, Path, Path] | None = None,
+                       extra: list[str] | None = None) -> AsyncIterator[EtcdServer]:
+    """``extra``: more etcd options (``--auth-token-ttl 1``)."""
+    server = EtcdServer(require("etcd", "etcd-server"), data_dir, tls, list(extra or ()))
     try:
         await server.start()
         yield server

@@ -144,8 +144,11 @@ class EtcdSource:
     async def _follow(self, stream: WatchStream) -> None:
         message = stream.first
         while message is not None:
-            if message.canceled or message.compact_revision:
+            if message.compact_revision:
                 raise _Compacted()
+            if message.canceled:  # not for compaction: a refused permission, a watch limit
+                reason = "auth" if "permission" in message.cancel_reason or "auth" in message.cancel_reason else "unreachable"
+                raise DiscoveryError(reason, f"etcd cancelled the watch: {message.cancel_reason or 'no reason given'}")
             if message.events:
                 before = dict(self.entries)
                 for kv in message.events:

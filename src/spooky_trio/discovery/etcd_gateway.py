@@ -19,6 +19,7 @@ hold the password or the token.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -98,6 +99,8 @@ class WatchMessage:
     created: bool = False
     canceled: bool = False
     compact_revision: int = 0
+    #: why etcd cancelled the watch, when it says (a permission refused, ...)
+    cancel_reason: str = ""
 
 
 class EtcdGateway:
@@ -142,18 +145,33 @@ class EtcdGateway:
 
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_range_end(prefix)),
                                    "start_revision": str(start_revision)}}
-        await self._ensure_token(endpoint)
         try:
-            async with self._client.stream("POST", endpoint + "/v3/watch", json=body, headers=self._headers()) as response:
-                if response.status_code != 200:
-                    await self._refuse(response)
-                stream = WatchStream(response)
-                with trio.move_on_after(self.timeout) as scope:
-                    stream.first = await stream.next()
-                if scope.cancelled_caught:
-                    raise DiscoveryError("timeout", f"{endpoint} did not start the watch within {self.timeout * 1000:.0f} ms")
-                if stream.first is None:
-                    raise DiscoveryError("unreachable", f"{endpoint} closed the watch at once")
+            async with contextlib.AsyncExitStack() as stack:
+                for attempt in (1, 2):
+                    # an expired token (etcd's simple tokens expire after minutes unused) is
+                    # refused with 401, or in the stream as a cancelled watch: one new token
+                    retry = attempt == 1 and self._username is not None
+                    await self._ensure_token(endpoint)
+                    response = await stack.enter_async_context(
+                        self._client.stream("POST", endpoint + "/v3/watch", json=body, headers=self._headers()))
+                    if response.status_code == 401 and retry:
+                        self._token = None
+                        await response.aclose()
+                        continue
+                    if response.status_code != 200:
+                        await self._refuse(response)
+                    stream = WatchStream(response)
+                    with trio.move_on_after(self.timeout) as scope:
+                        stream.first = await stream.next()
+                    if scope.cancelled_caught:
+                        raise DiscoveryError("timeout", f"{endpoint} did not start the watch within {self.timeout * 1000:.0f} ms")
+                    if stream.first is None:
+                        raise DiscoveryError("unreachable", f"{endpoint} closed the watch at once")
+                    if retry and stream.first.canceled and "invalid auth token" in stream.first.cancel_reason:
+                        self._token = None
+                        await response.aclose()
+                        continue
+                    break
                 yield stream
         except (httpx.HTTPError, httpx.StreamError, OSError, trio.BrokenResourceError) as exc:
             raise _mapped(endpoint, exc) from None
@@ -278,6 +296,7 @@ def _watch_message(line: bytes) -> WatchMessage:
         created=result.get("created") is True,
         canceled=result.get("canceled") is True,
         compact_revision=_int(result.get("compact_revision")),
+        cancel_reason=str(result.get("cancel_reason") or ""),
     )
 
 
