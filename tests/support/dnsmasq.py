@@ -10,16 +10,18 @@ developer machine without it, a failure under ``CI=true``: tests/support/tools.p
 
 from __future__ import annotations
 
-import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
 import dns.asyncresolver
 import dns.exception
+import dns.resolver
 import trio
 
+from tests.support.proxy import free_udp_port
 from tests.support.tools import require
 
 
@@ -35,12 +37,6 @@ class Srv:
 
     def arg(self) -> str:
         return f"--srv-host={self.name},{self.target},{self.port},{self.priority},{self.weight}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
 
 
 class Dnsmasq:
@@ -60,18 +56,22 @@ class Dnsmasq:
                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/",
                 "--pid-file=", "--user=root", "--log-facility=-", *(record.arg() for record in srv),
                 *(f"--host-record={name},{address}" for name, address in hosts)]
-        self.process = await trio.lowlevel.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = tempfile.TemporaryFile()
+        self.process = await trio.lowlevel.open_process(argv, stdout=subprocess.DEVNULL, stderr=log)
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = ["127.0.0.1"]
         resolver.port = self.port
         resolver.lifetime = 0.2
-        with trio.fail_after(10):
+        with log, trio.fail_after(10):
             while True:  # answering (NXDOMAIN is an answer)
+                if self.process.returncode is not None or self.process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"dnsmasq exited: {log.read().decode(errors='replace')}")
                 try:
                     await resolver.resolve("ready.test.", "A")
                 except dns.resolver.NXDOMAIN:
                     return
-                except dns.exception.DNSException:
+                except (dns.exception.DNSException, OSError):
                     await trio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -84,7 +84,7 @@ class Dnsmasq:
 
 @asynccontextmanager
 async def running_dnsmasq(srv: Sequence[Srv] = (), hosts: Sequence[tuple[str, str]] = ()) -> AsyncIterator[Dnsmasq]:
-    server = Dnsmasq(require("dnsmasq", "dnsmasq-base"), _free_port())
+    server = Dnsmasq(require("dnsmasq", "dnsmasq-base"), free_udp_port())  # (free for TCP too: dnsmasq binds both)
     try:
         await server.serve(srv, hosts)
         yield server
