@@ -408,6 +408,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated observability.tracing settings for the spooky target: off, or a sample_ratio "
                         "(e.g. off,1,0); ratio R runs as target spooky-tR with tracing enabled, exporting over OTLP/gRPC "
                         "to a receiver in this process (tests/support/otlp.py)")
+    p.add_argument("--discovery", default="",
+                   help="comma-separated: none, file; file adds the target spooky+disc-file, whose pool's backend comes "
+                        "from a discovery file polled every second (bench/targets.py SpookyServer.backends_config)")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("--rate", type=float, default=0.0,
@@ -467,6 +470,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "spooky" in targets and modes != ["none"]:  # --rate-limit none,local: spooky and spooky+rl-local
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if m == "none" else f"spooky+rl-{m}" for m in modes]
+    discoveries = [d.strip() for d in args.discovery.split(",") if d.strip()]
+    if any(d not in ("none", "file") for d in discoveries):
+        raise SystemExit(f"--discovery takes none and file (got {args.discovery})")
+    if "spooky" in targets and discoveries:  # --discovery none,file: spooky and spooky+disc-file
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if d == "none" else f"spooky+disc-{d}" for d in discoveries]
     if "caddy" in targets and not shutil.which("caddy"):
         targets.remove("caddy")
         skipped.append("caddy (not installed)")
@@ -523,6 +532,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         assert otlp is not None
                         server = SpookyServer(workdir, bench.certs, name=target, tracing=float(target[len("spooky-t"):]),
                                               otlp_endpoint=otlp.endpoint,
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+disc-"):  # --discovery file: the backend from a discovery file
+                        server = SpookyServer(workdir, bench.certs, name=target, discovery=target[len("spooky+disc-"):],
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+"):  # spooky+api_key, spooky+jwt: bench/auth.py
                         server = SpookyServer(workdir, bench.certs, name=target, auth=BenchAuth(target[len("spooky+"):], workdir),

@@ -267,8 +267,12 @@ class SpookyServer(Server):
 
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
                  cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None,
-                 tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None) -> None:
+                 tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None,
+                 discovery: str | None = None) -> None:
         super().__init__(workdir, certs)
+        #: ``--discovery file``: the pool's one backend comes from a discovery file polled
+        #: every second (docs/discovery.md), instead of the config's ``backends``
+        self.discovery = discovery
         #: the pool's auth mode (bench/auth.py) and the credentials the load sends
         self.auth = auth
         self.request_headers = auth.headers if auth is not None else []
@@ -311,9 +315,7 @@ upstream:
   bench:
     route:
       path_prefix: "/"
-{tls}    backends:
-      - id: "origin"
-        address: "{upstream_url}"
+{tls}{self.backends_config(upstream_url, port)}
 performance:
 {workers}  quic_max_idle_timeout_ms: 120000
   max_request_body_bytes: 16777216
@@ -331,6 +333,14 @@ security:
   privileges:
     enabled: false
 {control}{rate_limit_config(self.rate_limit, self.redis_url)}"""
+
+    def backends_config(self, upstream_url: str, port: int) -> str:
+        """The pool's ``backends`` (or, with ``--discovery file``, its discovery block and file)."""
+        if self.discovery == "file":
+            listing = self.workdir / f"spooky-{port}-backends.yaml"
+            listing.write_text(f'- {{id: origin, address: "{upstream_url}"}}\n')
+            return f'    backends: []\n    discovery: {{kind: file, path: "{listing}", refresh_ms: 1000}}'
+        return f'    backends:\n      - id: "origin"\n        address: "{upstream_url}"'
 
     def start(self, upstream_url: str, port: int) -> None:
         self.port = port
@@ -363,6 +373,14 @@ class CaddyServer(Server):
     """Caddy as an HTTP/3 (and HTTP/1.1+2) reverse proxy to the same origin, same certificate."""
 
     name = "caddy"
+
+    def backends_config(self, upstream_url: str, port: int) -> str:
+        """The pool's ``backends`` (or, with ``--discovery file``, its discovery block and file)."""
+        if self.discovery == "file":
+            listing = self.workdir / f"spooky-{port}-backends.yaml"
+            listing.write_text(f'- {{id: origin, address: "{upstream_url}"}}\n')
+            return f'    backends: []\n    discovery: {{kind: file, path: "{listing}", refresh_ms: 1000}}'
+        return f'    backends:\n      - id: "origin"\n        address: "{upstream_url}"'
 
     def start(self, upstream_url: str, port: int) -> None:
         self.port = port

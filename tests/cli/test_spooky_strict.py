@@ -59,9 +59,34 @@ POOL_SAMPLES = {
     "upstream.<pool>.auth.insufficient_scope_status": (_JWT % "issuer: i") + "      required_scopes: [read]\n"
                                                       "      insufficient_scope_status: 403\n",
 }
+#: pool keys outside ``auth``: the pool-level lines of a third pool (with what the key needs)
+_ETCD = "    discovery: {kind: etcd, endpoints: ['https://127.0.0.1:2379'], prefix: /spooky/ext/, %s}\n"
+POOL_LEVEL_SAMPLES = {
+    "upstream.<pool>.discovery": "    discovery: {kind: file, path: /etc/spooky/ext.yaml}\n",
+    "upstream.<pool>.discovery.kind": "    discovery: {kind: file, path: /etc/spooky/ext.yaml}\n",
+    "upstream.<pool>.discovery.path": "    discovery: {kind: file, path: /etc/spooky/ext.yaml}\n",
+    "upstream.<pool>.discovery.name": "    discovery: {kind: dns_srv, name: _ext._tcp.example.com}\n",
+    "upstream.<pool>.discovery.scheme": "    discovery: {kind: dns_srv, name: _ext._tcp.example.com, scheme: http}\n",
+    "upstream.<pool>.discovery.endpoints": _ETCD.replace(", %s", ""),
+    "upstream.<pool>.discovery.prefix": _ETCD.replace(", %s", ""),
+    "upstream.<pool>.discovery.refresh_ms": _ETCD % "refresh_ms: 1000",
+    "upstream.<pool>.discovery.timeout_ms": _ETCD % "timeout_ms: 500",
+    "upstream.<pool>.discovery.backend_defaults": _ETCD % "backend_defaults: {}",
+    "upstream.<pool>.discovery.backend_defaults.weight": _ETCD % "backend_defaults: {weight: 5}",
+    "upstream.<pool>.discovery.backend_defaults.health_check": _ETCD % "backend_defaults: {health_check: {path: /hc}}",
+    "upstream.<pool>.discovery.username": _ETCD % "username: spooky, password: pw",
+    "upstream.<pool>.discovery.password": _ETCD % "username: spooky, password: pw",
+    "upstream.<pool>.discovery.password_file": _ETCD % "username: spooky, password_file: /etc/spooky/etcd-pw",
+    "upstream.<pool>.discovery.ca_file": _ETCD % "ca_file: /etc/spooky/etcd-ca.pem",
+    "upstream.<pool>.discovery.cert_file": _ETCD % "cert_file: /etc/spooky/etcd.pem, key_file: /etc/spooky/etcd.key",
+    "upstream.<pool>.discovery.key_file": _ETCD % "cert_file: /etc/spooky/etcd.pem, key_file: /etc/spooky/etcd.key",
+}
 #: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
-#: holding a rate_limit_store key, itself an extension key)
-_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store"}
+#: holding a rate_limit_store key, itself an extension key; a discovery block's kind and the
+#: keys its kind requires, and what a key needs beside it)
+_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store"} | {
+    f"upstream.ext.discovery{key}" for key in ("", ".kind", ".path", ".name", ".endpoints", ".prefix", ".username",
+                                                ".password", ".backend_defaults", ".cert_file", ".key_file")}
 
 
 def config_text(certs_dir: Path, tail: str = "") -> str:
@@ -124,13 +149,15 @@ def test_every_finding_one_line_each_and_exit_1(tmp_path: Path, certs_dir: Path)
 def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
-    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES}]
-    assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES) a value for: {missing}"
+    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES, **POOL_LEVEL_SAMPLES}]
+    assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES, POOL_LEVEL_SAMPLES) a value for: {missing}"
     message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
         if key.dotted in POOL_SAMPLES:  # a third pool, continuing config_text's upstream mapping
             tail = ("  ext:\n    route: {path_prefix: /ext}\n    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n"
                     "    auth:\n" + POOL_SAMPLES[key.dotted].replace("CA", str(certs_dir / "ca.pem")))
+        elif key.dotted in POOL_LEVEL_SAMPLES:
+            tail = "  ext:\n    route: {path_prefix: /ext}\n" + POOL_LEVEL_SAMPLES[key.dotted]
         elif key.dotted in TAIL_SAMPLES:
             tail = TAIL_SAMPLES[key.dotted]
         else:

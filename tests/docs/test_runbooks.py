@@ -2,7 +2,7 @@
 that exist.
 
 Metric names are taken from the modules that define metrics (``observability/metrics.py``,
-``collect.py``, ``supervisor_metrics.py``, ``ratelimit_metrics.py``: every ``spooky_*`` literal, with
+``collect.py``, ``supervisor_metrics.py``, ``ratelimit_metrics.py``, ``discovery_metrics.py``: every ``spooky_*`` literal, with
 the suffixes the exposition adds: ``_total`` for counters, ``_bucket``/``_count``/``_sum``
 for histograms). Control API paths are the defaults of ``ControlApiConfig``, the ``/admin/config`` routes
 and the metrics path. ``spooky-trio <command>`` must be a CLI command. Only files present are
@@ -19,15 +19,16 @@ import pytest
 
 from spooky_trio import cli
 from spooky_trio.config.schema_runtime import ControlApiConfig, MetricsConfig
-from spooky_trio.observability import collect, metrics, ratelimit_metrics, supervisor_metrics
+from spooky_trio.observability import collect, discovery_metrics, metrics, ratelimit_metrics, supervisor_metrics
+from spooky_trio.serving.admin_upstreams import split_path
 from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / n for n in ("security.md", "auth.md", "install.md",
-                                                                                       "rate-limiting.md")]
+                                                                                       "rate-limiting.md", "discovery.md")]
 INDEXED = ["first-10-minutes.md", "backend-incident.md", "draining-a-node.md", "certificate-rotation.md",
            "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "auth-key-rotation.md",
-           "rate-limit-store-down.md"]
+           "rate-limit-store-down.md", "discovery-source-down.md"]
 
 _LITERAL = re.compile(r'(\w*)\(\s*"(spooky_[a-z0-9_]+)"')
 _DOC_METRIC = re.compile(r"spooky_[A-Za-z0-9_]*[A-Za-z0-9]")
@@ -37,7 +38,7 @@ _DOC_COMMAND = re.compile(r"(?:^|`|\$ )spooky-trio ([a-z][a-z0-9-]*)", re.MULTIL
 
 
 def defined_metrics() -> set[str]:
-    modules = (metrics, collect, supervisor_metrics, ratelimit_metrics)
+    modules = (metrics, collect, supervisor_metrics, ratelimit_metrics, discovery_metrics)
     source = "".join(Path(module.__file__).read_text() for module in modules)  # type: ignore[arg-type]
     names: set[str] = set()
     for constructor, name in _LITERAL.findall(source):
@@ -85,7 +86,7 @@ def test_cited_metrics_exist(doc: Path) -> None:
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_cited_control_api_paths_exist(doc: Path) -> None:
     paths = control_paths()
-    cited = set(_DOC_PATH.findall(doc.read_text()))
+    cited = {path for path in _DOC_PATH.findall(doc.read_text()) if split_path(path) is None}  # (backend admin: any pool, id)
     assert cited <= paths, f"{doc.name} cites paths the control API does not serve: {sorted(cited - paths)}"
 
 
@@ -108,5 +109,6 @@ def test_checks_catch_a_made_up_name(tmp_path: Path) -> None:
     names = defined_metrics()
     assert "spooky_made_up_total" not in names
     assert "/admin/made-up" not in control_paths()
+    assert split_path("/admin/upstreams/api/backends/api-9") == ("api", "api-9") and split_path("/admin/upstreams/api") is None
     assert _DOC_PATH.findall("curl $API/admin/runtime/reload-certs and /ready, not /etc/spooky/x") == [
         "/admin/runtime/reload-certs", "/ready"]

@@ -99,6 +99,17 @@ def read_tree(text: str, source: str = "<string>") -> tuple[dict[str, Any], Posi
     return data, positions
 
 
+def read_document(text: str) -> tuple[Any, PositionMap]:
+    """Any YAML (or JSON) document ``text`` as plain data (None when empty) and the
+    position of every key and value, with the same YAML rules as a config file (a
+    discovery source's backend list: ``config/backend_entries.py``). Raises
+    :class:`ConfigError` for a YAML problem."""
+    tree = parse_yaml(text)
+    positions = PositionMap()
+    positions.add((), SourcePosition(1, 1, 1, 1, True))
+    return (None if tree is None else _to_plain(tree, (), positions)), positions
+
+
 def load_config_text(text: str, source: str = "<string>") -> Config:
     """Load a config from YAML ``text``; ``source`` names the document in whole-file messages.
 

@@ -23,8 +23,11 @@ import attrs
 
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
+from spooky_trio.config.markers import EXT
 from spooky_trio.config.normalize import empty_to_none, upper_optional
 from spooky_trio.config.schema_auth import AuthConfig
+from spooky_trio.config.schema_discovery import DiscoveryConfig
+from spooky_trio.config.schema_health import HealthCheckConfig as HealthCheckConfig  # (moved; still importable here)
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -107,18 +110,6 @@ class RouteConfig:
 
 
 @attrs.frozen(kw_only=True)
-class HealthCheckConfig:
-    """Active probing of one backend (GET ``path``; 2xx/3xx is success)."""
-
-    path: str = "/health"
-    interval: int = 5000
-    timeout_ms: int = 1000
-    failure_threshold: int = 3
-    success_threshold: int = 2
-    cooldown_ms: int = 5000
-
-
-@attrs.frozen(kw_only=True)
 class BackendConfig:
     """One backend of a pool. ``address`` syntax: see :func:`parse_backend_address`."""
 
@@ -161,13 +152,16 @@ class PoolConfig:
     """A pool (``upstream.<name>``). After loading, ``load_balancing`` is never ``None``."""
 
     route: RouteConfig
-    backends: list[BackendConfig]
+    #: may be empty (or omitted) when ``discovery`` is set
+    backends: list[BackendConfig] = attrs.field(factory=list)
     load_balancing: LoadBalancingConfig | None = None
     host_policy: HostPolicyConfig = attrs.field(factory=HostPolicyConfig)
     forwarded_headers: ForwardedHeadersConfig = attrs.field(factory=ForwardedHeadersConfig)
     tls: UpstreamTlsConfig | None = None
     #: authentication and authorization of the requests this pool's route matches
     auth: AuthConfig | None = None
+    #: ext: where the pool's backends come from (config/schema_discovery.py)
+    discovery: DiscoveryConfig | None = attrs.field(default=None, metadata=EXT)
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""
@@ -175,7 +169,12 @@ class PoolConfig:
 
     def uses_tls(self) -> bool:
         """True when a backend is reached over TLS (``https://`` or a bare address): only
-        then does a TLS policy apply to the pool (and only then does Spooky check it)."""
+        then does a TLS policy apply to the pool (and only then does Spooky check it). A pool
+        with ``discovery`` counts as one: its source may name ``https`` backends at any time
+        (``dns_srv`` does by default), so its policy is checked when the config loads, not
+        when the first such backend arrives."""
+        if self.discovery is not None:
+            return True
         for backend in self.backends:
             try:
                 if parse_backend_address(backend.address).scheme == "https":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from spooky_trio.config.address import is_hostname, is_token, parse_backend_address
+from spooky_trio.config.address import is_hostname, is_token
 from spooky_trio.config.checks import (
     Problem,
     Problems,
@@ -26,6 +26,8 @@ from spooky_trio.config.schema import (
     UpstreamTlsConfig,
 )
 from spooky_trio.config.validate_auth import validate_auth
+from spooky_trio.config.validate_backend import validate_backend_fields
+from spooky_trio.config.validate_discovery import validate_discovery
 from spooky_trio.config.validate_runtime import validate_runtime
 
 SUPPORTED_VERSION = 1
@@ -170,12 +172,15 @@ def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
         out.add(path + ("host_policy", "host"), f"only allowed when host_policy.mode is rewrite (mode is {policy.mode})")
     if pool.auth is not None:
         validate_auth(out, path + ("auth",), pool.auth)
+    if pool.discovery is not None:
+        validate_discovery(out, path + ("discovery",), pool.discovery)
     _validate_backends(out, path, pool)
 
 
 def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> None:
     if not pool.backends:
-        out.add(pool_path + ("backends",), "a pool needs at least one backend")
+        if pool.discovery is None:
+            out.add(pool_path + ("backends",), "a pool needs at least one backend (or a discovery source)")
         return
     ids: dict[str, int] = {}
     for index, backend in enumerate(pool.backends):
@@ -186,17 +191,5 @@ def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> N
             out.add(path + ("id",), f"duplicate backend id {backend.id!r} (also backends[{ids[backend.id]}])")
         else:
             ids[backend.id] = index
-        try:
-            parse_backend_address(backend.address)
-        except ValueError as exc:
-            out.add(path + ("address",), str(exc))
-        out.at_least(path + ("weight",), backend.weight, 1)
-        check = backend.health_check
-        if check is not None:
-            hc = path + ("health_check",)
-            out.http_path(hc + ("path",), check.path)
-            out.positive(hc + ("interval",), check.interval)
-            out.positive(hc + ("timeout_ms",), check.timeout_ms)
-            out.at_least(hc + ("failure_threshold",), check.failure_threshold, 1)
-            out.at_least(hc + ("success_threshold",), check.success_threshold, 1)
-            out.at_least(hc + ("cooldown_ms",), check.cooldown_ms, 0)
+        validate_backend_fields(out, path, backend)
+

@@ -12,13 +12,14 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 
 import attrs
 import trio
 
 from spooky_trio.auth.store import AuthStore
 from spooky_trio.config import HealthCheckConfig
+from spooky_trio.discovery.membership import DiscoveryState
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
 from spooky_trio.resilience.breaker import CircuitBreaker
@@ -170,7 +171,7 @@ class StateStore:
 
     :meth:`wait_for` lets tests and the control API wait for a transition without polling:
     every availability change (probe verdict, ejection, restoration, circuit breaker), every
-    DNS-driven address change and the overload events of ``resilience`` (a global inflight
+    DNS-driven address change, every change of a pool's backends (:meth:`notify`) and the overload events of ``resilience`` (a global inflight
     slot freed, brownout on/off, route queue entry/exit) wake waiters.
     """
 
@@ -188,6 +189,9 @@ class StateStore:
         #: the auth layer's JWKS caches, discovery documents and HTTP clients (its task:
         #: ``AuthStore.run``, started by the server)
         self.auth = AuthStore()
+        #: the pools' dynamic backends: discovery sources' last good sets, the admin API's
+        #: backends (discovery/membership.py; the sources' tasks: ``DiscoveryService.run``)
+        self.discovery = DiscoveryState()
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""
@@ -200,8 +204,19 @@ class StateStore:
         """The state of ``key`` if it was ever created."""
         return self._states.get(key)
 
+    def forget(self, keys: Iterable[Hashable]) -> None:
+        """Drop the states of ``keys`` (discovered backends no live generation has any more:
+        requests still holding one keep their object; one that comes back starts afresh)."""
+        for key in keys:
+            self._states.pop(key, None)
+
     def __iter__(self) -> Iterator[BackendState]:
         return iter(list(self._states.values()))
+
+    def notify(self) -> None:
+        """Wake :meth:`wait_for` waiters: something they may wait for changed (a pool's
+        backends after a discovery or admin change)."""
+        self._notify()
 
     def _notify(self) -> None:
         if self._changed is not None:

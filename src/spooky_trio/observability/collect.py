@@ -236,11 +236,16 @@ class ServerCollector(Collector):
     def _backends(server: ServingView) -> Iterator[Metric]:
         healthy = GaugeMetricFamily("spooky_backend_healthy", "Backend available for traffic (1/0)",
                                     labels=["upstream", "backend"])
+        # (not in the spec; added with discovery) a pool's current set, whatever its origin
+        size = GaugeMetricFamily("spooky_upstream_backends", "Backends of a pool now (config, discovery and admin API)",
+                                 labels=["upstream"])
         now = _now()
-        for pool in server.generation.pools.values():
+        for name, pool in server.generation.pools.items():
+            size.add_metric([name], len(pool.backends))
             for backend in pool.backends:
                 healthy.add_metric([backend.pool, backend.id], 1.0 if backend.state.available(now) else 0.0)
         yield healthy
+        yield size
 
 
 #: (protocol, reason) label -> the listener ``stats`` key counting it (QUIC or TCP listener)

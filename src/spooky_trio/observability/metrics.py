@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spooky_trio.observability.collect import ServerCollector, ServingView
+from spooky_trio.observability.discovery_metrics import DiscoveryCollector, DiscoveryView
 from spooky_trio.observability.ratelimit_metrics import RateLimitCollector, RateLimitView
 
 #: upstream latency buckets, milliseconds
@@ -166,6 +167,18 @@ class Metrics:
         self.rate_limit_store_latency = Histogram(
             "spooky_rate_limit_store_latency_ms", "Time of a successful shared rate-limit store check (ms)",
             buckets=STORE_LATENCY_BUCKETS_MS, registry=r,
+        )
+        # (not in the spec; added with discovery) answers that changed a pool's backends and
+        # failed or refused answers, by pool and source (file, dns_srv, etcd; admin for the
+        # admin API); set sizes and last good answers are read at scrape time
+        # (observability/discovery_metrics.py)
+        self.discovery_updates = Counter(
+            "spooky_discovery_updates", "Discovery answers (and admin API calls) that changed a pool's backends",
+            ["upstream", "source"], registry=r,
+        )
+        self.discovery_errors = Counter(
+            "spooky_discovery_errors", "Discovery answers that failed, were empty or were refused (the last good set stays)",
+            ["upstream", "source", "reason"], registry=r,
         )
         #: reload transactions (file re-read, SIGHUP, apply, rollback, promote) by result:
         #: success, invalid (the document was rejected), failed (build, bind or write failed)
@@ -324,6 +337,14 @@ class Metrics:
     def jwks_stale_served(self) -> None:
         self.jwks_stale.inc()
 
+    def discovery_update(self, pool: str, source: str) -> None:
+        """An answer (or an admin API call) changed ``pool``'s backends."""
+        self.discovery_updates.labels(pool, source).inc()
+
+    def discovery_error(self, pool: str, source: str, reason: str) -> None:
+        """A discovery answer failed, was empty or was (partly) refused."""
+        self.discovery_errors.labels(pool, source, reason).inc()
+
     def render(self) -> bytes:
         """The text exposition of the registry."""
         return generate_latest(self.registry)
@@ -337,3 +358,7 @@ class Metrics:
         """Register the scrape-time collector of the scoped rate limits (``view``: the
         StateStore's ``rate_limits``)."""
         self.registry.register(RateLimitCollector(view))
+
+    def attach_discovery(self, view: DiscoveryView) -> None:
+        """Register the scrape-time gauges of discovery (``view``: the StateStore's ``discovery``)."""
+        self.registry.register(DiscoveryCollector(view))

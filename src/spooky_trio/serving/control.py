@@ -14,6 +14,8 @@ Control API (``observability.control_api``):
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
 * ``POST reload_path``: re-read the config file and apply it (serving/reload.py);
+* ``PUT`` / ``DELETE /admin/upstreams/{pool}/backends/{id}``: add, replace or remove a
+  backend in memory (``serving/admin_upstreams.py``);
 * ``GET /admin/config``: generation, sha256 of its source, applied time, source, canary and
   history; ``POST /admin/config/validate`` (YAML body: dry run, errors or the diff),
   ``POST /admin/config/apply`` (YAML body; ``?persist=true`` writes the file,
@@ -43,6 +45,7 @@ from spooky_trio.ingress.identities import IdentityError
 from spooky_trio.ingress.quic import QuicListener
 from spooky_trio.ingress.tls import TlsSetupError
 from spooky_trio.observability.metrics import Metrics
+from spooky_trio.serving.admin_upstreams import UPSTREAMS_PREFIX, handle_upstreams
 from spooky_trio.serving.exits import EXIT_RESTART
 
 if TYPE_CHECKING:
@@ -144,6 +147,8 @@ class ControlTarget(Protocol):
 
     def request_restart(self) -> None: ...
 
+    async def follow_generations(self) -> None: ...
+
 
 class BearerEndpoint:
     """An HTTP endpoint guarded by ``auth_token`` (a bearer token), which a non-loopback
@@ -198,6 +203,8 @@ class ControlApi(BearerEndpoint):
             denied = self._auth_failure(request)
             if denied is not None:
                 return denied
+        if request.path.startswith(UPSTREAMS_PREFIX):  # PUT/DELETE one backend (serving/admin_upstreams.py)
+            return await handle_upstreams(self.server, request)
         posted = {cfg.reload_certs_path: self._reload_certs, cfg.restart_path: self._restart}
         if request.path in posted:
             if request.method != "POST":
@@ -288,8 +295,13 @@ class ControlApi(BearerEndpoint):
                     "latency_ewma_ms": None if state.latency is None else round(state.latency * 1000, 3),
                     "failures": dict(state.failures),
                     "circuit_breaker": state.breaker.snapshot(now, server.config.resilience.circuit_breaker),
+                    "origin": backend.origin,
                 })
-            pools[name] = {"backends": backends}
+            entry: dict[str, object] = {"backends": backends}
+            discovery = server.state.discovery.describe(name, pool.config)
+            if discovery is not None:  # the source's last good set and health, the admin API's backends
+                entry["discovery"] = discovery
+            pools[name] = entry
         quic_conns = sum(len(q.connections) for q in server.listeners)
         tcp_conns = sum(t.open_connections for t in server.bootstrap_listeners)
         snapshot: dict[str, object] = {

@@ -4,8 +4,8 @@
 Server.run
 ├─ instance locks: answer other instances' probes (serving/instance_lock.py)
 ├─ background services, each following the live generations (serving/background.py):
-│    upstream pool (h2 connection readers, idle reaper), health supervisor (probers, DNS
-│    refreshers), trace export (span queue -> OTLP), auth store (JWKS refreshers, OIDC
+│    upstream pool (h2 connection readers, idle reaper), discovery (one task per source),
+│    health supervisor (probers, DNS refreshers), trace export (span queue -> OTLP), auth store (JWKS refreshers, OIDC
 │    discovery, HTTP clients), rate-limit stores (one task per Redis store in use)
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
@@ -114,7 +114,8 @@ class Server:
             raise StartupError(f"cannot build the request chain: {exc}") from exc
         self.health = HealthSupervisor(self.upstream, self.metrics)
         #: the services that follow the live generations (serving/background.py)
-        self.background = Background(self.upstream, self.health, self.tracing, self.state, self.metrics, self.proxy.chain_for)
+        self.background = Background(self.upstream, self.health, self.tracing, self.state, self.metrics, self.proxy.chain_for,
+                                     live=self.reloads.generations.live)
         #: the locks of the listener addresses (serving/instance_lock.py); a worker shares
         #: its supervisor's
         self.locks = InstanceLocks(tolerate=held_by_my_supervisor if worker_index is not None else None)
@@ -141,6 +142,7 @@ class Server:
                 raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
         self.metrics.attach(self)
         self.metrics.attach_rate_limits(self.state.rate_limits)
+        self.metrics.attach_discovery(self.state.discovery)
         #: name ("metrics", "control") -> the enabled endpoint's service
         self._services: dict[str, Service] = {}
         obs = config.observability

@@ -1,6 +1,7 @@
 """The supervisor's control API (``performance.worker_threads > 1``): its own health and
-readiness, the workers' runtime documents, and the reloads, certificate reloads and
-``/admin/config/*`` requests forwarded to every worker (``serving/workers.py``)."""
+readiness, the workers' runtime documents, and the reloads, certificate reloads,
+``/admin/config/*`` and ``/admin/upstreams/*`` requests forwarded to every worker
+(``serving/workers.py``; the backend admin's changes are replayed to a restarted worker)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from spooky_trio import __version__
 from spooky_trio.config import ControlApiConfig
 from spooky_trio.observability.http_server import HttpRequest, HttpResponse
+from spooky_trio.serving.admin_upstreams import UPSTREAMS_PREFIX
 from spooky_trio.serving.control import CONFIG_PATH, BearerEndpoint
 from spooky_trio.serving.worker import INTERNAL
 
@@ -36,6 +38,13 @@ class SupervisorControlApi(BearerEndpoint):
             denied = self._auth_failure(request)
             if denied is not None:
                 return denied
+        if request.path.startswith(UPSTREAMS_PREFIX):  # the backend admin: every worker, remembered for restarts
+            if request.method not in ("PUT", "DELETE"):
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "PUT, DELETE"),))
+            answer = await self._forward(request.method, request.path, request)
+            if answer.status == 200:
+                sup.remember_backend_change(request.method, request.path, request.body)
+            return answer
         forwarded = {cfg.reload_path: INTERNAL.reload_path, cfg.reload_certs_path: INTERNAL.reload_certs_path}
         if request.path == cfg.restart_path:
             if request.method != "POST":

@@ -127,6 +127,9 @@ class Supervisor:
         self._drain_requested = trio.Event()
         #: set once every worker served at least once
         self.all_started = trio.Event()
+        #: the backend admin's PUTs every worker took (path -> body), replayed to a worker
+        #: that restarts (they live in memory only: serving/admin_upstreams.py)
+        self.backend_changes: dict[str, bytes] = {}
         self.endpoints: list[tuple[HttpEndpoint, bool]] = []
         obs = config.observability
         if obs.metrics.enabled:
@@ -315,9 +318,29 @@ class Supervisor:
             slot.reload_pending = False
             slot.signal(signal.SIGHUP)
         log.info("worker %d (pid %s) serving; private control API on 127.0.0.1:%d", slot.index, slot.pid, slot.control_port)
+        await self._replay_backend_changes(slot)
         if all(s.ever_served for s in self.slots) and not self.all_started.is_set():
             self.all_started.set()
             log.info("all %d workers serving", self.count)
+
+    def remember_backend_change(self, method: str, path: str, body: bytes) -> None:
+        """A backend admin change every worker took (see :attr:`backend_changes`)."""
+        if method == "PUT":
+            self.backend_changes[path] = body
+        else:
+            self.backend_changes.pop(path, None)
+
+    async def _replay_backend_changes(self, slot: WorkerSlot) -> None:
+        for path, body in list(self.backend_changes.items()):
+            if slot.control_port is None:
+                return
+            try:
+                status, _ = await fetch(slot.control_port, "PUT", path, self.token, body)
+            except WorkerUnreachable as exc:
+                log.error("worker %d: cannot replay the backend admin's %s: %s", slot.index, path, exc)
+                continue
+            if status == 404:  # a reload removed the pool since
+                self.backend_changes.pop(path, None)
 
     # -- reaching the workers --
 
