@@ -34,6 +34,9 @@ SAMPLES = {
     "resilience.rate_limit_store.timeout_ms": "50",
     "resilience.rate_limit_store.failure_mode": "fail_open",
     "resilience.rate_limit_headers": "true",
+    "performance.h3_pool_max_connections_per_backend": "4",
+    "performance.h3_pool_max_streams_per_connection": "50",
+    "performance.h3_pool_idle_timeout_ms": "30000",
 }
 #: keys inside a list: the whole tail to append (the key is reported at entry [0])
 TAIL_SAMPLES = {
@@ -58,6 +61,10 @@ POOL_SAMPLES = {
     "upstream.<pool>.auth.forward_claims": (_JWT % "issuer: i") + "      forward_claims: {sub: x-user}\n",
     "upstream.<pool>.auth.insufficient_scope_status": (_JWT % "issuer: i") + "      required_scopes: [read]\n"
                                                       "      insufficient_scope_status: 403\n",
+}
+#: pool keys outside ``auth``: lines appended to the third pool
+POOL_LEVEL_SAMPLES = {
+    "upstream.<pool>.upstream_protocol": "    upstream_protocol: h2\n",
 }
 #: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
 #: holding a rate_limit_store key, itself an extension key)
@@ -124,13 +131,16 @@ def test_every_finding_one_line_each_and_exit_1(tmp_path: Path, certs_dir: Path)
 def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
-    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES}]
+    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **POOL_LEVEL_SAMPLES, **TAIL_SAMPLES}]
     assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES) a value for: {missing}"
     message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
         if key.dotted in POOL_SAMPLES:  # a third pool, continuing config_text's upstream mapping
             tail = ("  ext:\n    route: {path_prefix: /ext}\n    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n"
                     "    auth:\n" + POOL_SAMPLES[key.dotted].replace("CA", str(certs_dir / "ca.pem")))
+        elif key.dotted in POOL_LEVEL_SAMPLES:
+            tail = ("  ext:\n    route: {path_prefix: /ext}\n    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n"
+                    + POOL_LEVEL_SAMPLES[key.dotted])
         elif key.dotted in TAIL_SAMPLES:
             tail = TAIL_SAMPLES[key.dotted]
         else:

@@ -23,6 +23,7 @@ import attrs
 
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
+from spooky_trio.config.markers import EXT
 from spooky_trio.config.normalize import empty_to_none, upper_optional
 from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.schema_runtime import (
@@ -40,6 +41,8 @@ HostPolicyMode = Literal["pass-through", "rewrite", "upstream"]
 ForwardedMode = Literal["overwrite", "append", "preserve"]
 LogLevel = Literal["off", "error", "warn", "info", "debug", "trace"]
 LogFormat = Literal["plain", "json"]
+#: (ext) how a pool talks to its backends; ``auto`` is Spooky's scheme rule (docs/upstream-protocols.md)
+UpstreamProtocol = Literal["auto", "h1", "h2", "h3", "alt-svc"]
 
 #: metadata flag for fields filled by the loader and not accepted from YAML
 INTERNAL = "spooky_internal"
@@ -168,6 +171,16 @@ class PoolConfig:
     tls: UpstreamTlsConfig | None = None
     #: authentication and authorization of the requests this pool's route matches
     auth: AuthConfig | None = None
+    #: (ext) the protocol to the backends: ``auto`` (``http://`` HTTP/1.1, ``https://``
+    #: HTTP/2), ``h1``, ``h2`` (cleartext prior knowledge on ``http://``), ``h3``, ``alt-svc``
+    upstream_protocol: UpstreamProtocol = attrs.field(default="auto", metadata=EXT)
+
+    def effective_protocol(self, scheme: str) -> str:
+        """The protocol spoken to a backend of ``scheme`` (``http``/``https``): ``h1``,
+        ``h2``, ``h3`` or ``alt-svc``; ``auto`` resolves by Spooky's scheme rule."""
+        if self.upstream_protocol == "auto":
+            return "h1" if scheme == "http" else "h2"
+        return self.upstream_protocol
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""

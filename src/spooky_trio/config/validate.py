@@ -188,9 +188,11 @@ def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> N
         else:
             ids[backend.id] = index
         try:
-            parse_backend_address(backend.address)
+            address = parse_backend_address(backend.address)
         except ValueError as exc:
             out.add(path + ("address",), str(exc))
+        else:
+            _validate_protocol(out, pool_path, path, pool, address.scheme)
         out.at_least(path + ("weight",), backend.weight, 1)
         check = backend.health_check
         if check is not None:
@@ -201,3 +203,12 @@ def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> N
             out.at_least(hc + ("failure_threshold",), check.failure_threshold, 1)
             out.at_least(hc + ("success_threshold",), check.success_threshold, 1)
             out.at_least(hc + ("cooldown_ms",), check.cooldown_ms, 0)
+
+
+def _validate_protocol(out: Problems, pool_path: KeyPath, path: KeyPath, pool: PoolConfig, scheme: str) -> None:
+    """HTTP/3 (``h3``, and ``alt-svc``, which moves to it) exists only for ``https://``
+    origins (RFC 9114 3.1): a cleartext backend in such a pool is an error."""
+    protocol = pool.upstream_protocol
+    if protocol in ("h3", "alt-svc") and scheme != "https":
+        out.add(path + ("address",), f"upstream_protocol {protocol} needs https:// backends (HTTP/3 runs over TLS only)",
+                pool_path + ("upstream_protocol",))

@@ -90,6 +90,7 @@ class Server:
             idle_timeout=perf.h2_pool_idle_timeout_ms / 1000,
             max_idle_per_backend=perf.h2_pool_max_idle_per_backend,
         )
+        self.upstream.configure(perf)  # HTTP/3 pool settings
         #: this server's own Prometheus registry (several servers may share a process)
         self.metrics = Metrics()
         #: the reload transaction, history, rollback and canary (serving/reload.py); it owns
@@ -365,6 +366,7 @@ class Server:
             perf = staged.config.performance
             self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
             self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
+            self.upstream.configure(perf)
         await self.follow_generations()
         if not canary:
             assert self._nursery is not None

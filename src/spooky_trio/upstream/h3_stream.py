@@ -1,16 +1,21 @@
-"""Per-stream state of the HTTP/3 transport (:mod:`spooky_trio.upstream.h3_transport`).
+"""Per-stream state of the HTTP/3 transport (:mod:`spooky_trio.upstream.h3_transport`), and
+the upstream pool's response object over it.
 
 :class:`StreamState` is what the connection's driver task records for one request stream
 (response head, body chunks, trailers, resets, failure); each user reads it through its own
-response object (the upstream pool's :class:`~spooky_trio.upstream.h3.H3Stream`, the
-client's :class:`~spooky_trio.clients.h3_stream.H3StreamResponse`).
+response object (the upstream pool's :class:`H3Stream`, the client's
+:class:`~spooky_trio.clients.h3_stream.H3StreamResponse`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 import trio
+
+from spooky_trio.upstream.common import READ_CHUNK, UpstreamResponse
+from spooky_trio.upstream.errors import UpstreamProtocolError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -108,3 +113,111 @@ class StreamState:
             size += len(chunk)
         self.buffered -= size
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _Session(Protocol):
+    """What an :class:`H3Stream` needs of its connection (``upstream/h3.py``'s session)."""
+
+    def consumed(self, state: StreamState) -> None:
+        """The application took data from ``state``: return receive credit when due."""
+
+
+#: an H3 reset code meaning the server did no application processing (RFC 9114 8.1)
+H3_REQUEST_REJECTED = 0x10B
+
+
+class H3Stream(UpstreamResponse):
+    """One HTTP/3 request stream to a backend; also the response the pool's exchange yields.
+
+    The connection's driver fills ``state``; :meth:`receive` takes from it and returns
+    receive credit only for what it took (the stream window bounds what one slow consumer
+    buffers). ``replayable``: the request has no body and may be sent again when the
+    backend provably did not process it (:meth:`wait_head` then raises
+    :class:`NotProcessed`).
+    """
+
+    http_version = "3"
+
+    def __init__(self, session: _Session, state: StreamState, *, replayable: bool, idempotent: bool) -> None:
+        self._session = session
+        self.state = state
+        self.stream_id = state.stream_id
+        self.status = 0
+        self.headers: Headers = []
+        self._replayable = replayable
+        self._idempotent = idempotent
+
+    @property
+    def trailers(self) -> Headers:  # type: ignore[override]  # read from the driver's state
+        return [(name, value) for name, value in self.state.trailers if not name.startswith(b":")]
+
+    @property
+    def complete(self) -> bool:
+        return self.state.ended and not self.state.chunks
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.state.buffered
+
+    async def wait_head(self) -> None:
+        """Wait for the final response head. Raises :class:`NotProcessed` (see the class
+        docstring) or :class:`UpstreamProtocolError` when the stream or the connection
+        failed first."""
+        state = self.state
+        while state.headers is None and not state.receive_finished and state.send_error is None:
+            await state.wait()
+        if state.headers is not None and state.status is not None and state.malformed is None:
+            self.status, self.headers = state.status, state.headers
+            return
+        if state.malformed is not None:
+            raise UpstreamProtocolError(f"stream {state.stream_id}: {state.malformed}")
+        if state.reset_code is not None:
+            if state.reset_code == H3_REQUEST_REJECTED and self._replayable:
+                raise NotProcessed(f"the backend refused stream {state.stream_id} unprocessed (H3_REQUEST_REJECTED)", lost=False)
+            raise UpstreamProtocolError(f"the backend reset stream {state.stream_id} (error 0x{state.reset_code:x})")
+        if state.error is not None:
+            # a lost connection: the request is sent again when the backend never got any
+            # of it, or when it is idempotent (RFC 9110 9.2.2)
+            if self._replayable and (self._idempotent or not state.reached):
+                raise NotProcessed(str(state.error), lost=True)
+            raise UpstreamProtocolError(str(state.error))
+        if state.send_error is not None:
+            raise UpstreamProtocolError(f"cannot send the request: {state.send_error}")
+        raise UpstreamProtocolError("the backend ended the stream without a response")
+
+    async def receive(self) -> bytes:
+        """Next body chunk or b"" at the end; see :meth:`UpstreamResponse.receive`."""
+        state = self.state
+        while True:
+            if state.chunks:
+                data = state.take(READ_CHUNK)
+                self._session.consumed(state)
+                return data
+            if state.ended:
+                return b""
+            if state.reset_code is not None:
+                raise UpstreamProtocolError(f"the backend reset stream {state.stream_id} (error 0x{state.reset_code:x})")
+            if state.error is not None:
+                raise UpstreamProtocolError(str(state.error))
+            await state.wait()
+
+    def receive_nowait(self) -> bytes | None:
+        state = self.state
+        if state.chunks:
+            data = state.take(READ_CHUNK)
+            self._session.consumed(state)
+            return data
+        if state.ended:
+            return b""
+        return None
+
+
+class NotProcessed(UpstreamProtocolError):
+    """The backend provably did not process a bodiless request (it refused the stream, or
+    the connection was lost before it acknowledged any of it, or the request is idempotent):
+    the pool sends it again once on another connection (like HTTP/1.1's stale connection).
+    ``lost``: the connection failed (not a refusal)."""
+
+    def __init__(self, message: str, *, lost: bool) -> None:
+        super().__init__(message)
+        self.lost = lost
