@@ -138,6 +138,7 @@ class Server:
                 raise StartupError(f"listener {listener.address}:{listener.port}: {exc}") from exc
         self.metrics.attach(self)
         self.metrics.attach_rate_limits(self.state.rate_limits)
+        self.metrics.attach_upstream(self.upstream)
         #: name ("metrics", "control") -> the enabled endpoint's service
         self._services: dict[str, Service] = {}
         obs = config.observability

@@ -204,9 +204,9 @@ class AltSvcCache:
             del self._entries[origin]
         return {e.alternative for e in self._entries.values() if e.alternative is not None}
 
-    def status(self) -> dict[BackendTarget, tuple[BackendTarget | None, float]]:
-        """origin -> (alternative, broken until) for the metrics."""
-        return {origin: (e.alternative, e.broken_until) for origin, e in self._entries.items()}
+    def broken_until(self) -> dict[str, float]:
+        """origin address -> until when its HTTP/3 is broken (for the metrics)."""
+        return {str(origin): e.broken_until for origin, e in self._entries.items()}
 
 
 class _H2Exchange(Protocol):

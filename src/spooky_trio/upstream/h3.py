@@ -15,7 +15,9 @@ SETTINGS frame), a stream budget, and the exchange API the HTTP/2 engine has
 * **Liveness.** A backend that restarted drops our packets silently (aioquic reacts to no
   stateless reset): after :attr:`~H3Session.max_probe_timeouts` probe timeouts without an
   acknowledgement the connection counts as lost (about a second on loopback) instead of
-  hanging until the idle timeout.
+  hanging until the idle timeout. While requests are outstanding and the backend has sent
+  nothing for a second, a PING makes that rule apply to a backend that died after it had
+  acknowledged a request (it would otherwise be met only by the response timeout).
 * **Backpressure.** Request bodies are written a chunk at a time while the stream's unsent
   data stays below one chunk; response data earns the backend new credit only as the
   forward step takes it (:class:`~spooky_trio.upstream.h3_stream.H3Stream`).
@@ -65,6 +67,7 @@ class H3Session(H3Transport):
     """
 
     max_probe_timeouts = 5
+    keepalive = 1.0
 
     def __init__(
         self,

@@ -80,6 +80,13 @@ class H3Pool:
     def targets(self) -> set[BackendTarget]:
         return set(self._sessions)
 
+    def connection_counts(self) -> dict[str, int]:
+        """Open sessions per target address (for the metrics)."""
+        counts: collections.Counter[str] = collections.Counter()
+        for target, sessions in self._sessions.items():
+            counts[str(target)] += len(sessions)
+        return dict(counts)
+
     def has_ready_session(self, target: BackendTarget) -> bool:
         """A session of ``target`` completed its handshake and takes streams."""
         return any(s.can_open_stream for s in self._sessions.get(target, ()))

@@ -75,6 +75,10 @@ class H3Transport:
     #: connection counts as lost (None: wait for the idle timeout, as aioquic does). A peer
     #: that restarted drops our packets silently; this finds it in a few round trips.
     max_probe_timeouts: int | None = None
+    #: while requests are outstanding, a PING after this many seconds without a datagram
+    #: from the peer (None: never), so that a peer gone silent under a request that it had
+    #: acknowledged meets the probe-timeout rule above instead of the idle timeout
+    keepalive: float | None = None
 
     def __init__(self, sock: socket.socket, peer: tuple[object, ...], quic: FlowControlledQuicConnection, target: str, authority: str) -> None:
         self._sock = sock
@@ -93,6 +97,7 @@ class H3Transport:
         self._drive_scope = trio.CancelScope()
         self._timer_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        self._last_received = trio.current_time()
         self.alpn_protocol: str | None = None
         #: Set when the server sent an HTTP/3 GOAWAY; new ``request()`` calls then fail.
         self.goaway_received = trio.Event()
@@ -196,12 +201,16 @@ class H3Transport:
                     if timer is not None and timer <= now:
                         self._quic.handle_timer(now=now)
                         self._check_liveness()
+                    if self._keepalive_due(now):
+                        self._quic.send_ping(0)
+                        self._last_received = now  # the next one a keepalive later; the PTO probes the rest
                     for _ in range(MAX_BURST):
                         try:
                             data = self._sock.recv(65536)
                         except BlockingIOError:
                             break
                         self._quic.receive_datagram(data, self._peer, now=now)
+                        self._last_received = now
                     self._process_events()
                     await self._transmit()
             except OSError as exc:
@@ -214,9 +223,17 @@ class H3Transport:
         if limit is not None and self._handshake_complete and self._quic.probe_timeouts >= limit:
             self._fail(H3ConnectionLost(f"connection to {self._target} lost: no acknowledgement after {limit} probe timeouts"))
 
+    def _keepalive_due(self, now: float) -> bool:
+        keepalive = self.keepalive
+        return keepalive is not None and bool(self._streams) and self._handshake_complete and now >= self._last_received + keepalive
+
     def _timer_deadline(self) -> float:
         timer = self._quic.get_timer()
-        return math.inf if timer is None else timer
+        deadline = math.inf if timer is None else timer
+        keepalive = self.keepalive
+        if keepalive is not None and self._streams and self._handshake_complete:
+            deadline = min(deadline, self._last_received + keepalive)
+        return deadline
 
     def _wake_driver(self) -> None:
         """Make the driver run a cycle (and transmit) now, e.g. after queuing an abort."""
