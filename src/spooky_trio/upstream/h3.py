@@ -88,6 +88,8 @@ class H3Session(H3Transport):
         self.idle_since = trio.current_time()
         self._on_change = on_change
         self._on_closed = on_closed
+        #: the peer's stream budget as last seen: opening a stream lowers it, a MAX_STREAMS
+        #: frame (handled while datagrams are read) raises it, and a rise wakes the pool
         self._budget = 0
 
     # -- pool-facing state --
@@ -122,6 +124,7 @@ class H3Session(H3Transport):
             self._forget(state)
             raise
         state.send_done = bodiless
+        self._budget = self._quic.bidi_streams_available()  # only MAX_STREAMS raises it again
         stream = H3Stream(self, state, replayable=bodiless, idempotent=request.method in _IDEMPOTENT)
         self.active[stream_id] = stream
         return stream
