@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,7 +49,8 @@ class Gtls:
 async def run_gtlsserver(certs_dir: Path, root: Path, *, files: dict[str, bytes] | None = None, args: Sequence[str] = ()) -> AsyncIterator[Gtls]:
     """Run ``gtlsserver`` on 127.0.0.1 (a free UDP port) with the test certificate, serving
     ``files`` from ``root``, until the block ends (the process is ended by its pid)."""
-    binary = require("gtlsserver", "ngtcp2-server")
+    # (Debian puts it in /usr/sbin, which a non-root PATH may lack)
+    binary = shutil.which("gtlsserver", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"])) or require("gtlsserver", "ngtcp2-server")
     root.mkdir(parents=True, exist_ok=True)
     files = dict(files or {})
     for name, content in files.items():
