@@ -210,3 +210,38 @@ async def test_balancing_retries_hedging_and_the_breaker_on_http3(certs_dir: Pat
                 statuses = [(await clients.request("h3", "/echo")).status for _ in range(10)]
             assert statuses.count(502) == 2 and statuses[-4:] == [200] * 4
             assert server.reloads.generations.stable.pools["api"].backends[0].state.breaker.state == "open"
+
+
+@pytest.mark.parametrize("front", ["h3", "h2"])
+async def test_per_backend_inflight_limit_sheds_and_releases_on_http3(certs_dir: Path, front: str) -> None:
+    """Overload protection sits before the exchange and its lease ends with the HTTP/3
+    stream: with ``per_backend_inflight_limit: 2`` two held requests reach the backend over
+    HTTP/3, the other three are shed (503 ``backend_inflight``), and once the two are
+    answered both slots are free again."""
+    limit = "performance:\n  per_backend_inflight_limit: 2\n"
+    async with run_backend(name="held", tls=True, quic=True, **tls_files(certs_dir)) as backend:
+        async with running_proxy(proxy_yaml(pool("h3", backend.url, certs_dir=certs_dir), certs_dir=certs_dir, extra=limit)) as server:
+            async with proxy_clients(server.listeners[0].port, certs_dir) as clients:
+                statuses: list[int] = []
+                shed = trio.Event()
+
+                async def one() -> None:
+                    r = await clients.request(front, "/hold")
+                    statuses.append(r.status)
+                    if r.status == 503:
+                        assert b"backend_inflight" in r.body
+                    if statuses.count(503) == 3:
+                        shed.set()
+
+                with trio.fail_after(20):
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(5):
+                            nursery.start_soon(one)
+                        await backend.wait_for_requests(2)
+                        await shed.wait()  # three answered while two are held at the backend
+                        backend.release_holds()
+                assert sorted(statuses) == [200] * 2 + [503] * 3
+                assert (await clients.request(front, "/echo")).status == 200
+            assert {r["http_version"] for r in backend.requests} == {"3"}
+            assert sample(server, "spooky_overload_shed_by_reason_total", reason="backend_inflight") == 3
+            assert server.reloads.generations.stable.pools["api"].backends[0].state.slots.held == 0
