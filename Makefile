@@ -24,23 +24,24 @@ ORIGIN_PORT ?= 8081
 run: $(STAMP) .dev-certs/localhost.pem
 	$(BIN)/python -m spooky_trio.devtools.demo --config conf/dev.yaml --port $(PORT) --origin-port $(ORIGIN_PORT)
 
-# optional peers some tests and `make bench` use (ngtcp2's gtlsclient for HTTP/3 interop,
-# nginx and caddy as origin and reference proxy, h2load, redis-server for the shared rate-limit
-# store; systemd's systemd-analyze checks the packaged unit; dnsmasq (the dnsmasq-base binary,
-# without the system service that would take port 53) and etcd for backend discovery); tests
-# skip with the reason when a tool is missing (and fail under CI=true). Installs from Debian's
-# packages when run as root, else says what to install. The packages' own services are
-# stopped: tests start their own servers on free loopback ports.
-TEST_TOOLS := ngtcp2-client nginx-light caddy nghttp2-client redis-server systemd dnsmasq-base etcd-server
+# optional peers some tests and `make bench` use (ngtcp2's gtlsclient for HTTP/3 interop and
+# its gtlsserver as the independent HTTP/3 backend, nginx and caddy as origin and reference
+# proxy, h2load, redis-server for the shared rate-limit store; systemd's systemd-analyze checks
+# the packaged unit; dnsmasq (the dnsmasq-base binary, without the system service that would
+# take port 53) and etcd for backend discovery); tests skip with the reason when a tool is
+# missing (and fail under CI=true). Installs from Debian's packages when run as root, else
+# says what to install. The packages' own services are stopped: tests start their own servers
+# on free loopback ports.
+TEST_TOOLS := ngtcp2-client ngtcp2-server nginx-light caddy nghttp2-client redis-server systemd dnsmasq-base etcd-server
 test-tools:
-	@if command -v gtlsclient >/dev/null && command -v nginx >/dev/null && command -v caddy >/dev/null && command -v h2load >/dev/null \
+	@if command -v gtlsclient >/dev/null && { command -v gtlsserver || test -x /usr/sbin/gtlsserver; } >/dev/null && command -v nginx >/dev/null && command -v caddy >/dev/null && command -v h2load >/dev/null \
 		&& command -v redis-server >/dev/null && command -v systemd-analyze >/dev/null \
 		&& command -v dnsmasq >/dev/null && command -v etcd >/dev/null; then \
 		echo "test tools present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_TOOLS) >/dev/null \
 			&& (service nginx stop >/dev/null 2>&1 || true) && (service redis-server stop >/dev/null 2>&1 || true) \
-			&& (service etcd stop >/dev/null 2>&1 || true)) \
+			&& (service etcd stop >/dev/null 2>&1 || true) && (systemctl stop ngtcp2d >/dev/null 2>&1 || true)) \
 			|| echo "warning: could not install $(TEST_TOOLS); the tests that need them will skip"; \
 	else \
 		echo "optional: sudo apt-get install $(TEST_TOOLS) (tests that need them skip)"; \

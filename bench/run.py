@@ -46,8 +46,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                   "about": "1000 idle QUIC connections: memory per connection"},
     "bootstrap_h2": {"kind": "h2load", "upstream": "h1", "path": "/", "connections": 4, "streams": 8,
                      "about": "tiny GET over the TCP bootstrap listener, HTTP/2 (h2load) -> HTTP/1.1"},
+    "tiny_h3up": {"kind": "h3", "upstream": "h3", "method": "GET", "path": "/", "connections": 4, "streams": 8,
+                  "about": "tiny GET, HTTP/3 -> HTTP/3 origin (upstream_protocol: h3; Caddy: transport versions 3)"},
+    "download_1m_h3up": {"kind": "h3", "upstream": "h3", "method": "GET", "path": "/bytes/1048576", "expect": ONE_MIB,
+                         "connections": 4, "streams": 8, "timeout": 180, "warmup": 0,
+                         "about": "1 MiB GET, 32 concurrent, HTTP/3 -> HTTP/3 origin"},
 }
-DEFAULT_ORDER = list(SCENARIOS)
+#: scenarios measured only when named with -s (their origin is another process: Caddy or hypercorn)
+OPTIONAL = {"tiny_h3up", "download_1m_h3up"}
+DEFAULT_ORDER = [name for name in SCENARIOS if name not in OPTIONAL]
 
 
 def percentile(sorted_values: list[int], q: float) -> float:
@@ -206,9 +213,9 @@ class Bench:
         sc = dict(sc, name=name)
         self._profiling_target = server.name
         self._cprofile_out = getattr(server, "cprofile_out", None)
-        upstream = origin.h2_url if sc["upstream"] == "h2" else origin.h1_url
+        upstream = {"h2": origin.h2_url, "h3": origin.h3_url}.get(sc["upstream"], origin.h1_url)
         sc["headers"] = getattr(server, "request_headers", [])  # an auth target's credentials
-        server.start(upstream, port)
+        server.start(upstream, port, protocol=sc["upstream"])
         try:
             pid = server.pid
             if sc["kind"] == "h3":
@@ -392,7 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = os.environ.get("BENCH_QUICK") == "1"
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("-s", "--scenarios", default=",".join(DEFAULT_ORDER),
-                   help=f"comma-separated subset of: {', '.join(DEFAULT_ORDER)}")
+                   help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all but {', '.join(sorted(OPTIONAL))}, "
+                        "whose HTTP/3 origin is Caddy, or hypercorn without it)")
     p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
                         "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run; "
                         "spooky+api_key and spooky+jwt run this checkout with the pool behind an API key or an RS256 JWT "
@@ -495,8 +503,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.targets import make_certs
 
     make_certs(bench.certs)
-    origin = Origin(workdir, bench.certs, prefer=args.origin)
-    result["origin"] = origin.kind
+    origin = Origin(workdir, bench.certs, prefer=args.origin, h3=any(SCENARIOS[n]["upstream"] == "h3" for n in names))
+    result["origin"] = origin.kind + (f" + {origin.h3_kind} (HTTP/3)" if origin.h3_kind else "")
     origin.start()
     redis = RedisServer(workdir) if any(t == "spooky+rl-redis" for t in targets) else None
     collector = contextlib.ExitStack()

@@ -97,18 +97,22 @@ def make_certs(directory: Path) -> None:
 
 class Origin:
     """The upstream: nginx (HTTP/1.1 on one port, HTTP/2 over TLS on another) when installed,
-    else the built-in h11 origin plus hypercorn for HTTP/2 TLS.
+    else the built-in h11 origin plus hypercorn for HTTP/2 TLS. With ``h3`` also an HTTP/3
+    origin (Debian's nginx has no QUIC): Caddy serving the same URL space when installed,
+    else hypercorn with HTTP/3.
 
-    URL space on both: ``GET /`` a tiny text, ``GET /bytes/1048576`` 1 MiB, ``POST /upload``
+    URL space on all: ``GET /`` a tiny text, ``GET /bytes/1048576`` 1 MiB, ``POST /upload``
     reads the whole body and answers a tiny text.
     """
 
-    def __init__(self, workdir: Path, certs: Path, *, prefer: str = "nginx") -> None:
+    def __init__(self, workdir: Path, certs: Path, *, prefer: str = "nginx", h3: bool = False) -> None:
         self.workdir = workdir
         self.certs = certs
         self.kind = "nginx" if prefer == "nginx" and shutil.which("nginx") else "builtin"
         self.h1_port = free_port()
         self.h2_port = free_port()
+        self.h3_port = free_port() if h3 else 0
+        self.h3_kind = ("caddy" if shutil.which("caddy") else "hypercorn") if h3 else ""
         self.procs: list[subprocess.Popen] = []
 
     @property
@@ -119,11 +123,68 @@ class Origin:
     def h2_url(self) -> str:
         return f"https://localhost:{self.h2_port}"
 
+    @property
+    def h3_url(self) -> str:
+        return f"https://localhost:{self.h3_port}"
+
     def start(self) -> None:
         if self.kind == "nginx":
             self._start_nginx()
         else:
             self._start_builtin()
+        if self.h3_kind == "caddy":
+            self._start_caddy_h3()
+        elif self.h3_kind == "hypercorn":
+            self._start_hypercorn_h3()
+
+    def _start_caddy_h3(self) -> None:
+        root = self.workdir / "h3-origin"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "1m.bin").write_bytes(b"x" * ONE_MIB)
+        caddyfile = f"""{{
+    admin off
+    auto_https off
+    servers {{
+        protocols h1 h2 h3
+    }}
+}}
+https://:{self.h3_port} {{
+    bind 127.0.0.1
+    tls {self.certs / 'localhost.pem'} {self.certs / 'localhost.key'}
+    handle / {{
+        respond "hello from the bench origin
+" 200
+    }}
+    handle /bytes/1048576 {{
+        root * {root}
+        rewrite * /1m.bin
+        file_server
+    }}
+    handle /upload {{
+        respond "uploaded
+" 200
+    }}
+}}
+"""
+        path = root / "Caddyfile"
+        path.write_text(caddyfile)
+        env = dict(os.environ, HOME=str(root), XDG_DATA_HOME=str(root / "data"), XDG_CONFIG_HOME=str(root / "config"))
+        log = open(root / "caddy.log", "wb")
+        proc = subprocess.Popen(["caddy", "run", "--config", str(path), "--adapter", "caddyfile"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        wait_tcp(self.h3_port, proc, what="caddy HTTP/3 origin")
+
+    def _start_hypercorn_h3(self) -> None:
+        log = open(self.workdir / "origin-h3.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "--certfile", str(self.certs / "localhost.pem"),
+             "--keyfile", str(self.certs / "localhost.key"), "--bind", f"127.0.0.1:{self.h3_port}",
+             "--quic-bind", f"127.0.0.1:{self.h3_port}", "bench.asgi_origin:app"],
+            env=python_env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        self.procs.append(proc)
+        wait_tcp(self.h3_port, proc, what="hypercorn HTTP/3 origin")
 
     def _start_nginx(self) -> None:
         root = self.workdir / "nginx"
@@ -291,8 +352,10 @@ class SpookyServer(Server):
         self.src = src
         self.name = name
 
-    def config_text(self, upstream_url: str, port: int) -> str:
+    def config_text(self, upstream_url: str, port: int, protocol: str = "auto") -> str:
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
+        if protocol == "h3":  # the scenario's origin speaks HTTP/3 (tiny_h3up, download_1m_h3up)
+            tls += "    upstream_protocol: h3\n"
         if self.auth is not None:
             tls += self.auth.pool_config()
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
@@ -342,12 +405,12 @@ security:
             return f'    backends: []\n    discovery: {{kind: file, path: "{listing}", refresh_ms: 1000}}'
         return f'    backends:\n      - id: "origin"\n        address: "{upstream_url}"'
 
-    def start(self, upstream_url: str, port: int) -> None:
+    def start(self, upstream_url: str, port: int, protocol: str = "auto") -> None:
         self.port = port
         if self.auth is not None:
             self.auth.start()
         path = self.workdir / f"spooky-{port}.yaml"
-        path.write_text(self.config_text(upstream_url, port))
+        path.write_text(self.config_text(upstream_url, port, protocol))
         env = python_env(self.src)
         module = "spooky_trio"
         if self.cprofile_out is not None:
@@ -374,21 +437,15 @@ class CaddyServer(Server):
 
     name = "caddy"
 
-    def backends_config(self, upstream_url: str, port: int) -> str:
-        """The pool's ``backends`` (or, with ``--discovery file``, its discovery block and file)."""
-        if self.discovery == "file":
-            listing = self.workdir / f"spooky-{port}-backends.yaml"
-            listing.write_text(f'- {{id: origin, address: "{upstream_url}"}}\n')
-            return f'    backends: []\n    discovery: {{kind: file, path: "{listing}", refresh_ms: 1000}}'
-        return f'    backends:\n      - id: "origin"\n        address: "{upstream_url}"'
-
-    def start(self, upstream_url: str, port: int) -> None:
+    def start(self, upstream_url: str, port: int, protocol: str = "auto") -> None:
         self.port = port
         transport = ""
         if upstream_url.startswith("https"):
+            # HTTP/3 to the origin: Caddy's experimental HTTP/3 transport (no negotiation)
+            versions = "\n            versions 3" if protocol == "h3" else ""
             transport = f"""
         transport http {{
-            tls_trusted_ca_certs {self.certs / 'ca.pem'}
+            tls_trusted_ca_certs {self.certs / 'ca.pem'}{versions}
         }}"""
         caddyfile = f"""{{
     admin off

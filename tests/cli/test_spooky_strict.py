@@ -34,6 +34,9 @@ SAMPLES = {
     "resilience.rate_limit_store.timeout_ms": "50",
     "resilience.rate_limit_store.failure_mode": "fail_open",
     "resilience.rate_limit_headers": "true",
+    "performance.h3_pool_max_connections_per_backend": "4",
+    "performance.h3_pool_max_streams_per_connection": "50",
+    "performance.h3_pool_idle_timeout_ms": "30000",
 }
 #: keys inside a list: the whole tail to append (the key is reported at entry [0])
 TAIL_SAMPLES = {
@@ -80,6 +83,7 @@ POOL_LEVEL_SAMPLES = {
     "upstream.<pool>.discovery.ca_file": _ETCD % "ca_file: /etc/spooky/etcd-ca.pem",
     "upstream.<pool>.discovery.cert_file": _ETCD % "cert_file: /etc/spooky/etcd.pem, key_file: /etc/spooky/etcd.key",
     "upstream.<pool>.discovery.key_file": _ETCD % "cert_file: /etc/spooky/etcd.pem, key_file: /etc/spooky/etcd.key",
+    "upstream.<pool>.upstream_protocol": "    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n    upstream_protocol: h2\n",
 }
 #: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
 #: holding a rate_limit_store key, itself an extension key; a discovery block's kind and the

@@ -12,8 +12,9 @@ import attrs
 import pytest
 import trio
 from hypercorn.config import Config
-from hypercorn.protocol.quic import QuicProtocol
 from hypercorn.trio import serve
+
+from tests.support.backends import serialize_hypercorn_quic
 
 MiB = 1024 * 1024
 
@@ -92,29 +93,10 @@ class Server:
         return str(self.certs_dir / "ca.pem")
 
 
-def _serialized_handle_events(original: Any) -> Any:
-    """Work around a hypercorn 0.18 (trio) QUIC server race that drops requests under bursts.
-
-    Its receive loop and its per-connection timer task both run ``_handle_events``, and every
-    transmit restarts (cancels) the timer task -- possibly while that task is in the middle
-    of handing a request to the application, which is then silently lost. Serialising the
-    processing and shielding it from that cancellation makes the server deterministic, so
-    these tests exercise the client rather than the fixture's race.
-    """
-
-    async def _handle_events(self: QuicProtocol, connection: Any, client: Any = None) -> None:
-        with trio.CancelScope(shield=True):
-            lock = self.__dict__.setdefault("_spooky_test_events_lock", trio.Lock())
-            async with lock:
-                await original(self, connection, client)
-
-    return _handle_events
-
-
 @pytest.fixture
-async def server(certs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Server]:
+async def server(certs_dir: Path) -> AsyncIterator[Server]:
     """hypercorn serving :func:`app`: HTTP/3 on UDP ``port``, h2/http1.1 over TLS on TCP ``port``."""
-    monkeypatch.setattr(QuicProtocol, "_handle_events", _serialized_handle_events(QuicProtocol._handle_events))
+    serialize_hypercorn_quic()  # a hypercorn QUIC race that drops requests (tests/support/backends.py)
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]

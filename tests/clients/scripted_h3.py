@@ -5,6 +5,7 @@ Every route answers once the request is complete (its FIN arrived):
   ``/echo``           200 with the request body
   ``/bytes/N``        200 with N bytes (all queued at once; the client's flow control paces it)
   ``/reset``          RESET_STREAM with H3_MESSAGE_ERROR instead of a response
+  ``/reject``         RESET_STREAM with H3_REQUEST_REJECTED (not processed, RFC 9114 8.1)
   ``/partial-reset``  200 + some body, then RESET_STREAM with H3_INTERNAL_ERROR
   ``/trailers``       200 + body + a trailer section
   ``/goaway``         200, then a GOAWAY frame on the control stream
@@ -38,6 +39,8 @@ class ScriptedH3Server:
         self._deferred_resets: list[tuple[QuicConnection, int, int]] = []  # after a transmit
         self._requests: dict[tuple[Address, int], tuple[bytes, bytearray]] = {}  # -> (path, body)
         self.port = 0
+        #: request paths in arrival order (complete requests)
+        self.paths: list[bytes] = []
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -88,6 +91,7 @@ class ScriptedH3Server:
                     self._requests[key][1].extend(h3_event.data)
                 if h3_event.stream_ended:
                     path, body = self._requests.pop(key)
+                    self.paths.append(path)
                     self._respond(quic, h3, h3_event.stream_id, path, bytes(body))
 
     def _respond(self, quic: QuicConnection, h3: H3Connection, sid: int, path: bytes, body: bytes) -> None:
@@ -99,6 +103,8 @@ class ScriptedH3Server:
             h3.send_data(sid, bytes(int(path[7:])), end_stream=True)
         elif path == b"/reset":
             quic.reset_stream(sid, ErrorCode.H3_MESSAGE_ERROR)
+        elif path == b"/reject":
+            quic.reset_stream(sid, ErrorCode.H3_REQUEST_REJECTED)
         elif path == b"/partial-reset":
             h3.send_headers(sid, [(b":status", b"200")])
             h3.send_data(sid, b"partial", end_stream=False)

@@ -144,6 +144,26 @@ def test_an_https_admin_backend_needs_a_usable_tls_policy(tmp_path: Path, certs_
     assert _tls_policy_error(server, api, "https://127.0.0.1:8443") is None  # type: ignore[arg-type]
 
 
+def test_an_http3_pool_refuses_cleartext_srv_targets() -> None:
+    text = pool("{kind: dns_srv, name: _api._tcp.example.com, scheme: http}").replace(
+        "    discovery:", "    upstream_protocol: h3\n    discovery:")
+    assert "needs https:// backends" in issue_at(errors(text), "upstream.api.discovery.scheme").message
+
+
+def test_an_admin_backend_must_suit_the_pools_protocol(certs_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from spooky_trio.core.state import StateStore
+    from spooky_trio.serving.admin_upstreams import _tls_policy_error
+
+    config = load(LISTEN + "upstream:\n  api:\n    route: {path_prefix: /}\n    upstream_protocol: h3\n"
+                  f"    tls: {{ca_file: {certs_dir}/ca.pem}}\n    backends: [{{id: a, address: 'https://127.0.0.1:9'}}]\n")
+    server = SimpleNamespace(state=StateStore(), generation=SimpleNamespace(config=config))
+    api = config.upstream["api"]
+    assert "needs https:// backends" in (_tls_policy_error(server, api, "http://127.0.0.1:8080") or "")  # type: ignore[arg-type]
+    assert _tls_policy_error(server, api, "https://127.0.0.1:8443") is None  # type: ignore[arg-type]
+
+
 # -- backends named by a source (a file, an etcd value, an admin API body) --
 
 

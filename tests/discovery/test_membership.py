@@ -4,6 +4,7 @@ pools following them with each backend's state kept by identity."""
 
 from __future__ import annotations
 
+import attrs
 import trio
 import trio.testing
 
@@ -11,7 +12,14 @@ from spooky_trio.config import load_config_text
 from spooky_trio.config.backend_entries import BackendEntry
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.state import StateStore
-from spooky_trio.discovery.membership import ADMIN, CONFIG, Change, DiscoveryState, diff, source_key
+from spooky_trio.discovery.membership import (
+    ADMIN,
+    CONFIG,
+    Change,
+    DiscoveryState,
+    diff,
+    source_key,
+)
 from spooky_trio.proxy.admission import OverloadGuard
 from tests.balancing.helpers import request
 
@@ -42,6 +50,21 @@ def ids(pairs: list) -> list[tuple[str, str]]:  # type: ignore[type-arg]
 
 
 class TestDiscoveryState:
+    def test_an_http3_pool_leaves_out_the_cleartext_backends_a_source_names(self, caplog) -> None:  # type: ignore[no-untyped-def]
+        """HTTP/3 runs over TLS only: an ``http://`` entry in an ``upstream_protocol: h3``
+        pool is logged and never reaches the pool (dialling it would be a QUIC attempt
+        without TLS); the admin API's such entry too."""
+        state = DiscoveryState()
+        pool = config().upstream["app"]
+        pool = attrs.evolve(pool, upstream_protocol="h3")
+        key = source_key("app", pool.discovery)  # type: ignore[arg-type]
+        state.answer(key, [entry("a"), BackendEntry("b", "https://10.0.0.2:443", None)], now=1.0)
+        state.put("app", entry("m", "10.0.0.3"))
+        with caplog.at_level("WARNING", logger="spooky.discovery"):
+            assert ids(state.backends("app", pool)) == [("b", "file")]
+        assert "backend a from file left out: upstream_protocol h3 needs https://" in caplog.text
+        assert "backend m from admin left out" in caplog.text
+
     def test_a_source_set_replaces_the_seed_and_empty_or_failed_answers_keep_it(self) -> None:
         state = DiscoveryState()
         cfg = config(backends=SEED)

@@ -19,7 +19,7 @@ from tests.support.backends import run_backend
 from tests.support.proxy import h1_pool, proxy_yaml, running_proxy
 
 FIELDS = {"time", "client", "protocol", "method", "authority", "path", "status", "pool",
-          "backend", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason"}
+          "backend", "upstream_protocol", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason"}
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[dict]:
@@ -46,10 +46,10 @@ async def test_access_log_fields_http3_and_bootstrap(certs_dir: Path, caplog: py
     assert set(h3_ok) == FIELDS
     assert h3_ok["protocol"] == "HTTP/3" and h3_ok["method"] == "POST" and h3_ok["path"] == "/echo?x=1"
     assert h3_ok["authority"] == "localhost" and h3_ok["status"] == 200 and h3_ok["outcome"] == "ok"
-    assert h3_ok["pool"] == "app" and h3_ok["backend"] == "app-1"
+    assert h3_ok["pool"] == "app" and h3_ok["backend"] == "app-1" and h3_ok["upstream_protocol"] == "HTTP/1.1"
     assert h3_ok["bytes_in"] == 5 and h3_ok["bytes_out"] == len(r.body)
     assert h3_ok["client"].startswith("127.0.0.1:") and h3_ok["duration_ms"] >= 0
-    assert h3_404["status"] == 404 and h3_404["outcome"] == "error" and h3_404["pool"] is None
+    assert h3_404["status"] == 404 and h3_404["outcome"] == "error" and h3_404["pool"] is None and h3_404["upstream_protocol"] is None
     assert h1_ok["protocol"].startswith("HTTP/1") and h1_ok["status"] == 200 and h1_ok["backend"] == "app-1"
     assert h1_ok["bytes_out"] == len(r1.content) and h1_ok["bytes_in"] == 0
     plain = [r.getMessage() for r in caplog.records if r.name == "spooky.access"][0]

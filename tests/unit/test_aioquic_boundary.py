@@ -46,7 +46,7 @@ SCANNED = [ROOT / "src" / "spooky_trio", ROOT / "bench"]
 WRAPPERS = frozenset({
     "src/spooky_trio/ingress/quic_engine.py",  # QuicConnection, tls.Context (server)
     "src/spooky_trio/ingress/h3.py",  # H3Connection (server)
-    "src/spooky_trio/clients/_quic.py",  # QuicConnection, H3Connection (operator client)
+    "src/spooky_trio/upstream/quic_engine.py",  # QuicConnection, H3Connection (upstream HTTP/3 and the operator client)
     "bench/loadgen.py",  # QuicConnectionProtocol (load generator)
 })
 #: aioquic modules whose classes exist only to be driven by QuicConnection's private hooks
@@ -274,7 +274,7 @@ def _flush(self):
             conn.process_events()
 ''',
     "h3_transport.py": '''
-from spooky_trio.clients._quic import FlowControlledQuicConnection
+from spooky_trio.upstream.quic_engine import FlowControlledQuicConnection
 
 class H3Transport:
     def __init__(self, sock, peer, quic: FlowControlledQuicConnection) -> None:
@@ -327,7 +327,7 @@ def test_the_check_catches_the_replaced_accesses(name: str) -> None:
 
 def test_the_check_leaves_project_privates_alone() -> None:
     source = '''
-from spooky_trio.clients._quic import FlowControlledQuicConnection
+from spooky_trio.upstream.quic_engine import FlowControlledQuicConnection
 
 class H3Transport:
     def __init__(self, quic: FlowControlledQuicConnection, listener) -> None:

@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 
 from spooky_trio import aioquic_compat
 from spooky_trio.aioquic_compat import SUPPORTED_AIOQUIC, UnsupportedAioquic, check_overrides, require_method
-from spooky_trio.clients._quic import FlowControlledQuicConnection, GoawayAwareH3Connection
+from spooky_trio.upstream.quic_engine import FlowControlledQuicConnection, GoawayAwareH3Connection
 from spooky_trio.ingress.h3 import StreamScopedH3Connection
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection, _SniContext
 
@@ -89,7 +89,7 @@ def test_require_method(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("aioquic.quic.connection:QuicConnection", "_write_ack_frame", "spooky_trio.ingress.quic_engine"),
         ("aioquic.h3.connection:H3Connection", "_receive_stream_data_uni", "spooky_trio.ingress.h3"),
-        ("aioquic.h3.connection:H3Connection", "_check_control_frame_type", "spooky_trio.clients.h3"),
+        ("aioquic.h3.connection:H3Connection", "_check_control_frame_type", "spooky_trio.upstream.quic_engine"),
     ],
 )
 def test_the_guard_runs_at_import(owner: str, hook: str, module: str) -> None:

@@ -10,7 +10,7 @@ Design
   for the socket to become readable, drains every queued datagram into
   ``QuicConnection.receive_datagram``, turns QUIC events into HTTP/3 events and dispatches
   them to per-stream ``StreamState`` objects, then transmits once for the whole burst
-  (:mod:`spooky_trio.clients.h3_transport`).
+  (:mod:`spooky_trio.upstream.h3_transport`, shared with the upstream HTTP/3 pool).
 * **Timers**: the driver waits inside a cancel scope whose deadline is aioquic's
   ``get_timer()`` (aioquic is fed ``trio.current_time()``, so both share one clock); every
   transmit, from any task, moves that deadline. There is no per-packet or per-timer task.
@@ -21,13 +21,12 @@ Design
   written in ``SEND_CHUNK`` pieces and the writer waits (woken after every transmit) until
   less than one chunk is still unsent before writing the next, so per stream at most two
   chunks wait locally; data in flight is bounded by the server's flow-control credit.
-* **Receive-side backpressure**: see :mod:`spooky_trio.clients._quic` — a stream's receive
+* **Receive-side backpressure**: see :mod:`spooky_trio.upstream.quic_engine` — a stream's receive
   window only advances as the application reads, so a slow reader holds the server back.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,7 +38,6 @@ from aioquic.h3.connection import ErrorCode
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 
-from spooky_trio.clients._quic import FlowControlledQuicConnection
 from spooky_trio.clients.errors import (
     H3ClientError,
     H3ConnectError,
@@ -52,13 +50,13 @@ from spooky_trio.clients.h3_stream import (
     Headers,
     StreamState,
 )
-from spooky_trio.clients.h3_transport import H3Transport
+from spooky_trio.upstream.h3_transport import SEND_CHUNK, H3Transport, open_udp_socket
+from spooky_trio.upstream.quic_engine import FlowControlledQuicConnection
 
 __all__ = ["H3Client", "H3ClientError", "H3ConnectError", "H3ConnectionLost", "H3Response", "H3StreamReset", "H3StreamResponse"]
 
 Body = Union[bytes, bytearray, memoryview, AsyncIterable[bytes], None]
 
-SEND_CHUNK = 64 * 1024  #: body bytes written to aioquic at a time
 H3_REQUEST_CANCELLED = int(ErrorCode.H3_REQUEST_CANCELLED)
 
 
@@ -108,11 +106,6 @@ class H3Client(H3Transport):
         address, to appear as another client).
         """
         target = f"{host}:{port}"
-        try:
-            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise H3ConnectError(f"cannot resolve {host}: {exc}") from None
-        family, _type, _proto, _name, peer = infos[0]
         config = QuicConfiguration(
             is_client=True,
             alpn_protocols=list(alpn),
@@ -132,21 +125,10 @@ class H3Client(H3Transport):
             config.load_verify_locations(cafile=cafile)
         name = server_name or host
         authority = (f"[{name}]" if ":" in name else name) + ("" if port == 443 else f":{port}")
-        try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise H3ConnectError(f"cannot create a UDP socket for {target}: {exc}") from None
-        try:
-            sock.setblocking(False)
-            if local_host is not None:
-                sock.bind((local_host, 0))
-            sock.connect(peer)  # connected UDP: ICMP "port unreachable" surfaces as ECONNREFUSED
-        except OSError as exc:
-            sock.close()
-            raise H3ConnectError(f"cannot connect to {target}: {exc.strerror or exc}") from None
+        sock, peer = await open_udp_socket(host, port, local_host=local_host)
         try:
             quic = FlowControlledQuicConnection(configuration=config, session_ticket_handler=session_ticket_handler)
-            client = cls(sock, tuple(peer), quic, target, authority)
+            client = cls(sock, peer, quic, target, authority)
             client._quic.connect(client._peer, now=trio.current_time())
             error: BaseException | None = None
             async with trio.open_nursery() as nursery:
@@ -293,11 +275,11 @@ class H3Client(H3Transport):
                 if isinstance(body, (bytes, bytearray, memoryview)):
                     view = memoryview(body)
                     for offset in range(0, len(view), SEND_CHUNK):
-                        if not await self._write_body(state, bytes(view[offset : offset + SEND_CHUNK])):
+                        if not await self.write_body(state, bytes(view[offset : offset + SEND_CHUNK])):
                             return
                 elif body is not None:
                     async for chunk in body:
-                        if chunk and not await self._write_body(state, bytes(chunk)):
+                        if chunk and not await self.write_body(state, bytes(chunk)):
                             return
                 if end_stream and state.may_send and self._error is None:
                     self._h3.send_data(state.stream_id, b"", end_stream=True)
@@ -309,19 +291,6 @@ class H3Client(H3Transport):
                     self._quic.abort_stream(state.stream_id, H3_REQUEST_CANCELLED, stop_receiving=True, reset_sending=True)
                     self._wake_driver()
                 state.notify()
-
-    async def _write_body(self, state: StreamState, chunk: bytes) -> bool:
-        """Queue one chunk and wait until less than ``SEND_CHUNK`` is unsent; False if the
-        request side can no longer be written (server STOP_SENDING, reset, failure)."""
-        if not state.may_send:
-            return False
-        self._h3.send_data(state.stream_id, chunk, end_stream=False)
-        await self._transmit()
-        while self._quic.unsent_bytes(state.stream_id) >= SEND_CHUNK:
-            await self._progress.wait()
-            if not state.may_send:  # (the server or a failure may have stopped it meanwhile)
-                return False
-        return True
 
     def _release(self, state: StreamState) -> None:
         """Forget a stream; cancel its body task and abort unfinished directions."""

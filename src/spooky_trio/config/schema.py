@@ -43,6 +43,8 @@ HostPolicyMode = Literal["pass-through", "rewrite", "upstream"]
 ForwardedMode = Literal["overwrite", "append", "preserve"]
 LogLevel = Literal["off", "error", "warn", "info", "debug", "trace"]
 LogFormat = Literal["plain", "json"]
+#: (ext) how a pool talks to its backends; ``auto`` is Spooky's scheme rule (docs/upstream-protocols.md)
+UpstreamProtocol = Literal["auto", "h1", "h2", "h3", "alt-svc"]
 
 #: metadata flag for fields filled by the loader and not accepted from YAML
 INTERNAL = "spooky_internal"
@@ -162,6 +164,24 @@ class PoolConfig:
     auth: AuthConfig | None = None
     #: ext: where the pool's backends come from (config/schema_discovery.py)
     discovery: DiscoveryConfig | None = attrs.field(default=None, metadata=EXT)
+    #: (ext) the protocol to the backends: ``auto`` (``http://`` HTTP/1.1, ``https://``
+    #: HTTP/2), ``h1``, ``h2`` (cleartext prior knowledge on ``http://``), ``h3``, ``alt-svc``
+    upstream_protocol: UpstreamProtocol = attrs.field(default="auto", metadata=EXT)
+
+    def effective_protocol(self, scheme: str) -> str:
+        """The protocol spoken to a backend of ``scheme`` (``http``/``https``): ``h1``,
+        ``h2``, ``h3`` or ``alt-svc``; ``auto`` resolves by Spooky's scheme rule."""
+        if self.upstream_protocol == "auto":
+            return "h1" if scheme == "http" else "h2"
+        return self.upstream_protocol
+
+    def scheme_error(self, scheme: str) -> str | None:
+        """Why a backend of ``scheme`` cannot serve in this pool, or None: HTTP/3 (``h3``,
+        and ``alt-svc``, which moves to it) exists only for ``https://`` origins (RFC 9114
+        3.1). Config backends are refused at load; discovered and admin ones at their door."""
+        if self.upstream_protocol in ("h3", "alt-svc") and scheme != "https":
+            return f"upstream_protocol {self.upstream_protocol} needs https:// backends (HTTP/3 runs over TLS only)"
+        return None
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""

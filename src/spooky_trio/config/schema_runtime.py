@@ -46,6 +46,12 @@ class PerformanceConfig:
     udp_send_buffer_bytes: int = 8 * _MIB
     h2_pool_max_idle_per_backend: int = 256
     h2_pool_idle_timeout_ms: int = 90000
+    #: (ext) QUIC connections per HTTP/3 backend; more requests wait for a stream
+    h3_pool_max_connections_per_backend: int = attrs.field(default=2, metadata=EXT)
+    #: (ext) requests in flight per HTTP/3 connection (never above the peer's MAX_STREAMS)
+    h3_pool_max_streams_per_connection: int = attrs.field(default=100, metadata=EXT)
+    #: (ext) an idle HTTP/3 connection is closed after this (also its QUIC idle timeout)
+    h3_pool_idle_timeout_ms: int = attrs.field(default=90000, metadata=EXT)
     backend_dns_refresh_enabled: bool = False
     backend_dns_refresh_interval_ms: int = 30000
     #: (ext) resolvers as ``ip``, ``ip:port`` or ``[ipv6]:port``; empty means the system ones.

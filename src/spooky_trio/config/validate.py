@@ -17,7 +17,6 @@ from spooky_trio.config.checks import (
     route_host_error,
 )
 from spooky_trio.config.issues import KeyPath, format_path
-from spooky_trio.http.request_keys import parse_key_spec
 from spooky_trio.config.schema import (
     Config,
     ListenerConfig,
@@ -29,6 +28,7 @@ from spooky_trio.config.validate_auth import validate_auth
 from spooky_trio.config.validate_backend import validate_backend_fields
 from spooky_trio.config.validate_discovery import validate_discovery
 from spooky_trio.config.validate_runtime import validate_runtime
+from spooky_trio.http.request_keys import parse_key_spec
 
 SUPPORTED_VERSION = 1
 
@@ -178,8 +178,13 @@ def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
 
 
 def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> None:
+    discovery = pool.discovery
+    if discovery is not None and discovery.kind == "dns_srv":
+        problem = pool.scheme_error(discovery.scheme)
+        if problem is not None:
+            out.add(pool_path + ("discovery", "scheme"), problem, pool_path + ("upstream_protocol",))
     if not pool.backends:
-        if pool.discovery is None:
+        if discovery is None:
             out.add(pool_path + ("backends",), "a pool needs at least one backend (or a discovery source)")
         return
     ids: dict[str, int] = {}
@@ -192,4 +197,15 @@ def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> N
         else:
             ids[backend.id] = index
         validate_backend_fields(out, path, backend)
+        try:
+            scheme = backend.parsed_address.scheme
+        except ValueError:
+            continue  # validate_backend_fields reported it
+        _validate_protocol(out, pool_path, path, pool, scheme)
 
+
+def _validate_protocol(out: Problems, pool_path: KeyPath, path: KeyPath, pool: PoolConfig, scheme: str) -> None:
+    """A backend whose scheme the pool's ``upstream_protocol`` cannot speak (:meth:`PoolConfig.scheme_error`)."""
+    problem = pool.scheme_error(scheme)
+    if problem is not None:
+        out.add(path + ("address",), problem, pool_path + ("upstream_protocol",))

@@ -86,17 +86,23 @@ def _format_authority(host: str, port: int, default_port: int) -> bytes:
     return (shown if port == default_port else f"{shown}:{port}").encode("ascii")
 
 
-def _backend_target(address: BackendAddress, tls_policy: UpstreamTlsConfig, contexts: ClientContexts, built: dict[int, ssl.SSLContext]) -> BackendTarget:
-    """The target of one backend address; ``built`` memoizes the context per TLS policy for
-    one generation build (each policy's CA files are read once per build)."""
+def _backend_target(
+    address: BackendAddress, protocol: str, tls_policy: UpstreamTlsConfig, contexts: ClientContexts, built: dict[tuple[int, str], ssl.SSLContext]
+) -> BackendTarget:
+    """The target of one backend address spoken to in ``protocol`` (the pool's effective
+    ``upstream_protocol``); ``built`` memoizes the context per TLS policy and ALPN for one
+    generation build (each policy's CA files are read once per build). HTTP/1.1 over TLS
+    offers ALPN ``http/1.1``; everything else ``h2`` (HTTP/3 takes only the trust of it)."""
     if address.scheme == "http":
-        return BackendTarget(scheme="http", host=address.host, port=address.port)
-    ctx = built.get(id(tls_policy))
+        return BackendTarget(scheme="http", host=address.host, port=address.port, protocol=protocol)
+    alpn = "http/1.1" if protocol == "h1" else "h2"
+    ctx = built.get((id(tls_policy), alpn))
     if ctx is None:
-        ctx = built[id(tls_policy)] = contexts.get(
+        ctx = built[(id(tls_policy), alpn)] = contexts.get(
             verify=tls_policy.verify_certificates,
             ca_file=tls_policy.ca_file,
             ca_dir=tls_policy.ca_dir,
+            alpn=(alpn,),
         )
     return BackendTarget(
         scheme="https",
@@ -104,6 +110,7 @@ def _backend_target(address: BackendAddress, tls_policy: UpstreamTlsConfig, cont
         port=address.port,
         ssl_context=ctx,
         server_name=address.host if tls_policy.strict_sni else None,
+        protocol=protocol,
     )
 
 
@@ -120,7 +127,7 @@ class Generation:
         self._state = state if state is not None else StateStore()
         self._rng = rng
         #: TLS context per TLS policy, for backends added after the build (built on first use)
-        self._contexts: dict[int, ssl.SSLContext] = {}
+        self._contexts: dict[tuple[int, str], ssl.SSLContext] = {}
 
     @classmethod
     def build(
@@ -152,7 +159,7 @@ class Generation:
         backends = []
         for backend, origin in store.discovery.backends(name, pool):
             address = backend.parsed_address
-            target = _backend_target(address, tls_policy, store.client_tls, self._contexts)
+            target = _backend_target(address, pool.effective_protocol(address.scheme), tls_policy, store.client_tls, self._contexts)
             key = backend_key(name, backend.id, target)
             same = kept.get((key, backend.weight, backend.health_check, origin))
             if same is not None and store.get(key) is same.state:  # (not a state forgotten since)

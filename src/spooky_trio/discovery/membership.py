@@ -33,6 +33,17 @@ from spooky_trio.config.schema_discovery import BackendDefaults, DiscoveryConfig
 
 log = logging.getLogger("spooky.discovery")
 
+
+def _speakable(pool: str, config: PoolConfig, backend: BackendConfig, origin: str) -> bool:
+    """False (logged) for a discovered backend the pool's ``upstream_protocol`` cannot reach
+    (an ``http://`` one in an HTTP/3 pool): it is left out of the set, never dialled. The
+    admin API refuses such a body up front; config backends are refused at load."""
+    problem = config.scheme_error(backend.parsed_address.scheme)
+    if problem is None:
+        return True
+    log.warning("pool %s: backend %s from %s left out: %s", pool, backend.id, origin, problem)
+    return False
+
 #: (pool, kind, target): what names one source's set (see the module docstring)
 SourceKey = tuple[str, str, tuple[str, ...]]
 #: the origin of backends the admin API added
@@ -148,10 +159,11 @@ class DiscoveryState:
             if status is not None and status.entries is not None:
                 base = [(entry.resolve(defaults), status.kind) for entry in status.entries.values()]
         manual = self._manual.get(pool)
-        if not manual:
-            return base
-        out = [(backend, origin) for backend, origin in base if backend.id not in manual]
-        out.extend((entry.resolve(defaults), ADMIN) for entry in manual.values())
+        out = base if not manual else [(backend, origin) for backend, origin in base if backend.id not in manual]
+        if manual:
+            out.extend((entry.resolve(defaults), ADMIN) for entry in manual.values())
+        if config.upstream_protocol in ("h3", "alt-svc"):
+            out = [pair for pair in out if _speakable(pool, config, *pair)]
         return out
 
     def status(self, key: SourceKey) -> SourceStatus:

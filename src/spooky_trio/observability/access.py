@@ -26,7 +26,7 @@ access_log = logging.getLogger("spooky.access")
 #: field order of the plain line and the JSON object
 FIELDS = (
     "time", "client", "protocol", "method", "authority", "path", "status", "pool",
-    "backend", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason",
+    "backend", "upstream_protocol", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason",
 )
 
 
@@ -35,7 +35,7 @@ class AccessRecord:
     its answer door and the byte-counting wrappers."""
 
     __slots__ = ("request", "started", "started_wall", "status", "pool", "backend", "bytes_in", "bytes_out", "outcome",
-                 "reason", "client_target")
+                 "reason", "client_target", "upstream_protocol")
 
     def __init__(self, request: DownstreamRequest) -> None:
         self.request = request
@@ -56,6 +56,9 @@ class AccessRecord:
         #: the request target as the client sent it, when the proxy normalized the path
         #: (the log shows what the client asked for)
         self.client_target: bytes | None = None
+        #: ``HTTP/1.1``, ``HTTP/2`` or ``HTTP/3``: how the backend whose answer the client
+        #: got was spoken to (None when no backend answered)
+        self.upstream_protocol: str | None = None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in :data:`FIELDS` order."""
@@ -71,6 +74,7 @@ class AccessRecord:
             "status": self.status,
             "pool": self.pool,
             "backend": self.backend,
+            "upstream_protocol": self.upstream_protocol,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "duration_ms": round((trio.current_time() - self.started) * 1000, 3),

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from spooky_trio.observability.collect import ServerCollector, ServingView
 from spooky_trio.observability.discovery_metrics import DiscoveryCollector, DiscoveryView
 from spooky_trio.observability.ratelimit_metrics import RateLimitCollector, RateLimitView
+from spooky_trio.observability.upstream_metrics import UpstreamH3Collector, UpstreamProtocolCollector, UpstreamView
 
 #: upstream latency buckets, milliseconds
 LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
@@ -95,6 +96,9 @@ class Metrics:
         #: (reason, status) -> requests answered so (``spooky_requests_by_reason_total``)
         self.reasons: collections.Counter[tuple[str, int | None]] = collections.Counter()
         r.register(_ReasonCollector(self.reasons))
+        #: (pool, protocol) -> backend exchanges (``spooky_upstream_protocol_requests_total``)
+        self.upstream_protocols: collections.Counter[tuple[str, str]] = collections.Counter()
+        r.register(UpstreamProtocolCollector(self.upstream_protocols))
         self.validation_rejects = Counter("spooky_request_validation_rejects", "Requests rejected as malformed (400)", registry=r)
         self.policy_denied = Counter("spooky_policy_denied", "Requests denied by policy (403/405/408/413/431)", registry=r)
         self.early_data_accepted = Counter("spooky_early_data_accepted", "Requests served from QUIC 0-RTT early data", registry=r)
@@ -260,6 +264,10 @@ class Metrics:
         elif status is not None and status >= 500:
             self.health_failures.labels("5xx").inc()
 
+    def upstream_protocol(self, pool: str, protocol: str) -> None:
+        """An exchange with a backend of ``pool`` got its response head over ``protocol``."""
+        self.upstream_protocols[(pool, protocol)] += 1
+
     def overload_shed(self, reason: str) -> None:
         """A request was shed (503) by the check named ``reason``."""
         self.shed.inc()
@@ -353,6 +361,11 @@ class Metrics:
         """Register the scrape-time collector reading ``view`` (the serving process's
         listeners, activity, generation and state: ``observability/collect.py``)."""
         self.registry.register(ServerCollector(view))
+
+    def attach_upstream(self, view: UpstreamView) -> None:
+        """Register the scrape-time collector of the HTTP/3 pool and the alt-svc marks
+        (``view``: the Server's UpstreamPool)."""
+        self.registry.register(UpstreamH3Collector(view))
 
     def attach_rate_limits(self, view: RateLimitView) -> None:
         """Register the scrape-time collector of the scoped rate limits (``view``: the

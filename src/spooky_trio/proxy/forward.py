@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spooky.proxy")
 
+#: an UpstreamResponse's http_version -> the access log's and metrics' protocol name
+_UPSTREAM_PROTOCOLS = {"1.1": "HTTP/1.1", "2": "HTTP/2", "3": "HTTP/3"}
+
 
 class Forward:
     """The terminal step (module docstring); built once per generation."""
@@ -221,8 +224,12 @@ class Forward:
                     response_timeout=perf.backend_timeout_ms / 1000,
                 ) as response:
                     lease.response_started(response.status)
+                    protocol = _UPSTREAM_PROTOCOLS.get(response.http_version, response.http_version)
+                    if self.metrics is not None:
+                        self.metrics.upstream_protocol(backend.pool, protocol)
                     if race is not None and not race.claim(index):
                         return
+                    ctx.upstream_protocol = protocol
                     sink = ctx.sink
                     assert sink is not None
                     await relay_response(perf, ctx.request.method, response, sink)

@@ -64,14 +64,19 @@ def _error(status: int, message: str, errors: list[str] | None = None) -> HttpRe
 
 
 def _tls_policy_error(server: UpstreamAdminTarget, pool: PoolConfig, address: str) -> str | None:
-    """Why an ``https`` backend cannot join ``pool``, or None. A pool with no TLS backend in
+    """Why a backend at ``address`` cannot join ``pool``, or None: a scheme the pool's
+    ``upstream_protocol`` cannot speak; for ``https``, a pool with no TLS backend in
     its config had its TLS policy left unchecked at load (as Spooky); read it now, so a
     missing or broken CA file is this request's 400 rather than a failed generation refresh."""
     try:
-        if parse_backend_address(address).scheme != "https" or pool.uses_tls():
-            return None
+        scheme = parse_backend_address(address).scheme
     except ValueError:
         return None  # parse_entry reported it
+    mismatch = pool.scheme_error(scheme)
+    if mismatch is not None:
+        return mismatch
+    if scheme != "https" or pool.uses_tls():
+        return None
     policy = pool.tls if pool.tls is not None else server.generation.config.upstream_tls
     try:
         server.state.client_tls.get(verify=policy.verify_certificates, ca_file=policy.ca_file, ca_dir=policy.ca_dir)

@@ -94,6 +94,7 @@ class Server:
             idle_timeout=perf.h2_pool_idle_timeout_ms / 1000,
             max_idle_per_backend=perf.h2_pool_max_idle_per_backend,
         )
+        self.upstream.configure(perf)  # HTTP/3 pool settings
         #: this server's own Prometheus registry (several servers may share a process)
         self.metrics = Metrics()
         #: the reload transaction, history, rollback and canary (serving/reload.py); it owns
@@ -143,6 +144,7 @@ class Server:
         self.metrics.attach(self)
         self.metrics.attach_rate_limits(self.state.rate_limits)
         self.metrics.attach_discovery(self.state.discovery)
+        self.metrics.attach_upstream(self.upstream)
         #: name ("metrics", "control") -> the enabled endpoint's service
         self._services: dict[str, Service] = {}
         obs = config.observability
@@ -371,6 +373,7 @@ class Server:
             perf = staged.config.performance
             self.upstream.idle_timeout = perf.h2_pool_idle_timeout_ms / 1000
             self.upstream.max_idle_per_backend = perf.h2_pool_max_idle_per_backend
+            self.upstream.configure(perf)
         await self.follow_generations()
         if not canary:
             assert self._nursery is not None

@@ -29,12 +29,28 @@ def _check_scheme(instance: BackendTarget, attribute: attrs.Attribute[str], valu
         raise ValueError(f"BackendTarget.scheme must be 'http' or 'https', not {value!r}")
 
 
+#: the protocols each scheme can speak (HTTP/3, and Alt-Svc discovery of it, need TLS)
+PROTOCOLS = {"http": ("h1", "h2"), "https": ("h1", "h2", "h3", "alt-svc")}
+
+
+def _scheme_protocol(instance: BackendTarget) -> str:
+    return "h1" if instance.scheme == "http" else "h2"
+
+
+def _check_protocol(instance: BackendTarget, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in PROTOCOLS.get(instance.scheme, ()):
+        raise ValueError(f"BackendTarget.protocol {value!r} is not one of {PROTOCOLS.get(instance.scheme)} for {instance.scheme}")
+
+
 @attrs.frozen
 class BackendTarget:
     """One backend: the pool key (hashable; the SSL context hashes by identity).
 
-    ``scheme`` "http" speaks HTTP/1.1 in cleartext (h11); "https" speaks HTTP/2 over TLS (h2)
-    and requires ``ssl_context``. ``host`` is a hostname or an IP literal (IPv6 without
+    ``scheme`` "http" is cleartext, "https" TLS and requires ``ssl_context``. ``protocol``
+    is what the pool speaks: "h1" (h11), "h2" (h2; cleartext prior knowledge on http),
+    "h3" (QUIC to ``host:port`` over UDP, trusting what ``ssl_context`` trusts) or "alt-svc"
+    (HTTP/2 until the backend advertises HTTP/3, see ``upstream/alt_svc.py``); it defaults
+    to the scheme's (h1 for http, h2 for https). ``host`` is a hostname or an IP literal (IPv6 without
     brackets). ``server_name`` is the SNI to send (None: send none). Whenever the context
     verifies certificates, the certificate identity is checked against ``host``.
     ``connect_host`` (an IP address, from DNS refresh) is dialled instead of resolving
@@ -48,6 +64,7 @@ class BackendTarget:
     ssl_context: ssl.SSLContext | None = None
     server_name: str | None = None
     connect_host: str | None = None
+    protocol: str = attrs.field(default=attrs.Factory(_scheme_protocol, takes_self=True), validator=_check_protocol)
 
     def __attrs_post_init__(self) -> None:
         if self.scheme == "https" and self.ssl_context is None:
@@ -62,7 +79,7 @@ class UpstreamResponse(abc.ABC):
     """A backend's response as :meth:`UpstreamPool.exchange` yields it.
 
     ``headers`` have lowercase names and no pseudo-headers; hop-by-hop headers are kept (the
-    pipeline strips them). ``http_version`` is "1.1" or "2". ``trailers`` is valid once
+    pipeline strips them). ``http_version`` is "1.1", "2" or "3". ``trailers`` is valid once
     :meth:`receive` returned b"". The object is only usable inside the exchange block.
     """
 

@@ -30,7 +30,7 @@ class _FlowControl(Protocol):
 
 
 def request_headers(request: UpstreamRequest) -> Headers:
-    """HTTP/2 request headers: pseudo-headers first, connection-specific fields dropped,
+    """HTTP/2 (and HTTP/3: RFC 9114 4.2 has the same rules) request headers: pseudo-headers first, connection-specific fields dropped,
     ``content-length`` from the request, and ``te: trailers`` (trailers are relayed).
 
     The result is what h2's outbound normalization and validation would let through, which
@@ -45,7 +45,7 @@ def request_headers(request: UpstreamRequest) -> Headers:
         raise UpstreamProtocolError(f"cannot send {request.method!r} {request.target!r} over HTTP/2")
     headers: Headers = [
         (b":method", request.method),
-        (b":scheme", b"https"),
+        (b":scheme", request.scheme),  # http for cleartext HTTP/2 (h2c)
         (b":authority", request.authority),
         (b":path", request.target),
     ]

@@ -1,11 +1,15 @@
-"""The upstream connection pool: one per process, keyed by :class:`BackendTarget`.
+"""The upstream connection pool: one per process, keyed by :class:`BackendTarget`; an
+exchange goes by the target's ``protocol``.
 
-HTTP/1.1 (``http`` targets): a LIFO list of idle keep-alive connections per target; an
-exchange (:class:`_H1Exchange`, with or without a request body) checks one out (discarding
-any that the server closed meanwhile) or dials a new one with :func:`upstream.h1.connect`,
-and returns it after a clean cycle. HTTP/2 (``https`` targets): a list of multiplexed
+HTTP/1.1 (``h1``, the default of ``http`` targets): a LIFO list of idle keep-alive
+connections per target; an exchange (:class:`_H1Exchange`, with or without a request body)
+checks one out (discarding any that the server closed meanwhile) or dials a new one with
+:func:`upstream.h1.connect`, and returns it after a clean cycle. HTTP/2 (``h2``, the default
+of ``https`` targets; on ``http`` cleartext with prior knowledge): a list of multiplexed
 connections per target; a new one is dialled only when every existing one is at the
 server's MAX_CONCURRENT_STREAMS, and concurrent requests share a single dial in progress.
+HTTP/3 (``h3``): QUIC sessions per target, ``upstream/h3_pool.py``. ``alt-svc``: HTTP/2
+until the backend advertises HTTP/3, ``upstream/alt_svc.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from collections.abc import AsyncIterator
 import attrs
 import trio
 
+from spooky_trio.config import PerformanceConfig
 from spooky_trio.http.messages import UpstreamRequest
+from spooky_trio.upstream.alt_svc import AltSvcRouter
 from spooky_trio.upstream.common import (
     BackendTarget,
     ExchangeControl,
@@ -28,6 +34,7 @@ from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamError
 from spooky_trio.upstream.h1 import H1Connection, H1Response, StaleConnection, connect
 from spooky_trio.upstream.h2 import H2Connection
 from spooky_trio.upstream.h2_stream import H2Stream
+from spooky_trio.upstream.h3_pool import H3Pool
 from spooky_trio.upstream.tls import open_backend_stream
 
 
@@ -59,6 +66,16 @@ class UpstreamPool:
         #: targets this pool opened connections to since the last retire (busy ones included:
         #: a checked-out HTTP/1.1 connection is in no idle list, yet must not pool again)
         self._known: set[BackendTarget] = set()
+        #: HTTP/3 sessions (``h3`` targets and the alternatives of ``alt-svc`` ones)
+        self.h3 = H3Pool()
+        #: ``alt-svc`` targets: what each advertised, and the move between HTTP/2 and HTTP/3
+        self.alt_svc = AltSvcRouter(self.h3, self._exchange)
+
+    def configure(self, perf: PerformanceConfig) -> None:
+        """Apply the HTTP/3 pool settings of ``perf`` (new sessions use them)."""
+        self.h3.max_connections = perf.h3_pool_max_connections_per_backend
+        self.h3.max_streams = perf.h3_pool_max_streams_per_connection
+        self.h3.idle_timeout = perf.h3_pool_idle_timeout_ms / 1000
 
     # -- introspection (tests, metrics) --
 
@@ -98,7 +115,8 @@ class UpstreamPool:
                 for h2conn in list(h2conns):
                     h2conn.close()
                     closed += 1
-        return closed
+        # an alt-svc backend's HTTP/3 alternative lives as long as the backend
+        return closed + self.h3.retire(keep | self.alt_svc.cache.retain(keep))
 
     # -- lifecycle --
 
@@ -112,11 +130,12 @@ class UpstreamPool:
             raise RuntimeError("UpstreamPool.run() is already running")
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.h3.nursery = nursery
                 nursery.start_soon(self._reaper)
                 task_status.started()
         finally:
-            self._nursery = None
+            self._nursery = self.h3.nursery = None
+            self.h3.abort_all()
             idle = [conn for conns in self._h1_idle.values() for conn in conns]
             self._h1_idle.clear()
             for conn in idle:
@@ -126,9 +145,8 @@ class UpstreamPool:
                     h2conn.abort()
 
     async def _reaper(self) -> None:
-        interval = min(max(self.idle_timeout / 4, 0.05), 5.0)
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(min(max(min(self.idle_timeout, self.h3.idle_timeout) / 4, 0.05), 5.0))
             cutoff = trio.current_time() - self.idle_timeout
             for target, conns in list(self._h1_idle.items()):
                 expired = [conn for conn in conns if conn.idle_since <= cutoff or not conn.looks_alive()]
@@ -143,6 +161,7 @@ class UpstreamPool:
                 for h2conn in list(h2conns):
                     if h2conn.active_streams == 0 and h2conn.idle_since <= cutoff:
                         h2conn.close()
+            self.h3.reap(trio.current_time())
 
     # -- the exchange --
 
@@ -163,9 +182,14 @@ class UpstreamPool:
         unchanged after aborting. Raises UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout or UpstreamProtocolError (see ``upstream.errors``).
         """
-        if target.scheme == "http":
+        protocol = target.protocol
+        if protocol == "h1":
             return _H1Exchange(self, target, request, connect_timeout, response_timeout)
-        return self._exchange(target, request, connect_timeout=connect_timeout, response_timeout=response_timeout)
+        if protocol == "h2":
+            return self._exchange(target, request, connect_timeout=connect_timeout, response_timeout=response_timeout)
+        if protocol == "h3":
+            return self.h3.exchange(target, request, connect_timeout=connect_timeout, response_timeout=response_timeout)
+        return self.alt_svc.exchange(target, request, connect_timeout=connect_timeout, response_timeout=response_timeout)
 
     @contextlib.asynccontextmanager
     async def _exchange(
@@ -176,8 +200,8 @@ class UpstreamPool:
         connect_timeout: float,
         response_timeout: float,
     ) -> AsyncIterator[UpstreamResponse]:
-        # HTTP/2 (HTTP/1.1 is _H1Exchange). A bodiless request has no pump and gets no
-        # nursery (nursery None; see exchange_scope)
+        # HTTP/2 (HTTP/1.1 is _H1Exchange), also alt-svc's. A bodiless request has no pump
+        # and gets no nursery (nursery None; see exchange_scope)
         async with exchange_scope(response_timeout, pump=request.body is not None) as (nursery, control):
             h2conn, stream = await self._open_h2_stream(target, request, connect_timeout)
             try:

@@ -26,6 +26,8 @@ from spooky_trio.upstream.errors import UpstreamConnectError, UpstreamTLSError
 
 #: contexts built by make_client_ssl_context -> an equivalent one with check_hostname off
 _UNCHECKED_TWINS: weakref.WeakKeyDictionary[ssl.SSLContext, ssl.SSLContext] = weakref.WeakKeyDictionary()
+#: contexts built here -> the PEM texts they trust beside the system roots (for QUIC)
+_MATERIALS: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def make_client_ssl_context(
@@ -83,7 +85,25 @@ def _build_context(verify: bool, material: _Material, alpn: tuple[str, ...]) -> 
     context = _new_context(verify, material, alpn, check_hostname=verify)
     if verify:
         _UNCHECKED_TWINS[context] = _new_context(verify, material, alpn, check_hostname=False)
+    _MATERIALS[context] = material
     return context
+
+
+def quic_trust(context: ssl.SSLContext) -> tuple[bool, bytes | None]:
+    """What a QUIC handshake to a backend trusts, from the TCP context of the same policy:
+    ``(verify, cadata)``. ``cadata`` is the PEM text of ``ca_file``/``ca_dir`` as read for
+    ``context`` (None when there is none); the system roots are added by the caller.
+
+    aioquic verifies with its own store, not with an :class:`ssl.SSLContext`, so the QUIC
+    side gets the very bytes the TCP side was built from (for a context built elsewhere:
+    the CA certificates loaded into it)."""
+    verify = context.verify_mode != ssl.CERT_NONE
+    if not verify:
+        return False, None
+    material = _MATERIALS.get(context)
+    if material is None:
+        material = tuple(ssl.DER_cert_to_PEM_cert(der) for der in context.get_ca_certs(binary_form=True))
+    return True, "\n".join(material).encode("ascii") if material else None
 
 
 def _new_context(verify: bool, material: _Material, alpn: tuple[str, ...], *, check_hostname: bool) -> ssl.SSLContext:

@@ -1,8 +1,14 @@
-"""The connection machinery under :class:`~spooky_trio.clients.h3.H3Client`.
+"""One HTTP/3 client connection on Trio: the machinery under the upstream HTTP/3 pool
+(:class:`~spooky_trio.upstream.h3.H3Session`) and the operator's client
+(:class:`~spooky_trio.clients.h3.H3Client`).
 
 :class:`H3Transport` owns the UDP socket and the aioquic objects and runs the driver task
 (receive burst -> process events -> transmit once; aioquic timers as the deadline of the
-cancel scope the driver sleeps in). The request API lives in :mod:`spooky_trio.clients.h3`.
+cancel scope the driver sleeps in, like the ingress's connection task). Each request API
+lives with its user; what they share is here: the driver, the per-stream state the driver
+fills (:class:`~spooky_trio.upstream.h3_stream.StreamState`), receive credit returned as the
+application reads, and request-body writes that wait while the stream's unsent data is
+above one chunk (:meth:`H3Transport.write_body`).
 """
 
 from __future__ import annotations
@@ -21,14 +27,41 @@ from aioquic.quic.events import (
 )
 from cryptography import x509
 
-from spooky_trio.clients._quic import (
+from spooky_trio.upstream.h3_errors import H3ConnectError, H3ConnectionLost, H3TLSError
+from spooky_trio.upstream.h3_stream import StreamState
+from spooky_trio.upstream.quic_engine import (
     FlowControlledQuicConnection,
     GoawayAwareH3Connection,
 )
-from spooky_trio.clients.errors import H3ConnectError, H3ConnectionLost
-from spooky_trio.clients.h3_stream import StreamState
 
 MAX_BURST = 256  #: datagrams read before the driver processes events and transmits
+SEND_CHUNK = 64 * 1024  #: body bytes written to aioquic at a time, and the unsent-data bound
+#: QUIC CRYPTO_ERROR codes (0x100 + TLS alert, RFC 9001 4.8): a failed TLS handshake
+_CRYPTO_ERRORS = range(0x100, 0x200)
+
+
+async def open_udp_socket(host: str, port: int, *, local_host: str | None = None) -> tuple[socket.socket, tuple[object, ...]]:
+    """A connected, non-blocking UDP socket to ``host:port`` (resolved here) and the peer
+    address; connected so that an ICMP "port unreachable" surfaces as ECONNREFUSED at once.
+    Raises :class:`H3ConnectError`."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise H3ConnectError(f"cannot resolve {host}: {exc}") from None
+    family, _type, _proto, _name, peer = infos[0]
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise H3ConnectError(f"cannot create a UDP socket for {host}:{port}: {exc}") from None
+    try:
+        sock.setblocking(False)
+        if local_host is not None:
+            sock.bind((local_host, 0))
+        sock.connect(peer)
+    except OSError as exc:
+        sock.close()
+        raise H3ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    return sock, tuple(peer)
 
 
 class H3Transport:
@@ -37,6 +70,15 @@ class H3Transport:
     Shared-state rules: aioquic is only touched synchronously (no await in between), and
     every transmit goes through :meth:`_transmit`, which a lock serialises.
     """
+
+    #: consecutive probe timeouts without an acknowledgement after which an established
+    #: connection counts as lost (None: wait for the idle timeout, as aioquic does). A peer
+    #: that restarted drops our packets silently; this finds it in a few round trips.
+    max_probe_timeouts: int | None = None
+    #: while requests are outstanding, a PING after this many seconds without a datagram
+    #: from the peer (None: never), so that a peer gone silent under a request that it had
+    #: acknowledged meets the probe-timeout rule above instead of the idle timeout
+    keepalive: float | None = None
 
     def __init__(self, sock: socket.socket, peer: tuple[object, ...], quic: FlowControlledQuicConnection, target: str, authority: str) -> None:
         self._sock = sock
@@ -55,6 +97,7 @@ class H3Transport:
         self._drive_scope = trio.CancelScope()
         self._timer_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        self._last_received = trio.current_time()
         self.alpn_protocol: str | None = None
         #: Set when the server sent an HTTP/3 GOAWAY; new ``request()`` calls then fail.
         self.goaway_received = trio.Event()
@@ -127,6 +170,20 @@ class H3Transport:
         if self._error is None and self._quic.credit_due(state.stream_id):
             await self._transmit()
 
+    async def write_body(self, state: StreamState, chunk: bytes) -> bool:
+        """Queue one request-body chunk and wait until less than :data:`SEND_CHUNK` of the
+        stream is unsent (the peer's flow control paces the rest); False if the request
+        side can no longer be written (server STOP_SENDING, reset, failure)."""
+        if not state.may_send:
+            return False
+        self._h3.send_data(state.stream_id, chunk, end_stream=False)
+        await self._transmit()
+        while self._quic.unsent_bytes(state.stream_id) >= SEND_CHUNK:
+            await self._progress.wait()
+            if not state.may_send:  # (the server or a failure may have stopped it meanwhile)
+                return False
+        return True
+
     # -- the driver ----------------------------------------------------------------------------
 
     async def _drive(self) -> None:
@@ -143,12 +200,17 @@ class H3Transport:
                     timer = self._quic.get_timer()
                     if timer is not None and timer <= now:
                         self._quic.handle_timer(now=now)
+                        self._check_liveness()
+                    if self._keepalive_due(now):
+                        self._quic.send_ping(0)
+                        self._last_received = now  # the next one a keepalive later; the PTO probes the rest
                     for _ in range(MAX_BURST):
                         try:
                             data = self._sock.recv(65536)
                         except BlockingIOError:
                             break
                         self._quic.receive_datagram(data, self._peer, now=now)
+                        self._last_received = now
                     self._process_events()
                     await self._transmit()
             except OSError as exc:
@@ -156,9 +218,22 @@ class H3Transport:
             except Exception as exc:  # noqa: BLE001 - never crash the caller's nursery
                 self._fail(self._connection_error(f"internal error: {exc!r}"))
 
+    def _check_liveness(self) -> None:
+        limit = self.max_probe_timeouts
+        if limit is not None and self._handshake_complete and self._quic.probe_timeouts >= limit:
+            self._fail(H3ConnectionLost(f"connection to {self._target} lost: no acknowledgement after {limit} probe timeouts"))
+
+    def _keepalive_due(self, now: float) -> bool:
+        keepalive = self.keepalive
+        return keepalive is not None and bool(self._streams) and self._handshake_complete and now >= self._last_received + keepalive
+
     def _timer_deadline(self) -> float:
         timer = self._quic.get_timer()
-        return math.inf if timer is None else timer
+        deadline = math.inf if timer is None else timer
+        keepalive = self.keepalive
+        if keepalive is not None and self._streams and self._handshake_complete:
+            deadline = min(deadline, self._last_received + keepalive)
+        return deadline
 
     def _wake_driver(self) -> None:
         """Make the driver run a cycle (and transmit) now, e.g. after queuing an abort."""
@@ -238,6 +313,8 @@ class H3Transport:
         detail = f"{reason} (error 0x{event.error_code:x})"
         if self._handshake_complete:
             return H3ConnectionLost(f"connection to {self._target} closed: {detail}")
+        if event.error_code in _CRYPTO_ERRORS:
+            return H3TLSError(f"QUIC handshake with {self._target} failed: {detail}")
         return H3ConnectError(f"QUIC handshake with {self._target} failed: {detail}")
 
     def _fail(self, error: H3ConnectError) -> None:
@@ -246,6 +323,8 @@ class H3Transport:
             return
         self._error = error
         for state in self._streams.values():
+            # whether the peer got any of the request: decides if the pool may resend it
+            state.reached = state.reached or self._quic.stream_data_acked(state.stream_id)
             state.error = error
             state.notify()
         self._handshake_event.set()

@@ -1,4 +1,6 @@
-"""aioquic subclasses used by :mod:`spooky_trio.clients.h3`.
+"""aioquic subclasses of the HTTP/3 client transport (:mod:`spooky_trio.upstream.h3_transport`),
+which the upstream HTTP/3 pool (:mod:`spooky_trio.upstream.h3`) and the operator's client
+(:mod:`spooky_trio.clients.h3`) both drive.
 
 aioquic is sans-IO and mostly configurable, but two behaviours the client needs are not
 exposed publicly, so they are added here by overriding (version-pinned) private hooks:
@@ -17,9 +19,17 @@ exposed publicly, so they are added here by overriding (version-pinned) private 
 * **GOAWAY.** aioquic's :class:`H3Connection` validates GOAWAY but emits no event;
   :class:`GoawayAwareH3Connection` records that one arrived.
 
-This is the client's one module that touches aioquic internals: the rest of
-:mod:`spooky_trio.clients` uses the named methods and properties below (``peer_cid``,
-``close_event``, ``peer_certificate``, ``unsent_bytes``, ...), and
+* **Stream budget and liveness.** aioquic queues a stream opened beyond the peer's
+  MAX_STREAMS silently and grows no event when the peer raises it; the pool reads
+  :meth:`FlowControlledQuicConnection.bidi_streams_available` so that a request never waits
+  there unseen. :attr:`~FlowControlledQuicConnection.probe_timeouts` (consecutive probe
+  timeouts without an acknowledgement) tells a dead peer from a slow one long before the
+  idle timeout, and :meth:`~FlowControlledQuicConnection.stream_data_acked` whether the peer
+  acknowledged any byte of a request stream.
+
+This is the transport's one module that touches aioquic internals: the rest of
+:mod:`spooky_trio.upstream` and :mod:`spooky_trio.clients` uses the named methods and
+properties below (``peer_cid``, ``close_event``, ``peer_certificate``, ``unsent_bytes``, ...), and
 ``tests/unit/test_aioquic_boundary.py`` enforces it. :mod:`spooky_trio.aioquic_compat` checks
 at import that the installed aioquic still has the hooks overridden here.
 """
@@ -98,6 +108,24 @@ class FlowControlledQuicConnection(QuicConnection):
         if stream is None or stream.sender.buffer_is_empty:
             return 0
         return max(0, stream.sender._buffer_stop - stream.sender.highest_offset)
+
+    def bidi_streams_available(self) -> int:
+        """Request streams the peer's MAX_STREAMS still allows us to open (0 before its
+        transport parameters arrived). aioquic would queue a stream beyond it unseen."""
+        return max(0, self._remote_max_streams_bidi - self._local_next_stream_id_bidi // 4)
+
+    @property
+    def probe_timeouts(self) -> int:
+        """Consecutive probe timeouts (PTO) since the peer last acknowledged anything."""
+        return self._loss._pto_count
+
+    def stream_data_acked(self, stream_id: int) -> bool:
+        """Whether the peer acknowledged any byte (or the FIN) we sent on ``stream_id``."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        sender = stream.sender
+        return sender._buffer_start > 0 or len(sender._acked) > 0 or sender._acked_fin  # (RangeSet has no truth value)
 
     def abort_stream(self, stream_id: int, error_code: int, *, stop_receiving: bool, reset_sending: bool) -> None:
         """Send STOP_SENDING and/or RESET_STREAM for a stream aioquic still knows about."""
