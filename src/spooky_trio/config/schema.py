@@ -24,7 +24,9 @@ import attrs
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
 from spooky_trio.config.normalize import empty_to_none, upper_optional
+from spooky_trio.config.markers import EXT
 from spooky_trio.config.schema_auth import AuthConfig
+from spooky_trio.config.schema_traffic import MatcherConfig, TrafficPolicyConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -95,15 +97,33 @@ class UpstreamTlsConfig:
 
 @attrs.frozen(kw_only=True)
 class RouteConfig:
-    """Request matcher; at least one of ``host``/``path_prefix``. ``method`` is upper-cased."""
+    """Request matcher; at least one of ``host``/``path_prefix``. ``method`` is upper-cased.
+    ``headers``, ``query`` and ``cookies`` (ext, ``schema_traffic.py``) must all hold too."""
 
     host: str | None = None
     path_prefix: str | None = None
     method: str | None = attrs.field(default=None, converter=upper_optional)
+    headers: list[MatcherConfig] = attrs.field(factory=list, metadata=EXT)
+    query: list[MatcherConfig] = attrs.field(factory=list, metadata=EXT)
+    cookies: list[MatcherConfig] = attrs.field(factory=list, metadata=EXT)
 
-    def matcher_key(self) -> tuple[str | None, str | None, str | None]:
-        """The normalized matcher two pools must not share: (lower host, prefix, upper method)."""
-        return (self.host.lower() if self.host else None, self.path_prefix, self.method)
+    def matcher_key(self) -> tuple[object, ...]:
+        """The normalized matcher two pools must not share: (lower host, prefix, upper
+        method) and the route's matchers, in any order (extensions.md section 1)."""
+        return (self.host.lower() if self.host else None, self.path_prefix, self.method, frozenset(self.matcher_identities()))
+
+    def matcher_identities(self) -> list[tuple[str, str, str, str | None, bool]]:
+        """Each matcher as (source, name, kind, value, inverted), normalized: a header name
+        lower-cased, ``present: false`` as an inverted ``present: true``."""
+        out = []
+        for source, matchers in (("header", self.headers), ("query", self.query), ("cookie", self.cookies)):
+            for m in matchers:
+                kinds = m.kinds()
+                kind = kinds[0] if kinds else "present"
+                value = None if kind == "present" else getattr(m, kind)
+                invert = m.invert != (m.present is False) if kind == "present" else m.invert
+                out.append((source, m.name.lower() if source == "header" else m.name, kind, value, invert))
+        return out
 
 
 @attrs.frozen(kw_only=True)
@@ -160,14 +180,20 @@ class ForwardedHeadersConfig:
 class PoolConfig:
     """A pool (``upstream.<name>``). After loading, ``load_balancing`` is never ``None``."""
 
-    route: RouteConfig
-    backends: list[BackendConfig]
+    #: ext: may be omitted in a pool that another pool's ``traffic_policy`` splits or
+    #: mirrors to (reachable only that way)
+    route: RouteConfig | None = None
+    #: may be empty in a pool that answers itself (``direct_response``, ``redirect``) or has
+    #: no route (extensions.md section 7)
+    backends: list[BackendConfig] = attrs.field(factory=list)
     load_balancing: LoadBalancingConfig | None = None
     host_policy: HostPolicyConfig = attrs.field(factory=HostPolicyConfig)
     forwarded_headers: ForwardedHeadersConfig = attrs.field(factory=ForwardedHeadersConfig)
     tls: UpstreamTlsConfig | None = None
     #: authentication and authorization of the requests this pool's route matches
     auth: AuthConfig | None = None
+    #: ext: matchers aside, everything of extensions.md section 1 (``schema_traffic.py``)
+    traffic_policy: TrafficPolicyConfig | None = attrs.field(default=None, metadata=EXT)
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""

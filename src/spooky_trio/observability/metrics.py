@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from spooky_trio.observability.collect import ServerCollector, ServingView
 from spooky_trio.observability.ratelimit_metrics import RateLimitCollector, RateLimitView
+from spooky_trio.observability.traffic_metrics import TrafficCollector, TrafficCounters
 
 #: upstream latency buckets, milliseconds
 LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
@@ -201,6 +202,10 @@ class Metrics:
             "spooky_auth_jwks_stale_served", "Tokens verified with JWKS keys kept past jwks_cache_secs because refreshes failed",
             registry=r,
         )
+        # traffic policy (route matchers, splits, mirror copies, faults: docs/traffic-policy.md),
+        # counted in plain dicts and exposed at scrape time (observability/traffic_metrics.py)
+        self.traffic = TrafficCounters()
+        r.register(TrafficCollector(self.traffic))
 
     # -- event hooks --
 

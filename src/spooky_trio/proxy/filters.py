@@ -120,12 +120,14 @@ class Route:
 
     name = "route"
 
-    def __init__(self, generation: Generation) -> None:
+    def __init__(self, generation: Generation, metrics: Metrics | None = None) -> None:
         config = generation.config
         self.routing = generation.routing
         self.pools = generation.pools
         self.enforce_host_match = config.resilience.protocol.enforce_authority_host_match
         self.decisions = config.observability.routing
+        #: route matchers that turned requests away (``spooky_route_matcher_misses_total``)
+        self.misses = metrics.traffic.matcher_misses if metrics is not None and self.routing.has_matchers else None
 
     def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.connect_target is not None:
@@ -145,10 +147,10 @@ class Route:
         host = host_without_port(authority).decode("latin-1")
         method = request.method.decode("latin-1").upper()
         if self.decisions.enabled:
-            entry, reason = self.routing.explain(host, path, method)
+            entry, reason = self.routing.explain(host, path, method, request, self.misses)
             self._log_decision(ctx, host, path, method, entry.pool if entry else None, reason)
         else:
-            entry = self.routing.match(host, path, method)
+            entry = self.routing.match(host, path, method, request, self.misses)
         if entry is None:
             raise ProxyError(404, "no_route", "no route matches this request")
         ctx.authority = authority.decode("latin-1")
@@ -166,7 +168,8 @@ class Route:
         if decisions.expose_header:
             value = f"pool={pool or '-'}"
             if decisions.include_reason:
-                value += f"; reason=\"{reason}\""
+                quoted = reason.replace("\\", "\\\\").replace('"', '\\"')
+                value += f"; reason=\"{quoted}\""
             ctx.response_headers.append((decisions.header_name.lower().encode("latin-1"), value.encode("latin-1", "replace")))
 
 
@@ -248,7 +251,7 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     """
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation)]
+    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation, metrics)]
     if tracing is not None and config.observability.tracing.enabled:
         filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
     # auth is imported only for a config with auth: PyJWT and httpx stay out of processes
