@@ -15,7 +15,7 @@ What a matcher reads of a request (``MatchRequest``: the head's fields and targe
 
 ``exact``, ``prefix`` and ``suffix`` compare bytes (the configured text is ASCII),
 ``regex`` must match the whole value (``re.fullmatch``; the value decoded as UTF-8 with
-undecodable bytes kept apart, so they never match a configured character) and
+undecodable bytes kept apart, so they never equal a configured character) and
 ``present`` asks whether any value exists. ``invert`` negates the result, a missing field
 included: ``{name: user-agent, regex: ".*Mobile.*", invert: true}`` also takes a request
 without a ``user-agent``.
