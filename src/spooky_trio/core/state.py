@@ -19,6 +19,7 @@ import trio
 
 from spooky_trio.auth.store import AuthStore
 from spooky_trio.config import HealthCheckConfig
+from spooky_trio.core.shadows import ShadowTasks
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
 from spooky_trio.resilience.breaker import CircuitBreaker
@@ -188,6 +189,9 @@ class StateStore:
         #: the auth layer's JWKS caches, discovery documents and HTTP clients (its task:
         #: ``AuthStore.run``, started by the server)
         self.auth = AuthStore()
+        #: the nursery of traffic_policy mirror copies (its task: ``ShadowTasks.run``, started
+        #: by the server; ``core/shadows.py``)
+        self.shadows = ShadowTasks()
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""
