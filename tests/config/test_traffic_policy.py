@@ -5,6 +5,7 @@ backends) hold only where the spec allows them, and the policy is explained in w
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 from spooky_trio.config import config_warnings, load_config_text
 from spooky_trio.config.describe_traffic import describe_traffic
@@ -294,3 +295,20 @@ def test_each_policy_in_words() -> None:
     assert words["moved"] == ["redirect: every request is answered 308 to https://new.example.com{path}"]
     secret = load(pool_text(route="{path_prefix: /, headers: [{name: Authorization, exact: 'Bearer s3cret'}]}"))
     assert describe_traffic(secret)["api"] == ["route: path starting with / and header Authorization is (value not shown)"]
+
+
+def test_check_prints_each_policy_in_words(tmp_path: Path, certs_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    text = SECTION_1.replace("certs/c.pem", str(certs_dir / "localhost.pem")).replace("certs/k.pem", str(certs_dir / "localhost.key"))
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "spooky_trio", "check", "--config", str(path)], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert (out.returncode, out.stderr) == (0, "")
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "config OK"
+    words = describe_traffic(load_config_text(text))
+    assert lines[:-1] == [f"pool {pool}: {line}" for pool, sentences in words.items() for line in sentences]
+    assert "pool api-canary-users: split: 5% to pool api-v2, 95% stay here" in out.stdout
