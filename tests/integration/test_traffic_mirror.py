@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -46,6 +47,14 @@ class HoldingShadow:
         self.heads.append(data)
         await trio.sleep(self.hold)
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+async def settled(check: Callable[[], bool]) -> None:
+    """Wait (at most 10 s) until ``check()`` holds: a copy runs after the primary answered,
+    so what it did is read once it is done, never at a fixed moment."""
+    with trio.fail_after(10):
+        while not check():
+            await trio.sleep(0.01)
 
 
 async def copies_of(shadow: Backend, count: int) -> list[dict[str, object]]:
@@ -90,6 +99,7 @@ async def test_the_copy_is_the_primarys_request_with_a_shadow_host(certs_dir: Pa
             assert (await clients.request("h3", "/status/204")).status == 204
             await copies_of(s, 4)
             assert s.requests[3]["method"] == "GET" and s.requests[3]["body_len"] == 0
+            await settled(lambda: metric(server, "spooky_mirror_copies_total", upstream="api", shadow="shadow", result="completed") >= 4)
             assert metric(server, "spooky_mirror_copies_total", upstream="api", shadow="shadow", result="completed") == 4
 
 
@@ -143,7 +153,10 @@ async def test_a_slow_or_dead_shadow_never_slows_the_primary(certs_dir: Path) ->
                 plain = p99(latency["b"])
                 for route in ("a", "d"):
                     assert p99(latency[route]) < plain + max(plain, 0.25), (route, p99(latency[route]), plain)
-                assert len(shadow.heads) == 60  # every copy reached the holding shadow, none answered yet
+                # every copy reaches the holding shadow (none answered yet); every dead one fails
+                await settled(lambda: len(shadow.heads) >= 60)
+                await settled(lambda: metric(server, "spooky_mirror_copies_total", upstream="deadmirror", shadow="dead", result="failed") >= 60)
+                assert len(shadow.heads) == 60
                 assert metric(server, "spooky_mirror_copies_total", upstream="deadmirror", shadow="dead", result="failed") == 60
                 # max_inflight: two copies hold their places, the other eight are dropped and counted
                 for _ in range(10):
