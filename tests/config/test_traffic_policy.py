@@ -244,9 +244,9 @@ def test_route_and_backends_are_optional_only_where_the_spec_allows() -> None:
     assert issue.message.startswith("required key is missing (only a pool that another pool's traffic_policy")
     assert issue.line == line_of(no_route, "lonely:")
     no_backends = errors(pool_text(backends="[]"))
-    assert issue_at(no_backends, "upstream.api.backends").message == "a pool needs at least one backend"
+    assert issue_at(no_backends, "upstream.api.backends").message.startswith("a pool needs at least one backend")
     omitted = errors(LISTEN + "upstream:\n  api:\n    route: {path_prefix: /}\n")
-    assert issue_at(omitted, "upstream.api.backends").message == "a pool needs at least one backend"
+    assert issue_at(omitted, "upstream.api.backends").message.startswith("a pool needs at least one backend")
     load(pool_text(backends="[]", policy="direct_response: {status: 204}"))
     load(pool_text(backends="[]", policy="redirect: {location: /x}"))
     load(pool_text(backends="[]", policy="split: [{pool: other, percent: 100}]", others=OTHER))
