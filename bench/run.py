@@ -419,6 +419,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--discovery", default="",
                    help="comma-separated: none, file; file adds the target spooky+disc-file, whose pool's backend comes "
                         "from a discovery file polled every second (bench/targets.py SpookyServer.backends_config)")
+    p.add_argument("--traffic", default="none",
+                   help="comma-separated traffic-policy setups for the spooky target: none, headers (the load sends "
+                        "three extra header fields, no policy), matchers (those fields matched by three route matchers, "
+                        "plus a request header rewrite), mirror (10 %% of requests copied to a shadow pool on the same "
+                        "origin); MODE runs as target spooky+tp-MODE (bench/targets.py traffic_config)")
     p.add_argument("-d", "--duration", type=float, default=2.0 if quick else 10.0, help="seconds of load per measurement")
     p.add_argument("-n", "--requests", type=int, default=0, help="requests per measurement instead of a duration")
     p.add_argument("--rate", type=float, default=0.0,
@@ -484,6 +489,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "spooky" in targets and discoveries:  # --discovery none,file: spooky and spooky+disc-file
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if d == "none" else f"spooky+disc-{d}" for d in discoveries]
+    traffic = [m for m in args.traffic.split(",") if m]
+    if any(m not in ("none", "headers", "matchers", "mirror") for m in traffic):
+        raise SystemExit(f"--traffic takes none, headers, matchers and mirror (got {args.traffic})")
+    if "spooky" in targets and traffic != ["none"]:  # --traffic none,matchers: spooky and spooky+tp-matchers
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if m == "none" else f"spooky+tp-{m}" for m in traffic]
     if "caddy" in targets and not shutil.which("caddy"):
         targets.remove("caddy")
         skipped.append("caddy (not installed)")
@@ -543,6 +554,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+disc-"):  # --discovery file: the backend from a discovery file
                         server = SpookyServer(workdir, bench.certs, name=target, discovery=target[len("spooky+disc-"):],
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+tp-"):  # --traffic MODE: a traffic policy on the bench pool
+                        server = SpookyServer(workdir, bench.certs, name=target, traffic=target[len("spooky+tp-"):],
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+"):  # spooky+api_key, spooky+jwt: bench/auth.py
                         server = SpookyServer(workdir, bench.certs, name=target, auth=BenchAuth(target[len("spooky+"):], workdir),

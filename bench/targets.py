@@ -321,6 +321,27 @@ def rate_limit_config(mode: str, redis_url: str | None) -> str:
             f"  scoped_rate_limits:\n{rule}, store: redis}}\n")
 
 
+#: ``--traffic MODE``: the three request fields every request of a traffic target carries
+TRAFFIC_HEADERS = [("x-tenant", "acme"), ("x-client-version", "v2.3"), ("x-canary", "1")]
+
+
+def traffic_config(mode: str) -> tuple[str, str, str]:
+    """``--traffic MODE`` (docs/performance.md): (lines under the bench pool's ``route``,
+    lines after its ``backends``, pools to add). ``headers``: nothing but the fields the load
+    sends (the baseline of the next two); ``matchers``: three header matchers on the route
+    (exact, prefix, present) and a request header rewrite; ``mirror``: a copy of 10 % of the
+    requests to a shadow pool on the same origin."""
+    if mode in ("none", "headers"):
+        return "", "", ""
+    if mode == "matchers":
+        route = ("      headers:\n        - {name: x-tenant, exact: acme}\n        - {name: x-client-version, prefix: v2}\n"
+                 "        - {name: x-canary, present: true}\n")
+        return route, "    traffic_policy:\n      request_headers: {set: {x-env: bench}}\n", ""
+    if mode == "mirror":
+        return "", "    traffic_policy:\n      mirror: {pool: shadow, percent: 10}\n", "shadow"
+    raise ValueError(f"--traffic: unknown mode {mode!r}")
+
+
 class SpookyServer(Server):
     """The real ``spooky-trio run`` process with a generated config."""
 
@@ -329,7 +350,7 @@ class SpookyServer(Server):
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
                  cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None,
                  tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None,
-                 discovery: str | None = None) -> None:
+                 discovery: str | None = None, traffic: str = "none") -> None:
         super().__init__(workdir, certs)
         #: ``--discovery file``: the pool's one backend comes from a discovery file polled
         #: every second (docs/discovery.md), instead of the config's ``backends``
@@ -337,6 +358,10 @@ class SpookyServer(Server):
         #: the pool's auth mode (bench/auth.py) and the credentials the load sends
         self.auth = auth
         self.request_headers = auth.headers if auth is not None else []
+        #: ``--traffic``: none, headers, matchers or mirror (:func:`traffic_config`)
+        self.traffic = traffic
+        if traffic != "none":
+            self.request_headers = self.request_headers + TRAFFIC_HEADERS
         self.workers = workers
         #: ``--rate-limit``: none, local or redis (:func:`rate_limit_config`)
         self.rate_limit = rate_limit
@@ -356,6 +381,7 @@ class SpookyServer(Server):
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
         if protocol == "h3":  # the scenario's origin speaks HTTP/3 (tiny_h3up, download_1m_h3up)
             tls += "    upstream_protocol: h3\n"
+        origin_tls = tls
         if self.auth is not None:
             tls += self.auth.pool_config()
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
@@ -367,6 +393,9 @@ class SpookyServer(Server):
                         f"    otlp_endpoint: \"{self.otlp_endpoint}\"\n")
         if control:
             control = "observability:\n" + control
+        route, policy, shadow = traffic_config(self.traffic)
+        if shadow:
+            policy += f"  {shadow}:\n{origin_tls}    backends:\n      - id: \"shadow\"\n        address: \"{upstream_url}\"\n"
         return f"""version: 1
 listen:
   address: "127.0.0.1"
@@ -378,8 +407,8 @@ upstream:
   bench:
     route:
       path_prefix: "/"
-{tls}{self.backends_config(upstream_url, port)}
-performance:
+{route}{tls}{self.backends_config(upstream_url, port)}
+{policy}performance:
 {workers}  quic_max_idle_timeout_ms: 120000
   max_request_body_bytes: 16777216
   # Caddy's defaults: 3 s dial timeout, no response-header timeout (a loaded 2-core box

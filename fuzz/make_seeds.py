@@ -118,6 +118,28 @@ def routing_seeds() -> dict[str, bytes]:
     body = b"".join(route(*r).getvalue() for r in [(4, 0, 0, 0), (5, 0, 0, 1), (2, 3, 2, 2)])
     seeds["case_and_port"] = Writer().byte(3).raw(body).raw(request(2, 2, 1)).getvalue()
     seeds["empty_table"] = Writer().byte(0).raw(request(0, 0, 0)).getvalue()
+
+    def matcher(source: int, name: int, kind: int, invert: bool, value: int) -> bytes:
+        w = Writer().byte(source).byte(name).byte(kind).boolean(invert)
+        return (w.boolean(bool(value)) if kind == 4 else w.byte(1).byte(value)).getvalue()
+
+    def fields(headers: list[tuple[int, int]], queries: list[int]) -> bytes:
+        w = Writer().byte(len(headers))
+        for name, value in headers:
+            w.byte(name).byte(1).byte(value)
+        w.byte(len(queries))
+        for query in queries:
+            w.byte(query)
+        return w.getvalue()
+
+    # two routes on "/", one with a header matcher (x-a exact "1") the request satisfies
+    body = b"".join(route(*r).getvalue() for r in [(0, 1, 0, 0), (0, 1, 0, 1)])
+    tail = Writer().byte(1).raw(matcher(0, 0, 0, False, 0)).byte(0).getvalue() + fields([(0, 0)], [])
+    seeds["header_matcher"] = Writer().byte(2).raw(body).raw(request(0, 0, 0)).raw(tail).getvalue()
+    # query present + inverted cookie prefix against a cookie field and a repeated query key
+    tail = (Writer().byte(2).raw(matcher(1, 3, 4, False, 1)).raw(matcher(2, 3, 1, True, 3)).byte(1)
+            .raw(matcher(0, 1, 3, False, 1)).getvalue() + fields([(2, 4), (0, 1)], [0, 1, 2]))
+    seeds["query_cookie_matchers"] = Writer().byte(2).raw(body).raw(request(0, 0, 0)).raw(tail).getvalue()
     return seeds
 
 

@@ -123,6 +123,11 @@ def cmd_check(argv: list[str]) -> int:
         return 1
     for warning in _warnings(config):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
+    from spooky_trio.config.describe_traffic import describe_traffic
+
+    for pool, lines in describe_traffic(config).items():  # each pool's traffic policy in words
+        for line in lines:
+            print(f"pool {pool}: {line}")
     if args.spooky_strict:
         findings = _not_portable(args.config, config)
         for finding in findings:

@@ -178,3 +178,19 @@ def test_bench_auth_targets(tmp_path):
     rows = json.loads(out_json.read_text())["rows"]
     assert [(r["target"], r["errors"]) for r in rows] == [("spooky+api_key", 0), ("spooky+jwt", 0)]
     assert all(r["requests"] >= 100 for r in rows)
+
+
+@pytest.mark.parametrize("mode", ["none", "headers", "matchers", "mirror"])
+def test_traffic_targets_configs_load(tmp_path, mode):
+    from bench.targets import TRAFFIC_HEADERS, SpookyServer
+    from spooky_trio.config import load_config_text
+
+    server = SpookyServer(tmp_path, tmp_path, name=f"spooky+tp-{mode}", traffic=mode)
+    for origin in ("http://127.0.0.1:8080", "https://127.0.0.1:8443"):
+        config = load_config_text(server.config_text(origin, 9999))
+        policy = config.upstream["bench"].traffic_policy
+        assert (policy is not None) == (mode in ("matchers", "mirror"))
+        route = config.upstream["bench"].route
+        assert route is not None and len(route.headers) == (3 if mode == "matchers" else 0)
+        assert ("shadow" in config.upstream) == (mode == "mirror")
+    assert server.request_headers == ([] if mode == "none" else TRAFFIC_HEADERS)

@@ -92,6 +92,40 @@ _NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store"} | {
     f"upstream.ext.discovery{key}" for key in ("", ".kind", ".path", ".name", ".endpoints", ".prefix", ".username",
                                                 ".password", ".backend_defaults", ".cert_file", ".key_file")}
 
+#: route matchers and traffic_policy keys (extensions.md section 1): (key prefix, the third
+#: pool's lines), the first prefix that starts the key gives its sample; every key of the
+#: sample's block is an extension key, so those are the only other findings allowed
+_M = "    route:\n      path_prefix: /ext\n      %s\n"
+_TP = "    traffic_policy: %s\n"
+TRAFFIC_SAMPLES = [
+    ("upstream.<pool>.route.headers[].prefix", _M % "headers: [{name: x-a, prefix: a}]"),
+    ("upstream.<pool>.route.headers[].suffix", _M % "headers: [{name: x-a, suffix: a}]"),
+    ("upstream.<pool>.route.headers[].regex", _M % "headers: [{name: x-a, regex: 'a.*'}]"),
+    ("upstream.<pool>.route.headers[].present", _M % "headers: [{name: x-a, present: true}]"),
+    ("upstream.<pool>.route.headers[].invert", _M % "headers: [{name: x-a, exact: a, invert: true}]"),
+    ("upstream.<pool>.route.headers", _M % "headers: [{name: x-canary, exact: '1'}]"),
+    ("upstream.<pool>.route.query", _M % "query: [{name: debug, present: true}]"),
+    ("upstream.<pool>.route.cookies", _M % "cookies: [{name: beta, prefix: 'on'}]"),
+    ("upstream.<pool>.traffic_policy.split_key", _TP % "{split: [{pool: api, percent: 5}], split_key: 'cookie:session'}"),
+    ("upstream.<pool>.traffic_policy.mirror",
+     _TP % "{mirror: {pool: api, percent: 10, max_body_bytes: 1024, max_inflight: 4, timeout_ms: 500}}"),
+    ("upstream.<pool>.traffic_policy.fault",
+     _TP % "{fault: {delay: {fixed_ms: 10, percent: 1}, abort: {status: 503, percent: 1}, header_control: true, max_active: 5}}"),
+    ("upstream.<pool>.traffic_policy.request_headers",
+     _TP % "{request_headers: {set: {x-env: prod}, add: {via: spooky}, remove: [x-debug]}}"),
+    ("upstream.<pool>.traffic_policy.response_headers", _TP % "{response_headers: {remove: [server]}}"),
+    ("upstream.<pool>.traffic_policy.rewrite", _TP % "{rewrite: {path_prefix: /internal}}"),
+    ("upstream.<pool>.traffic_policy.direct_response",
+     _TP % "{direct_response: {status: 503, body: down, headers: {retry-after: '1'}}}"),
+    ("upstream.<pool>.traffic_policy.redirect", _TP % "{redirect: {status: 308, location: 'https://new.example.com{uri}'}}"),
+    ("upstream.<pool>.traffic_policy", _TP % "{split: [{pool: api, percent: 5}]}"),
+]
+
+
+def traffic_sample(dotted: str) -> str | None:
+    """The third pool's lines for a route-matcher or traffic_policy key, else None."""
+    return next((lines for prefix, lines in TRAFFIC_SAMPLES if dotted.startswith(prefix)), None)
+
 
 def config_text(certs_dir: Path, tail: str = "") -> str:
     return f"""\
@@ -153,7 +187,8 @@ def test_every_finding_one_line_each_and_exit_1(tmp_path: Path, certs_dir: Path)
 def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
-    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES, **POOL_LEVEL_SAMPLES}]
+    missing = [key.dotted for key in extension
+               if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES, **POOL_LEVEL_SAMPLES} and traffic_sample(key.dotted) is None]
     assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES, POOL_LEVEL_SAMPLES) a value for: {missing}"
     message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
@@ -164,6 +199,10 @@ def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
             tail = "  ext:\n    route: {path_prefix: /ext}\n" + POOL_LEVEL_SAMPLES[key.dotted]
         elif key.dotted in TAIL_SAMPLES:
             tail = TAIL_SAMPLES[key.dotted]
+        elif traffic_sample(key.dotted) is not None:
+            lines = traffic_sample(key.dotted) or ""
+            route = "" if "route:" in lines else "    route: {path_prefix: /ext}\n"
+            tail = f"  ext:\n{route}    backends: [{{id: a, address: 'http://127.0.0.1:8082'}}]\n{lines}"
         else:
             tail = ""
             for depth, element in enumerate(key.path[:-1]):
@@ -173,7 +212,9 @@ def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
         issues = {(i.path, i.message) for i in spooky_strict_issues(load_config_text(text), text)}
         expected = key.dotted.replace("<pool>", "ext").replace("[]", "[0]")
         assert (expected, message) in issues, (key.dotted, issues)
-        assert issues <= {(expected, message)} | {(path, message) for path in _NEEDED}, (key.dotted, issues)
+        block = ("upstream.ext.route.", "upstream.ext.traffic_policy")  # a sample's block: all extension keys
+        others = {(path, text) for path, text in issues if not path.startswith(block) or text != message}
+        assert others <= {(expected, message)} | {(path, message) for path in _NEEDED}, (key.dotted, issues)
 
 
 def test_the_relaxed_rules_are_silent_on_a_plain_config(certs_dir: Path) -> None:

@@ -30,7 +30,8 @@ Routes (any method unless noted):
 
 ``Backend.requests`` records each request as a dict (``method``, ``path``, ``query``,
 ``headers``, ``http_version``, ``client``, and ``body_len``: None until the request body was
-received completely). It is appended when the request arrives, before any delay.
+received completely, with ``body_sha256`` beside it then). It is appended when the request
+arrives, before any delay.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ async def _read_body(receive: Receive, record: dict[str, Any]) -> bytes:
         if not message.get("more_body", False):
             body = b"".join(parts)
             record["body_len"] = len(body)
+            record["body_sha256"] = hashlib.sha256(body).hexdigest()
             return body
 
 

@@ -35,9 +35,12 @@ def _backend_names(config: Config) -> dict[str, BackendConfig]:
     return {f"{name}/{b.id}@{b.address}": b for name, pool in config.upstream.items() for b in pool.backends}
 
 
-def _route_text(route: RouteConfig) -> str:
+def _route_text(route: RouteConfig | None) -> str:
+    if route is None:
+        return "(no route: reached through split or mirror)"
+    matchers = len(route.headers) + len(route.query) + len(route.cookies)
     parts = [f"host={route.host}" if route.host else "", f"path_prefix={route.path_prefix}" if route.path_prefix else "",
-             f"method={route.method}" if route.method else ""]
+             f"method={route.method}" if route.method else "", f"matchers={matchers}" if matchers else ""]
     return " ".join(p for p in parts if p)
 
 

@@ -137,12 +137,24 @@ def _listen_written(config: Config, out: Problems) -> None:
         out.add(("listeners",), "Spooky also requires a top-level listen, unused beside listeners (listen: {} will do)")
 
 
+def _pools_without_route_or_backends(config: Config, out: Problems) -> None:
+    # extensions.md sections 1 and 7: a pool reached only through a split or a mirror needs
+    # no route, one that answers itself (direct_response, redirect) no backends; Spooky
+    # requires both in every pool
+    for name, pool in config.upstream.items():
+        if pool.route is None:
+            out.add(("upstream", name), "has no route (Spooky requires one in every pool)")
+        if not pool.backends and pool.discovery is None:  # (a discovery block is reported as itself)
+            out.add(("upstream", name), "has no backends (Spooky requires at least one in every pool)")
+
+
 #: rules Spooky enforces that spooky-trio relaxes; each adds its findings to ``out``
 PORTABILITY_RULES: list[Callable[[Config, Problems], None]] = [
     _shared_backend_addresses,
     _request_body_beyond_stream_window,
     _spooky_ranges,
     _listen_written,
+    _pools_without_route_or_backends,
 ]
 
 

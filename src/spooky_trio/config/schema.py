@@ -25,9 +25,11 @@ from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
 from spooky_trio.config.markers import EXT
 from spooky_trio.config.normalize import empty_to_none, upper_optional
+from spooky_trio.config.markers import EXT
 from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.schema_discovery import DiscoveryConfig
 from spooky_trio.config.schema_health import HealthCheckConfig as HealthCheckConfig  # (moved; still importable here)
+from spooky_trio.config.schema_traffic import MatcherConfig, TrafficPolicyConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -100,15 +102,33 @@ class UpstreamTlsConfig:
 
 @attrs.frozen(kw_only=True)
 class RouteConfig:
-    """Request matcher; at least one of ``host``/``path_prefix``. ``method`` is upper-cased."""
+    """Request matcher; at least one of ``host``/``path_prefix``. ``method`` is upper-cased.
+    ``headers``, ``query`` and ``cookies`` (ext, ``schema_traffic.py``) must all hold too."""
 
     host: str | None = None
     path_prefix: str | None = None
     method: str | None = attrs.field(default=None, converter=upper_optional)
+    headers: list[MatcherConfig] = attrs.field(factory=list, metadata=EXT)
+    query: list[MatcherConfig] = attrs.field(factory=list, metadata=EXT)
+    cookies: list[MatcherConfig] = attrs.field(factory=list, metadata=EXT)
 
-    def matcher_key(self) -> tuple[str | None, str | None, str | None]:
-        """The normalized matcher two pools must not share: (lower host, prefix, upper method)."""
-        return (self.host.lower() if self.host else None, self.path_prefix, self.method)
+    def matcher_key(self) -> tuple[object, ...]:
+        """The normalized matcher two pools must not share: (lower host, prefix, upper
+        method) and the route's matchers, in any order (extensions.md section 1)."""
+        return (self.host.lower() if self.host else None, self.path_prefix, self.method, frozenset(self.matcher_identities()))
+
+    def matcher_identities(self) -> list[tuple[str, str, str, str | None, bool]]:
+        """Each matcher as (source, name, kind, value, inverted), normalized: a header name
+        lower-cased, ``present: false`` as an inverted ``present: true``."""
+        out = []
+        for source, matchers in (("header", self.headers), ("query", self.query), ("cookie", self.cookies)):
+            for m in matchers:
+                kinds = m.kinds()
+                kind = kinds[0] if kinds else "present"
+                value = None if kind == "present" else getattr(m, kind)
+                invert = m.invert != (m.present is False) if kind == "present" else m.invert
+                out.append((source, m.name.lower() if source == "header" else m.name, kind, value, invert))
+        return out
 
 
 @attrs.frozen(kw_only=True)
@@ -153,8 +173,11 @@ class ForwardedHeadersConfig:
 class PoolConfig:
     """A pool (``upstream.<name>``). After loading, ``load_balancing`` is never ``None``."""
 
-    route: RouteConfig
-    #: may be empty (or omitted) when ``discovery`` is set
+    #: ext: may be omitted in a pool that another pool's ``traffic_policy`` splits or
+    #: mirrors to (reachable only that way)
+    route: RouteConfig | None = None
+    #: may be empty in a pool that answers itself (``direct_response``, ``redirect``), has
+    #: no route (extensions.md section 7) or has a ``discovery`` source
     backends: list[BackendConfig] = attrs.field(factory=list)
     load_balancing: LoadBalancingConfig | None = None
     host_policy: HostPolicyConfig = attrs.field(factory=HostPolicyConfig)
@@ -164,6 +187,8 @@ class PoolConfig:
     auth: AuthConfig | None = None
     #: ext: where the pool's backends come from (config/schema_discovery.py)
     discovery: DiscoveryConfig | None = attrs.field(default=None, metadata=EXT)
+    #: ext: matchers aside, everything of extensions.md section 1 (``schema_traffic.py``)
+    traffic_policy: TrafficPolicyConfig | None = attrs.field(default=None, metadata=EXT)
     #: (ext) the protocol to the backends: ``auto`` (``http://`` HTTP/1.1, ``https://``
     #: HTTP/2), ``h1``, ``h2`` (cleartext prior knowledge on ``http://``), ``h3``, ``alt-svc``
     upstream_protocol: UpstreamProtocol = attrs.field(default="auto", metadata=EXT)

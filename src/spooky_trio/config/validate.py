@@ -29,6 +29,7 @@ from spooky_trio.config.validate_backend import validate_backend_fields
 from spooky_trio.config.validate_discovery import validate_discovery
 from spooky_trio.config.validate_runtime import validate_runtime
 from spooky_trio.http.request_keys import parse_key_spec
+from spooky_trio.config.validate_traffic import backends_optional, referenced_pools, validate_traffic
 
 SUPPORTED_VERSION = 1
 
@@ -47,6 +48,7 @@ def validate(config: Config) -> list[Problem]:
     if config.load_balancing is not None:
         _validate_load_balancing(out, ("load_balancing",), config.load_balancing)
     _validate_pools(out, config)
+    validate_traffic(out, config)
     if config.log.file.enabled:
         out.not_empty(("log", "file", "path"), config.log.file.path)
     validate_runtime(out, config)
@@ -128,7 +130,8 @@ def _validate_pools(out: Problems, config: Config) -> None:
     if not config.upstream:
         out.add(("upstream",), "must define at least one pool")
         return
-    matchers: dict[tuple[str | None, str | None, str | None], str] = {}
+    matchers: dict[tuple[object, ...], str] = {}
+    referenced = referenced_pools(config)
     for name, pool in config.upstream.items():
         path: KeyPath = ("upstream", name)
         if not name.strip():
@@ -137,6 +140,11 @@ def _validate_pools(out: Problems, config: Config) -> None:
             out.add(path, "pool names starting with '@' are reserved (CONNECT tunnels are admitted as pool '@connect')")
         _validate_pool(out, path, pool)
         route = pool.route
+        if route is None:
+            if name not in referenced:
+                out.add(path + ("route",), "required key is missing (only a pool that another pool's traffic_policy "
+                        "splits or mirrors to may have no route)")
+            continue
         if route.host is None and route.path_prefix is None:
             continue
         key = route.matcher_key()
@@ -148,16 +156,17 @@ def _validate_pools(out: Problems, config: Config) -> None:
 
 def _validate_pool(out: Problems, path: KeyPath, pool: PoolConfig) -> None:
     route, route_path = pool.route, path + ("route",)
-    if route.host is None and route.path_prefix is None:
-        out.add(route_path, "a route needs at least host or path_prefix")
-    if route.host is not None:
-        error = route_host_error(route.host)
-        if error:
-            out.add(route_path + ("host",), error)
-    if route.path_prefix is not None:
-        out.http_path(route_path + ("path_prefix",), route.path_prefix)
-    if route.method is not None and not is_token(route.method):
-        out.add(route_path + ("method",), f"invalid method {route.method!r}")
+    if route is not None:
+        if route.host is None and route.path_prefix is None:
+            out.add(route_path, "a route needs at least host or path_prefix")
+        if route.host is not None:
+            error = route_host_error(route.host)
+            if error:
+                out.add(route_path + ("host",), error)
+        if route.path_prefix is not None:
+            out.http_path(route_path + ("path_prefix",), route.path_prefix)
+        if route.method is not None and not is_token(route.method):
+            out.add(route_path + ("method",), f"invalid method {route.method!r}")
     if pool.load_balancing is not None:
         _validate_load_balancing(out, path + ("load_balancing",), pool.load_balancing)
     policy = pool.host_policy
@@ -184,7 +193,7 @@ def _validate_backends(out: Problems, pool_path: KeyPath, pool: PoolConfig) -> N
         if problem is not None:
             out.add(pool_path + ("discovery", "scheme"), problem, pool_path + ("upstream_protocol",))
     if not pool.backends:
-        if discovery is None:
+        if discovery is None and not backends_optional(pool):  # extensions.md section 7 (config/validate_traffic.py)
             out.add(pool_path + ("backends",), "a pool needs at least one backend (or a discovery source)")
         return
     ids: dict[str, int] = {}

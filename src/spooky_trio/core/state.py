@@ -19,6 +19,7 @@ import trio
 
 from spooky_trio.auth.store import AuthStore
 from spooky_trio.config import HealthCheckConfig
+from spooky_trio.core.shadows import ShadowTasks
 from spooky_trio.discovery.membership import DiscoveryState
 from spooky_trio.health.active import ActiveHealth
 from spooky_trio.health.passive import PassiveHealth, PassivePolicy
@@ -192,6 +193,9 @@ class StateStore:
         #: the pools' dynamic backends: discovery sources' last good sets, the admin API's
         #: backends (discovery/membership.py; the sources' tasks: ``DiscoveryService.run``)
         self.discovery = DiscoveryState()
+        #: the nursery of traffic_policy mirror copies (its task: ``ShadowTasks.run``, started
+        #: by the server; ``core/shadows.py``)
+        self.shadows = ShadowTasks()
 
     def backend(self, key: Hashable, label: str) -> BackendState:
         """The state of backend ``key``, created (healthy, unsampled) on first use."""

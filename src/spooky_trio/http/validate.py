@@ -190,3 +190,25 @@ def join_cookies(headers: Headers) -> Headers:
                 out.append((b"cookie", joined))
             joined = None
     return out
+
+
+def field_name_error(name: bytes) -> str | None:
+    """Why ``name`` cannot be a field name the proxy sends or matches (a token; pseudo-headers
+    are never configurable), or None. The same rule :func:`check_head` applies to requests,
+    for names a config writes (extensions.md section 1)."""
+    if _TOKEN.fullmatch(name) is None:
+        return "not an HTTP field name (a token: letters, digits and !#$%&'*+-.^_`|~)"
+    return None
+
+
+def field_value_error(value: bytes) -> str | None:
+    """Why ``value`` cannot be a field value the proxy sends, or None: the rules
+    :func:`check_head` applies to a request's values (no control character but HTAB, no
+    leading or trailing whitespace), plus ASCII only (a value from config is text)."""
+    if not value.isascii():
+        return "must be ASCII"
+    if _VALUE_CTL.search(value) is not None:
+        return "holds a control character (CR, LF, NUL...)"
+    if value and (value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
+        return "starts or ends with whitespace"
+    return None

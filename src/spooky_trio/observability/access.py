@@ -26,7 +26,7 @@ access_log = logging.getLogger("spooky.access")
 #: field order of the plain line and the JSON object
 FIELDS = (
     "time", "client", "protocol", "method", "authority", "path", "status", "pool",
-    "backend", "upstream_protocol", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason",
+    "backend", "upstream_protocol", "bytes_in", "bytes_out", "duration_ms", "outcome", "reason", "split", "fault",
 )
 
 
@@ -35,7 +35,7 @@ class AccessRecord:
     its answer door and the byte-counting wrappers."""
 
     __slots__ = ("request", "started", "started_wall", "status", "pool", "backend", "bytes_in", "bytes_out", "outcome",
-                 "reason", "client_target", "upstream_protocol")
+                 "reason", "client_target", "upstream_protocol", "split", "fault")
 
     def __init__(self, request: DownstreamRequest) -> None:
         self.request = request
@@ -59,9 +59,16 @@ class AccessRecord:
         #: ``HTTP/1.1``, ``HTTP/2`` or ``HTTP/3``: how the backend whose answer the client
         #: got was spoken to (None when no backend answered)
         self.upstream_protocol: str | None = None
+        #: a pool with a traffic_policy split: ``<route pool>-><serving pool>`` (the same
+        #: name twice when the request stayed), else None
+        self.split: str | None = None
+        #: an injected fault (traffic_policy.fault): ``delay:<ms>ms``, ``abort:<status>`` or
+        #: both joined by ``+``, else None
+        self.fault: str | None = None
 
     def fields(self) -> dict[str, object]:
-        """The access-log fields, in :data:`FIELDS` order."""
+        """The access-log fields, in :data:`FIELDS` order; ``split`` and ``fault`` only on
+        the lines of requests a traffic policy split or faulted."""
         req = self.request
         client = req.client_address
         return {
@@ -80,6 +87,8 @@ class AccessRecord:
             "duration_ms": round((trio.current_time() - self.started) * 1000, 3),
             "outcome": self.outcome,
             "reason": self.reason,
+            **({"split": self.split} if self.split is not None else {}),
+            **({"fault": self.fault} if self.fault is not None else {}),
         }
 
     def emit(self) -> None:
@@ -91,10 +100,13 @@ class AccessRecord:
 
 
 def plain_line(fields: dict[str, object]) -> str:
-    """``key=value`` pairs; values with spaces, quotes or ``=`` are double-quoted; None is ``-``."""
+    """``key=value`` pairs; values with spaces, quotes or ``=`` are double-quoted; None is ``-``;
+    a field the line does not have (``split``, ``fault``) is left out."""
     parts = []
     for key in FIELDS:
-        value = fields.get(key)
+        if key not in fields:
+            continue
+        value = fields[key]
         text = "-" if value is None or value == "" else str(value)
         if any(c in text for c in ' "=\\') or any(ord(c) < 0x20 for c in text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("unicode_escape").decode("ascii") + '"'

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from spooky_trio.observability.collect import ServerCollector, ServingView
 from spooky_trio.observability.discovery_metrics import DiscoveryCollector, DiscoveryView
 from spooky_trio.observability.ratelimit_metrics import RateLimitCollector, RateLimitView
+from spooky_trio.observability.traffic_metrics import TrafficCollector, TrafficCounters
 from spooky_trio.observability.upstream_metrics import UpstreamH3Collector, UpstreamProtocolCollector, UpstreamView
 
 #: upstream latency buckets, milliseconds
@@ -218,6 +219,10 @@ class Metrics:
             "spooky_auth_jwks_stale_served", "Tokens verified with JWKS keys kept past jwks_cache_secs because refreshes failed",
             registry=r,
         )
+        # traffic policy (route matchers, splits, mirror copies, faults: docs/traffic-policy.md),
+        # counted in plain dicts and exposed at scrape time (observability/traffic_metrics.py)
+        self.traffic = TrafficCounters()
+        r.register(TrafficCollector(self.traffic))
 
     # -- event hooks --
 

@@ -1,8 +1,9 @@
 """The built-in filters of the request chain and the order they run in.
 
 ```
-[trace ->] normalize_path -> protocol_policy -> route [-> auth] [-> brownout] [-> rate_limit]
-  [-> external_auth] -> body_limit -> admission -> balance -> forward (terminal)
+[trace ->] normalize_path -> protocol_policy -> route [-> route_answer] [-> auth] [-> brownout]
+  [-> rate_limit] [-> external_auth] [-> fault] [-> rewrite] [-> split] -> body_limit
+  -> admission -> balance [-> mirror] -> forward (terminal)
 ```
 
 * ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
@@ -15,7 +16,10 @@
 * ``protocol_policy``: ``resilience.protocol`` (allowed methods 405, denied paths 403,
   0-RTT 425, CONNECT permitted or not) via :mod:`spooky_trio.resilience.policy`;
 * ``route``: the authority is checked (400) and the routing table picks the pool (404),
-  with the decision log and header of ``observability.routing``;
+  host, path prefix, method and the route's header, query and cookie matchers, with the
+  decision log and header of ``observability.routing``;
+* ``route_answer`` (``proxy/route_answers.py``, only when a pool has one): a pool's
+  traffic_policy ``direct_response`` or ``redirect`` answers before anything else runs;
 * ``auth`` (``proxy/auth.py``, only in a generation with an ``auth`` block): api_key then
   jwt with scopes and roles (401), for the pool the route chose;
 * ``brownout`` (``proxy/brownout.py``, unless disabled): while brownout is on, a pool that
@@ -24,18 +28,25 @@
   scoped rate limits, local or through Redis (429 + ``Retry-After``);
 * ``external_auth`` (``proxy/external_auth.py``, only with an ``external_auth`` block):
   external auth of kind http or oidc for the pool the route chose;
+* ``fault``, ``rewrite``, ``split`` (``proxy/faults.py``, ``rewrites.py``, ``split.py``; each
+  only when a pool uses it; the traffic policy of the pool the route chose, after the
+  plugin request hooks): injected delays and aborts, request header and path rewrites (and
+  the response-header hook), the serving pool of a weighted split;
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
 * ``admission``: adaptive admission, global and pool inflight limits, route queues (503 +
   ``Retry-After``), slots given back when the request ends;
 * ``balance``: a backend of the serving pool under its limit whose breaker permits, leased
   for the first attempt (503);
+* ``mirror`` (``proxy/mirror.py``, only when a pool has one): a copy of the admitted request
+  for the shadow nursery, its body teed as the primary reads it; never waits;
 * ``forward`` (``proxy/forward.py``): the exchange, with retries and hedging, or a tunnel.
 
 A CONNECT tunnel (a permitted ``CONNECT`` target) skips ``route``, ``body_limit`` and
 ``balance``: it is admitted as the pseudo pool ``@connect`` and relayed by ``forward``.
 :func:`build_chain` is the one place the order is written down (its docstring says why each
-step is where it is); the next subsystems (plugins, traffic policy) slot in here in the order
-of ../shared/spec/extensions.md section 0.
+step is where it is); the traffic-policy steps come from ``proxy/traffic.py``; the plugin
+request hooks (to come) slot in after ``external_auth``, before ``fault``, in the order of
+../shared/spec/extensions.md section 0.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
 from spooky_trio.proxy.ratelimit import rate_limit_step
 from spooky_trio.proxy.tracing import Trace
+from spooky_trio.proxy.traffic import traffic_steps
 from spooky_trio.resilience.policy import check_request
 from spooky_trio.upstream import UpstreamPool
 
@@ -121,7 +133,7 @@ class Route:
 
     name = "route"
 
-    def __init__(self, generation: Generation) -> None:
+    def __init__(self, generation: Generation, metrics: Metrics | None = None) -> None:
         config = generation.config
         self.routing = generation.routing
         self.pools = generation.pools
@@ -131,6 +143,8 @@ class Route:
         #: (Spooky accepts any non-blank one, and never sends it; config_warnings says so)
         name = self.decisions.header_name.strip().lower()
         self.decision_header = name.encode("ascii") if self.decisions.expose_header and is_token(name) else None
+        #: route matchers that turned requests away (``spooky_route_matcher_misses_total``)
+        self.misses = metrics.traffic.matcher_misses if metrics is not None and self.routing.has_matchers else None
 
     def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.connect_target is not None:
@@ -150,10 +164,10 @@ class Route:
         host = host_without_port(authority).decode("latin-1")
         method = request.method.decode("latin-1").upper()
         if self.decisions.enabled:
-            entry, reason = self.routing.explain(host, path, method)
+            entry, reason = self.routing.explain(host, path, method, request, self.misses)
             self._log_decision(ctx, host, path, method, entry.pool if entry else None, reason)
         else:
-            entry = self.routing.match(host, path, method)
+            entry = self.routing.match(host, path, method, request, self.misses)
         if entry is None:
             raise ProxyError(404, "no_route", "no route matches this request")
         ctx.authority = authority.decode("latin-1")
@@ -171,7 +185,8 @@ class Route:
         if self.decision_header is not None:
             value = f"pool={pool or '-'}"
             if decisions.include_reason:
-                value += f"; reason=\"{reason}\""
+                quoted = reason.replace("\\", "\\\\").replace('"', '\\"')
+                value += f"; reason=\"{quoted}\""
             ctx.response_headers.append((self.decision_header, value.encode("latin-1", "replace")))
 
 
@@ -250,12 +265,21 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     can never be served, so it must not take or queue for an inflight slot (the one case
     that differs from Spooky is a request that overload would also shed: 413 here, 503
     there). A body without a declared length is limited as it streams (``forward``).
+
+    The traffic policy (``proxy/traffic.py``) sits where section 0 puts it: ``route_answer``
+    right after the route (a maintenance page or a redirect needs no credentials and no
+    slot); ``fault``, ``rewrite`` and ``split`` after the (future) plugin request hooks, so
+    auth and rate limits judge the request as the client sent it and the split's serving
+    pool is known before admission takes its slots; ``mirror`` last, so only a request that
+    will be forwarded is copied, with the headers its backend gets.
     """
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
-    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation)]
+    filters: list[Filter | SyncFilter] = [NormalizePath(config), ProtocolPolicy(config, metrics), Route(generation, metrics)]
     if tracing is not None and config.observability.tracing.enabled:
         filters.insert(0, Trace(tracing.tracer(config.observability.tracing)))
+    traffic = traffic_steps(generation, upstream=upstream, shadows=state.shadows, metrics=metrics)
+    filters += traffic.after_route  # direct_response | redirect
     # auth is imported only for a config with auth: PyJWT and httpx stay out of processes
     # that never use them
     local_auth: Filter | SyncFilter | None = None
@@ -275,5 +299,7 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
         filters.append(rate_limit)
     if external_auth is not None:
         filters.append(external_auth)
+    filters += traffic.before_admission  # fault, rewrite, split (after the plugin request hooks)
     filters += [BodyLimit(config), Admission(guard), Balance(guard)]
+    filters += traffic.before_forward  # mirror
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

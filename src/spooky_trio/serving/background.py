@@ -10,6 +10,7 @@ health supervisor probes and DNS refreshers of the live generations' backends
 trace export      tracers of the live generations' tracing settings; the OTLP export task
 auth store        JWKS refreshers and OIDC discovery of the live generations' auth settings
 rate-limit stores one task per Redis store a live generation's chain uses
+mirror copies     the shadow nursery: traffic_policy mirror copies (drained after the primaries)
 ```
 
 Each one is started under the Server's root nursery by :meth:`Background.start` (in this
@@ -77,6 +78,7 @@ class Background:
         await nursery.start(self.tracing.run)  # OTLP export: drains the span queue in a worker thread
         await nursery.start(self.state.auth.run, self.metrics)  # auth nursery (auth/store.py)
         await nursery.start(self.state.rate_limits.stores.run)  # nursery of the shared rate-limit stores
+        await nursery.start(self.state.shadows.run)  # nursery of the mirror copies (core/shadows.py)
         await self._follow_rate_limit_stores([generation])
         if self.live is not None:
             nursery.start_soon(self.follow_membership, self.live)

@@ -9,7 +9,8 @@ Control API (``observability.control_api``):
   circuit breaker, connection counts, overload state: inflight, admission limit, brownout,
   route queues, retry budgets; scoped rate limits: rules with their decisions and buckets,
   the shared stores' state (never the store's password); uptime, version; the auth settings
-  per pool with every secret as ``***``, the JWKS caches and OIDC discovery documents);
+  per pool with every secret as ``***``, the JWKS caches and OIDC discovery documents; each
+  pool's route matchers and traffic policy in words and the mirror copies in flight);
 * ``POST reload_certs_path``: re-read listener certificates and client-auth CAs for new
   handshakes (200 + JSON summary; 422 + the error, old material kept, when a file is bad);
 * ``POST restart_path``: 202, then graceful drain and exit status 75 (``EXIT_RESTART``);
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from spooky_trio.auth.describe import describe_auth
 from spooky_trio.config import Config, ControlApiConfig, MetricsConfig
+from spooky_trio.config.describe_traffic import describe_traffic
 from spooky_trio.core.activity import Activity
 from spooky_trio.core.generation import Generation
 from spooky_trio.core.generations import GenerationSet
@@ -321,6 +323,9 @@ class ControlApi(BearerEndpoint):
             "overload": _overload_snapshot(server),
             "rate_limits": server.state.rate_limits.snapshot(server.config.resilience),
             "auth": {"pools": describe_auth(server.config), **server.state.auth.snapshot()},
+            "traffic_policy": describe_traffic(server.config),
+            "canary_traffic_policy": None if server.generations.canary is None else describe_traffic(server.generations.canary.config),
+            "mirror_copies_in_flight": dict(server.state.shadows.running),
         }
         if server.worker_index is not None:
             requests = server.metrics.registry.get_sample_value("spooky_requests_total") or 0

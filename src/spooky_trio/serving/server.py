@@ -6,7 +6,8 @@ Server.run
 ├─ background services, each following the live generations (serving/background.py):
 │    upstream pool (h2 connection readers, idle reaper), discovery (one task per source),
 │    health supervisor (probers, DNS refreshers), trace export (span queue -> OTLP), auth store (JWKS refreshers, OIDC
-│    discovery, HTTP clients), rate-limit stores (one task per Redis store in use)
+│    discovery, HTTP clients), rate-limit stores (one task per Redis store in use), the
+│    shadow nursery (mirror copies; drained after the primary requests)
 ├─ one ListenerPair per listener block, each in its own cancel scope:
 │    QuicListener (UDP) + BootstrapListener (TCP + TLS: HTTP/1.1, HTTP/2), same port
 ├─ one service per enabled endpoint (metrics, control API), each in its own cancel scope
@@ -265,6 +266,7 @@ class Server:
             task_status.started(self)
             await self._drain_requested.wait()
             await self._drain()
+            await self.state.shadows.drain(self.config.performance.shutdown_drain_timeout_ms / 1000)  # mirror copies
             await self.tracing.flush()  # the drained requests' spans, within a short bound
             root.cancel_scope.cancel()
 
