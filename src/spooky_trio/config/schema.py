@@ -23,8 +23,10 @@ import attrs
 
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
+from spooky_trio.config.markers import EXT
 from spooky_trio.config.normalize import empty_to_none, upper_optional
 from spooky_trio.config.schema_auth import AuthConfig
+from spooky_trio.config.schema_plugins import PluginConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -168,6 +170,8 @@ class PoolConfig:
     tls: UpstreamTlsConfig | None = None
     #: authentication and authorization of the requests this pool's route matches
     auth: AuthConfig | None = None
+    #: (ext) the ``plugins`` entries whose filters run for this pool's requests, in order
+    filters: list[str] = attrs.field(factory=list, metadata=EXT)
 
     def effective_load_balancing(self, config_level: LoadBalancingConfig | None = None) -> LoadBalancingConfig:
         """The pool's own policy, else ``config_level``, else round-robin."""
@@ -221,6 +225,8 @@ class Config:
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
+    #: (ext) filters in Python, named by pools' ``filters`` (config/schema_plugins.py)
+    plugins: list[PluginConfig] = attrs.field(factory=list, metadata=EXT)
     source_sha256: str = attrs.field(default="", metadata={INTERNAL: True})
     source_positions: Mapping[KeyPath, SourcePosition] = attrs.field(
         factory=dict, eq=False, repr=False, metadata={INTERNAL: True}
