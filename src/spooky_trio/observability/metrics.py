@@ -201,6 +201,15 @@ class Metrics:
             "spooky_auth_jwks_stale_served", "Tokens verified with JWKS keys kept past jwks_cache_secs because refreshes failed",
             registry=r,
         )
+        # plugins (proxy/plugins.py; docs/plugins.md)
+        self.plugin_errors = Counter(
+            "spooky_plugin_errors", "Plugin failures by plugin and kind (exception, timeout, invalid: a request answered 500; "
+            "background: its task failed)", ["plugin", "kind"], registry=r,
+        )
+        self.plugin_loop_stalls = Counter(
+            "spooky_plugin_event_loop_stalls", "Plugin hook steps that held the event loop 50 ms or more without yielding",
+            ["plugin"], registry=r,
+        )
 
     # -- event hooks --
 
@@ -323,6 +332,14 @@ class Metrics:
 
     def jwks_stale_served(self) -> None:
         self.jwks_stale.inc()
+
+    def plugin_error(self, plugin: str, kind: str) -> None:
+        """Plugin ``plugin`` failed: ``exception``, ``timeout``, ``invalid`` or ``background``."""
+        self.plugin_errors.labels(plugin, kind).inc()
+
+    def plugin_loop_stall(self, plugin: str) -> None:
+        """A hook step of ``plugin`` held the event loop past the stall threshold."""
+        self.plugin_loop_stalls.labels(plugin).inc()
 
     def render(self) -> bytes:
         """The text exposition of the registry."""

@@ -2,7 +2,7 @@
 
 ```
 [trace ->] normalize_path -> protocol_policy -> route [-> auth] [-> brownout] [-> rate_limit]
-  [-> external_auth] -> body_limit -> admission -> balance -> forward (terminal)
+  [-> external_auth] [-> plugins] -> body_limit -> admission -> balance -> forward (terminal)
 ```
 
 * ``trace`` (only with ``observability.tracing.enabled``): the request's span, the W3C
@@ -24,6 +24,9 @@
   scoped rate limits, local or through Redis (429 + ``Retry-After``);
 * ``external_auth`` (``proxy/external_auth.py``, only with an ``external_auth`` block):
   external auth of kind http or oidc for the pool the route chose;
+* ``plugins`` (``proxy/plugins.py``, only when a pool lists ``filters``): the filters of the
+  pool the route chose, in its order (an answer, or the request changed; their response
+  hooks on every answer after it, last first);
 * ``body_limit``: a declared body over ``max_request_body_bytes`` (413);
 * ``admission``: adaptive admission, global and pool inflight limits, route queues (503 +
   ``Retry-After``), slots given back when the request ends;
@@ -57,6 +60,7 @@ from spooky_trio.proxy.brownout import Brownout
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
+from spooky_trio.proxy.plugins import plugin_step
 from spooky_trio.proxy.ratelimit import rate_limit_step
 from spooky_trio.proxy.tracing import Trace
 from spooky_trio.resilience.policy import check_request
@@ -250,6 +254,12 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     can never be served, so it must not take or queue for an inflight slot (the one case
     that differs from Spooky is a request that overload would also shed: 413 here, 503
     there). A body without a declared length is limited as it streams (``forward``).
+
+    ``plugins`` (the pool's ``filters``) runs right after ``external_auth``, where
+    extensions.md section 0 puts the plugin request hooks: plugins see only requests auth and
+    rate limits let through, and a filter's answer pre-empts ``body_limit`` like every
+    policy step before it (a filter that reads the body bounds it itself:
+    ``request_body_limit``, never more than ``max_request_body_bytes``).
     """
     config = generation.config
     guard = OverloadGuard(state.resilience, metrics)
@@ -275,5 +285,10 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
         filters.append(rate_limit)
     if external_auth is not None:
         filters.append(external_auth)
+    # the plugin request hooks: right after external auth (extensions.md section 0); the
+    # traffic-policy steps (faults, rewrites, split) come after them
+    plugins = plugin_step(generation, metrics)
+    if plugins is not None:
+        filters.append(plugins)
     filters += [BodyLimit(config), Admission(guard), Balance(guard)]
     return Chain(generation, filters, Forward(config, upstream, guard, metrics))

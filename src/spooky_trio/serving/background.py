@@ -7,6 +7,7 @@ health supervisor probes and DNS refreshers of the live generations' backends
 trace export      tracers of the live generations' tracing settings; the OTLP export task
 auth store        JWKS refreshers and OIDC discovery of the live generations' auth settings
 rate-limit stores one task per Redis store a live generation's chain uses
+plugin tasks      the background tasks of the live generations' plugin filters (one scope each)
 ```
 
 Each one is started under the Server's root nursery by :meth:`Background.start` (in this
@@ -29,6 +30,8 @@ from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.observability.tracing import Tracing
 from spooky_trio.proxy.chain import Chain
+from spooky_trio.proxy.plugin_tasks import PluginTasks
+from spooky_trio.proxy.plugins import plugins_of
 from spooky_trio.proxy.ratelimit import stores_of
 from spooky_trio.upstream import UpstreamPool
 
@@ -45,6 +48,8 @@ class Background:
         self.state = state
         self.metrics = metrics
         self.chain_for = chain_for
+        #: the plugins nursery (proxy/plugin_tasks.py)
+        self.plugin_tasks = PluginTasks()
 
     async def start(self, nursery: trio.Nursery, generation: Generation) -> None:
         """Start every service under ``nursery``, following ``generation`` (the first one)."""
@@ -54,6 +59,8 @@ class Background:
         await nursery.start(self.state.auth.run, self.metrics)  # auth nursery (auth/store.py)
         await nursery.start(self.state.rate_limits.stores.run)  # nursery of the shared rate-limit stores
         await self._follow_rate_limit_stores([generation])
+        await nursery.start(self.plugin_tasks.run)  # the plugins' background tasks
+        self.plugin_tasks.follow(plugins_of(self.chain_for(generation)))
 
     async def follow(self, live: Sequence[Generation]) -> None:
         """Follow the ``live`` generations (the stable one last): probes of removed backends
@@ -69,6 +76,7 @@ class Background:
         await self.upstream.retire(keep)
         self.state.auth.follow(generation.config for generation in live)
         await self._follow_rate_limit_stores(live)
+        self.plugin_tasks.follow(plugins for generation in live for plugins in plugins_of(self.chain_for(generation)))
 
     async def _follow_rate_limit_stores(self, live: Sequence[Generation]) -> None:
         """Run the shared rate-limit stores the ``live`` generations use (each started after
