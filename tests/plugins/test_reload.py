@@ -77,3 +77,28 @@ async def test_reload_builds_new_filters_and_inflight_requests_keep_the_old(cert
             assert "new" in samples.RUNNING
             upstream = [[v for n, v in r["headers"] if n == "x-plugin-tag"] for r in backend.requests if r["path"] == "/echo/slow"]
             assert upstream == [["old"]] * 3
+
+
+async def test_a_reload_with_a_plugin_that_cannot_work_is_refused(certs_dir: Path, tmp_path: Path) -> None:
+    samples.RELEASE.reset()
+    port = free_udp_port()
+    path = tmp_path / "spooky.yaml"
+    async with run_backend(name="h1") as backend:
+        good = config(backend.url, certs_dir, port, "v1")
+        async with running_proxy(good, config_path=path) as server, proxy_clients(port, certs_dir) as clients:
+            broken = {
+                "unknown name": (good.replace("filters: [slow, ticker]", "filters: [slow, nope]"), "upstream.app.filters[1]"),
+                "factory refuses": (good.replace("config: {tag: v1}, plugin_timeout_ms", "config: {tag: [1]}, plugin_timeout_ms"),
+                                    "plugins[0].config.tag"),
+                "missing code": (good.replace("samples:Slow", "samples:Gone"), "plugins[0].object"),
+            }
+            for what, (text, key) in broken.items():
+                assert text != good, what
+                path.write_text(text)
+                outcome = await server.reloads.reload_file()
+                assert outcome.status != 200, what
+                errors = outcome.body["errors"]
+                assert isinstance(errors, list) and key in [error["path"] for error in errors], (what, outcome.body)
+                for protocol in PROTOCOLS:  # the running generation goes on serving, filters and all
+                    reply = await clients.request(protocol, "/echo")
+                    assert (reply.status, reply.header("x-plugin-tag")) == (200, "v1"), (what, protocol)
