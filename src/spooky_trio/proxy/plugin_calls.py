@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Coroutine, Generator
 from time import perf_counter
+from types import CoroutineType
 from typing import TYPE_CHECKING
 
 import trio
@@ -56,20 +57,29 @@ def carries_cancellation(exc: BaseException) -> bool:
 
 
 class _Timed:
-    """Awaits a coroutine while timing each of its steps (module docstring): ``longest`` is
-    the longest stretch, in seconds, that the coroutine ran without yielding to Trio."""
+    """Awaits the rest of a coroutine whose first step already ran (it yielded ``pending``),
+    timing each further step (module docstring): ``longest`` is the longest stretch, in
+    seconds, that the coroutine ran without yielding to Trio, the first step included."""
 
-    __slots__ = ("_coro", "longest")
+    __slots__ = ("_coro", "_pending", "longest")
 
-    def __init__(self, coro: Coroutine[object, object, object]) -> None:
+    def __init__(self, coro: Coroutine[object, object, object], pending: object, first: float) -> None:
         self._coro = coro
-        self.longest = 0.0
+        self._pending = pending
+        self.longest = first
 
     def __await__(self) -> Generator[object, object, object]:
         coro = self._coro
-        sent: object = None
-        error: BaseException | None = None
+        yielded, self._pending = self._pending, None
         while True:
+            error: BaseException | None = None
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown into us (a cancellation): hand it to the plugin's coroutine
+                sent, error = None, exc
             start = perf_counter()
             try:
                 yielded = coro.send(sent) if error is None else coro.throw(error)
@@ -80,13 +90,6 @@ class _Timed:
                 self._took(perf_counter() - start)
                 raise
             self._took(perf_counter() - start)
-            try:
-                sent, error = (yield yielded), None
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # thrown into us: hand it to the plugin's coroutine
-                sent, error = None, exc
 
     def _took(self, seconds: float) -> None:
         if seconds > self.longest:
@@ -157,21 +160,33 @@ class PluginRuntime:
 
     async def _run(self, hook: str, awaitable: Awaitable[object]) -> object:
         """Await ``awaitable`` (the coroutine of the plugin's ``hook``) under the deadline,
-        timing its steps."""
-        if not isinstance(awaitable, Coroutine):  # an async def always gives one (checked at load)
+        timing its steps. The first step is driven here: most hooks finish in it (they
+        change a header and return without awaiting anything), and then no
+        :class:`_Timed` wrapper is needed (per-request cost: docs/performance.md)."""
+        if type(awaitable) is not CoroutineType and not isinstance(awaitable, Coroutine):  # an async def gives one
             raise self.invalid(hook, awaitable)
+        coro: Coroutine[object, object, object] = awaitable
         deadline = trio.current_time() + self.timeout
-        timed = _Timed(awaitable)
+        timed: _Timed | None = None
+        begin = perf_counter()
         result: object = None
         try:
+            # the scope is entered before any of the plugin's code runs, so scopes the
+            # plugin opens nest inside it as Trio requires
             with trio.CancelScope(deadline=deadline) as scope:
-                result = await timed
+                try:
+                    pending = coro.send(None)
+                except StopIteration as done:  # finished without yielding
+                    result = done.value
+                else:
+                    timed = _Timed(coro, pending, perf_counter() - begin)
+                    result = await timed
         except BaseException as exc:  # the plugin's own ProxyError too: a plugin answers with a Response
             if carries_cancellation(exc):
                 raise
-            self._check_stall(hook, timed)
+            self._check_stall(hook, timed.longest if timed is not None else perf_counter() - begin)
             raise self.failed(hook, EXCEPTION, exc) from None
-        self._check_stall(hook, timed)
+        self._check_stall(hook, timed.longest if timed is not None else perf_counter() - begin)
         if scope.cancelled_caught or trio.current_time() > deadline:
             raise self.failed(hook, TIMEOUT, None)
         return result
@@ -210,12 +225,12 @@ class PluginRuntime:
             log.error("plugin %s: background task raised %s; starting it again in %gs%s", self.name, type(exc).__name__, retry_in,
                       note, exc_info=exc)
 
-    def _check_stall(self, hook: str, timed: _Timed) -> None:
-        if timed.longest < STALL_SECONDS:
+    def _check_stall(self, hook: str, longest: float) -> None:
+        if longest < STALL_SECONDS:
             return
         if self.metrics is not None:
             self.metrics.plugin_loop_stall(self.name)
         note = self._stalls.due()
         if note is not None:
             log.warning("plugin %s: %s held the event loop for %d ms without yielding (a synchronous call or CPU work); "
-                        "no other request moved meanwhile%s", self.name, hook, round(timed.longest * 1000), note)
+                        "no other request moved meanwhile%s", self.name, hook, round(longest * 1000), note)

@@ -19,8 +19,9 @@ into its 500 (the answer door tries once more, without the plugins' response hoo
 
 The filters of one generation are one :class:`PluginSet`, built with its chain
 (:func:`plugin_step`): a reload builds new ones, and a request keeps the set of the
-generation it started on. The set counts the requests inside it, so the generation's
-background tasks (``proxy/plugin_tasks.py``) are cancelled only once they are done.
+generation it started on. When a filter has a background task, the set counts the requests
+inside it, so the generation's background tasks (``proxy/plugin_tasks.py``) are cancelled
+only once they are done.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class PluginSet:
         #: how long a retired generation's background tasks wait for its requests to end
         self.grace = grace
         self.inflight = 0
+        #: requests are counted only when a filter has a background task (nothing else waits)
+        self.counting = bool(self.with_background())
         self._idle: trio.Event | None = None
         #: bound once: registered with every request (no allocation per request)
         self.leave = self._leave
@@ -111,8 +114,9 @@ class PoolPlugins:
 
     async def run(self, ctx: RequestContext) -> Answer | None:
         owner = self.owner
-        owner.inflight += 1
-        ctx.on_finish(owner.leave)
+        if owner.counting:
+            owner.inflight += 1
+            ctx.on_finish(owner.leave)
         request = ctx.request
         body: bytes | None = b"" if request.body is None else None
         if body is None and self.body_limit:
