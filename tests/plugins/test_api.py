@@ -52,6 +52,14 @@ def test_headers_are_checked_and_framing_is_the_proxys() -> None:
         headers.add("x-c", 7)  # type: ignore[arg-type]
     assert fields == [(b"host", b"a"), (b"x-b", b"v")]
     assert "v" not in repr(headers)  # values may be credentials
+    for index in range(1022):
+        headers.add("x-many", str(index))
+    with pytest.raises(ValueError, match="at most 1024 header fields"):  # every buffer has a bound
+        headers.add("x-many", "one too many")
+    with pytest.raises(ValueError, match="at most 1024"):
+        headers.set("x-other", "1")
+    headers.set("x-many", "1")  # replacing shrinks it again
+    assert len(headers) == 3
 
 
 def test_request_view_changes_and_limits() -> None:

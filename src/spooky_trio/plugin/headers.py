@@ -5,7 +5,8 @@ A plugin works with ``str`` names and values; underneath they are the proxy's ow
 request. Every change is checked where it is made, so a plugin's mistake raises in the
 plugin (and its hook fails: a 500 for that request) instead of reaching a client or a
 backend: a name must be an HTTP token, a value must hold no control character but HTAB, no
-leading or trailing whitespace, only latin-1 characters, at most :data:`MAX_VALUE_BYTES`.
+leading or trailing whitespace, only latin-1 characters, at most :data:`MAX_VALUE_BYTES`;
+a list grows to :data:`MAX_FIELDS` fields at most.
 The fields that frame the message (``content-length``, ``transfer-encoding``, the
 connection-specific ones; on a request also ``host`` and ``te``) belong to the proxy: reading
 them is fine, changing them raises ``ValueError``.
@@ -18,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 #: the longest value a plugin may set (a JWT fits comfortably)
 MAX_VALUE_BYTES = 16 * 1024
+#: the most fields a plugin may grow one request's or response's list to (every buffer has a bound)
+MAX_FIELDS = 1024
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: control characters a value must not hold (HTAB, 0x09, is allowed inside)
@@ -111,12 +114,18 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` field by one with ``value``."""
         raw, data = field_name(name, self._managed), field_value(value)
-        self._fields[:] = [(n, v) for n, v in self._fields if n != raw]
-        self._fields.append((raw, data))
+        kept = [(n, v) for n, v in self._fields if n != raw]
+        if len(kept) >= MAX_FIELDS:
+            raise ValueError(f"a message holds at most {MAX_FIELDS} header fields")
+        kept.append((raw, data))
+        self._fields[:] = kept
 
     def add(self, name: str, value: str) -> None:
-        """Add a ``name`` field, keeping the ones there are."""
-        self._fields.append((field_name(name, self._managed), field_value(value)))
+        """Add a ``name`` field, keeping the ones there are (at most :data:`MAX_FIELDS` in all)."""
+        field = (field_name(name, self._managed), field_value(value))
+        if len(self._fields) >= MAX_FIELDS:
+            raise ValueError(f"a message holds at most {MAX_FIELDS} header fields")
+        self._fields.append(field)
 
     def remove(self, name: str) -> int:
         """Remove every ``name`` field; returns how many there were."""
