@@ -42,7 +42,8 @@ class Hooks:
         self.runs += 1
         if self.mode == "fail":
             raise RuntimeError("background broke")
-        await trio.sleep_forever()
+        while True:
+            await trio.sleep(1)
 
 
 def runtime(hooks: Hooks, metrics: Metrics | None = None, timeout: float = 1.0) -> PluginRuntime:
@@ -75,6 +76,18 @@ async def test_a_step_that_holds_the_loop_is_counted(monkeypatch: pytest.MonkeyP
     metrics = Metrics()
     assert await runtime(Hooks("stall"), metrics, timeout=10).request_hook(Request.make()) is None
     assert metrics.registry.get_sample_value("spooky_plugin_event_loop_stalls_total", {"plugin": "p"}) == 1
+
+
+async def test_a_background_task_that_holds_the_loop_is_counted_as_it_happens(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks: Iterator[float] = iter([0.0, 0.2] * 100)  # each step "takes" 200 ms
+    monkeypatch.setattr(plugin_calls, "perf_counter", lambda: next(ticks))
+    metrics = Metrics()
+    hooks = Hooks("ok")
+    with trio.move_on_after(3.5):  # steps: the first, one per second, the cancellation: each reported
+        await PluginTasks._keep(runtime(hooks, metrics))
+    assert hooks.runs == 1
+    assert metrics.registry.get_sample_value("spooky_plugin_event_loop_stalls_total", {"plugin": "p"}) == 5
 
 
 async def test_a_cancellation_from_outside_passes_through(autojump_clock: trio.testing.MockClock) -> None:

@@ -24,7 +24,7 @@ the first one; the count of the others), and each is counted in
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from time import perf_counter
 from types import CoroutineType
 from typing import TYPE_CHECKING
@@ -61,12 +61,16 @@ class _Timed:
     timing each further step (module docstring): ``longest`` is the longest stretch, in
     seconds, that the coroutine ran without yielding to Trio, the first step included."""
 
-    __slots__ = ("_coro", "_pending", "longest")
+    __slots__ = ("_coro", "_pending", "longest", "_report")
 
-    def __init__(self, coro: Coroutine[object, object, object], pending: object, first: float) -> None:
+    def __init__(self, coro: Coroutine[object, object, object], pending: object, first: float,
+                 report: Callable[[float], None] | None = None) -> None:
         self._coro = coro
         self._pending = pending
         self.longest = first
+        #: called with each step of :data:`STALL_SECONDS` or more as it happens (a background
+        #: task, which never ends, is reported step by step; a hook once, when it is done)
+        self._report = report
 
     def __await__(self) -> Generator[object, object, object]:
         coro = self._coro
@@ -94,6 +98,8 @@ class _Timed:
     def _took(self, seconds: float) -> None:
         if seconds > self.longest:
             self.longest = seconds
+        if seconds >= STALL_SECONDS and self._report is not None:
+            self._report(seconds)
 
 
 class _Throttle:
@@ -224,6 +230,25 @@ class PluginRuntime:
         if note is not None:
             log.error("plugin %s: background task raised %s; starting it again in %gs%s", self.name, type(exc).__name__, retry_in,
                       note, exc_info=exc)
+
+    async def run_background(self) -> None:
+        """The plugin's ``background()`` (``proxy/plugin_tasks.py`` restarts it), its steps
+        timed like a hook's: one that holds the event loop is reported as it happens."""
+        assert self.background is not None
+        coro = self.background()
+        if type(coro) is not CoroutineType and not isinstance(coro, Coroutine):
+            raise TypeError(f"background() returned a {type(coro).__name__}, not a coroutine")
+        begin = perf_counter()
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            self._check_stall("background", perf_counter() - begin)
+            return
+        self._check_stall("background", perf_counter() - begin)
+        await _Timed(coro, pending, 0.0, self._background_stall)
+
+    def _background_stall(self, seconds: float) -> None:
+        self._check_stall("background", seconds)
 
     def _check_stall(self, hook: str, longest: float) -> None:
         if longest < STALL_SECONDS:

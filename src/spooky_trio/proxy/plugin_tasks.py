@@ -3,8 +3,10 @@
 ```
 PluginTasks.run            the "plugins" nursery, under the server's root (serving/background.py)
 └─ one scope per live generation whose filters have background tasks
-   └─ one keeper per such filter: runs background(); after a failure (logged, counted as
-      spooky_plugin_errors_total{kind="background"}) starts it again after 1 s, 2 s, ... 60 s
+   └─ one keeper per such filter: runs background() (its steps timed: one that holds the
+      event loop is logged and counted as a stall, like a hook's); after a failure (logged,
+      counted as spooky_plugin_errors_total{kind="background"}) starts it again after 1 s,
+      2 s, ... 60 s
 ```
 
 A generation's tasks start when it starts serving (the first one before any listener, a
@@ -102,7 +104,7 @@ class PluginTasks:
         while True:
             started = trio.current_time()
             try:
-                await plugin.background()
+                await plugin.run_background()
             except BaseException as exc:  # everything the plugin raises; a cancellation goes on
                 if carries_cancellation(exc):
                     raise
