@@ -207,7 +207,8 @@ class Metrics:
             "background: its task failed)", ["plugin", "kind"], registry=r,
         )
         self.plugin_loop_stalls = Counter(
-            "spooky_plugin_event_loop_stalls", "Plugin hook steps that held the event loop 50 ms or more without yielding",
+            "spooky_plugin_event_loop_stalls", "Plugin hook or background-task steps that held the event loop 50 ms or more "
+            "without yielding",
             ["plugin"], registry=r,
         )
 
@@ -338,7 +339,7 @@ class Metrics:
         self.plugin_errors.labels(plugin, kind).inc()
 
     def plugin_loop_stall(self, plugin: str) -> None:
-        """A hook step of ``plugin`` held the event loop past the stall threshold."""
+        """A hook or background-task step of ``plugin`` held the event loop past the stall threshold."""
         self.plugin_loop_stalls.labels(plugin).inc()
 
     def render(self) -> bytes:
