@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import procstat
 from bench.auth import BenchAuth
+from bench.plugins import BenchPlugin
 from bench.targets import ONE_MIB, REPO, CaddyServer, Origin, RedisServer, SpookyServer, free_port, python_env
 
 RESULTS = REPO / "bench" / "results"
@@ -404,7 +405,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-t", "--targets", default="spooky,caddy", help="spooky and/or caddy (caddy is skipped if not installed); NAME=DIR adds the spooky-trio "
                         "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run; "
                         "spooky+api_key and spooky+jwt run this checkout with the pool behind an API key or an RS256 JWT "
-                        "(bench/auth.py), the load sending valid credentials")
+                        "(bench/auth.py), the load sending valid credentials; spooky+plugin-noop and spooky+plugin-example with one "
+                        "plugin filter on the pool (bench/plugins.py)")
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
@@ -557,6 +559,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+tp-"):  # --traffic MODE: a traffic policy on the bench pool
                         server = SpookyServer(workdir, bench.certs, name=target, traffic=target[len("spooky+tp-"):],
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+plugin-"):  # spooky+plugin-noop, spooky+plugin-example: bench/plugins.py
+                        server = SpookyServer(workdir, bench.certs, name=target, plugin=BenchPlugin(target[len("spooky+plugin-"):]),
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+"):  # spooky+api_key, spooky+jwt: bench/auth.py
                         server = SpookyServer(workdir, bench.certs, name=target, auth=BenchAuth(target[len("spooky+"):], workdir),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.auth import BenchAuth
+    from bench.plugins import BenchPlugin
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_MIB = 1 << 20
@@ -350,14 +351,16 @@ class SpookyServer(Server):
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
                  cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None,
                  tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None,
-                 discovery: str | None = None, traffic: str = "none") -> None:
+                 discovery: str | None = None, traffic: str = "none", plugin: BenchPlugin | None = None) -> None:
         super().__init__(workdir, certs)
         #: ``--discovery file``: the pool's one backend comes from a discovery file polled
         #: every second (docs/discovery.md), instead of the config's ``backends``
         self.discovery = discovery
+        #: the pool's plugin filter (bench/plugins.py), or None
+        self.plugin = plugin
         #: the pool's auth mode (bench/auth.py) and the credentials the load sends
         self.auth = auth
-        self.request_headers = auth.headers if auth is not None else []
+        self.request_headers = auth.headers if auth is not None else plugin.headers if plugin is not None else []
         #: ``--traffic``: none, headers, matchers or mirror (:func:`traffic_config`)
         self.traffic = traffic
         if traffic != "none":
@@ -384,6 +387,8 @@ class SpookyServer(Server):
         origin_tls = tls
         if self.auth is not None:
             tls += self.auth.pool_config()
+        if self.plugin is not None:
+            tls += self.plugin.pool_config()
         workers = f"  worker_threads: {self.workers}\n" if self.workers > 1 else ""
         # with workers: the supervisor's /ready (every worker serving) gates the load
         control = (f"  control_api:\n    enabled: true\n    port: {self.control_port}\n"
@@ -424,7 +429,7 @@ log:
 security:
   privileges:
     enabled: false
-{control}{rate_limit_config(self.rate_limit, self.redis_url)}"""
+{control}{rate_limit_config(self.rate_limit, self.redis_url)}{self.plugin.top_level() if self.plugin is not None else ""}"""
 
     def backends_config(self, upstream_url: str, port: int) -> str:
         """The pool's ``backends`` (or, with ``--discovery file``, its discovery block and file)."""
@@ -441,6 +446,8 @@ security:
         path = self.workdir / f"spooky-{port}.yaml"
         path.write_text(self.config_text(upstream_url, port, protocol))
         env = python_env(self.src)
+        if self.plugin is not None and self.plugin.python_path:
+            env["PYTHONPATH"] = os.pathsep.join([*self.plugin.python_path, env["PYTHONPATH"]])
         module = "spooky_trio"
         if self.cprofile_out is not None:
             module = "bench.cprofile_run"

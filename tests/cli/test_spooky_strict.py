@@ -38,10 +38,20 @@ SAMPLES = {
     "performance.h3_pool_max_streams_per_connection": "50",
     "performance.h3_pool_idle_timeout_ms": "30000",
 }
+_PLUGIN = "plugins:\n  - {name: p, object: 'tests.plugins.samples:Noop'%s}\n"
 #: keys inside a list: the whole tail to append (the key is reported at entry [0])
 TAIL_SAMPLES = {
     "resilience.scoped_rate_limits[].store":
         "resilience:\n  scoped_rate_limits:\n    - {name: r, scope: client, requests_per_sec: 1, burst: 1, store: memory}\n",
+    # plugins (issue 20): an entry (its name and object beside the key), and a third pool naming it
+    "plugins": _PLUGIN % "",
+    "plugins[].name": _PLUGIN % "",
+    "plugins[].object": _PLUGIN % "",
+    "plugins[].entry_point": "plugins:\n  - {name: p, entry_point: tenant-header}\n",
+    "plugins[].config": _PLUGIN % ", config: {tag: x}",
+    "plugins[].plugin_timeout_ms": _PLUGIN % ", plugin_timeout_ms: 50",
+    "upstream.<pool>.filters": "  ext:\n    route: {path_prefix: /ext}\n    backends: [{id: a, address: 'http://127.0.0.1:8082'}]\n"
+                               "    filters: [p]\n" + _PLUGIN % "",
 }
 
 #: pool keys: the ``auth`` block (with whatever the key needs beside it) of a third pool
@@ -87,8 +97,9 @@ POOL_LEVEL_SAMPLES = {
 }
 #: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
 #: holding a rate_limit_store key, itself an extension key; a discovery block's kind and the
-#: keys its kind requires, and what a key needs beside it)
-_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store"} | {
+#: keys its kind requires, and what a key needs beside it; a plugins entry's list and keys)
+_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store", "plugins", "plugins[0].name", "plugins[0].object",
+           "plugins[0].entry_point"} | {
     f"upstream.ext.discovery{key}" for key in ("", ".kind", ".path", ".name", ".endpoints", ".prefix", ".username",
                                                 ".password", ".backend_defaults", ".cert_file", ".key_file")}
 

@@ -16,6 +16,7 @@ already stripped of ruamel's scalar subclasses. Rules enforced here:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from spooky_trio.config.issues import KeyPath
 from spooky_trio.config.schema import INTERNAL, Config
 from spooky_trio.config.schema_auth import Secret
+from spooky_trio.config.schema_plugins import PluginSettings
 from spooky_trio.config.spellings import canonical, describe_choices, near_miss
 
 #: Error kinds produced by :func:`structure_errors`.
@@ -93,6 +95,17 @@ def _structure_secret(value: Any, _: Any) -> Secret:
     return Secret(value)
 
 
+def _structure_plugin_settings(value: Any, _: Any) -> PluginSettings:
+    # free-form data for the plugin's factory: any YAML below the top, string keys at it;
+    # never quoted in an error (it may hold a secret)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping, got {describe(value).split(' (')[0]}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"map keys must be strings, got {describe(key)}")
+    return PluginSettings(copy.deepcopy(value))
+
+
 def _make_literal_hook(literal: Any) -> Callable[[Any, Any], str]:
     def hook(value: Any, _: Any) -> str:
         if not isinstance(value, str):
@@ -126,6 +139,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(Secret, _structure_secret)
+    conv.register_structure_hook(PluginSettings, _structure_plugin_settings)
     conv.register_structure_hook_factory(_is_literal, _make_literal_hook)
 
     def list_factory(tp: Any) -> Callable[[Any, Any], list[Any]]:

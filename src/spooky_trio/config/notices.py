@@ -13,11 +13,13 @@ from spooky_trio.config.issues import ConfigIssue, PositionMap, sort_issues
 from spooky_trio.config.pool_keyed import unknown_pool_warnings
 from spooky_trio.config.schema import Config
 from spooky_trio.config.validate_traffic import traffic_warnings
+from spooky_trio.config.validate_plugins import unused_plugin_warnings
 
 
 def config_warnings(config: Config) -> list[ConfigIssue]:
     """Every warning for ``config``, in file order (empty when there is nothing to say)."""
-    return sort_issues(unknown_pool_warnings(config) + _decision_header_warnings(config) + traffic_warnings(config))
+    return sort_issues(unknown_pool_warnings(config) + _decision_header_warnings(config) + traffic_warnings(config)
+                        + unused_plugin_warnings(config))
 
 
 def _decision_header_warnings(config: Config) -> list[ConfigIssue]:

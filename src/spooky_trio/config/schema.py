@@ -30,6 +30,7 @@ from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.schema_discovery import DiscoveryConfig
 from spooky_trio.config.schema_health import HealthCheckConfig as HealthCheckConfig  # (moved; still importable here)
 from spooky_trio.config.schema_traffic import MatcherConfig, TrafficPolicyConfig
+from spooky_trio.config.schema_plugins import PluginConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -189,6 +190,8 @@ class PoolConfig:
     discovery: DiscoveryConfig | None = attrs.field(default=None, metadata=EXT)
     #: ext: matchers aside, everything of extensions.md section 1 (``schema_traffic.py``)
     traffic_policy: TrafficPolicyConfig | None = attrs.field(default=None, metadata=EXT)
+    #: (ext) the ``plugins`` entries whose filters run for this pool's requests, in order
+    filters: list[str] = attrs.field(factory=list, metadata=EXT)
     #: (ext) the protocol to the backends: ``auto`` (``http://`` HTTP/1.1, ``https://``
     #: HTTP/2), ``h1``, ``h2`` (cleartext prior knowledge on ``http://``), ``h3``, ``alt-svc``
     upstream_protocol: UpstreamProtocol = attrs.field(default="auto", metadata=EXT)
@@ -265,6 +268,8 @@ class Config:
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
+    #: (ext) filters in Python, named by pools' ``filters`` (config/schema_plugins.py)
+    plugins: list[PluginConfig] = attrs.field(factory=list, metadata=EXT)
     source_sha256: str = attrs.field(default="", metadata={INTERNAL: True})
     source_positions: Mapping[KeyPath, SourcePosition] = attrs.field(
         factory=dict, eq=False, repr=False, metadata={INTERNAL: True}

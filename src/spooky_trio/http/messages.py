@@ -56,6 +56,22 @@ class DownstreamBody(Protocol):
         """Next non-empty chunk, or b"" at the end. Raises :class:`RequestBodyError`."""
 
 
+@attrs.frozen(slots=True)
+class ConnectionTls:
+    """What the TLS (or QUIC) handshake of a client's connection said, shared by every request
+    on it: ``server_name`` is the ClientHello's SNI (None without one), ``client_cert_subject``
+    the verified client certificate's subject as RFC 4514 text, non-printable and non-ASCII
+    characters escaped as ``\\XX`` (None without one; QUIC clients never present one). The
+    plugin API shows it as ``spooky_trio.plugin.TlsInfo``."""
+
+    server_name: str | None = None
+    client_cert_subject: str | None = None
+
+
+#: a connection whose handshake said nothing of either (and refused requests)
+NO_TLS_INFO = ConnectionTls()
+
+
 @attrs.define(slots=True, eq=False)
 class DownstreamRequest:
     """A client request as every ingress protocol hands it to the proxy pipeline.
@@ -79,6 +95,8 @@ class DownstreamRequest:
     quic_connection_id: bytes | None = None
     #: the request head arrived in QUIC 0-RTT, before the handshake completed (replayable)
     early_data: bool = False
+    #: what the connection's handshake said (SNI, client certificate), one object per connection
+    tls: ConnectionTls = NO_TLS_INFO
 
 
 class ResponseSink(Protocol):

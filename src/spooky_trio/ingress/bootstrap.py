@@ -30,7 +30,7 @@ import trio
 from spooky_trio.config import ClientAuthConfig, PerformanceConfig, ProtocolConfig
 from spooky_trio.core.activity import Activity
 from spooky_trio.http.errors import ErrorResponse, header_limit_error
-from spooky_trio.http.messages import DownstreamRequest, Headers, ResponseSink
+from spooky_trio.http.messages import ConnectionTls, DownstreamRequest, Headers, ResponseSink
 from spooky_trio.ingress.h1 import H1ServerConnection
 from spooky_trio.ingress.h2 import H2ServerConnection
 from spooky_trio.ingress.identities import IdentityStore
@@ -38,6 +38,7 @@ from spooky_trio.ingress.plaintext import answer_plain_http, starts_with_plain_h
 from spooky_trio.ingress.tls import (
     BootstrapTls,
     classify_handshake_failure,
+    handshake_server_name,
     peer_subject,
 )
 
@@ -250,11 +251,12 @@ class BootstrapListener:
         alpn = stream.selected_alpn_protocol()
         self.tls.record_alpn(alpn)
         subject = peer_subject(stream) if self.tls.verifies_clients else None
+        tls = ConnectionTls(handshake_server_name(), subject.decode("ascii") if subject is not None else None)
         conn: H1ServerConnection | H2ServerConnection
         if alpn == "h2":
-            conn = H2ServerConnection(self.ctx, stream, client_address, subject)
+            conn = H2ServerConnection(self.ctx, stream, client_address, subject, tls)
         else:
-            conn = H1ServerConnection(self.ctx, stream, client_address, subject)
+            conn = H1ServerConnection(self.ctx, stream, client_address, subject, tls)
         if self.draining:
             conn.begin_drain()
         self.connections.add(conn)

@@ -20,7 +20,7 @@ import h11
 import trio
 
 from spooky_trio.http.errors import ErrorResponse
-from spooky_trio.http.messages import DownstreamRequest, Headers, RequestBodyError
+from spooky_trio.http.messages import NO_TLS_INFO, ConnectionTls, DownstreamRequest, Headers, RequestBodyError
 from spooky_trio.http.headers import drop_connection_nominated
 from spooky_trio.http.validate import TRANSPORT_SCHEME, check_head
 from spooky_trio.ingress.h1_stream import (
@@ -60,11 +60,13 @@ class _Reject(Exception):
 class H1ServerConnection:
     """Serves HTTP/1.1 requests on one TLS connection until it closes (see module docstring)."""
 
-    def __init__(self, ctx: ServeContext, stream: trio.SSLStream[trio.SocketStream], client_address: tuple[str, int], subject: bytes | None) -> None:
+    def __init__(self, ctx: ServeContext, stream: trio.SSLStream[trio.SocketStream], client_address: tuple[str, int], subject: bytes | None,
+                 tls: ConnectionTls = NO_TLS_INFO) -> None:
         self.ctx = ctx
         self.stream = stream
         self.client_address = client_address
         self.subject = subject
+        self.tls = tls
         limits = ctx.limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_headers_bytes + 8192)
         self.requests_served = 0
@@ -235,6 +237,7 @@ class H1ServerConnection:
             body=body,
             content_length=content_length,
             host_header=host_header,
+            tls=self.tls,
         )
         return request, body
 

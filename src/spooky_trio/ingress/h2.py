@@ -42,6 +42,7 @@ from hyperframe.frame import GoAwayFrame
 
 from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.h2_pump import H2WriterPump
+from spooky_trio.http.messages import NO_TLS_INFO, ConnectionTls
 from spooky_trio.http.validate import MultiplexedHead, split_pseudo
 from spooky_trio.ingress.h2_engine import MalformedStream, StreamScopedH2Connection
 from spooky_trio.ingress.h2_stream import (
@@ -75,11 +76,13 @@ _Stream = StreamTask[H2RequestBody, H2ResponseSink]
 class H2ServerConnection:
     """Serves one HTTP/2 connection: the reader loop here, one task per stream."""
 
-    def __init__(self, ctx: ServeContext, stream: trio.SSLStream[trio.SocketStream], client_address: tuple[str, int], subject: bytes | None) -> None:
+    def __init__(self, ctx: ServeContext, stream: trio.SSLStream[trio.SocketStream], client_address: tuple[str, int], subject: bytes | None,
+                 tls: ConnectionTls = NO_TLS_INFO) -> None:
         self.ctx = ctx
         self.stream = stream
         self.client_address = client_address
         self.subject = subject
+        self.tls = tls
         limits = ctx.limits
         self.h2 = StreamScopedH2Connection(
             # header_block() builds what h2's outbound normalization and validation would pass;
@@ -276,7 +279,8 @@ class H2ServerConnection:
             head, max_count=limits.max_headers_count, max_bytes=limits.max_headers_bytes, websocket=True)
         if error is None:
             assert isinstance(head, MultiplexedHead)
-            request = build_request(head, body, protocol="HTTP/2", client_address=self.client_address, subject=self.subject)
+            request = build_request(head, body, protocol="HTTP/2", client_address=self.client_address, subject=self.subject,
+                                    tls=self.tls)
         else:
             known = head if isinstance(head, MultiplexedHead) else None
             request = refused_request(known, protocol="HTTP/2", client_address=self.client_address)

@@ -19,6 +19,8 @@ import trio
 
 from spooky_trio.http.errors import ErrorResponse, header_limit_error
 from spooky_trio.http.messages import (
+    NO_TLS_INFO,
+    ConnectionTls,
     DownstreamBody,
     DownstreamRequest,
     RequestBodyError,
@@ -91,6 +93,7 @@ def build_request(
     subject: bytes | None,
     quic_connection_id: bytes | None = None,
     early_data: bool = False,
+    tls: ConnectionTls = NO_TLS_INFO,
 ) -> DownstreamRequest:
     """The chain's request for a head :func:`refusal` let through.
 
@@ -123,6 +126,7 @@ def build_request(
         host_header=host if head.authority is not None else None,
         quic_connection_id=quic_connection_id,
         early_data=early_data,
+        tls=tls,
     )
 
 

@@ -25,6 +25,7 @@ from aioquic.quic.events import (
 )
 
 from spooky_trio.http.errors import ErrorResponse
+from spooky_trio.http.messages import ConnectionTls
 from spooky_trio.http.validate import (
     MultiplexedHead,
     split_pseudo,
@@ -84,6 +85,9 @@ class QuicConnectionTask:
         self._goaway_stream_id: int | None = None
         self._close_when_acked = False
         self._handshake_done = False
+        #: what the handshake said, for every request (made at the first one: the ClientHello,
+        #: and with it the SNI, came before any request, 0-RTT ones included)
+        self._tls: ConnectionTls | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connection until it terminates: timers, then the stream tasks' nursery."""
@@ -181,12 +185,15 @@ class QuicConnectionTask:
         body = None if event.stream_ended else H3RequestBody(self, stream_id)
         if body is not None:
             self.quic.consumed_offsets[stream_id] = self.quic.stream_read_offset(stream_id)
+        if self._tls is None:
+            self._tls = ConnectionTls(self.quic.server_name(), None)
         # QUIC clients present no certificate: a client-sent subject header is always forged
         request = build_request(
             head, body, protocol="HTTP/3", client_address=self.addr, subject=None,
             quic_connection_id=self.original_dcid,
             # a request head decoded before the handshake completed came in 0-RTT
             early_data=not self._handshake_done,
+            tls=self._tls,
         )
         tunnel_body = body if request.method == b"CONNECT" else None
         stream = _RequestStream(stream_id, request, body, H3ResponseSink(self, stream_id, tunnel_body))

@@ -60,6 +60,8 @@ class _SniContext(tls.Context):
     """aioquic TLS context that picks the certificate from the ClientHello's SNI."""
 
     identities: IdentityStore
+    #: the ClientHello's SNI (None: none, or no hello yet)
+    requested_server_name: str | None = None
 
     @overrides
     def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
@@ -70,6 +72,7 @@ class _SniContext(tls.Context):
         except Exception:  # malformed hello: let aioquic raise its own alert below
             server_name = None
         input_buf.seek(start)
+        self.requested_server_name = server_name
         identity, _selection = self.identities.select(server_name)
         self.certificate = identity.certificate
         self.certificate_chain = list(identity.chain)
@@ -223,6 +226,11 @@ class SpookyQuicConnection(QuicConnection):
             if sender._buffer_start != sender._buffer_stop:
                 return False
         return True
+
+    def server_name(self) -> str | None:
+        """The SNI of the client's ClientHello (None: it sent none, or no hello arrived yet)."""
+        context = self.tls
+        return context.requested_server_name if isinstance(context, _SniContext) else None
 
     def is_closing(self) -> bool:
         """A close was asked for (sent with the next transmit) or the connection is closing,

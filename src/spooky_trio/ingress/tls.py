@@ -9,6 +9,7 @@ OpenSSL takes the ALPN callback and the verification store from whichever contex
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import ssl
 from collections import Counter
@@ -26,6 +27,17 @@ ALPN_PROTOCOLS = ["h2", "http/1.1"]
 
 #: The header that carries a verified client certificate's subject to backends.
 CLIENT_CERT_HEADER = b"x-client-cert-subject"
+
+#: the ClientHello's server name, set by the SNI callback. OpenSSL calls it synchronously
+#: inside ``do_handshake``, i.e. in the connection's own task, whose context this variable
+#: lives in: each connection task sees its own handshake's name (:func:`handshake_server_name`),
+#: without reaching into trio's private SSL object
+_HANDSHAKE_SERVER_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("spooky_sni", default=None)
+
+
+def handshake_server_name() -> str | None:
+    """The SNI of the TLS handshake the calling task completed (None: the client sent none)."""
+    return _HANDSHAKE_SERVER_NAME.get()
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) mapped to the reasons we log and count.
 _VERIFY_REASONS: dict[int, str] = {
@@ -152,6 +164,7 @@ class BootstrapTls:
         return ctx
 
     def _on_server_name(self, ssl_object: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        _HANDSHAKE_SERVER_NAME.set(server_name)
         identity, how = self.identities.select(server_name)
         self.stats[f"sni.{how}"] += 1
         target = self._contexts[id(identity)]

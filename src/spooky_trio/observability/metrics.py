@@ -223,6 +223,16 @@ class Metrics:
         # counted in plain dicts and exposed at scrape time (observability/traffic_metrics.py)
         self.traffic = TrafficCounters()
         r.register(TrafficCollector(self.traffic))
+        # plugins (proxy/plugins.py; docs/plugins.md)
+        self.plugin_errors = Counter(
+            "spooky_plugin_errors", "Plugin failures by plugin and kind (exception, timeout, invalid: a request answered 500; "
+            "background: its task failed)", ["plugin", "kind"], registry=r,
+        )
+        self.plugin_loop_stalls = Counter(
+            "spooky_plugin_event_loop_stalls", "Plugin hook or background-task steps that held the event loop 50 ms or more "
+            "without yielding",
+            ["plugin"], registry=r,
+        )
 
     # -- event hooks --
 
@@ -357,6 +367,14 @@ class Metrics:
     def discovery_error(self, pool: str, source: str, reason: str) -> None:
         """A discovery answer failed, was empty or was (partly) refused."""
         self.discovery_errors.labels(pool, source, reason).inc()
+
+    def plugin_error(self, plugin: str, kind: str) -> None:
+        """Plugin ``plugin`` failed: ``exception``, ``timeout``, ``invalid`` or ``background``."""
+        self.plugin_errors.labels(plugin, kind).inc()
+
+    def plugin_loop_stall(self, plugin: str) -> None:
+        """A hook or background-task step of ``plugin`` held the event loop past the stall threshold."""
+        self.plugin_loop_stalls.labels(plugin).inc()
 
     def render(self) -> bytes:
         """The text exposition of the registry."""

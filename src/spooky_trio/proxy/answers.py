@@ -118,9 +118,11 @@ class AnswerDoor:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
 
-    async def answer(self, ctx: RequestContext, answer: Answer) -> None:
+    async def answer(self, ctx: RequestContext, answer: Answer, *, again: bool = True) -> None:
         """Send ``answer`` to the client through ``ctx.sink``; a client that went away
-        meanwhile turns it into a reset (recorded as ``client_gone``)."""
+        meanwhile turns it into a reset (recorded as ``client_gone``). A response hook that
+        fails (a plugin's: ``proxy/plugins.py``) raises its 500 from ``send_headers``: that
+        answer replaces this one (``again``: once)."""
         sink = ctx.sink
         assert sink is not None
         ctx.outcome = "error" if answer.status >= 400 else "local"
@@ -137,6 +139,10 @@ class AnswerDoor:
         except trio.BrokenResourceError:
             log.debug("client went away before the %d answer", answer.status)
             ctx.outcome, ctx.reason = "reset", "client_gone"
+        except ProxyError as exc:
+            if not again or sink.headers_sent:
+                raise
+            await self.answer(ctx, Answer.from_error(exc.response, exc.headers), again=False)
 
     async def fail(self, ctx: RequestContext, exc: BaseException) -> None:
         """``exc`` ended the request: answer the error it stands for, or reset the stream.

@@ -110,6 +110,7 @@ class PoolLocalAuth:
             return Answer(401, refusal, _UNAUTHORIZED, (_TEXT, _BEARER_CHALLENGE))
         if self.claims:
             ctx.request.headers.extend(forwarded_claims(claims, self.claims, self.pool))
+        ctx.claims = claims
         self._count("jwt", "allowed")
         return None
 

@@ -14,7 +14,7 @@ backend through the forward step or a filter through the answer door.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -48,13 +48,14 @@ class RequestContext(AccessRecord):
     ``route_pool`` (name of the pool the route chose: it owns the request's policy),
     ``serving_pool`` (the pool that serves it: limits, health and balancing; the log's
     ``pool`` is its name), ``lease`` (the backend of the attempt in progress; the log's
-    ``backend`` is its id), ``connect_target`` (a permitted CONNECT tunnel). The record
+    ``backend`` is its id), ``connect_target`` (a permitted CONNECT tunnel), ``claims`` (the
+    claims of the JWT the ``auth`` step verified, for the plugins' view). The record
     fields (``status``, ``reason``, ``outcome``, ``pool``, ``backend``, bytes) come from
     :class:`~spooky_trio.observability.access.AccessRecord`.
     """
 
     __slots__ = ("generation", "config", "sink", "authority", "route_pool", "serving_pool", "lease", "connect_target", "response_headers",
-                 "forward_target", "_cleanups", "_response_filters", "span")
+                 "forward_target", "_cleanups", "_response_filters", "span", "claims")
 
     def __init__(self, request: DownstreamRequest, generation: Generation | None) -> None:
         super().__init__(request)
@@ -78,6 +79,8 @@ class RequestContext(AccessRecord):
         #: the request's trace span (``observability.tracing``: ``proxy/tracing.py``), ended
         #: by the record step
         self.span: Span | None = None
+        #: the verified JWT's claims (``proxy/auth.py``), None without one
+        self.claims: Mapping[str, object] | None = None
 
     def attach_sink(self, sink: ResponseSink) -> ClientSink:
         """Wrap the ingress's ``sink``; every response of this request goes through it."""

@@ -2,7 +2,7 @@
 
 ```
 [trace ->] normalize_path -> protocol_policy -> route [-> route_answer] [-> auth] [-> brownout]
-  [-> rate_limit] [-> external_auth] [-> fault] [-> rewrite] [-> split] -> body_limit
+  [-> rate_limit] [-> external_auth] [-> plugins] [-> fault] [-> rewrite] [-> split] -> body_limit
   -> admission -> balance [-> mirror] -> forward (terminal)
 ```
 
@@ -28,6 +28,9 @@
   scoped rate limits, local or through Redis (429 + ``Retry-After``);
 * ``external_auth`` (``proxy/external_auth.py``, only with an ``external_auth`` block):
   external auth of kind http or oidc for the pool the route chose;
+* ``plugins`` (``proxy/plugins.py``, only when a pool lists ``filters``): the filters of the
+  pool the route chose, in its order (an answer, or the request changed; their response
+  hooks on every answer after it, last first);
 * ``fault``, ``rewrite``, ``split`` (``proxy/faults.py``, ``rewrites.py``, ``split.py``; each
   only when a pool uses it; the traffic policy of the pool the route chose, after the
   plugin request hooks): injected delays and aborts, request header and path rewrites (and
@@ -68,6 +71,7 @@ from spooky_trio.proxy.brownout import Brownout
 from spooky_trio.proxy.chain import Chain, Filter, SyncFilter
 from spooky_trio.proxy.context import RequestContext
 from spooky_trio.proxy.forward import Forward
+from spooky_trio.proxy.plugins import plugin_step
 from spooky_trio.proxy.ratelimit import rate_limit_step
 from spooky_trio.proxy.tracing import Trace
 from spooky_trio.proxy.traffic import traffic_steps
@@ -266,9 +270,15 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
     that differs from Spooky is a request that overload would also shed: 413 here, 503
     there). A body without a declared length is limited as it streams (``forward``).
 
+    ``plugins`` (the pool's ``filters``) runs right after ``external_auth``, where
+    extensions.md section 0 puts the plugin request hooks: plugins see only requests auth and
+    rate limits let through, and a filter's answer pre-empts ``body_limit`` like every
+    policy step before it (a filter that reads the body bounds it itself:
+    ``request_body_limit``, never more than ``max_request_body_bytes``).
+
     The traffic policy (``proxy/traffic.py``) sits where section 0 puts it: ``route_answer``
     right after the route (a maintenance page or a redirect needs no credentials and no
-    slot); ``fault``, ``rewrite`` and ``split`` after the (future) plugin request hooks, so
+    slot); ``fault``, ``rewrite`` and ``split`` after the plugin request hooks, so
     auth and rate limits judge the request as the client sent it and the split's serving
     pool is known before admission takes its slots; ``mirror`` last, so only a request that
     will be forwarded is copied, with the headers its backend gets.
@@ -299,6 +309,11 @@ def build_chain(generation: Generation, *, upstream: UpstreamPool, state: StateS
         filters.append(rate_limit)
     if external_auth is not None:
         filters.append(external_auth)
+    # the plugin request hooks: right after external auth (extensions.md section 0); the
+    # traffic-policy steps (faults, rewrites, split) come after them
+    plugins = plugin_step(generation, metrics)
+    if plugins is not None:
+        filters.append(plugins)
     filters += traffic.before_admission  # fault, rewrite, split (after the plugin request hooks)
     filters += [BodyLimit(config), Admission(guard), Balance(guard)]
     filters += traffic.before_forward  # mirror

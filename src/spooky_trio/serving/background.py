@@ -11,6 +11,7 @@ trace export      tracers of the live generations' tracing settings; the OTLP ex
 auth store        JWKS refreshers and OIDC discovery of the live generations' auth settings
 rate-limit stores one task per Redis store a live generation's chain uses
 mirror copies     the shadow nursery: traffic_policy mirror copies (drained after the primaries)
+plugin tasks      the background tasks of the live generations' plugin filters (one scope each)
 ```
 
 Each one is started under the Server's root nursery by :meth:`Background.start` (in this
@@ -36,6 +37,8 @@ from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.observability.metrics import Metrics
 from spooky_trio.observability.tracing import Tracing
 from spooky_trio.proxy.chain import Chain
+from spooky_trio.proxy.plugin_tasks import PluginTasks
+from spooky_trio.proxy.plugins import plugins_of
 from spooky_trio.proxy.ratelimit import stores_of
 from spooky_trio.upstream import UpstreamPool
 
@@ -64,6 +67,8 @@ class Background:
         self._membership_changed = trio.Event()
         #: keys of the discovered and admin-added backends of the live generations
         self._dynamic: set[Hashable] = set()
+        #: the plugins nursery (proxy/plugin_tasks.py)
+        self.plugin_tasks = PluginTasks()
 
     async def start(self, nursery: trio.Nursery, generation: Generation) -> None:
         """Start every service under ``nursery``, following ``generation`` (the first one)."""
@@ -82,6 +87,8 @@ class Background:
         await self._follow_rate_limit_stores([generation])
         if self.live is not None:
             nursery.start_soon(self.follow_membership, self.live)
+        await nursery.start(self.plugin_tasks.run)  # the plugins' background tasks
+        self.plugin_tasks.follow(plugins_of(self.chain_for(generation)))
 
     async def follow(self, live: Sequence[Generation]) -> None:
         """Follow the ``live`` generations (the stable one first): discovery sources they
@@ -102,6 +109,7 @@ class Background:
             self._forget_removed(live)
             self.state.auth.follow(generation.config for generation in live)
             await self._follow_rate_limit_stores(live)
+            self.plugin_tasks.follow(plugins for generation in live for plugins in plugins_of(self.chain_for(generation)))
 
     async def follow_membership(self, live: Callable[[], Sequence[Generation]]) -> None:
         """Run until cancelled: after each change of a pool's dynamic backends (a discovery
