@@ -35,6 +35,12 @@ SAMPLES = {
     "resilience.rate_limit_store.failure_mode": "fail_open",
     "resilience.rate_limit_headers": "true",
 }
+#: keys of the listener: the line to add to config_text's ``listen`` block
+LISTEN_SAMPLES = {"listen.quic_lb": "  quic_lb: {server_id: '0x0a'}\n"}
+for _key, _value in (("config_id", "1"), ("nonce_length", "6"), ("key_file", "/etc/spooky/lb.key"),
+                     ("self_encode_length", "true")):  # server_id is required beside any quic_lb key
+    LISTEN_SAMPLES[f"listen.quic_lb.{_key}"] = "  quic_lb: {server_id: '0x0a', %s: %s}\n" % (_key, _value)
+LISTEN_SAMPLES["listen.quic_lb.server_id"] = LISTEN_SAMPLES["listen.quic_lb"]
 #: keys inside a list: the whole tail to append (the key is reported at entry [0])
 TAIL_SAMPLES = {
     "resilience.scoped_rate_limits[].store":
@@ -60,8 +66,8 @@ POOL_SAMPLES = {
                                                       "      insufficient_scope_status: 403\n",
 }
 #: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
-#: holding a rate_limit_store key, itself an extension key)
-_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store"}
+#: holding a rate_limit_store key, itself an extension key; the quic_lb block and its server_id)
+_NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store", "listen.quic_lb", "listen.quic_lb.server_id"}
 
 
 def config_text(certs_dir: Path, tail: str = "") -> str:
@@ -124,7 +130,8 @@ def test_every_finding_one_line_each_and_exit_1(tmp_path: Path, certs_dir: Path)
 def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
-    missing = [key.dotted for key in extension if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES}]
+    missing = [key.dotted for key in extension
+               if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES, **LISTEN_SAMPLES}]
     assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES) a value for: {missing}"
     message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
@@ -133,12 +140,16 @@ def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
                     "    auth:\n" + POOL_SAMPLES[key.dotted].replace("CA", str(certs_dir / "ca.pem")))
         elif key.dotted in TAIL_SAMPLES:
             tail = TAIL_SAMPLES[key.dotted]
+        elif key.dotted in LISTEN_SAMPLES:
+            tail = ""
         else:
             tail = ""
             for depth, element in enumerate(key.path[:-1]):
                 tail += "  " * depth + f"{element}:\n"
             tail += "  " * (len(key.path) - 1) + f"{key.path[-1]}: {SAMPLES[key.dotted]}\n"
         text = config_text(certs_dir, tail)
+        if key.dotted in LISTEN_SAMPLES:
+            text = text.replace("upstream:\n", LISTEN_SAMPLES[key.dotted] + "upstream:\n", 1)
         issues = {(i.path, i.message) for i in spooky_strict_issues(load_config_text(text), text)}
         expected = key.dotted.replace("<pool>", "ext").replace("[]", "[0]")
         assert (expected, message) in issues, (key.dotted, issues)

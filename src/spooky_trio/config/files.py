@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from spooky_trio.config.issues import ConfigIssue, KeyPath, PositionMap
 from spooky_trio.config.schema import Config, ListenerTls, UpstreamTlsConfig
 from spooky_trio.config.schema_auth import AuthConfig
+from spooky_trio.config.validate_quic_lb import check_quic_lb_files
 from spooky_trio.config.validate_ratelimit import check_store_files
 
 
@@ -34,8 +35,8 @@ def check_files(config: Config) -> list[ConfigIssue]:
     certificate's SANs), ``tls.client_auth.ca_file``, the ``ca_file``/``ca_dir`` of every
     upstream TLS policy a backend uses (:meth:`Config.tls_policies_in_use`: as Spooky, a
     policy of pools without TLS backends is not read), the files of every pool's ``auth`` block
-    (``ca_file``s, ``client_secret_file``), and ``resilience.rate_limit_store.password_file``
-    and ``ca_file``.
+    (``ca_file``s, ``client_secret_file``), ``resilience.rate_limit_store.password_file``
+    and ``ca_file``, and each listener's ``quic_lb.key_file``.
     """
     positions = PositionMap(config.source_positions)
     issues: list[ConfigIssue] = []
@@ -49,6 +50,7 @@ def check_files(config: Config) -> list[ConfigIssue]:
         if pool.auth is not None:
             issues.extend(_check_auth_files(positions, ("upstream", name, "auth"), pool.auth))
     issues.extend(check_store_files(config))
+    issues.extend(check_quic_lb_files(config))
     return issues
 
 

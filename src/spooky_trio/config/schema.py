@@ -24,7 +24,9 @@ import attrs
 from spooky_trio.config.address import BackendAddress, parse_backend_address
 from spooky_trio.config.issues import KeyPath, SourcePosition
 from spooky_trio.config.normalize import empty_to_none, upper_optional
+from spooky_trio.config.markers import EXT
 from spooky_trio.config.schema_auth import AuthConfig
+from spooky_trio.config.schema_quic_lb import QuicLbConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -81,6 +83,8 @@ class ListenerConfig:
     address: str = "0.0.0.0"
     port: int = 9889
     tls: ListenerTls = attrs.field(factory=ListenerTls)
+    #: QUIC-LB connection IDs (config/schema_quic_lb.py, docs/fleet.md)
+    quic_lb: QuicLbConfig | None = attrs.field(default=None, metadata=EXT)
 
 
 @attrs.frozen(kw_only=True)

@@ -26,6 +26,7 @@ from spooky_trio.config.schema import (
     UpstreamTlsConfig,
 )
 from spooky_trio.config.validate_auth import validate_auth
+from spooky_trio.config.validate_quic_lb import validate_quic_lb
 from spooky_trio.config.validate_runtime import validate_runtime
 
 SUPPORTED_VERSION = 1
@@ -48,6 +49,7 @@ def validate(config: Config) -> list[Problem]:
     if config.log.file.enabled:
         out.not_empty(("log", "file", "path"), config.log.file.path)
     validate_runtime(out, config)
+    validate_quic_lb(out, config)
     return out.items
 
 
