@@ -34,6 +34,7 @@ SAMPLES = {
     "resilience.rate_limit_store.timeout_ms": "50",
     "resilience.rate_limit_store.failure_mode": "fail_open",
     "resilience.rate_limit_headers": "true",
+    "performance.quic_worker_steering": "handover",
 }
 #: keys of the listener: the line to add to config_text's ``listen`` block
 LISTEN_SAMPLES = {"listen.quic_lb": "  quic_lb: {server_id: '0x0a'}\n"}

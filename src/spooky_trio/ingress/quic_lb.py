@@ -26,6 +26,7 @@ documented in docs/fleet.md.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -96,6 +97,11 @@ class QuicLbCodec:
         #: the whole CID, first octet and worker octet included
         self.length = 1 + self.plaintext_length + (1 if self.appended_worker_octet else 0)
         self.has_key = key is not None
+        #: what a reload compares (the key only as a digest: never kept in the clear here)
+        self.signature: tuple[object, ...] = (
+            "quic-lb", config_id, server_id, nonce_length, self_encode_length, worker, workers,
+            hashlib.sha256(key).digest() if key is not None else None,
+        )
         self._encrypt: CipherContext | None = None
         self._decrypt: CipherContext | None = None
         if key is not None:
@@ -115,8 +121,10 @@ class QuicLbCodec:
         return 0xFF if self.appended_worker_octet else 0x1F
 
     def worker_of(self, cid: bytes) -> int | None:
-        """The worker index a CID of this configuration names, None if it names none."""
-        if self.workers == 1 or len(cid) != self.length or cid[0] >> 5 != self.config_id:
+        """The worker index a CID of this length names, None if it names none. The config
+        rotation bits are not compared: CIDs of the previous config (a reload that changed
+        ``config_id``) keep their worker until the peer retired them."""
+        if self.workers == 1 or len(cid) != self.length:
             return None
         index = cid[self.worker_offset] & self.worker_mask
         return index if index < self.workers else None

@@ -127,6 +127,8 @@ class ListenerPair:
         if quic.protocol.allow_0rtt != new.protocol.allow_0rtt:
             quic.session_tickets = new.session_tickets
         quic.performance, quic.protocol = new.performance, new.protocol
+        if new.cids.signature != quic.cids.signature:  # quic_lb changed: new CIDs, old ones retired
+            quic.use_cids(new.cids)
         quic.configuration, quic.identities = new.configuration, new.identities
         tcp = self.tcp
         tcp.performance = fresh.tcp.performance
