@@ -19,6 +19,7 @@ import socket
 
 from spooky_trio.config import Config
 from spooky_trio.ingress.quic import open_udp_socket
+from spooky_trio.serving.exits import StartupError
 
 #: the environment variable that tells a worker which inherited descriptor serves which listener
 UDP_FDS_ENV = "SPOOKY_WORKER_UDP_FDS"
@@ -34,15 +35,17 @@ class SteeringSockets:
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
 
     def bind(self) -> None:
-        """Bind every listener's sockets in index order; raises OSError (nothing left bound)."""
-        try:
-            for listener in self.config.effective_listeners():
-                key = (listener.address, listener.port)
-                self.sockets[key] = [open_udp_socket(listener.address, listener.port, self.config.performance)
-                                     for _ in range(self.count)]
-        except OSError:
-            self.close()
-            raise
+        """Bind every listener's sockets in index order; raises :class:`StartupError` naming
+        the address (nothing left bound)."""
+        for listener in self.config.effective_listeners():
+            key = (listener.address, listener.port)
+            self.sockets[key] = []
+            for _ in range(self.count):
+                try:
+                    self.sockets[key].append(open_udp_socket(listener.address, listener.port, self.config.performance))
+                except OSError as exc:
+                    self.close()
+                    raise StartupError(f"cannot bind UDP {listener.address}:{listener.port}: {exc.strerror or exc}") from exc
 
     def for_worker(self, index: int) -> tuple[str, list[int]]:
         """The environment value and descriptors to pass to worker ``index``."""

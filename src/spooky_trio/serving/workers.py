@@ -150,10 +150,7 @@ class Supervisor:
                     self.locks.acquire(listener.address, listener.port)
                 except ListenerInUse as exc:
                     raise StartupError(str(exc)) from exc
-            try:
-                self.udp.bind()
-            except OSError as exc:
-                raise StartupError(f"cannot bind the UDP listeners for {self.count} workers: {exc.strerror or exc}") from exc
+            self.udp.bind()  # before any worker starts: socket i is worker i's (StartupError)
             await self._run(task_status)
         finally:
             self.udp.close()
