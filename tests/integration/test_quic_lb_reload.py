@@ -16,9 +16,9 @@ from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml, running_prox
 KEY = "8f95f09245765f80256934e50c66207f"
 
 
-def _config(backend_url: str, certs_dir: Path, port: int, key_file: Path, config_id: int) -> str:
+def _config(backend_url: str, certs_dir: Path, port: int, key_file: Path, config_id: int, nonce_length: int = 5) -> str:
     text = proxy_yaml(h1_pool(backend_url), certs_dir=certs_dir, port=port)
-    block = f"  quic_lb: {{config_id: {config_id}, server_id: '0x31441a', nonce_length: 5, key_file: {key_file}}}\n"
+    block = f"  quic_lb: {{config_id: {config_id}, server_id: '0x31441a', nonce_length: {nonce_length}, key_file: {key_file}}}\n"
     return text.replace("upstream:\n", block + "upstream:\n", 1)
 
 
@@ -56,3 +56,27 @@ async def test_cids_carry_the_server_id_and_a_config_change_rotates_them(certs_d
             async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=str(certs_dir / "ca.pem")) as client:
                 assert (await client.request("GET", "/echo", authority="localhost")).status == 200
                 assert all(cid[0] >> 5 == 2 for cid in _peer_cids(client))
+
+
+async def test_a_new_cid_length_leaves_open_connections_their_cids(certs_dir: Path, tmp_path: Path) -> None:
+    """aioquic parses a connection's short headers with the length it started with: a reload
+    that changes the length gives new connections the new one and leaves open ones theirs,
+    which the listener still routes."""
+    key_file = tmp_path / "lb.key"
+    key_file.write_text(KEY + "\n")
+    port = free_udp_port()
+    config_path = tmp_path / "spooky.yaml"
+    async with run_backend(name="lb") as backend:
+        config_path.write_text(_config(backend.url, certs_dir, port, key_file, 1))
+        async with running_proxy(config_path.read_text(), config_path=config_path) as server:
+            async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=str(certs_dir / "ca.pem")) as old:
+                assert (await old.request("GET", "/echo", authority="localhost")).status == 200
+                config_path.write_text(_config(backend.url, certs_dir, port, key_file, 2, nonce_length=8))
+                assert (await server.reloads.reload_file("test")).status == 200
+                async with H3Client.connect("127.0.0.1", port, server_name="localhost", cafile=str(certs_dir / "ca.pem")) as new:
+                    for _ in range(3):
+                        assert (await old.request("GET", "/echo", authority="localhost")).status == 200
+                        assert (await new.request("GET", "/echo", authority="localhost")).status == 200
+                    assert {len(cid) for cid in _peer_cids(old)} == {1 + 3 + 5}
+                    assert {len(cid) for cid in _peer_cids(new)} == {1 + 3 + 8}
+                    assert all(cid[0] >> 5 == 2 for cid in _peer_cids(new))
