@@ -35,11 +35,11 @@ from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic_connection import QuicConnectionTask
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
 from spooky_trio.ingress.steering import WorkerSteering
-from spooky_trio.ingress.udp_send import DatagramSender
+from spooky_trio.ingress.udp_send import DatagramSender, open_udp_socket
 from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
 
-__all__ = ["Handler", "QuicListener", "Rejecter", "open_udp_socket"]
+__all__ = ["Handler", "QuicListener", "Rejecter"]
 
 log = logging.getLogger("spooky.ingress.quic")
 
@@ -51,27 +51,6 @@ Rejecter = Callable[[DownstreamRequest, ResponseSink, ErrorResponse], Awaitable[
 RECV_BURST = 64
 QUIC_CONNECTION_REFUSED = 0x2
 QUIC_INVALID_TOKEN = 0xB
-
-
-def open_udp_socket(address: str, port: int, performance: PerformanceConfig) -> socket.socket:
-    """A UDP socket bound to ``address:port`` with the listener's options (SO_REUSEPORT as
-    configured, buffer sizes); blocking, as made. The supervisor of worker processes binds its
-    listeners' sockets with it too (serving/steering_sockets.py)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if performance.reuseport and hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        for opt, size in ((socket.SO_RCVBUF, performance.udp_recv_buffer_bytes), (socket.SO_SNDBUF, performance.udp_send_buffer_bytes)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, size)
-            except OSError:
-                log.warning("could not set UDP buffer size %d", size)
-        sock.bind((address, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class QuicListener:

@@ -18,7 +18,7 @@ import os
 import socket
 
 from spooky_trio.config import Config
-from spooky_trio.ingress.quic import open_udp_socket
+from spooky_trio.ingress.udp_send import open_udp_socket
 from spooky_trio.serving.exits import StartupError
 
 #: the environment variable that tells a worker which inherited descriptor serves which listener
