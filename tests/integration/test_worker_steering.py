@@ -86,8 +86,8 @@ async def test_migrating_clients_complete_through_workers(certs_dir: Path, tmp_p
     steered = metric(text, "spooky_quic_steering_packets_total", 'path="steered"')
     handed = metric(text, "spooky_quic_steering_packets_total", 'path="handed_over"')
     received = metric(text, "spooky_quic_steering_packets_total", 'path="handover_received"')
-    if expected == "kernel":
-        assert steered > 0 and handed == 0, (steered, handed)
+    if expected == "kernel":  # (a Handshake packet resent on the new path goes by the hash: rare)
+        assert steered > 0 and handed * 20 < steered, (steered, handed)
     else:  # with 40 moves over 2+ workers, some moved 4-tuples hashed to another worker
         assert handed > 0 and received == handed, (handed, received)
 
