@@ -144,7 +144,7 @@ class QuicListener:
             sock = socket.socket(fileno=self.inherited_fd)
             self.inherited_fd = None
         else:
-            sock = self._bind_own()
+            sock = open_udp_socket(self.address, self.port, self.performance)
         sock.setblocking(False)
         self.sock = sock
         self.sender = DatagramSender(sock, self.stats)
@@ -156,8 +156,14 @@ class QuicListener:
                 sock.close()
                 raise
 
-    def _bind_own(self) -> socket.socket:
-        return open_udp_socket(self.address, self.port, self.performance)
+    def unbind(self) -> None:
+        """Close what :meth:`bind` opened, for a listener that will not serve (an aborted
+        reload, or its TCP twin could not bind)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None  # type: ignore[assignment]
+        if self.steering is not None:
+            self.steering.close()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the receive loop and flusher until cancelled. Call :meth:`bind` first."""

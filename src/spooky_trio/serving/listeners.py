@@ -72,8 +72,7 @@ class ListenerPair:
         try:
             self.tcp.bind(self.quic.port)
         except OSError as exc:
-            self.quic.sock.close()
-            self.quic.sock = None  # type: ignore[assignment]
+            self.quic.unbind()
             self._unlock()
             raise BindError(f"cannot bind TCP {self.tcp.address}:{self.quic.port}: {exc.strerror or exc}") from exc
 
@@ -95,8 +94,7 @@ class ListenerPair:
 
     def unbind(self) -> None:
         """Close the sockets of a pair that was bound but never served (aborted reload)."""
-        if self.quic.sock is not None:
-            self.quic.sock.close()
+        self.quic.unbind()
         self.tcp.unbind()
         self._unlock()
 
