@@ -37,7 +37,7 @@ def kernel_steering_available() -> bool:
 
 
 def _config(tmp_path: Path, certs_dir: Path, backend_url: str, workers: int, steering: str) -> tuple[Path, int, int]:
-    port, mport = free_udp_port(), free_udp_port()
+    port, mport, cport = free_udp_port(), free_udp_port(), free_udp_port()
     config = tmp_path / "config.yaml"
     config.write_text(proxy_yaml(h1_pool(backend_url), certs_dir=certs_dir, port=port, extra=f"""
 performance:
@@ -45,8 +45,9 @@ performance:
   quic_worker_steering: {steering}
 observability:
   metrics: {{enabled: true, required: true, port: {mport}}}
+  control_api: {{enabled: true, required: true, port: {cport}, auth_token: t}}
 """))
-    return config, port, mport
+    return config, port, mport, cport
 
 
 async def _downloads(port: int, tmp_path: Path, flags: tuple[str, ...]) -> list[str]:
@@ -70,7 +71,7 @@ async def _downloads(port: int, tmp_path: Path, flags: tuple[str, ...]) -> list[
 async def test_migrating_clients_complete_through_workers(certs_dir: Path, tmp_path: Path, workers: int, steering: str) -> None:
     require("gtlsclient", "ngtcp2-client")
     async with run_backend(name="w") as backend:
-        config, port, mport = _config(tmp_path, certs_dir, backend.url, workers, steering)
+        config, port, mport, cport = _config(tmp_path, certs_dir, backend.url, workers, steering)
         async with spooky_process(config, b"all %d workers serving" % workers):
             failures = []
             # --delay-stream: the request leaves after the move, so the whole download follows it
@@ -80,7 +81,11 @@ async def test_migrating_clients_complete_through_workers(certs_dir: Path, tmp_p
             assert not failures, f"{len(failures)} of {2 * RUNS} downloads failed:\n" + "\n".join(failures[:5])
             async with httpx.AsyncClient(timeout=10) as client:
                 text = (await client.get(f"http://127.0.0.1:{mport}/metrics")).text
+                runtime = (await client.get(f"http://127.0.0.1:{cport}/admin/runtime", headers={"authorization": "Bearer t"})).json()
     expected = "kernel" if steering == "auto" and kernel_steering_available() else "handover"
+    described = [w["runtime"]["listeners"][0]["quic_steering"] for w in runtime["workers"]]
+    assert sorted(d["worker"] for d in described) == list(range(workers))  # type: ignore[index]
+    assert {(d["mode"], d["workers"]) for d in described} == {(expected, workers)}, described
     listener = f'listener="127.0.0.1:{port}"'
     assert metric(text, "spooky_quic_steering_mode", f'{listener},mode="{expected}"') == workers  # one per worker
     steered = metric(text, "spooky_quic_steering_packets_total", 'path="steered"')
@@ -94,7 +99,7 @@ async def test_migrating_clients_complete_through_workers(certs_dir: Path, tmp_p
 
 async def test_the_supervisor_reports_a_udp_port_it_cannot_bind(certs_dir: Path, tmp_path: Path) -> None:
     async with run_backend(name="w") as backend:
-        config, port, _ = _config(tmp_path, certs_dir, backend.url, 2, "auto")
+        config, port, _, _ = _config(tmp_path, certs_dir, backend.url, 2, "auto")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:  # no SO_REUSEPORT: nobody can share it
             squatter.bind(("127.0.0.1", port))
             with trio.fail_after(30):

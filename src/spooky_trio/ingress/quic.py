@@ -128,6 +128,12 @@ class QuicListener:
         """``kernel``, ``handover`` or ``off`` (ingress/steering.py)."""
         return self.steering.mode if self.steering is not None else "off"
 
+    def steering_describe(self) -> dict[str, object]:
+        """For /admin/runtime: the steering mode and why (docs/fleet.md)."""
+        if self.steering is None:
+            return {"mode": "off", "reason": "one process"}
+        return self.steering.describe()
+
     def replace_identities(self, identities: IdentityStore) -> None:
         """Use ``identities`` for handshakes that start from now on (certificate reload);
         open connections keep the store they were created with."""
