@@ -96,3 +96,44 @@ def test_hand_over_carries_the_datagram_and_the_client_address() -> None:
             st.close()
         for sock in udp:
             sock.close()
+
+
+async def test_a_full_inbox_backlogs_in_order_instead_of_dropping() -> None:
+    """The kernel queues only net.unix.max_dgram_qlen (10) datagrams per inbox: a burst
+    waits in the sender's bounded backlog until the owner reads, then arrives in order."""
+    import trio
+
+    stats: list[dict[str, int]] = [{}, {}]
+    steering = []
+    udp = []
+    for index in (0, 1):
+        st = WorkerSteering(index=index, count=2, group=os.getpid() + 1, cids=RandomCids(index, 2), inherited=False,
+                            handover_only=True)
+        st.use_stats(stats[index])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        udp.append(sock)
+        st.start(sock, "127.0.0.1", 4433)
+        steering.append(st)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(steering[0].run_backlogs)
+            for n in range(60):  # nobody reads worker 1's inbox meanwhile
+                steering[0].hand_over(1, b"\x40\x01" + n.to_bytes(2, "big"), ("127.0.0.9", 50123))
+            assert stats[0]["handed_over"] < 60 and stats[0]["handover_dropped"] == 0
+            got = []
+            with trio.fail_after(5):
+                while len(got) < 60:
+                    try:
+                        data, _addr = steering[1].receive_handed(65536)
+                    except BlockingIOError:
+                        await trio.sleep(0.01)
+                        continue
+                    got.append(int.from_bytes(data[2:], "big"))
+            assert got == list(range(60)) and stats[0]["handed_over"] == 60
+            nursery.cancel_scope.cancel()
+    finally:
+        for st in steering:
+            st.close()
+        for sock in udp:
+            sock.close()

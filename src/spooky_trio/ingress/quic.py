@@ -179,6 +179,7 @@ class QuicListener:
                 nursery.start_soon(self._flusher)
                 if self.steering is not None and self.steering.inbox is not None:  # hand-overs
                     nursery.start_soon(self._receive_loop, self.steering.inbox, self.steering.receive_handed)
+                    nursery.start_soon(self.steering.run_backlogs)
                 task_status.started()
                 await self._receive_loop(self.sock, self.sock.recvfrom)
         finally:

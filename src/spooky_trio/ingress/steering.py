@@ -31,6 +31,9 @@ import logging
 import os
 import socket
 import struct
+from collections import deque
+
+import trio
 
 from collections.abc import MutableMapping
 
@@ -49,6 +52,12 @@ SO_ATTACH_REUSEPORT_CBPF = 51
 _FALLBACK = 0xFFFFFFFF
 #: the largest datagram a hand-over carries (a QUIC datagram plus the address header)
 _HANDOVER_MAX = 65535 + 64
+#: datagrams waiting for one owner's inbox to take them (the kernel queues only
+#: net.unix.max_dgram_qlen, 10 by default, per inbox); beyond, a hand-over is dropped
+BACKLOG_MAX = 512
+#: how long a backlog waits for its owner's inbox before it is dropped (a stuck or
+#: restarting owner; a datagram that old is of no use to QUIC anyway)
+BACKLOG_DEADLINE = 0.5
 
 
 def cbpf_program(worker_offset: int, worker_mask: int) -> list[tuple[int, int, int, int]]:
@@ -103,6 +112,11 @@ class WorkerSteering:
         self.inbox: socket.socket | None = None
         self._address = ""
         self._port = 0
+        #: a socket connected to each owner's inbox (so the kernel tells when it has room)
+        self._outboxes: dict[int, socket.socket] = {}
+        #: hand-overs an owner's full inbox could not take yet, sent by run_backlogs
+        self._backlogs: dict[int, deque[bytes]] = {}
+        self._wakeup = trio.Event()
 
     def use_stats(self, stats: dict[str, int]) -> None:
         """Count into the listener's ``stats`` (collected as spooky_quic_steering_packets_total)."""
@@ -138,20 +152,84 @@ class WorkerSteering:
     def close(self) -> None:
         if self.inbox is not None:
             self.inbox.close()
+        for sock in self._outboxes.values():
+            sock.close()
+        self._outboxes.clear()
+
+    def _outbox(self, owner: int) -> socket.socket | None:
+        sock = self._outboxes.get(owner)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(handover_name(self.group, self._address, self._port, owner))
+            except OSError:  # the owner is restarting: no inbox yet
+                sock.close()
+                return None
+            self._outboxes[owner] = sock
+        return sock
+
+    def _lost(self, owner: int, count: int) -> None:
+        self.stats["handover_dropped"] += count
+        sock = self._outboxes.pop(owner, None)
+        if sock is not None:
+            sock.close()  # reconnected at the next hand-over (the owner may have restarted)
 
     def hand_over(self, owner: int, data: bytes, addr: tuple[str, int]) -> None:
-        """Send a datagram to its owner's inbox; dropped (and counted) if it cannot take it."""
+        """Send a datagram to its owner's inbox. A full inbox puts it in that owner's backlog
+        (:meth:`run_backlogs` sends it when the inbox has room); a missing owner, or a full
+        backlog, drops it (counted)."""
         host = addr[0].encode()
         message = bytes((len(host),)) + host + addr[1].to_bytes(2, "big") + data
-        try:
-            assert self.inbox is not None
-            self.inbox.sendto(message, handover_name(self.group, self._address, self._port, owner))
-        except OSError as exc:  # owner restarting (no inbox) or its inbox full
+        backlog = self._backlogs.get(owner)
+        if backlog is not None:  # keep the order: behind what waits already
+            if len(backlog) >= BACKLOG_MAX:
+                self.stats["handover_dropped"] += 1
+            else:
+                backlog.append(message)
+            return
+        sock = self._outbox(owner)
+        if sock is None:
             self.stats["handover_dropped"] += 1
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN):
+            return
+        try:
+            sock.send(message)
+        except BlockingIOError:
+            self._backlogs[owner] = deque((message,))
+            self._wakeup.set()
+            return
+        except OSError as exc:  # the owner went away (ECONNREFUSED)
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 log.debug("hand-over to worker %d failed: %s", owner, exc)
+            self._lost(owner, 1)
             return
         self.stats["handed_over"] += 1
+
+    async def run_backlogs(self) -> None:
+        """Send the backlogs as their owners' inboxes make room (each owner at most
+        :data:`BACKLOG_DEADLINE` at a time), in the listener's nursery."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            for owner in list(self._backlogs):
+                backlog = self._backlogs[owner]
+                sock = self._outboxes.get(owner)
+                while backlog and sock is not None:
+                    try:
+                        sock.send(backlog[0])
+                    except BlockingIOError:
+                        with trio.move_on_after(BACKLOG_DEADLINE) as waited:
+                            await trio.lowlevel.wait_writable(sock)
+                        if waited.cancelled_caught:
+                            break
+                        continue
+                    except OSError:
+                        break
+                    backlog.popleft()
+                    self.stats["handed_over"] += 1
+                if backlog:
+                    self._lost(owner, len(backlog))
+                del self._backlogs[owner]
 
     def receive_handed(self, size: int) -> tuple[bytes, tuple[str, int]]:
         """One handed-over datagram and its client address, for the listener's receive loop
