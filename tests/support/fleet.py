@@ -68,8 +68,8 @@ async def spooky_process(config: Path, ready: bytes) -> AsyncIterator[tuple[trio
 
 async def gtls_download(host: str, port: int, path: str, download: Path, *flags: str) -> tuple[bool, str]:
     """One gtlsclient download of ``https://localhost:port{path}`` into ``download``;
-    (completed, stderr tail). Completed means exit 0 and the file's full size when the path
-    is ``/bytes/N``."""
+    (completed, stderr tail). Completed means exit 0, the file downloaded, and its full size
+    when the path is ``/bytes/N``."""
     gtlsclient = require("gtlsclient", "ngtcp2-client")
     download.mkdir(parents=True, exist_ok=True)
     argv = [gtlsclient, "--quiet", "--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close",
@@ -79,10 +79,11 @@ async def gtls_download(host: str, port: int, path: str, download: Path, *flags:
     tail = result.stderr.decode(errors="replace")[-600:]
     if result.returncode != 0:
         return False, tail
-    name = path.rsplit("/", 1)[-1]
+    got = download / path.rsplit("/", 1)[-1]
+    if not got.exists():  # (gtlsclient exits 0 after a CONNECTION_CLOSE too)
+        return False, tail + " (nothing downloaded)"
     if path.startswith("/bytes/"):
-        got = download / name
-        return got.exists() and got.stat().st_size == int(name), tail
+        return got.stat().st_size == int(got.name), tail
     return True, tail
 
 

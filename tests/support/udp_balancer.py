@@ -91,8 +91,8 @@ class UdpBalancer:
                 return decoded[0]
             return None
         known = self.sticky.get(client)
-        if known is not None:
-            return known
+        if known is not None and (self.nodes[known].ready or data[0] & 0x30 != 0x00):
+            return known  # (an Initial, long type 0, from a reused port re-picks a ready node)
         if self.pin is not None and self.nodes[self.pin].ready:
             chosen: bytes | None = self.pin
         else:
