@@ -1,9 +1,10 @@
 """aioquic subclasses for the server side: SNI certificate choice, consumption-based
 stream windows, an RFC 9000 acknowledgement policy and our connection IDs (``cid_source``:
-worker steering and QUIC-LB, ingress/cids.py; ``rotate_cids`` with Retire Prior To). They override private aioquic hooks;
-tests cover each (SNI selection, slow-backend upload backpressure, tests/ingress/test_quic_acks.py),
-and :mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has
-them, so an aioquic upgrade that moves them fails loudly.
+worker steering and QUIC-LB, ingress/cids.py; ``rotate_cids`` with Retire Prior To). They
+override private aioquic hooks; tests cover each (SNI selection, slow-backend upload
+backpressure, tests/ingress/test_quic_acks.py, tests/ingress/test_quic_cids.py), and
+:mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has them,
+so an aioquic upgrade that moves them fails loudly.
 
 This module (with ``ingress/h3.py`` for the HTTP/3 layer) is the one place on the server
 that reads aioquic's private QUIC state: the rest of ingress (``quic_connection.py``,
