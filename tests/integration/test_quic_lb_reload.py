@@ -44,10 +44,13 @@ async def test_cids_carry_the_server_id_and_a_config_change_rotates_them(certs_d
                     assert decoder[1].decode(cid) is not None and decoder[1].decode(cid)[0] == bytes.fromhex("31441a")
                 config_path.write_text(_config(backend.url, certs_dir, port, key_file, 2))
                 assert (await server.reloads.reload_file("test")).status == 200
+                unroutable = server.listeners[0].stats["unroutable"]
                 with trio.fail_after(5):
                     while any(cid[0] >> 5 != 2 for cid in _peer_cids(client)):  # the client retired every old one
                         assert (await client.request("GET", "/echo", authority="localhost")).status == 200
                         await trio.sleep(0.05)
+                # its first packet on a new CID already reached the connection
+                assert server.listeners[0].stats["unroutable"] == unroutable
                 for cid in _peer_cids(client):
                     assert decoder[2].decode(cid) is not None and decoder[2].decode(cid)[0] == bytes.fromhex("31441a")
                 assert not set(before) & set(_peer_cids(client))

@@ -337,7 +337,8 @@ class QuicListener:
                 self.steering.choose_mode(self.sock)
         if same_length:
             for conn in list(self.connections):
-                conn.quic.rotate_cids(cids.new_cid)
+                for cid in conn.quic.rotate_cids(cids.new_cid):
+                    self._by_cid[cid] = conn
                 self._dirty.add(conn)
             self._flush_wakeup.set()
 

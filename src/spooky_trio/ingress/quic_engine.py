@@ -143,22 +143,28 @@ class SpookyQuicConnection(QuicConnection):
             )
             self._host_cid_seq += 1
 
-    def rotate_cids(self, cid_source: Callable[[], bytes]) -> None:
+    def rotate_cids(self, cid_source: Callable[[], bytes]) -> list[bytes]:
         """Issue CIDs from ``cid_source`` from now on and ask the peer to retire every CID
         issued before (a reload changed the QUIC-LB config): as many new ones as the peer
         accepts, each NEW_CONNECTION_ID carrying Retire Prior To = the first new sequence
         number; exceeding the peer's limit meanwhile is allowed by RFC 9000 5.1.1. The old
-        CIDs keep routing to this connection until the peer retires them, so nothing drops."""
+        CIDs keep routing to this connection until the peer retires them, so nothing drops.
+
+        Returns the new CIDs: the caller routes them at once, since the peer uses one in its
+        very next packet (aioquic's ConnectionIdIssued event comes only with the next events)."""
         self._cid_source = cid_source
         if not self._handshake_complete or self._state is not QuicConnectionState.CONNECTED:
-            return  # a connection still in its handshake keeps the CIDs it has
+            return []  # a connection still in its handshake keeps the CIDs it has
         self._retire_prior_to = self._host_cid_seq
+        issued = []
         for _ in range(min(8, self._remote_active_connection_id_limit)):
+            issued.append(self.new_host_cid())
             self._host_cids.append(
-                QuicConnectionId(cid=self.new_host_cid(), sequence_number=self._host_cid_seq, stateless_reset_token=os.urandom(16))
+                QuicConnectionId(cid=issued[-1], sequence_number=self._host_cid_seq, stateless_reset_token=os.urandom(16))
             )
             self._host_cid_seq += 1
         self._reply_due = True
+        return issued
 
     @overrides
     def _write_new_connection_id_frame(self, builder: QuicPacketBuilder, connection_id: QuicConnectionId) -> None:
