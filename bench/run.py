@@ -410,6 +410,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
+    p.add_argument("--quic-lb", default="off",
+                   help="comma-separated QUIC-LB CID setups for the spooky target: off, plain (no key), key (AES "
+                        "four-pass); plain and key run as spooky+lb-plain, spooky+lb-key (docs/fleet.md)")
     p.add_argument("--rate-limit", default="none",
                    help="comma-separated scoped-rate-limit setups for the spooky target: none, local (one rule in this "
                         "process), redis (the same rule in a redis-server the bench starts); local runs as target "
@@ -468,6 +471,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "spooky" in targets and counts != [1]:  # --workers 1,2: spooky (1 worker) and spooky-w2
         at = targets.index("spooky")
         targets[at:at + 1] = ["spooky" if n == 1 else f"spooky-w{n}" for n in counts]
+    lbs = [m for m in args.quic_lb.split(",") if m]
+    if any(m not in ("off", "plain", "key") for m in lbs):
+        raise SystemExit(f"--quic-lb takes off, plain and key (got {args.quic_lb})")
+    if "spooky" in targets and lbs != ["off"]:  # --quic-lb off,key: spooky and spooky+lb-key
+        at = targets.index("spooky")
+        targets[at:at + 1] = ["spooky" if m == "off" else f"spooky+lb-{m}" for m in lbs]
+    if counts != [1]:  # --workers 1,2 also runs each NAME=DIR checkout as NAME-w2=DIR
+        targets = [f"{t.partition('=')[0]}{'' if n == 1 else f'-w{n}'}={t.partition('=')[2]}" if "=" in t else t
+                   for t in targets for n in (counts if "=" in t else [1])]
     modes = [m for m in args.rate_limit.split(",") if m]
     if any(m not in ("none", "local", "redis") for m in modes):
         raise SystemExit(f"--rate-limit takes none, local and redis (got {args.rate_limit})")
@@ -543,8 +555,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         server = CaddyServer(workdir, bench.certs)
                     elif "=" in target:  # NAME=DIR: another checkout's src (resolved above)
                         label, _, src = target.partition("=")
-                        server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}",
+                        count = int(label.rpartition("-w")[2]) if re.fullmatch(r".*-w\d+", label) else 1
+                        server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}", workers=count,
                                               cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
+                    elif target.startswith("spooky+lb-"):  # --quic-lb MODE: listen.quic_lb
+                        server = SpookyServer(workdir, bench.certs, name=target, quic_lb=target[len("spooky+lb-"):],
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+rl-"):  # --rate-limit MODE: one scoped rate limit rule
                         server = SpookyServer(workdir, bench.certs, name=target, rate_limit=target[len("spooky+rl-"):],
                                               redis_url=redis.url if redis is not None else None,

@@ -351,13 +351,15 @@ class SpookyServer(Server):
     def __init__(self, workdir: Path, certs: Path, *, workers: int = 1, src: Path | None = None, name: str = "spooky",
                  cprofile_out: Path | None = None, rate_limit: str = "none", redis_url: str | None = None,
                  tracing: float | None = None, otlp_endpoint: str = "", auth: BenchAuth | None = None,
-                 discovery: str | None = None, traffic: str = "none", plugin: BenchPlugin | None = None) -> None:
+                 discovery: str | None = None, traffic: str = "none", plugin: BenchPlugin | None = None, quic_lb: str = "off") -> None:
         super().__init__(workdir, certs)
         #: ``--discovery file``: the pool's one backend comes from a discovery file polled
         #: every second (docs/discovery.md), instead of the config's ``backends``
         self.discovery = discovery
         #: the pool's plugin filter (bench/plugins.py), or None
         self.plugin = plugin
+        #: ``--quic-lb``: off, plain (QUIC-LB CIDs without a key) or key (four-pass AES CIDs)
+        self.quic_lb = quic_lb
         #: the pool's auth mode (bench/auth.py) and the credentials the load sends
         self.auth = auth
         self.request_headers = auth.headers if auth is not None else plugin.headers if plugin is not None else []
@@ -379,6 +381,17 @@ class SpookyServer(Server):
         #: another checkout's ``src`` to run instead of this one (A/B in one invocation)
         self.src = src
         self.name = name
+
+    def _quic_lb_block(self) -> str:
+        """``listen.quic_lb`` for ``--quic-lb`` (docs/fleet.md): server ID 0x0a0b, nonce 6."""
+        if self.quic_lb == "off":
+            return ""
+        key = ""
+        if self.quic_lb == "key":
+            path = self.workdir / "quic-lb.key"
+            path.write_text("8f95f09245765f80256934e50c66207f\n")
+            key = f", key_file: \"{path}\""
+        return f"  quic_lb: {{config_id: 1, server_id: '0x0a0b', nonce_length: 6{key}}}\n"
 
     def config_text(self, upstream_url: str, port: int, protocol: str = "auto") -> str:
         tls = f'    tls:\n      ca_file: "{self.certs / "ca.pem"}"\n' if upstream_url.startswith("https") else ""
@@ -408,7 +421,7 @@ listen:
   tls:
     cert: "{self.certs / 'localhost.pem'}"
     key: "{self.certs / 'localhost.key'}"
-upstream:
+{self._quic_lb_block()}upstream:
   bench:
     route:
       path_prefix: "/"

@@ -3,7 +3,9 @@ one still has the private methods the aioquic wrapper modules override or call.
 
 Three modules touch aioquic's internals (``ingress/quic_engine.py``, ``ingress/h3.py``,
 ``upstream/quic_engine.py``; ``tests/unit/test_aioquic_boundary.py`` keeps it that way). They
-override private hooks (``QuicConnection._write_stream_limits``, ``tls.Context.
+override private hooks (``QuicConnection._write_stream_limits``,
+``QuicConnection._replenish_connection_ids`` (where aioquic draws new connection IDs from
+``os.urandom``: the server's CIDs come from its own generator), ``tls.Context.
 _server_handle_hello``, ``H3Connection._receive_request_or_push_data``, ...) and those change
 between aioquic minor releases: 1.6 dropped a parameter of ``_server_handle_hello``, 1.7
 rewrote ``_write_ack_frame`` and the H3 request-stream handling. A hook that aioquic no longer

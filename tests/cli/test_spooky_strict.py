@@ -37,7 +37,14 @@ SAMPLES = {
     "performance.h3_pool_max_connections_per_backend": "4",
     "performance.h3_pool_max_streams_per_connection": "50",
     "performance.h3_pool_idle_timeout_ms": "30000",
+    "performance.quic_worker_steering": "handover",
 }
+#: keys of the listener: the line to add to config_text's ``listen`` block
+LISTEN_SAMPLES = {"listen.quic_lb": "  quic_lb: {server_id: '0x0a'}\n"}
+for _key, _value in (("config_id", "1"), ("nonce_length", "6"), ("key_file", "/etc/spooky/lb.key"),
+                     ("self_encode_length", "true")):  # server_id is required beside any quic_lb key
+    LISTEN_SAMPLES[f"listen.quic_lb.{_key}"] = "  quic_lb: {server_id: '0x0a', %s: %s}\n" % (_key, _value)
+LISTEN_SAMPLES["listen.quic_lb.server_id"] = LISTEN_SAMPLES["listen.quic_lb"]
 _PLUGIN = "plugins:\n  - {name: p, object: 'tests.plugins.samples:Noop'%s}\n"
 #: keys inside a list: the whole tail to append (the key is reported at entry [0])
 TAIL_SAMPLES = {
@@ -97,9 +104,9 @@ POOL_LEVEL_SAMPLES = {
 }
 #: the extension keys a sample needs beside its own (a pool sample's jwks_uri; the section
 #: holding a rate_limit_store key, itself an extension key; a discovery block's kind and the
-#: keys its kind requires, and what a key needs beside it; a plugins entry's list and keys)
+#: keys its kind requires, and what a key needs beside it; a plugins entry's list and keys; the quic_lb block and its server_id)
 _NEEDED = {"upstream.ext.auth.jwt.jwks_uri", "resilience.rate_limit_store", "plugins", "plugins[0].name", "plugins[0].object",
-           "plugins[0].entry_point"} | {
+           "plugins[0].entry_point", "listen.quic_lb", "listen.quic_lb.server_id"} | {
     f"upstream.ext.discovery{key}" for key in ("", ".kind", ".path", ".name", ".endpoints", ".prefix", ".username",
                                                 ".password", ".backend_defaults", ".cert_file", ".key_file")}
 
@@ -199,8 +206,8 @@ def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
     extension = [key for key in schema_keys() if key.extension]
     assert extension, "the schema has extension keys (backend_dns_nameservers at least)"
     missing = [key.dotted for key in extension
-               if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES, **POOL_LEVEL_SAMPLES} and traffic_sample(key.dotted) is None]
-    assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES, POOL_LEVEL_SAMPLES) a value for: {missing}"
+               if key.dotted not in {**SAMPLES, **POOL_SAMPLES, **TAIL_SAMPLES, **POOL_LEVEL_SAMPLES, **LISTEN_SAMPLES} and traffic_sample(key.dotted) is None]
+    assert not missing, f"give SAMPLES (or POOL_SAMPLES, TAIL_SAMPLES, POOL_LEVEL_SAMPLES, LISTEN_SAMPLES) a value for: {missing}"
     message = "a spooky-trio extension key (Spooky rejects it)"
     for key in extension:
         if key.dotted in POOL_SAMPLES:  # a third pool, continuing config_text's upstream mapping
@@ -214,12 +221,16 @@ def test_every_marked_extension_key_is_reported(certs_dir: Path) -> None:
             lines = traffic_sample(key.dotted) or ""
             route = "" if "route:" in lines else "    route: {path_prefix: /ext}\n"
             tail = f"  ext:\n{route}    backends: [{{id: a, address: 'http://127.0.0.1:8082'}}]\n{lines}"
+        elif key.dotted in LISTEN_SAMPLES:
+            tail = ""
         else:
             tail = ""
             for depth, element in enumerate(key.path[:-1]):
                 tail += "  " * depth + f"{element}:\n"
             tail += "  " * (len(key.path) - 1) + f"{key.path[-1]}: {SAMPLES[key.dotted]}\n"
         text = config_text(certs_dir, tail)
+        if key.dotted in LISTEN_SAMPLES:
+            text = text.replace("upstream:\n", LISTEN_SAMPLES[key.dotted] + "upstream:\n", 1)
         issues = {(i.path, i.message) for i in spooky_strict_issues(load_config_text(text), text)}
         expected = key.dotted.replace("<pool>", "ext").replace("[]", "[0]")
         assert (expected, message) in issues, (key.dotted, issues)

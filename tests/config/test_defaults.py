@@ -131,6 +131,7 @@ PERFORMANCE = {
     "max_response_body_bytes": 104857600,
     "request_buffer_global_cap_bytes": 67108864,
     "unknown_length_response_prebuffer_bytes": 2097152,
+    "quic_worker_steering": "auto",
 }
 
 

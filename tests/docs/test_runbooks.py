@@ -25,7 +25,7 @@ from spooky_trio.serving.control import CONFIG_ACTIONS, CONFIG_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs" / "runbooks").glob("*.md")) + [ROOT / "docs" / n for n in ("security.md", "auth.md", "install.md",
-                                                                                       "rate-limiting.md", "discovery.md")]
+                                                                                       "rate-limiting.md", "discovery.md", "fleet.md")]
 INDEXED = ["first-10-minutes.md", "backend-incident.md", "draining-a-node.md", "certificate-rotation.md",
            "config-change-and-rollback.md", "staged-rollout.md", "overload-incident.md", "auth-key-rotation.md",
            "rate-limit-store-down.md", "discovery-source-down.md"]

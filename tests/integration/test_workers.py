@@ -236,7 +236,8 @@ async def test_worker_that_cannot_bind_stops_the_supervisor(certs_dir: Path, tmp
 
     async with run_backend(name="w") as backend:
         config, port, mport, cport = write_config(tmp_path, certs_dir, backend.url)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:  # no SO_REUSEPORT: nobody can share it
+        # TCP: the supervisor binds the UDP sockets itself (worker steering), the workers bind TCP
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:  # no SO_REUSEPORT: nobody can share it
             squatter.bind(("127.0.0.1", port))
             proc = await trio.lowlevel.open_process([sys.executable, "-m", "spooky_trio", "run", "--config", str(config)],
                                                     stderr=subprocess.PIPE)
@@ -247,5 +248,5 @@ async def test_worker_that_cannot_bind_stops_the_supervisor(certs_dir: Path, tmp
                 with trio.fail_after(30):
                     assert await proc.wait() == 1  # not a restart loop
                     await output.wait_for(b"spooky-trio: worker \\d exited with status 1 before serving")
-            assert re.search(rb"spooky-trio worker \d: cannot bind UDP 127.0.0.1:%d" % port, output.data), bytes(output.data[-2000:])
+            assert re.search(rb"spooky-trio worker \d: cannot bind TCP 127.0.0.1:%d" % port, output.data), bytes(output.data[-2000:])
             assert b"restarting it" not in output.data and b"Traceback" not in output.data

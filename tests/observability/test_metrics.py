@@ -67,7 +67,8 @@ def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
     identity = load_identity(str(certs_dir / "localhost.pem"), str(certs_dir / "localhost.key"))
     quic = SimpleNamespace(address="127.0.0.1", port=8443, identities=IdentityStore(identity, []), connections={1, 2},
                            stats=Counter(datagrams=7, cap_rejects=1, panics=0, bad_headers=2, unroutable=3, refused_draining=4,
-                                         handshake_success=5, handshake_failure=2, rate_limited=6, retry_validated=2))
+                                         handshake_success=5, handshake_failure=2, rate_limited=6, retry_validated=2,
+                                         steered=8, handed_over=1), steering_mode="kernel")
     tls = SimpleNamespace(stats=Counter({"alpn.h2": 3, "alpn.http/1.1": 1, "sni.default": 4, "handshake_failed.missing": 2,
                                          "handshake_failed.timeout": 1}))
     tcp = SimpleNamespace(address="127.0.0.1", port=8443, open_connections=1, stats=Counter(cap_rejects=2), tls=tls)
@@ -92,6 +93,9 @@ def test_collector_reads_listener_and_tls_stats(certs_dir: Path) -> None:
     assert v[("spooky_config_generation", ())] == 3
     assert v[("spooky_adaptive_admission_limit", ())] == 84
     assert v[("spooky_brownout_active", ())] == 0
+    assert v[("spooky_quic_steering_packets_total", (("path", "steered"),))] == 8
+    assert v[("spooky_quic_steering_packets_total", (("path", "handed_over"),))] == 1
+    assert v[("spooky_quic_steering_mode", (("listener", "127.0.0.1:8443"), ("mode", "kernel")))] == 1
     assert v[("spooky_downstream_tls_handshake_success_total", ())] == 4 + 5  # TCP + QUIC
     cert = (("listener", "127.0.0.1:8443"), ("server_name", "default"))
     assert v[("spooky_downstream_tls_certificate_not_after_seconds", cert)] == identity.certificate.not_valid_after_utc.timestamp()

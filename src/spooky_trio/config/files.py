@@ -21,6 +21,7 @@ from spooky_trio.config.plugins import check_plugins
 from spooky_trio.config.schema import Config, ListenerTls, UpstreamTlsConfig
 from spooky_trio.config.schema_auth import AuthConfig
 from spooky_trio.config.validate_discovery import check_discovery_files
+from spooky_trio.config.validate_quic_lb import check_quic_lb_files
 from spooky_trio.config.validate_ratelimit import check_store_files
 
 
@@ -37,7 +38,8 @@ def check_files(config: Config) -> list[ConfigIssue]:
     upstream TLS policy a backend uses (:meth:`Config.tls_policies_in_use`: as Spooky, a
     policy of pools without TLS backends is not read), the files of every pool's ``auth`` block
     (``ca_file``s, ``client_secret_file``), and ``resilience.rate_limit_store.password_file``
-    and ``ca_file``, and the TLS and password files of etcd discovery sources. Also every ``plugins`` entry: its code is found and its factory accepts
+    and ``ca_file``, each listener's ``quic_lb.key_file``, and the TLS and password files of
+    etcd discovery sources. Also every ``plugins`` entry: its code is found and its factory accepts
     its ``config`` (:func:`~spooky_trio.config.plugins.check_plugins`).
     """
     positions = PositionMap(config.source_positions)
@@ -54,6 +56,7 @@ def check_files(config: Config) -> list[ConfigIssue]:
     issues.extend(check_store_files(config))
     issues.extend(check_discovery_files(config))
     issues.extend(check_plugins(config))
+    issues.extend(check_quic_lb_files(config))
     return issues
 
 

@@ -31,6 +31,7 @@ from spooky_trio.config.schema_discovery import DiscoveryConfig
 from spooky_trio.config.schema_health import HealthCheckConfig as HealthCheckConfig  # (moved; still importable here)
 from spooky_trio.config.schema_traffic import MatcherConfig, TrafficPolicyConfig
 from spooky_trio.config.schema_plugins import PluginConfig
+from spooky_trio.config.schema_quic_lb import QuicLbConfig
 from spooky_trio.config.schema_runtime import (
     ObservabilityConfig,
     PerformanceConfig,
@@ -89,6 +90,8 @@ class ListenerConfig:
     address: str = "0.0.0.0"
     port: int = 9889
     tls: ListenerTls = attrs.field(factory=ListenerTls)
+    #: QUIC-LB connection IDs (config/schema_quic_lb.py, docs/fleet.md)
+    quic_lb: QuicLbConfig | None = attrs.field(default=None, metadata=EXT)
 
 
 @attrs.frozen(kw_only=True)

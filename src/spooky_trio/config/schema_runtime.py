@@ -68,6 +68,10 @@ class PerformanceConfig:
     max_response_body_bytes: int = 100 * _MIB
     request_buffer_global_cap_bytes: int = attrs.field(default=64 * _MIB, metadata=COMPAT)
     unknown_length_response_prebuffer_bytes: int = attrs.field(default=2 * _MIB, metadata=COMPAT)
+    #: worker steering of QUIC packets (ingress/steering.py, docs/fleet.md): ``auto`` uses
+    #: the kernel program where it attaches, else hands datagrams over; ``handover`` never
+    #: attaches it
+    quic_worker_steering: Literal["auto", "handover"] = attrs.field(default="auto", metadata=EXT)
 
 
 @attrs.frozen(kw_only=True)

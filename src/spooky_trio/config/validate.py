@@ -28,6 +28,7 @@ from spooky_trio.config.validate_auth import validate_auth
 from spooky_trio.config.validate_backend import validate_backend_fields
 from spooky_trio.config.validate_discovery import validate_discovery
 from spooky_trio.config.validate_plugins import validate_plugins
+from spooky_trio.config.validate_quic_lb import validate_quic_lb
 from spooky_trio.config.validate_runtime import validate_runtime
 from spooky_trio.http.request_keys import parse_key_spec
 from spooky_trio.config.validate_traffic import backends_optional, referenced_pools, validate_traffic
@@ -54,6 +55,7 @@ def validate(config: Config) -> list[Problem]:
         out.not_empty(("log", "file", "path"), config.log.file.path)
     validate_runtime(out, config)
     validate_plugins(out, config)
+    validate_quic_lb(out, config)
     return out.items
 
 

@@ -8,6 +8,7 @@ stream tasks, in quic_connection.py); datagrams never hop through a task or a ch
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from aioquic.buffer import Buffer
 from aioquic.h3.connection import ErrorCode
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.packet import (
+    QuicHeader,
     QuicPacketType,
     encode_quic_version_negotiation,
     pull_quic_header,
@@ -27,11 +29,13 @@ from spooky_trio.config import PerformanceConfig, ProtocolConfig
 from spooky_trio.core.activity import Activity
 from spooky_trio.http.errors import ErrorResponse
 from spooky_trio.http.messages import DownstreamRequest, ResponseSink
+from spooky_trio.ingress.cids import CidScheme, RandomCids
 from spooky_trio.ingress.closing import encode_initial_close
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic_connection import QuicConnectionTask
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection
-from spooky_trio.ingress.udp_send import DatagramSender
+from spooky_trio.ingress.steering import WorkerSteering
+from spooky_trio.ingress.udp_send import DatagramSender, open_udp_socket
 from spooky_trio.resilience.early_data import SessionTicketStore
 from spooky_trio.resilience.flood import NewConnectionGuard, Verdict
 
@@ -63,6 +67,9 @@ class QuicListener:
         reject: Rejecter,
         activity: Activity,
         protocol: ProtocolConfig,
+        cids: CidScheme | None = None,
+        steering: WorkerSteering | None = None,
+        inherited_fd: int | None = None,
     ) -> None:
         self.address = address
         self.port = port
@@ -94,6 +101,18 @@ class QuicListener:
             max_data=p.quic_initial_max_data,
             max_stream_data=p.quic_initial_max_stream_data,
         )
+        #: the CIDs we issue (ingress/cids.py: worker index, QUIC-LB); the configuration's
+        #: length is how aioquic parses a short header's DCID
+        self.cids: CidScheme = cids if cids is not None else RandomCids()
+        self.configuration.connection_id_length = self.cids.length
+        #: CID lengths of earlier schemes that open connections may still use (a reload)
+        self._old_cid_lengths: set[int] = set()
+        #: worker steering (ingress/steering.py), None with one process
+        self.steering = steering
+        if steering is not None:
+            steering.use_stats(self.stats)
+        #: the UDP socket the supervisor bound for this worker, served instead of binding
+        self.inherited_fd = inherited_fd
         self.replace_identities(identities)
         self.guard = NewConnectionGuard(
             per_sec=p.new_connections_per_sec, burst=p.new_connections_burst, max_active=p.max_active_connections, stats=self.stats
@@ -103,6 +122,17 @@ class QuicListener:
         if protocol.allow_0rtt:
             store = SessionTicketStore()
             self.session_tickets = {"session_ticket_fetcher": store.pop, "session_ticket_handler": store.add}
+
+    @property
+    def steering_mode(self) -> str:
+        """``kernel``, ``handover`` or ``off`` (ingress/steering.py)."""
+        return self.steering.mode if self.steering is not None else "off"
+
+    def steering_describe(self) -> dict[str, object]:
+        """For /admin/runtime: the steering mode and why (docs/fleet.md)."""
+        if self.steering is None:
+            return {"mode": "off", "reason": "one process"}
+        return self.steering.describe()
 
     def replace_identities(self, identities: IdentityStore) -> None:
         """Use ``identities`` for handshakes that start from now on (certificate reload);
@@ -116,24 +146,30 @@ class QuicListener:
 
     def bind(self) -> None:
         """Bind the UDP socket now, so bind errors surface before the server reports ready."""
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if self.performance.reuseport and hasattr(socket, "SO_REUSEPORT"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            for opt, size in ((socket.SO_RCVBUF, self.performance.udp_recv_buffer_bytes), (socket.SO_SNDBUF, self.performance.udp_send_buffer_bytes)):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
-                except OSError:
-                    log.warning("could not set UDP buffer size %d", size)
-            sock.bind((self.address, self.port))
-        except OSError:
-            sock.close()
-            raise
+        if self.inherited_fd is not None:  # used once: a later bind (listener re-added) binds anew
+            sock = socket.socket(fileno=self.inherited_fd)
+            self.inherited_fd = None
+        else:
+            sock = open_udp_socket(self.address, self.port, self.performance)
         sock.setblocking(False)
         self.sock = sock
         self.sender = DatagramSender(sock, self.stats)
         self.port = sock.getsockname()[1]
+        if self.steering is not None:
+            try:
+                self.steering.start(sock, self.address, self.port)
+            except OSError:
+                sock.close()
+                raise
+
+    def unbind(self) -> None:
+        """Close what :meth:`bind` opened, for a listener that will not serve (an aborted
+        reload, or its TCP twin could not bind)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None  # type: ignore[assignment]
+        if self.steering is not None:
+            self.steering.close()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the receive loop and flusher until cancelled. Call :meth:`bind` first."""
@@ -141,20 +177,27 @@ class QuicListener:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._flusher)
+                if self.steering is not None and self.steering.inbox is not None:  # hand-overs
+                    nursery.start_soon(self._receive_loop, self.steering.inbox, self.steering.receive_handed)
+                    nursery.start_soon(self.steering.run_backlogs)
                 task_status.started()
-                await self._receive_loop()
+                await self._receive_loop(self.sock, self.sock.recvfrom)
         finally:
             self.sock.close()
+            if self.steering is not None:
+                self.steering.close()
 
-    async def _receive_loop(self) -> None:
-        sock = self.sock
+    async def _receive_loop(self, sock: socket.socket, recvfrom: Callable[[int], tuple[bytes, tuple[str, int]]]) -> None:
+        """Read datagrams from ``sock`` with ``recvfrom`` (the UDP socket, or the hand-over
+        inbox of worker steering) in bursts."""
+        direct = sock is self.sock  # (a hand-over is not a steered datagram)
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = trio.current_time()
             touched: set[QuicConnectionTask] = set()
             for _ in range(RECV_BURST):
                 try:
-                    data, addr = sock.recvfrom(65536)
+                    data, addr = recvfrom(65536)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # e.g. ICMP port unreachable surfacing on the socket
@@ -162,7 +205,7 @@ class QuicListener:
                     continue
                 self.stats["datagrams"] += 1
                 try:
-                    conn = self._route(data, addr)
+                    conn = self._route(data, addr, direct)
                     if conn is None:
                         continue
                     if conn._nursery is None:
@@ -190,8 +233,9 @@ class QuicListener:
             self._flush()
             await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _route(self, data: bytes, addr: tuple[str, int]) -> QuicConnectionTask | None:
-        """Find or create the connection for a datagram; None to drop it."""
+    def _route(self, data: bytes, addr: tuple[str, int], direct: bool = True) -> QuicConnectionTask | None:
+        """Find or create the connection for a datagram; None to drop it. ``direct``: it
+        arrived on our UDP socket (not handed over by another worker)."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=self.configuration.connection_id_length)
         except ValueError:
@@ -199,7 +243,15 @@ class QuicListener:
             return None
         conn = self._by_cid.get(header.destination_cid)
         if conn is not None:
+            if self.steering is not None and direct and addr != conn.addr:
+                self.stats["steered"] += 1  # a moved client's datagram reached its owner directly
             return conn
+        if self.steering is not None or self._old_cid_lengths:
+            return self._route_unknown(data, header, addr)
+        return self._route_new(data, header, addr)
+
+    def _route_new(self, data: bytes, header: QuicHeader, addr: tuple[str, int]) -> QuicConnectionTask | None:
+        """A datagram of no known connection: version negotiation, or a new connection."""
         if (
             header.packet_type != QuicPacketType.VERSION_NEGOTIATION
             and header.version is not None
@@ -231,6 +283,7 @@ class QuicListener:
             return None
         original_dcid = decision.original_destination_cid or header.destination_cid
         quic = SpookyQuicConnection(
+            cid_source=self.cids.new_cid,
             configuration=self.configuration,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=decision.retry_source_cid,
@@ -244,6 +297,50 @@ class QuicListener:
         self._by_cid[header.destination_cid] = conn
         self._by_cid[quic.host_cid] = conn
         return conn
+
+    def _route_unknown(self, data: bytes, header: QuicHeader, addr: tuple[str, int]) -> QuicConnectionTask | None:
+        """A datagram whose DCID no connection here holds: a CID of an earlier length (a
+        reload changed the QUIC-LB config), or another worker's (hand it over)."""
+        packet_type = header.packet_type
+        if packet_type is QuicPacketType.ONE_RTT:
+            for length in self._old_cid_lengths:
+                conn = self._by_cid.get(data[1 : 1 + length])
+                if conn is not None:
+                    return conn
+        steering = self.steering
+        if steering is not None and packet_type in (QuicPacketType.ONE_RTT, QuicPacketType.HANDSHAKE):
+            owner = self.cids.worker_of(header.destination_cid)
+            if owner is not None and owner != steering.index:
+                steering.hand_over(owner, data, addr)
+                return None
+        return self._route_new(data, header, addr)
+
+    def use_cids(self, cids: CidScheme) -> None:
+        """Issue CIDs of ``cids`` from now on (a reload changed ``quic_lb``): new connections
+        get them; open ones, when the length is unchanged, are asked to move to new CIDs and
+        retire their old ones (``rotate_cids``: Retire Prior To), which keep routing here
+        until retired. A new length cannot be given to an open connection (aioquic parses
+        its short headers with the length it started with): those keep their CIDs, parsed
+        beside the new length until they end (docs/fleet.md, "Key rotation")."""
+        same_length = cids.length == self.cids.length
+        if not same_length:
+            self._old_cid_lengths.add(self.cids.length)
+            self._old_cid_lengths.discard(cids.length)
+        layout = (self.cids.worker_offset, self.cids.worker_mask) != (cids.worker_offset, cids.worker_mask)
+        self.cids = cids
+        # a copy: open connections keep reading the length they started with from theirs
+        self.configuration = copy.copy(self.configuration)
+        self.configuration.connection_id_length = cids.length
+        if self.steering is not None:
+            self.steering.cids = cids
+            if layout and self.sock is not None:
+                self.steering.choose_mode(self.sock)
+        if same_length:
+            for conn in list(self.connections):
+                for cid in conn.quic.rotate_cids(cids.new_cid):
+                    self._by_cid[cid] = conn
+                self._dirty.add(conn)
+            self._flush_wakeup.set()
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         try:

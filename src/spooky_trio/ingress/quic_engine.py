@@ -1,8 +1,10 @@
 """aioquic subclasses for the server side: SNI certificate choice, consumption-based
-stream windows and an RFC 9000 acknowledgement policy. They override private aioquic hooks;
-tests cover each (SNI selection, slow-backend upload backpressure, tests/ingress/test_quic_acks.py),
-and :mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has
-them, so an aioquic upgrade that moves them fails loudly.
+stream windows, an RFC 9000 acknowledgement policy and our connection IDs (``cid_source``:
+worker steering and QUIC-LB, ingress/cids.py; ``rotate_cids`` with Retire Prior To). They
+override private aioquic hooks; tests cover each (SNI selection, slow-backend upload
+backpressure, tests/ingress/test_quic_acks.py, tests/ingress/test_quic_cids.py), and
+:mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has them,
+so an aioquic upgrade that moves them fails loudly.
 
 This module (with ``ingress/h3.py`` for the HTTP/3 layer) is the one place on the server
 that reads aioquic's private QUIC state: the rest of ingress (``quic_connection.py``,
@@ -13,13 +15,18 @@ that reads aioquic's private QUIC state: the rest of ingress (``quic_connection.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer
+from aioquic.quic import events
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
+    NEW_CONNECTION_ID_FRAME_CAPACITY,
     QuicConnection,
+    QuicConnectionId,
     QuicConnectionState,
     QuicReceiveContext,
 )
@@ -87,8 +94,19 @@ class SpookyQuicConnection(QuicConnection):
     backend *accepts* the request body, or a slow backend lets a client fill our memory.
     """
 
-    def __init__(self, *, identities: IdentityStore, max_streams_bidi: int, max_streams_uni: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, identities: IdentityStore, max_streams_bidi: int, max_streams_uni: int,
+        cid_source: Callable[[], bytes] | None = None, **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        #: where our connection IDs come from (None: aioquic's os.urandom); see new_host_cid
+        self._cid_source = cid_source
+        #: the Retire Prior To our NEW_CONNECTION_ID frames carry (aioquic always sends 0)
+        self._retire_prior_to = 0
+        if cid_source is not None:
+            # the initial CID is aioquic's until here: nothing was sent with it yet
+            first = self._host_cids[0]
+            first.cid = self.host_cid = self._local_initial_source_connection_id = cid_source()
         self._ack_delay = ACK_DELAY
         #: ack-eliciting 1-RTT packets received since our last ACK frame in that space
         self._eliciting_unacked = 0
@@ -109,6 +127,67 @@ class SpookyQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         self.tls.__class__ = _SniContext
         self.tls.identities = self._identities  # type: ignore[attr-defined]
+
+    # --- connection IDs: ours come from cid_source (worker steering, QUIC-LB), and a new
+    # source retires every CID of the old one (RFC 9000 5.1.2 Retire Prior To) ---
+
+    def new_host_cid(self) -> bytes:
+        """A connection ID of ours: from ``cid_source``, else random as aioquic makes them."""
+        if self._cid_source is None:
+            return os.urandom(self._configuration.connection_id_length)
+        return self._cid_source()
+
+    @overrides
+    def _replenish_connection_ids(self) -> None:
+        # aioquic's loop, with our generator in place of os.urandom
+        while len(self._host_cids) < min(8, self._remote_active_connection_id_limit):
+            self._host_cids.append(
+                QuicConnectionId(cid=self.new_host_cid(), sequence_number=self._host_cid_seq, stateless_reset_token=os.urandom(16))
+            )
+            self._host_cid_seq += 1
+
+    def rotate_cids(self, cid_source: Callable[[], bytes]) -> list[bytes]:
+        """Issue CIDs from ``cid_source`` from now on and ask the peer to retire every CID
+        issued before (a reload changed the QUIC-LB config): as many new ones as the peer
+        accepts, each NEW_CONNECTION_ID carrying Retire Prior To = the first new sequence
+        number; exceeding the peer's limit meanwhile is allowed by RFC 9000 5.1.1. The old
+        CIDs keep routing to this connection until the peer retires them, so nothing drops.
+
+        Returns the new CIDs: the caller routes them at once, since the peer uses one in its
+        very next packet (aioquic's ConnectionIdIssued event comes only with the next events)."""
+        self._cid_source = cid_source
+        if not self._handshake_complete or self._state is not QuicConnectionState.CONNECTED:
+            return []  # a connection still in its handshake keeps the CIDs it has
+        self._retire_prior_to = self._host_cid_seq
+        issued = []
+        for _ in range(min(8, self._remote_active_connection_id_limit)):
+            issued.append(self.new_host_cid())
+            self._host_cids.append(
+                QuicConnectionId(cid=issued[-1], sequence_number=self._host_cid_seq, stateless_reset_token=os.urandom(16))
+            )
+            self._host_cid_seq += 1
+        self._reply_due = True
+        return issued
+
+    @overrides
+    def _write_new_connection_id_frame(self, builder: QuicPacketBuilder, connection_id: QuicConnectionId) -> None:
+        if self._retire_prior_to == 0:
+            return super()._write_new_connection_id_frame(builder, connection_id)
+        # aioquic's frame with our Retire Prior To in place of its constant 0
+        buf = builder.start_frame(
+            QuicFrameType.NEW_CONNECTION_ID,
+            capacity=NEW_CONNECTION_ID_FRAME_CAPACITY,
+            handler=self._on_new_connection_id_delivery,
+            handler_args=(connection_id,),
+        )
+        buf.push_uint_var(connection_id.sequence_number)
+        buf.push_uint_var(self._retire_prior_to)
+        buf.push_uint8(len(connection_id.cid))
+        buf.push_bytes(connection_id.cid)
+        buf.push_bytes(connection_id.stateless_reset_token)
+        connection_id.was_sent = True
+        self._events.append(events.ConnectionIdIssued(connection_id=connection_id.cid))
+        return None
 
     # --- acknowledgements (RFC 9000 13.2): delay a lone ACK, piggyback it on responses,
     # send one at once after every second ack-eliciting packet ---
@@ -283,4 +362,5 @@ class SpookyQuicConnection(QuicConnection):
 check_overrides(_SniContext)
 check_overrides(SpookyQuicConnection)
 require_method(QuicConnection, "_on_max_stream_data_delivery", ("delivery", "stream"))
+require_method(QuicConnection, "_on_new_connection_id_delivery", ("delivery", "connection_id"))
 require_method(QuicPacketRecovery, "_on_packets_lost", ("congestion_event", "now", "packets", "persistent_congestion", "space"))

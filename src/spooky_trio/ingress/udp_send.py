@@ -1,4 +1,5 @@
-"""Batched UDP sends for the QUIC listener: one ``sendmsg`` per run of datagrams (UDP GSO).
+"""Batched UDP sends for the QUIC listener: one ``sendmsg`` per run of datagrams (UDP GSO);
+and :func:`open_udp_socket`, the listener's socket with its options.
 
 aioquic hands a connection's datagrams as a list, nearly all of the same size and to the same
 address. With Linux UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18+) such a
@@ -15,6 +16,8 @@ import socket
 import struct
 import sys
 from collections.abc import Sequence
+
+from spooky_trio.config import PerformanceConfig
 
 #: a peer's socket address (IPv4 host, port or IPv6 host, port, flow info, scope id)
 Address = tuple[object, ...]
@@ -123,3 +126,24 @@ class DatagramSender:
             self.stats["send_drops"] += 1
         except OSError as exc:
             log.debug("sendto %s failed: %s", addr, exc)
+
+
+def open_udp_socket(address: str, port: int, performance: PerformanceConfig) -> socket.socket:
+    """A UDP socket bound to ``address:port`` with the listener's options (SO_REUSEPORT as
+    configured, buffer sizes); blocking, as made. The supervisor of worker processes binds its
+    listeners' sockets with it too (serving/steering_sockets.py)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if performance.reuseport and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for opt, size in ((socket.SO_RCVBUF, performance.udp_recv_buffer_bytes), (socket.SO_SNDBUF, performance.udp_send_buffer_bytes)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            except OSError:
+                log.warning("could not set UDP buffer size %d", size)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -55,6 +55,8 @@ class QuicListenerView(Protocol):
     def connections(self) -> Sized: ...
     @property
     def identities(self) -> _Identities: ...
+    @property
+    def steering_mode(self) -> str: ...
 
 
 class _TlsStats(Protocol):
@@ -181,6 +183,7 @@ class ServerCollector(Collector):
         yield _counter("spooky_runtime_panics", "Unexpected exceptions caught at a task boundary",
                        qsum("panics") + sum(t.stats["panics"] for t in tcp))
         yield _protocol_errors(quic, tcp)
+        yield from _steering(quic)
         yield _gauge("spooky_inflight_requests", "Requests in flight", server.activity.count)
         yield _gauge("spooky_config_generation", "Number of the serving config generation", server.generation.number)
         yield from self._tls(server, tcp)
@@ -273,6 +276,28 @@ def _protocol_errors(quic: list[QuicListenerView], tcp: list[TcpListenerView]) -
         listeners = quic if protocol == "h3" else tcp
         family.add_metric([protocol, reason], sum(listener.stats[key] for listener in listeners))
     return family
+
+
+#: spooky_quic_steering_packets_total{path}: the listener stats of worker steering
+_STEERING_PATHS = ("steered", "handed_over", "handover_received", "handover_dropped")
+
+
+def _steering(quic: list[QuicListenerView]) -> Iterator[Metric]:
+    """Worker steering (ingress/steering.py, docs/fleet.md): ``steered`` datagrams of a
+    connection that reached its owner directly from an address other than its first (the
+    kernel program, or the 4-tuple hash by chance), ``handed_over`` to the owner by another
+    worker, ``handover_received`` from another worker, ``handover_dropped`` (owner gone or
+    its inbox full); and ``spooky_quic_steering_mode{listener,mode}`` = 1 for the mode in
+    use (``kernel``, ``handover``, ``off`` with one process)."""
+    packets = CounterMetricFamily("spooky_quic_steering_packets", "QUIC datagrams by how they reached their worker",
+                                  labels=["path"])
+    for path in _STEERING_PATHS:
+        packets.add_metric([path], sum(listener.stats.get(path, 0) for listener in quic))
+    mode = GaugeMetricFamily("spooky_quic_steering_mode", "Worker steering mode of each QUIC listener (1)",
+                             labels=["listener", "mode"])
+    for listener in quic:
+        mode.add_metric([f"{listener.address}:{listener.port}", listener.steering_mode], 1)
+    yield from (packets, mode)
 
 
 def _certificate_expiry(quic_listeners: Sequence[QuicListenerView]) -> Iterator[Metric]:

@@ -56,7 +56,8 @@ class _WorkerGauges(Collector):
 #: store's fallback state take the max (one worker in it shows), every other gauge the min
 #: (config generation, backend health, certificate expiry: a worker lagging behind shows)
 _SUMMED_GAUGES = frozenset({"spooky_active_connections", "spooky_inflight_requests", "spooky_adaptive_admission_limit",
-                            "spooky_rate_limit_buckets"})
+                            "spooky_rate_limit_buckets",
+                            "spooky_quic_steering_mode"})  # (merged: how many workers steer in each mode)
 _MAX_GAUGES = frozenset({"spooky_brownout_active", "spooky_rate_limit_store_fallback_active"})
 
 

@@ -314,7 +314,8 @@ class ControlApi(BearerEndpoint):
             "ready": server.ready,
             "draining": server.draining,
             "listeners": [
-                {"address": q.address, "port": q.port, "protocols": ["h3", "h2", "http/1.1"], "draining": q.draining}
+                {"address": q.address, "port": q.port, "protocols": ["h3", "h2", "http/1.1"], "draining": q.draining,
+                 "quic_steering": q.steering_describe()}
                 for q in server.listeners
             ],
             "pools": pools,

@@ -72,8 +72,7 @@ class ListenerPair:
         try:
             self.tcp.bind(self.quic.port)
         except OSError as exc:
-            self.quic.sock.close()
-            self.quic.sock = None  # type: ignore[assignment]
+            self.quic.unbind()
             self._unlock()
             raise BindError(f"cannot bind TCP {self.tcp.address}:{self.quic.port}: {exc.strerror or exc}") from exc
 
@@ -95,8 +94,7 @@ class ListenerPair:
 
     def unbind(self) -> None:
         """Close the sockets of a pair that was bound but never served (aborted reload)."""
-        if self.quic.sock is not None:
-            self.quic.sock.close()
+        self.quic.unbind()
         self.tcp.unbind()
         self._unlock()
 
@@ -127,6 +125,8 @@ class ListenerPair:
         if quic.protocol.allow_0rtt != new.protocol.allow_0rtt:
             quic.session_tickets = new.session_tickets
         quic.performance, quic.protocol = new.performance, new.protocol
+        if new.cids.signature != quic.cids.signature:  # quic_lb changed: new CIDs, old ones retired
+            quic.use_cids(new.cids)
         quic.configuration, quic.identities = new.configuration, new.identities
         tcp = self.tcp
         tcp.performance = fresh.tcp.performance

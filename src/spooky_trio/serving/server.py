@@ -44,6 +44,7 @@ from spooky_trio.health.supervisor import HealthSupervisor
 from spooky_trio.ingress.bootstrap import BootstrapListener
 from spooky_trio.ingress.identities import IdentityStore
 from spooky_trio.ingress.quic import QuicListener
+from spooky_trio.ingress.steering import listener_steering
 from spooky_trio.observability.http_server import HttpEndpoint
 from spooky_trio.observability.logging import build_handler, install_handler
 from spooky_trio.observability.metrics import Metrics
@@ -79,11 +80,13 @@ class Server:
 
     def __init__(
         self, config: Config, *, config_path: str | None = None, worker_index: int | None = None,
-        adapt_config: Callable[[Config], Config] | None = None,
+        adapt_config: Callable[[Config], Config] | None = None, udp_sockets: dict[tuple[str, int], int] | None = None,
     ) -> None:
         self.config_path = config_path
         #: this process's index under a supervisor (``performance.worker_threads > 1``), else None
         self.worker_index = worker_index
+        #: UDP sockets the supervisor bound for this worker, by listener (ingress/steering.py)
+        self.udp_sockets = dict(udp_sockets or {})
         #: applied to every config a reload loads (a worker's private control API: serving/workers.py)
         self.adapt_config = adapt_config
         #: backend health, ejection, latency, DNS addresses: survives reloads (keyed by backend)
@@ -207,7 +210,9 @@ class Server:
             reject=self.proxy.reject,
             activity=activity,
         )
+        cids, steering, inherited_fd = listener_steering(listener, perf, self.worker_index, self.udp_sockets)
         quic = QuicListener(
+            cids=cids, steering=steering, inherited_fd=inherited_fd,
             address=listener.address,
             port=listener.port,
             identities=identities,

@@ -55,6 +55,7 @@ from spooky_trio.serving.control import (
 )
 from spooky_trio.serving.exits import StartupError
 from spooky_trio.serving.instance_lock import InstanceLocks, ListenerInUse
+from spooky_trio.serving.steering_sockets import UDP_FDS_ENV, SteeringSockets
 from spooky_trio.serving.supervisor_control import SupervisorControlApi
 from spooky_trio.serving.worker import TOKEN_ENV
 from spooky_trio.serving.worker_client import WorkerAnswer, WorkerUnreachable, fetch
@@ -117,6 +118,8 @@ class Supervisor:
         #: the listeners' instance locks: held here, shared by the workers
         self.locks = InstanceLocks()
         self.slots = [WorkerSlot(i) for i in range(self.count)]
+        #: the listeners' UDP sockets, one per worker in index order (worker steering)
+        self.udp = SteeringSockets(config)
         self.metrics = SupervisorMetrics(self.count, lambda: sum(slot.state == "serving" for slot in self.slots))
         self.started_monotonic = time.monotonic()
         self.draining = False
@@ -150,8 +153,10 @@ class Supervisor:
                     self.locks.acquire(listener.address, listener.port)
                 except ListenerInUse as exc:
                     raise StartupError(str(exc)) from exc
+            self.udp.bind()  # before any worker starts: socket i is worker i's (StartupError)
             await self._run(task_status)
         finally:
+            self.udp.close()
             self.locks.release_all()
 
     async def _run(self, task_status: trio.TaskStatus[Supervisor]) -> None:
@@ -259,12 +264,13 @@ class Supervisor:
         life_read, life_write = os.pipe()  # held open here: EOF tells the worker we are gone
         env = dict(os.environ)
         env[TOKEN_ENV] = self.token
+        env[UDP_FDS_ENV], udp_fds = self.udp.for_worker(slot.index)
         argv = [sys.executable, "-m", "spooky_trio", "worker", "--config", self.config_path,
                 "--worker-index", str(slot.index), "--report-fd", str(write_fd), "--lifeline-fd", str(life_read), *self.worker_args]
         slot.state, slot.control_port, slot.reload_pending = "starting", None, False  # it reads the file now
         try:
             # own session: a terminal's Ctrl-C reaches the supervisor only, which drains them
-            process = await trio.lowlevel.open_process(argv, pass_fds=(write_fd, life_read), env=env, start_new_session=True)
+            process = await trio.lowlevel.open_process(argv, pass_fds=(write_fd, life_read, *udp_fds), env=env, start_new_session=True)
         except BaseException:
             os.close(read_fd)
             os.close(life_write)
