@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from spooky_trio.observability.logging import LIBRARY_LOGGERS
 from spooky_trio.serving.server import Server
@@ -102,7 +103,8 @@ async def test_spooky_example_4_and_every_refusal(certs_dir: Path, debug_logs: p
 
 async def test_timeouts_failure_modes_and_the_introspection_cache(certs_dir: Path) -> None:
     async with run_auth_server(certs_dir) as idp, run_backend(name="h1") as backend:
-        extra = "      timeout_ms: 300\n      failure_mode: fail_open\n      introspection_cache_secs: 60"
+        # a timeout well above a loaded box's introspection time, and a delay far above it
+        extra = "      timeout_ms: 1500\n      failure_mode: fail_open\n      introspection_cache_secs: 60"
         upstream = oidc_pool(backend.url, idp.url, certs_dir, extra)
         async with running_proxy(proxy_yaml(upstream, certs_dir=certs_dir)) as server:
             async with proxy_clients(server.listeners[0].port, certs_dir) as clients:
@@ -115,9 +117,16 @@ async def test_timeouts_failure_modes_and_the_introspection_cache(certs_dir: Pat
                 for protocol in PROTOCOLS:  # an inactive answer is never cached
                     assert (await clients.request(protocol, "/echo", other)).status == 403
                 assert len(idp.introspections) == 4
-                idp.introspection_delay = 1.0  # timeout with fail_open: admitted
-                for protocol in PROTOCOLS:
-                    assert (await clients.request(protocol, "/echo", [("authorization", "Bearer token-3")])).status == 200
+                idp.introspection_delay = 30.0  # timeout with fail_open: admitted (the three at once)
+                statuses: list[int] = []
+
+                async def timed_out(protocol: str) -> None:
+                    statuses.append((await clients.request(protocol, "/echo", [("authorization", "Bearer token-3")])).status)
+
+                async with trio.open_nursery() as nursery:
+                    for protocol in PROTOCOLS:
+                        nursery.start_soon(timed_out, protocol)
+                assert statuses == [200] * len(PROTOCOLS)
                 assert (await clients.request("h3", "/echo")).status == 401  # no token: a refusal, not a failure
     assert decisions(server, "fail_open") == 3
 
