@@ -75,12 +75,18 @@ def test_a_taken_origin_port_is_one_line_with_other_ports(tmp_path: Path, certs_
 
 @asynccontextmanager
 async def demo(config: Path, port: int) -> AsyncIterator[tuple[trio.Process, Output]]:
-    proc = await trio.lowlevel.open_process(demo_argv(config, port, free_udp_port()), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    output = Output(proc.stderr)
+    """The demo until it printed its banner: the Server has started, signal handlers
+    included (a TCP connect would succeed earlier: the listener's backlog accepts before
+    the server serves, and a SIGINT then is an immediate stop)."""
+    proc = await trio.lowlevel.open_process(demo_argv(config, port, free_udp_port()), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None and proc.stdout is not None
+    output, banner = Output(proc.stderr), Output(proc.stdout)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(output.pump)
+        nursery.start_soon(banner.pump)
         try:
+            with trio.fail_after(30):
+                await banner.wait_for(rb"spooky-trio is serving HTTP/3")
             yield proc, output
         finally:
             if proc.returncode is None:
@@ -89,32 +95,17 @@ async def demo(config: Path, port: int) -> AsyncIterator[tuple[trio.Process, Out
             nursery.cancel_scope.cancel()
 
 
-async def wait_serving(port: int) -> None:
-    """Until the proxy answers (its signal handlers are installed before it serves)."""
-    with trio.fail_after(30):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.05)
-                continue
-            await stream.aclose()
-            return
-
-
 async def test_ctrl_c_drains_and_a_second_one_stops_at_once_with_status_1(tmp_path: Path, certs_dir: Path) -> None:
     ca = ssl.create_default_context(cafile=str(certs_dir / "ca.pem"))
     async with run_backend() as backend:
         config = write_config(tmp_path, certs_dir, backend.url)
         port = free_udp_port()
         async with demo(config, port) as (proc, output):
-            await wait_serving(port)
             proc.send_signal(signal.SIGINT)  # nothing in flight: drains at once, exit 0
             with trio.fail_after(30):
                 assert await proc.wait() == 0
         port = free_udp_port()
         async with demo(config, port) as (proc, output), httpx.AsyncClient(http2=True, verify=ca, timeout=30) as client:
-            await wait_serving(port)
             async def held() -> None:
                 with pytest.raises(httpx.HTTPError):  # cut by the second Ctrl-C
                     await client.get(f"https://localhost:{port}/hold")
