@@ -17,7 +17,7 @@ import trio
 
 from spooky_trio.cli import COMMANDS
 from tests.cli.test_commands import spooky
-from tests.integration.test_workers import Output
+from tests.support.fleet import Output
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml
 
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from spooky_trio.clients.h3 import H3Client
-from tests.integration.test_workers import Output
 from tests.support.backends import Backend, run_backend
+from tests.support.fleet import Output
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml, running_proxy
 
 REPO = Path(__file__).resolve().parents[2]

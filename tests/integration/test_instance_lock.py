@@ -22,8 +22,8 @@ import trio
 from spooky_trio.clients.h3 import H3Client
 from spooky_trio.serving.instance_lock import InstanceLocks, lock_name, supported
 from tests.integration.test_reload import AUTH, listeners_config, pool
-from tests.integration.test_workers import Output
 from tests.support.backends import run_backend
+from tests.support.fleet import Output
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml, running_proxy
 
 pytestmark = pytest.mark.skipif(not supported(), reason="the instance lock is Linux only")

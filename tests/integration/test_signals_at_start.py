@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.integration.test_workers import Output
+from tests.support.fleet import Output
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml
 
 

@@ -9,9 +9,9 @@ restarts a killed one.
 from __future__ import annotations
 
 import os
-import ssl
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,33 +23,11 @@ import trio
 
 from spooky_trio.clients.h3 import H3Client
 from tests.support.backends import run_backend
+from tests.support.fleet import Output
 from tests.support.proxy import free_udp_port, h1_pool, proxy_yaml
 
 TOKEN = "workers-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-class Output:
-    """Collects a process's stderr in the background; :meth:`wait_for` waits for a pattern."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.data = bytearray()
-        self._changed = trio.Event()
-
-    async def pump(self) -> None:
-        while chunk := await self.stream.receive_some(65536):
-            self.data += chunk
-            self._changed.set()
-            self._changed = trio.Event()
-        self._changed.set()
-
-    async def wait_for(self, pattern: bytes, count: int = 1) -> None:
-        while len(re.findall(pattern, self.data)) < count:
-            changed = self._changed
-            await changed.wait()
-            if changed is self._changed:  # pump ended
-                raise AssertionError(f"output ended before {pattern!r} x{count}: {bytes(self.data[-3000:])!r}")
 
 
 @asynccontextmanager
