@@ -11,6 +11,7 @@ import pytest
 from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import StreamDataReceived
 
 from spooky_trio.devtools.devcerts import make_dev_certs
 from spooky_trio.ingress.identities import IdentityStore, load_identity
@@ -19,6 +20,10 @@ from spooky_trio.ingress.quic_engine import ACK_DELAY, SpookyQuicConnection
 
 @pytest.fixture
 def pair(tmp_path):
+    return _connected(tmp_path, max_streams_bidi=100)
+
+
+def _connected(tmp_path, *, max_streams_bidi):
     make_dev_certs(tmp_path)
     identity = load_identity(str(tmp_path / "localhost.pem"), str(tmp_path / "localhost.key"))
     server_config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
@@ -30,7 +35,7 @@ def pair(tmp_path):
     client.connect(("127.0.0.1", 4433), now=0.0)
     server = SpookyQuicConnection(
         configuration=server_config, original_destination_connection_id=client.original_destination_connection_id,
-        identities=IdentityStore(identity, []), max_streams_bidi=100, max_streams_uni=10,
+        identities=IdentityStore(identity, []), max_streams_bidi=max_streams_bidi, max_streams_uni=10,
     )
     now = 0.0
     for _ in range(10):  # the handshake, in lock step
@@ -168,3 +173,57 @@ def test_declared_loss_needs_transmit(pair):
     assert server.needs_transmit(now) is True  # the lost STREAM data is queued again
     resent = server.datagrams_to_send(now)
     assert resent
+
+
+def _deliver(datagrams, dst: QuicConnection, addr: tuple[str, int], now: float) -> None:
+    for data, _ in datagrams:
+        dst.receive_datagram(data, addr, now)
+
+
+def _after_burst(server: SpookyQuicConnection, client: QuicConnection, now: float) -> None:
+    """The listener's rule (ingress/quic.py): after a receive burst, transmit only when
+    needs_transmit says something may go out."""
+    if server.needs_transmit(now):
+        _deliver(server.datagrams_to_send(now), client, ("127.0.0.1", 4433), now)
+
+
+def test_ack_that_finishes_a_stream_announces_the_freed_stream_credit(tmp_path):
+    """A client that used all its stream credit queues the next request until MAX_STREAMS.
+    aioquic discards a finished stream, and raises the credit, only while it builds packets:
+    the client's ACK-only packet that finishes a response's stream must be followed by a
+    transmit, or nothing else may ever prompt one and the queued request waits for the idle
+    timeout (the stall of 200 concurrent requests against the default 100 streams)."""
+    client, server, now = _connected(tmp_path, max_streams_bidi=1)
+    client.send_stream_data(0, b"request", end_stream=True)
+    client.send_stream_data(4, b"queued", end_stream=True)  # beyond the credit: aioquic holds it back
+    now += 0.002
+    _deliver(client.datagrams_to_send(now), server, ("127.0.0.1", 1234), now)
+    _after_burst(server, client, now)
+    received = {event.stream_id for event in iter(server.next_event, None) if isinstance(event, StreamDataReceived)}
+    assert received == {0}
+    server.send_stream_data(0, b"response", end_stream=True)  # (the response sink schedules this transmit)
+    _deliver(server.datagrams_to_send(now), client, ("127.0.0.1", 4433), now)
+    now += 0.030  # past the client's ACK delay: an ACK-only packet, the response's last one
+    acks = client.datagrams_to_send(now)
+    assert acks
+    _deliver(acks, server, ("127.0.0.1", 1234), now)
+    assert server.needs_transmit(now) is True  # stream 0 is finished: its discard frees credit
+    _after_burst(server, client, now)
+    now += 0.002
+    _deliver(client.datagrams_to_send(now), server, ("127.0.0.1", 1234), now)
+    received = {event.stream_id for event in iter(server.next_event, None) if isinstance(event, StreamDataReceived)}
+    assert received == {4}  # the queued request went out on the credit the transmit announced
+
+
+def test_finished_streams_with_credit_left_need_no_transmit(pair):
+    """The converse keeps the receive path cheap: while the client still has most of its
+    stream credit, aioquic batches MAX_STREAMS and a finished stream waits for the next
+    transmit (a response) to be discarded."""
+    client, server, now = pair
+    _client_sends(client, server, 0, now)
+    server.send_stream_data(0, b"response", end_stream=True)
+    _deliver(server.datagrams_to_send(now), client, ("127.0.0.1", 4433), now)
+    now += 0.030
+    _deliver(client.datagrams_to_send(now), server, ("127.0.0.1", 1234), now)
+    assert server._streams[0].is_finished  # (not discarded yet)
+    assert server.needs_transmit(now) is False

@@ -84,8 +84,11 @@ async def test_gtlsserver_download_upload_and_trailers(certs_dir: Path, tmp_path
     """ngtcp2's server: a 5 MiB file byte-exact, a 5 MiB request body streamed to it, its
     trailers relayed to the client, on every front protocol that carries trailers."""
     big = pattern_bytes(5 * MiB)
+    # the HTTP/3 client idles while the h2 and h1 rounds move 20 MiB: on a loaded box that
+    # outlasts the default 5 s QUIC idle timeout and its last request meets a timed-out connection
+    extra = ROOMY + "  quic_max_idle_timeout_ms: 60000\n"
     async with run_gtlsserver(certs_dir, tmp_path / "www", files={"big.bin": big, "small.txt": b"hello\n"}, args=["--send-trailers"]) as gtls:
-        async with running_proxy(proxy_yaml(h3_pool(gtls.port, certs_dir), certs_dir=certs_dir, extra=ROOMY)) as server:
+        async with running_proxy(proxy_yaml(h3_pool(gtls.port, certs_dir), certs_dir=certs_dir, extra=extra)) as server:
             async with proxy_clients(server.listeners[0].port, certs_dir) as clients:
                 for front in ("h3", "h2", "h1"):
                     r = await clients.request(front, "/big.bin")

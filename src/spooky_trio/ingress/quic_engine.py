@@ -25,10 +25,13 @@ from aioquic.quic import events
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     NEW_CONNECTION_ID_FRAME_CAPACITY,
+    Limit,
     QuicConnection,
     QuicConnectionId,
     QuicConnectionState,
     QuicReceiveContext,
+    stream_is_client_initiated,
+    stream_is_unidirectional,
 )
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
@@ -61,6 +64,15 @@ _QUIET_FRAME_TYPES = frozenset({0x00, 0x02, 0x03, *range(0x08, 0x10)})
 #: a tuple, not a set: membership then compares identities, while a set would call the
 #: Enum's Python-level __hash__ on every flush
 _ENDING_STATES = (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
+
+
+def _announces_streams(limit: Limit, freed: int) -> bool:
+    """Whether the next transmit sends MAX_STREAMS for ``limit`` once it discarded ``freed``
+    finished streams (each raises the limit by one): aioquic's batching rule in
+    ``_write_connection_limits``, which holds an update back while the peer has at least
+    as many streams left to open as the update would add."""
+    value = limit.value + freed
+    return value != limit.sent and limit.sent - limit.used < value - limit.sent
 
 
 class _SniContext(tls.Context):
@@ -251,7 +263,13 @@ class SpookyQuicConnection(QuicConnection):
         comes later) and of the client's ACK of a response. Skipping then saves a full walk
         of aioquic's packet builder over every stream; the caller still updates the timer.
         Conservative: any doubt (handshake, closing, pending frames or stream data, an ACK
-        due) answers True.
+        due, stream credit to announce) answers True.
+
+        Stream credit: aioquic discards a finished stream, and grants the client a new one
+        for it, only while building packets (``_write_application``). The ACK that
+        finishes a response's stream is often the last datagram of an exchange: without a
+        transmit then, a client that used all its credit waits for MAX_STREAMS until the
+        idle timeout. So the finished streams count, as aioquic would announce them.
         """
         if (
             self._reply_due
@@ -271,11 +289,17 @@ class SpookyQuicConnection(QuicConnection):
         for space in self._spaces.values():
             if space.ack_at is not None and space.ack_at <= now:
                 return True
-        for stream in self._streams.values():
+        freed_bidi = freed_uni = 0
+        for stream_id, stream in self._streams.items():
             sender = stream.sender
             if len(sender._pending) or sender._pending_eof or sender.reset_pending or stream.receiver.stop_pending:
                 return True
-        return False
+            if sender.is_finished and stream.receiver.is_finished and stream_is_client_initiated(stream_id) != self._is_client:
+                if stream_is_unidirectional(stream_id):
+                    freed_uni += 1
+                else:
+                    freed_bidi += 1
+        return _announces_streams(self._local_max_streams_bidi, freed_bidi) or _announces_streams(self._local_max_streams_uni, freed_uni)
 
     # --- named reads of aioquic's stream and connection state, for quic_connection.py and
     # quic.py (which touch no aioquic internals). Plain methods, no properties: the first two
