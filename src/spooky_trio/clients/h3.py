@@ -296,14 +296,6 @@ class H3Client(H3Transport):
         """Forget a stream; cancel its body task and abort unfinished directions."""
         if state.sender_scope is not None:
             state.sender_scope.cancel()
-        self._streams.pop(state.stream_id, None)
-        self._h3.head_requests.discard(state.stream_id)
-        self._quic.untrack_stream(state.stream_id)
-        if self._error is None:
-            stop = not state.receive_finished
-            reset = not state.send_done and state.stop_sending_code is None
-            if stop or reset:
-                self._quic.abort_stream(state.stream_id, H3_REQUEST_CANCELLED, stop_receiving=stop, reset_sending=reset)
-                self._wake_driver()
+        self._forget_stream(state)
 
 

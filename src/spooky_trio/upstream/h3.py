@@ -54,7 +54,6 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 16 << 20
 #: methods a lost connection may resend (RFC 9110 9.2.2), when the request has no body
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_CANCELLED = int(ErrorCode.H3_REQUEST_CANCELLED)
 _STARTING, _OPEN, _DRAINING = ConnState.STARTING, ConnState.OPEN, ConnState.DRAINING
 
 
@@ -178,15 +177,7 @@ class H3Session(H3Transport):
         self._on_change(self)
 
     def _forget(self, state: StreamState) -> None:
-        self._streams.pop(state.stream_id, None)
-        self._h3.head_requests.discard(state.stream_id)
-        self._quic.untrack_stream(state.stream_id)
-        if self._error is None:
-            stop = not state.receive_finished
-            reset = not state.send_done and state.stop_sending_code is None
-            if stop or reset:
-                self._quic.abort_stream(state.stream_id, _CANCELLED, stop_receiving=stop, reset_sending=reset)
-                self._wake_driver()
+        self._forget_stream(state)
 
     def close(self) -> None:
         """Take no new streams; close (CONNECTION_CLOSE, H3_NO_ERROR) once none is active."""

@@ -235,6 +235,19 @@ class H3Transport:
             deadline = min(deadline, self._last_received + keepalive)
         return deadline
 
+    def _forget_stream(self, state: StreamState) -> None:
+        """Stop tracking a stream; while the connection lives, cancel (H3_REQUEST_CANCELLED)
+        whichever of its directions is unfinished, and transmit that now."""
+        self._streams.pop(state.stream_id, None)
+        self._h3.head_requests.discard(state.stream_id)
+        self._quic.untrack_stream(state.stream_id)
+        if self._error is None:
+            stop = not state.receive_finished
+            reset = not state.send_done and state.stop_sending_code is None
+            if stop or reset:
+                self._quic.abort_stream(state.stream_id, int(ErrorCode.H3_REQUEST_CANCELLED), stop_receiving=stop, reset_sending=reset)
+                self._wake_driver()
+
     def _wake_driver(self) -> None:
         """Make the driver run a cycle (and transmit) now, e.g. after queuing an abort."""
         if self._timer_scope is not None:
