@@ -354,7 +354,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["rps_vs_one_worker"] = round(r["rps"] / one["rps"], 2)
         if r["target"].startswith("spooky+rl-") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
             r["cpu_vs_no_rule"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
-        if r["target"].startswith("spooky-t") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
+        if (r["target"].startswith("spooky-t") or r["target"] == "spooky+stack") and one is not None and r.get("cpu_s_per_1k") and one.get("cpu_s_per_1k"):
             r["cpu_vs_untraced"] = round(r["cpu_s_per_1k"] / one["cpu_s_per_1k"], 3)
     caddy = {(r["scenario"], r.get("run", 1)): r for r in rows if r["target"] == "caddy"}
     for r in rows:
@@ -406,7 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sources in DIR (a src/ directory or a checkout holding one) as target spooky@NAME, for before/after in one run; "
                         "spooky+api_key and spooky+jwt run this checkout with the pool behind an API key or an RS256 JWT "
                         "(bench/auth.py), the load sending valid credentials; spooky+plugin-noop and spooky+plugin-example with one "
-                        "plugin filter on the pool (bench/plugins.py)")
+                        "plugin filter on the pool (bench/plugins.py); spooky+stack with all three: JWT, one local rate-limit "
+                        "rule and the no-op plugin")
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
@@ -434,6 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=0.0,
                    help="HTTP/3 scenarios: open loop at this many requests/s in total (latency from the scheduled "
                         "start; requests due while all stream slots are busy are skipped and counted)")
+    p.add_argument("--half-saturation", action="store_true",
+                   help="HTTP/3 scenarios: first find spooky's closed-loop requests/s (two measurements, not reported "
+                        "as rows), then run every target open loop at half of it (sets --rate per scenario)")
     p.add_argument("-p", "--procs", type=int, default=2, help="load-generator processes")
     p.add_argument("-c", "--connections", type=int, default=0, help="override the scenario's total connections")
     p.add_argument("-m", "--streams", type=int, default=0, help="override the scenario's streams per connection")
@@ -547,6 +551,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sc["connections"] = args.connections
             if args.streams:
                 sc["streams"] = args.streams
+            if args.half_saturation and sc["kind"] == "h3":
+                args.rate = saturation(bench, origin, name, sc) / 2
+                result.setdefault("half_saturation", {})[name] = args.rate
             for run_index in range(1, args.repeat + 1):
                 # alternate the order per repetition: on a shared box whichever target runs
                 # first in a repetition tends to measure lower (up to ~15% seen)
@@ -575,6 +582,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+tp-"):  # --traffic MODE: a traffic policy on the bench pool
                         server = SpookyServer(workdir, bench.certs, name=target, traffic=target[len("spooky+tp-"):],
+                                              cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
+                    elif target == "spooky+stack":  # JWT (cached key) + one local rate-limit rule + a no-op plugin
+                        server = SpookyServer(workdir, bench.certs, name=target, auth=BenchAuth("jwt", workdir),
+                                              rate_limit="local", plugin=BenchPlugin("noop"),
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)
                     elif target.startswith("spooky+plugin-"):  # spooky+plugin-noop, spooky+plugin-example: bench/plugins.py
                         server = SpookyServer(workdir, bench.certs, name=target, plugin=BenchPlugin(target[len("spooky+plugin-"):]),
@@ -608,6 +619,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["host"]["load_after"] = procstat.load_average()
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return result
+
+
+def saturation(bench: Bench, origin: Origin, name: str, sc: dict[str, Any]) -> float:
+    """``--half-saturation``: spooky's (this checkout, no options) closed-loop requests/s for
+    the scenario, the mean of two measurements; the open-loop rate is then half of it."""
+    rate, bench.args.rate = bench.args.rate, 0.0
+    try:
+        rows = [bench.measure(SpookyServer(bench.workdir, bench.certs), origin, name, sc) for _ in range(2)]
+    finally:
+        bench.args.rate = rate
+    found = (rows[0]["rps"] + rows[1]["rps"]) / 2
+    print(f"  {name:<13} spooky saturation {found:.0f} req/s: open loop at {found / 2:.0f}/s", file=sys.stderr, flush=True)
+    return float(found)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

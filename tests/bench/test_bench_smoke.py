@@ -194,3 +194,24 @@ def test_traffic_targets_configs_load(tmp_path, mode):
         assert route is not None and len(route.headers) == (3 if mode == "matchers" else 0)
         assert ("shadow" in config.upstream) == (mode == "mirror")
     assert server.request_headers == ([] if mode == "none" else TRAFFIC_HEADERS)
+
+
+def test_bench_stack_target_and_half_saturation(tmp_path):
+    """``-t spooky,spooky+stack --half-saturation``: the stack target (JWT + one local
+    rate-limit rule + the no-op plugin) serves the load's credentials without errors and is
+    compared with the plain row; the open loop runs at half the saturation found first."""
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "-s", "tiny_h1", "-t", "spooky,spooky+stack", "-n", "100", "-p", "1",
+         "--half-saturation", "--json", str(out_json)],
+        cwd=REPO, env=python_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out_json.read_text())
+    plain, stack = result["rows"]
+    assert (plain["target"], stack["target"]) == ("spooky", "spooky+stack")
+    assert plain["errors"] == stack["errors"] == 0
+    rate = result["half_saturation"]["tiny_h1"]
+    assert rate > 0 and plain["offered_rate"] == stack["offered_rate"] == rate
+    assert stack["cpu_vs_untraced"] > 0 and "x CPU/req of spooky" in proc.stdout
+    assert "spooky saturation" in proc.stderr

@@ -12,8 +12,8 @@ turns every header problem into a connection-wide ``ProtocolError`` instead, so:
   :class:`MalformedStream` event. HPACK decoding errors stay connection errors: the
   compression context is shared, so a broken block breaks the connection (RFC 9113 4.3).
 
-This is the only module that overrides h2 internals (``_receive_headers_frame``,
-``_get_or_create_stream``); h2 is pinned to the tested minor in pyproject.toml and the
+This module overrides h2 internals (``_receive_headers_frame``, ``_get_or_create_stream``;
+``http/h2_frames.py``, its base, ``_receive_frame``); h2 is pinned to the tested minor in pyproject.toml and the
 import fails loudly (:class:`UnsupportedH2`) if those hooks moved.
 """
 
@@ -31,6 +31,8 @@ import h2.stream
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, HeadersFrame
 
+from spooky_trio.http.h2_frames import LazyReprH2Connection
+
 #: the h2 releases this module was written and tested against (pyproject.toml pins the same)
 SUPPORTED_H2 = ">=4.4,<4.5"
 
@@ -47,7 +49,7 @@ class MalformedStream(h2.events.Event):
     reason: str
 
 
-class StreamScopedH2Connection(h2.connection.H2Connection):
+class StreamScopedH2Connection(LazyReprH2Connection):
     """h2's connection for the server side with the behaviour of the module docstring."""
 
     def __init__(self, config: h2.config.H2Configuration) -> None:

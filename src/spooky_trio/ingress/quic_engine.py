@@ -4,7 +4,8 @@ worker steering and QUIC-LB, ingress/cids.py; ``rotate_cids`` with Retire Prior 
 override private aioquic hooks; tests cover each (SNI selection, slow-backend upload
 backpressure, tests/ingress/test_quic_acks.py, tests/ingress/test_quic_cids.py), and
 :mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has them,
-so an aioquic upgrade that moves them fails loudly.
+so an aioquic upgrade that moves them fails loudly. (About 400 lines: every override of
+the server's QuicConnection belongs in this one checked module, by the boundary rule.)
 
 This module (with ``ingress/h3.py`` for the HTTP/3 layer) is the one place on the server
 that reads aioquic's private QUIC state: the rest of ingress (``quic_connection.py``,
@@ -200,6 +201,19 @@ class SpookyQuicConnection(QuicConnection):
         connection_id.was_sent = True
         self._events.append(events.ConnectionIdIssued(connection_id=connection_id.cid))
         return None
+
+    @overrides
+    def _discard_epoch(self, epoch: tls.Epoch) -> None:
+        super()._discard_epoch(epoch)
+        # aioquic keeps a 16 KiB TLS output buffer per epoch for the connection's whole life.
+        # Once an epoch's keys are discarded nothing is written there again (aioquic moves
+        # TLS output to the crypto stream right after each message, before it discards, and
+        # a discarded epoch's packets are neither decrypted nor sent), so the two handshake
+        # epochs' buffers become empty ones: 32 KiB of allocations and ~8 KiB of resident
+        # memory (the pages the handshake wrote) less per idle connection, 98 -> 90 KiB
+        # (docs/performance.md "Round two"). A write there would raise, not corrupt.
+        if epoch is tls.Epoch.INITIAL or epoch is tls.Epoch.HANDSHAKE:
+            self._crypto_buffers[epoch] = Buffer(capacity=0)
 
     # --- acknowledgements (RFC 9000 13.2): delay a lone ACK, piggyback it on responses,
     # send one at once after every second ack-eliciting packet ---

@@ -77,6 +77,35 @@ def install_handler(handler: logging.Handler, log_config: LogConfig) -> None:
     level = TRACE if log_config.level == "trace" else logging.WARNING
     for noisy in LIBRARY_LOGGERS:
         logging.getLogger(noisy).setLevel(level)
+    quiet_hpack(log_config.level != "trace")
+
+
+class _WithoutDebug:
+    """A logger whose ``debug`` returns at once; everything else is the wrapped logger's."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    #: any arguments, nothing done, and a C call rather than a Python frame: an empty
+    #: format string ignores what it is given
+    debug = "".format
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._logger, name)
+
+
+def quiet_hpack(quiet: bool) -> None:
+    """Below ``trace`` hpack's debug lines are never emitted (its logger is at warning,
+    above), yet hpack asks for one per integer and per field it codes: ~20-45 calls to
+    ``Logger.debug`` and ``isEnabledFor`` per request over HTTP/2 (docs/performance.md
+    "Round two"). When ``quiet``, hpack's module logger is replaced by one whose ``debug``
+    is a single no-op C call; at ``trace`` the real logger is put back, so its lines appear.
+    hpack 4 logs nothing else from that module; other levels still reach the real logger."""
+    import hpack.hpack
+
+    real = logging.getLogger(hpack.hpack.__name__)
+    # a module attribute hpack reads at each call: the narrowest place to say "no debug"
+    setattr(hpack.hpack, "log", _WithoutDebug(real) if quiet else real)  # noqa: B010
 
 
 #: libraries whose loggers stay at warning below ``trace``: their debug lines carry request

@@ -47,6 +47,7 @@ from spooky_trio.upstream.errors import (
     UpstreamTimeout,
 )
 from spooky_trio.upstream.fd_stream import FdSocketStream
+from spooky_trio.upstream.h1_head import request_head
 from spooky_trio.upstream.tls import open_backend_stream
 
 #: request headers the engine owns (framing and Host are derived from the request)
@@ -192,7 +193,7 @@ class H1Connection:
             headers.append((b"content-length", str(request.content_length).encode("ascii")))
         else:
             headers.append((b"transfer-encoding", b"chunked"))
-        return h11.Request(method=request.method, target=request.target, headers=headers)
+        return request_head(request.method, request.target, headers)
 
     async def start(self, request: UpstreamRequest, *, nursery: trio.Nursery | None, control: ExchangeControl) -> H1Response:
         """Send the request head, start the body pump in ``nursery``, return the response head.

@@ -32,6 +32,7 @@ import h2.settings
 import trio
 from h2.errors import ErrorCodes
 
+from spooky_trio.http.h2_frames import LazyReprH2Connection
 from spooky_trio.http.h2_pump import H2WriterPump
 from spooky_trio.http.messages import UpstreamRequest
 from spooky_trio.upstream.common import (
@@ -93,7 +94,7 @@ class H2Connection:
         config = h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
         )
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = LazyReprH2Connection(config=config)  # h2's, without a repr per received frame
         self._h2.state_machine = _GoawayTolerantStateMachine()
         self._h2.local_settings = h2.settings.Settings(
             client=True,
