@@ -173,7 +173,10 @@ class HttpEndpoint:
             if isinstance(event, h11.Request):
                 headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in event.headers}
                 target, _, query = event.target.decode("latin-1").partition("?")
-                request = HttpRequest(event.method.decode("ascii").upper(), target, headers, query)
+                # methods are case-sensitive (RFC 9110 9.1), and h11 frames the response by
+                # the method as sent: "HEaD" upper-cased to HEAD lost its response's body, h11
+                # refused the short message and the client got nothing (fuzz_control_api)
+                request = HttpRequest(event.method.decode("ascii"), target, headers, query)
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > max_body:
