@@ -407,7 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "spooky+api_key and spooky+jwt run this checkout with the pool behind an API key or an RS256 JWT "
                         "(bench/auth.py), the load sending valid credentials; spooky+plugin-noop and spooky+plugin-example with one "
                         "plugin filter on the pool (bench/plugins.py); spooky+stack with all three: JWT, one local rate-limit "
-                        "rule and the no-op plugin")
+                        "rule and the no-op plugin (NAME+stack=DIR: that checkout behind the same stack)")
     p.add_argument("-w", "--workers", default="1",
                    help="comma-separated performance.worker_threads values for the spooky target, e.g. 1,2 (N > 1 runs as "
                         "target spooky-wN; its note gives req/s relative to the 1-worker row)")
@@ -563,8 +563,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     elif "=" in target:  # NAME=DIR: another checkout's src (resolved above)
                         label, _, src = target.partition("=")
                         count = int(label.rpartition("-w")[2]) if re.fullmatch(r".*-w\d+", label) else 1
+                        stack = {"auth": BenchAuth("jwt", workdir), "rate_limit": "local", "plugin": BenchPlugin("noop")} \
+                            if label.endswith("+stack") else {}  # NAME+stack=DIR: that checkout behind the stack
                         server = SpookyServer(workdir, bench.certs, src=Path(src), name=f"spooky@{label}", workers=count,
-                                              cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None)
+                                              cprofile_out=workdir / f"cprofile-{label}.pstats" if args.cprofile else None,
+                                              **stack)  # type: ignore[arg-type]
                     elif target.startswith("spooky+lb-"):  # --quic-lb MODE: listen.quic_lb
                         server = SpookyServer(workdir, bench.certs, name=target, quic_lb=target[len("spooky+lb-"):],
                                               cprofile_out=workdir / f"cprofile-{target}.pstats" if args.cprofile else None)

@@ -230,3 +230,77 @@ def test_garbage_signatures_are_refusals_not_errors() -> None:
         head, payload, _ = signed(key, alg, at(), "k1").split(".")
         for sig in ("", "AA", b64(b"x" * 300)):
             assert check(v, f"{head}.{payload}.{sig}") == "auth_invalid_signature", (alg, sig)
+
+
+class CountingAlgorithm:
+    """Wraps a PyJWT algorithm object and counts the public-key operations."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        self.calls += 1
+        return bool(self.inner.verify(msg, key, sig))
+
+
+def counted(v: JwtVerifier) -> CountingAlgorithm:
+    """Route every key of ``v``'s JWKS cache through one counting algorithm object."""
+    assert v.jwks is not None
+    counter: CountingAlgorithm | None = None
+    for key in v.jwks._all:  # the key objects are rebuilt, as a refetch does
+        for alg, (algorithm, prepared) in list(key.algorithms.items()):
+            counter = counter or CountingAlgorithm(algorithm)
+            key.algorithms[alg] = (counter, prepared)  # type: ignore[index]
+    assert counter is not None
+    return counter
+
+
+def test_a_verified_signature_is_remembered_but_claims_are_checked_every_time() -> None:
+    key = private_key("ES256")
+    now = [NOW]
+    cache = JwksCache(JwksSettings("https://idp/jwks", None, "", 300, 30, 1))
+    cache.install(parse_jwks(jwks(public_jwk(key, "k1"))), 0.0)
+    v = JwtVerifier(JwtAuthConfig(jwks_uri="https://idp/jwks", clock_skew_secs=0), cache, clock=lambda: now[0])
+    counter = counted(v)
+    token = signed(key, "ES256", at(), "k1")
+    assert [check(v, token) for _ in range(5)] == ["ok"] * 5
+    assert counter.calls == 1  # one public-key operation for five requests
+    head, payload, sig = token.split(".")
+    forged = f"{head}.{b64(json.dumps(at(sub='mallory')).encode())}.{sig}"
+    assert check(v, forged) == "auth_invalid_signature"  # other bytes: checked, and refused
+    assert check(v, forged) == "auth_invalid_signature"  # a refusal is never remembered
+    assert counter.calls == 3
+    now[0] = NOW + 61
+    assert check(v, token) == "auth_expired"  # the claims are not remembered: exp still applies
+    assert counter.calls == 3
+
+
+def test_a_refetched_or_rotated_key_set_forgets_what_its_old_keys_verified() -> None:
+    key, rotated = private_key("ES256"), private_key("ES256")
+    v = jwks_verifier(jwks(public_jwk(key, "k1")))
+    assert v.jwks is not None
+    token = signed(key, "ES256", at(), "k1")
+    assert check(v, token) == "ok"
+    # the same key fetched again (new key objects): verified once more, then remembered
+    v.jwks.install(parse_jwks(jwks(public_jwk(key, "k1"))), 1.0)
+    counter = counted(v)
+    assert [check(v, token) for _ in range(3)] == ["ok"] * 3
+    assert counter.calls == 1
+    # k1 rotated out, another key now published under the same kid: the token is refused
+    v.jwks.install(parse_jwks(jwks(public_jwk(rotated, "k1"))), 2.0)
+    assert check(v, token) == "auth_invalid_signature"
+    v.jwks.install(parse_jwks(jwks(public_jwk(rotated, "k2"))), 3.0)
+    assert check(v, token) == "auth_unknown_kid"
+
+
+def test_the_verified_memory_is_bounded() -> None:
+    v = verifier(secret=SECRET)
+    v.verified.capacity = 4
+    tokens = [hs256(SECRET, at(n=n)) for n in range(10)]
+    assert [check(v, t) for t in tokens] == ["ok"] * 10
+    assert len(v.verified) == 4
+    assert all(v.verified._entries.get(t.encode()) for t in tokens[-4:])  # the least recent went first
+    long = hs256(SECRET, at(pad="x" * 5000))
+    assert check(v, long) == "ok"
+    assert long.encode() not in v.verified._entries  # over VERIFIED_MAX_TOKEN: checked every time
