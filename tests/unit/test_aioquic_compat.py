@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import random
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import aioquic
 import pytest
 from aioquic import tls
+from aioquic.h3.connection import MessageError
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.recovery import QuicPacketRecovery
 from packaging.requirements import Requirement
@@ -111,3 +114,57 @@ def test_overrides_returns_the_function_itself() -> None:
         return 1
 
     assert aioquic_compat.overrides(hook) is hook  # no wrapper on the per-packet path
+
+
+def _answer(check: Callable[..., None], *args: bytes) -> str | None:
+    """None when ``check`` accepts, else the message of aioquic's MessageError."""
+    try:
+        check(*args)
+    except MessageError as exc:
+        return str(exc)
+    return None
+
+
+def _samples() -> list[bytes]:
+    """Every string of up to three bytes over the bytes that matter, plus random ones."""
+    alphabet = [b"\x00", b"\t", b"\n", b"\r", b" ", b"!", b":", b";", b"@", b"A", b"Z", b"[", b"a", b"~", b"\x7f", b"\x80", b"\xff"]
+    samples = [b""] + alphabet
+    samples += [a + b for a in alphabet for b in alphabet]
+    samples += [a + b + c for a in alphabet for b in alphabet for c in alphabet]
+    rng = random.Random(22)
+    samples += [bytes(rng.choice(b"\x00\t\n\r :aA~\x7f\x80\xff!-") for _ in range(rng.randrange(4, 40))) for _ in range(3000)]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60))) for _ in range(3000)]
+    return samples
+
+
+def test_the_fast_header_checks_answer_exactly_as_aioquics() -> None:
+    for sample in _samples():
+        assert _answer(aioquic_compat.fast_validate_header_name, sample) == \
+            _answer(aioquic_compat.AIOQUIC_VALIDATE_HEADER_NAME, sample), sample
+        assert _answer(aioquic_compat.fast_validate_header_value, b"x-k", sample) == \
+            _answer(aioquic_compat.AIOQUIC_VALIDATE_HEADER_VALUE, b"x-k", sample), sample
+    # the originals are aioquic's byte loops, not ours
+    assert aioquic_compat.AIOQUIC_VALIDATE_HEADER_NAME.__module__ == "aioquic.h3.connection"
+    assert aioquic_compat.AIOQUIC_VALIDATE_HEADER_VALUE.__module__ == "aioquic.h3.connection"
+
+
+def test_the_http3_wrappers_install_the_fast_header_checks() -> None:
+    import aioquic.h3.connection as h3
+
+    # importing ingress/h3.py and upstream/quic_engine.py (above) installed them
+    assert h3.validate_header_name is aioquic_compat.fast_validate_header_name
+    assert h3.validate_header_value is aioquic_compat.fast_validate_header_value
+    with pytest.raises(MessageError, match="forbidden"):
+        h3.validate_headers([(b":method", b"GET"), (b"x", b"a\x00b")], allowed_pseudo_headers=frozenset({b":method"}),
+                            required_pseudo_headers=frozenset())
+
+
+def test_installing_the_fast_checks_fails_loudly_when_aioquic_moved_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioquic.h3.connection as h3
+
+    monkeypatch.delattr(h3, "validate_header_value")
+    with pytest.raises(UnsupportedAioquic, match="validate_header_value"):
+        aioquic_compat.install_fast_header_checks()
+    monkeypatch.setattr(h3, "validate_header_value", lambda name, data: None, raising=False)
+    with pytest.raises(UnsupportedAioquic, match=r"no longer takes \(key, value\)"):
+        aioquic_compat.install_fast_header_checks()

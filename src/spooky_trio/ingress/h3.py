@@ -39,7 +39,7 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 
-from spooky_trio.aioquic_compat import check_overrides, overrides
+from spooky_trio.aioquic_compat import check_overrides, install_fast_header_checks, overrides
 from spooky_trio.http.messages import Headers, StreamTunnel
 from spooky_trio.ingress.request_body import QueuedRequestBody
 
@@ -261,6 +261,7 @@ class StreamScopedH3Connection(H3Connection):
 
 
 check_overrides(StreamScopedH3Connection)  # an aioquic that moved a hook fails at import
+install_fast_header_checks()
 
 
 class H3RequestBody(QueuedRequestBody):

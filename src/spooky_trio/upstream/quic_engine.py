@@ -47,7 +47,7 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography import x509
 
-from spooky_trio.aioquic_compat import check_overrides, overrides, require_method
+from spooky_trio.aioquic_compat import check_overrides, install_fast_header_checks, overrides, require_method
 
 
 class FlowControlledQuicConnection(QuicConnection):
@@ -204,4 +204,5 @@ class GoawayAwareH3Connection(H3Connection):
 # an aioquic that moved a hook above fails here, at import (spooky_trio/aioquic_compat.py)
 check_overrides(FlowControlledQuicConnection)
 check_overrides(GoawayAwareH3Connection)
+install_fast_header_checks()  # aioquic validates response fields too
 require_method(QuicConnection, "_on_max_stream_data_delivery", ("delivery", "stream"))
