@@ -23,7 +23,9 @@ def pair(tmp_path):
     return _connected(tmp_path, max_streams_bidi=100)
 
 
-def _connected(tmp_path, *, max_streams_bidi):
+def _connected(tmp_path, *, max_streams_bidi, tickets=None):
+    """A handshaken client/server pair; ``tickets``: a list the client's session tickets
+    are appended to (the server then issues them)."""
     make_dev_certs(tmp_path)
     identity = load_identity(str(tmp_path / "localhost.pem"), str(tmp_path / "localhost.key"))
     server_config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
@@ -31,11 +33,13 @@ def _connected(tmp_path, *, max_streams_bidi):
     server_config.private_key = identity.private_key
     client_config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name="localhost")
     client_config.load_verify_locations(str(tmp_path / "ca.pem"))
-    client = QuicConnection(configuration=client_config)
+    client = QuicConnection(configuration=client_config,
+                            session_ticket_handler=tickets.append if tickets is not None else None)
     client.connect(("127.0.0.1", 4433), now=0.0)
     server = SpookyQuicConnection(
         configuration=server_config, original_destination_connection_id=client.original_destination_connection_id,
         identities=IdentityStore(identity, []), max_streams_bidi=max_streams_bidi, max_streams_uni=10,
+        session_ticket_handler=(lambda ticket: None) if tickets is not None else None,
     )
     now = 0.0
     for _ in range(10):  # the handshake, in lock step

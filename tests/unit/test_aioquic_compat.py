@@ -26,10 +26,18 @@ from aioquic.quic.recovery import QuicPacketRecovery
 from packaging.requirements import Requirement
 
 from spooky_trio import aioquic_compat
-from spooky_trio.aioquic_compat import SUPPORTED_AIOQUIC, UnsupportedAioquic, check_overrides, require_method
-from spooky_trio.upstream.quic_engine import FlowControlledQuicConnection, GoawayAwareH3Connection
+from spooky_trio.aioquic_compat import (
+    SUPPORTED_AIOQUIC,
+    UnsupportedAioquic,
+    check_overrides,
+    require_method,
+)
 from spooky_trio.ingress.h3 import StreamScopedH3Connection
 from spooky_trio.ingress.quic_engine import SpookyQuicConnection, _SniContext
+from spooky_trio.upstream.quic_engine import (
+    FlowControlledQuicConnection,
+    GoawayAwareH3Connection,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER_CLASSES = [_SniContext, SpookyQuicConnection, StreamScopedH3Connection, FlowControlledQuicConnection, GoawayAwareH3Connection]

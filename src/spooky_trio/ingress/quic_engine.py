@@ -60,6 +60,23 @@ ACK_ELICITING_THRESHOLD = 2
 #: delayed anyway). Any other frame (PING, MAX_DATA, PATH_CHALLENGE, CRYPTO, ...) means
 #: "transmit after this burst".
 _QUIET_FRAME_TYPES = frozenset({0x00, 0x02, 0x03, *range(0x08, 0x10)})
+#: one copy of each set of epochs a frame type is allowed in (see _watch_frames)
+_EPOCH_SETS: dict[frozenset[tls.Epoch], frozenset[tls.Epoch]] = {}
+
+
+class _Loud:
+    """A frame handler that marks a reply due first (see ``_watch_frames``); a slotted
+    object, a third of the memory of a closure (~20 per connection)."""
+
+    __slots__ = ("conn", "handler")
+
+    def __init__(self, conn: SpookyQuicConnection, handler: Callable[[QuicReceiveContext, int, Buffer], Any]) -> None:
+        self.conn = conn
+        self.handler = handler
+
+    def __call__(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> Any:
+        self.conn._reply_due = True
+        return self.handler(context, frame_type, buf)
 
 #: connection states in which the connection is ending (see SpookyQuicConnection.is_closing);
 #: a tuple, not a set: membership then compares identities, while a set would call the
@@ -212,8 +229,14 @@ class SpookyQuicConnection(QuicConnection):
         # epochs' buffers become empty ones: 32 KiB of allocations and ~8 KiB of resident
         # memory (the pages the handshake wrote) less per idle connection, 98 -> 90 KiB
         # (docs/performance.md "Round two"). A write there would raise, not corrupt.
+        # The server discards HANDSHAKE when the client's Finished completes the handshake,
+        # after the one ONE_RTT message a server writes (the session ticket) has gone to the
+        # crypto stream; TLS writes nothing later (a post-handshake message from the client
+        # is an unexpected_message alert before any output), so that buffer goes too.
         if epoch is tls.Epoch.INITIAL or epoch is tls.Epoch.HANDSHAKE:
             self._crypto_buffers[epoch] = Buffer(capacity=0)
+        if epoch is tls.Epoch.HANDSHAKE and self._handshake_complete:
+            self._crypto_buffers[tls.Epoch.ONE_RTT] = Buffer(capacity=0)
 
     # --- acknowledgements (RFC 9000 13.2): delay a lone ACK, piggyback it on responses,
     # send one at once after every second ack-eliciting packet ---
@@ -249,16 +272,11 @@ class SpookyQuicConnection(QuicConnection):
         if not isinstance(handlers, dict) or original_lost is None:
             return False
 
-        def loud(handler: Any) -> Any:
-            def handle(context: QuicReceiveContext, frame_type: int, buf: Buffer) -> Any:
-                self._reply_due = True
-                return handler(context, frame_type, buf)
-
-            return handle
-
         for frame_type, (handler, epochs) in list(handlers.items()):
-            if frame_type not in _QUIET_FRAME_TYPES:
-                handlers[frame_type] = (loud(handler), epochs)
+            # aioquic builds a new frozenset of epochs per frame type per connection (~3 KiB
+            # of an idle connection); equal sets are shared instead
+            epochs = _EPOCH_SETS.setdefault(epochs, epochs)
+            handlers[frame_type] = (handler if frame_type in _QUIET_FRAME_TYPES else _Loud(self, handler), epochs)
 
         def on_packets_lost(*, packets: Any, **kwargs: Any) -> None:
             packets = list(packets)
