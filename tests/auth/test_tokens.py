@@ -15,6 +15,7 @@ import trio
 from spooky_trio.auth.claims import claim_header_value, forwarded_claims, rbac_refusal
 from spooky_trio.auth.credentials import ApiKeyCheck, bearer_token
 from spooky_trio.auth.jwks import JwksCache, JwksSettings, parse_jwks
+from spooky_trio.auth import tokens
 from spooky_trio.auth.tokens import JwtVerifier, TokenRefused
 from spooky_trio.config.schema_auth import JwtAuthConfig, Secret
 from tests.support.tokens import b64, claims, hs256, jwks, private_key, public_jwk, raw_token, signed, unsigned
@@ -274,6 +275,20 @@ def test_a_verified_signature_is_remembered_but_claims_are_checked_every_time() 
     now[0] = NOW + 61
     assert check(v, token) == "auth_expired"  # the claims are not remembered: exp still applies
     assert counter.calls == 3
+
+
+def test_a_remembered_token_is_not_read_again_but_its_payload_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    v = verifier(secret=SECRET)
+    token = hs256(SECRET, at())
+    decoded: list[bytes] = []
+    real = tokens._b64decode
+    monkeypatch.setattr(tokens, "_b64decode", lambda segment: decoded.append(segment) or real(segment))
+    assert check(v, token) == "ok"
+    assert len(decoded) == 3  # header, signature, payload
+    decoded.clear()
+    assert check(v, token) == "ok"
+    assert decoded == [token.split(".")[1].encode()]  # the payload only: its claims are checked again
+    assert check(v, token[:-2] + ("AA" if not token.endswith("AA") else "BA")) == "auth_invalid_signature"
 
 
 def test_a_refetched_or_rotated_key_set_forgets_what_its_old_keys_verified() -> None:

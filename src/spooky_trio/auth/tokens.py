@@ -16,9 +16,9 @@ form and the claims are read here, the signature there.
 
 A signature once verified is remembered (:class:`VerifiedSignatures`): the same token
 bytes checked again with the same key object skip the public-key operation, which was most
-of the cost of a JWT request (an RS256 verify is ~40 us; issue 22). Only the signature check
-is skipped: the payload is decoded and its claims (``exp``, ``nbf``, issuer, audience) are
-checked on every request. A remembered entry names the key that verified it, so a JWKS
+of the cost of a JWT request (an RS256 verify is ~40 us; issue 22), and the reading of their
+header. Only those are skipped: the payload is decoded and its claims (``exp``, ``nbf``,
+issuer, audience) are checked on every request. A remembered entry names the key that verified it, so a JWKS
 refresh (new key objects) or a removed key means a full check again; a new generation
 starts with an empty memory.
 """
@@ -70,9 +70,10 @@ def _b64decode(segment: bytes) -> bytes:
     return decoded
 
 
-@attrs.define(slots=True)
+@attrs.frozen(slots=True)
 class ParsedToken:
-    """A token split and its header read; nothing is verified yet."""
+    """A token split and its header read; nothing is verified yet (frozen: a remembered one
+    is shared by the requests that carry the same token)."""
 
     alg: str
     kid: str | None
@@ -97,35 +98,41 @@ VERIFIED_MAX_TOKEN = 4096
 
 
 class VerifiedSignatures:
-    """Token bytes -> the key whose check of their signature succeeded, bounded LRU (module
-    docstring). Only successful checks are remembered, so only holders of valid tokens can
-    fill it; a miss costs one dict lookup."""
+    """Token bytes -> the key whose check of their signature succeeded and the token as
+    parsed, bounded LRU (module docstring). Only successful checks are remembered, so only
+    holders of valid tokens can fill it; a miss costs one dict lookup."""
 
     __slots__ = ("_entries", "capacity", "max_token")
 
     def __init__(self, capacity: int = VERIFIED_ENTRIES, max_token: int = VERIFIED_MAX_TOKEN) -> None:
-        self._entries: OrderedDict[bytes, VerifyingKey] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[VerifyingKey, ParsedToken]] = OrderedDict()
         self.capacity = capacity
         self.max_token = max_token
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def parsed(self, token: bytes) -> ParsedToken | None:
+        """``token`` as :meth:`JwtVerifier.parse` read it when its signature was verified."""
+        entry = self._entries.get(token)
+        return entry[1] if entry is not None else None
+
     def known(self, token: bytes, keys: KeyList) -> bool:
         """Was ``token``'s signature verified by one of ``keys`` (the very key objects)?"""
         entry = self._entries.get(token)
         if entry is None:
             return False
-        if not any(entry is key for key in keys):
+        verified_by = entry[0]
+        if not any(verified_by is key for key in keys):
             del self._entries[token]  # its key is gone (rotated out or refetched)
             return False
         self._entries.move_to_end(token)
         return True
 
-    def remember(self, token: bytes, key: VerifyingKey) -> None:
-        if len(token) > self.max_token or self.capacity <= 0:
+    def remember(self, token: ParsedToken, key: VerifyingKey) -> None:
+        if len(token.raw) > self.max_token or self.capacity <= 0:
             return
-        self._entries[token] = key
+        self._entries[token.raw] = (key, token)
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
@@ -155,6 +162,9 @@ class JwtVerifier:
     def parse(self, token: str) -> ParsedToken:
         """Split ``token`` and read its header; raises :class:`TokenRefused`."""
         raw = token.encode("ascii")
+        known = self.verified.parsed(raw)
+        if known is not None:  # read (the same way) when its signature was verified
+            return known
         parts = raw.split(b".")
         if len(parts) != 3:
             raise TokenRefused(MALFORMED)
@@ -191,7 +201,7 @@ class JwtVerifier:
         if not self.verified.known(token.raw, keys):
             for entry in keys:
                 if entry[0].verify(token.signing_input, entry[1], token.signature):
-                    self.verified.remember(token.raw, entry)
+                    self.verified.remember(token, entry)
                     break
             else:
                 raise TokenRefused(INVALID_SIGNATURE)
