@@ -4,7 +4,7 @@ worker steering and QUIC-LB, ingress/cids.py; ``rotate_cids`` with Retire Prior 
 override private aioquic hooks; tests cover each (SNI selection, slow-backend upload
 backpressure, tests/ingress/test_quic_acks.py, tests/ingress/test_quic_cids.py), and
 :mod:`spooky_trio.aioquic_compat` checks at import that the installed aioquic still has them,
-so an aioquic upgrade that moves them fails loudly. (About 400 lines: every override of
+so an aioquic upgrade that moves them fails loudly. (About 420 lines: every override of
 the server's QuicConnection belongs in this one checked module, by the boundary rule.)
 
 This module (with ``ingress/h3.py`` for the HTTP/3 layer) is the one place on the server
