@@ -176,6 +176,9 @@ def cmd_run(argv: list[str]) -> int:
         logging.getLogger("spooky.config").warning("config warning: %s", warning)
     if config.performance.worker_threads > 1:
         return _run_supervisor(config, args.config, _log_argv(args))
+    from spooky_trio.serving.heap import freeze_startup_heap
+
+    freeze_startup_heap()  # full collections stop walking what never dies (serving/heap.py)
     try:
         server = Server(config, config_path=args.config, adapt_config=override)
         trio.run(server.run)

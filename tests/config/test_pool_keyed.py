@@ -136,13 +136,14 @@ def test_run_logs_each_warning_once_at_start(tmp_path: Path, certs_dir: Path, ca
     mp = pytest.MonkeyPatch()
     mp.setattr(cli, "_load", lambda path: config)
     mp.setattr("spooky_trio.serving.server.Server", fake_server)
+    mp.setattr("spooky_trio.serving.heap.freeze_startup_heap", lambda: calls.append("freeze"))  # not this test process's heap
     mp.setattr("spooky_trio.observability.logging.configure_logging", lambda log: None)
     try:
         with caplog.at_level(logging.WARNING, logger="spooky.config"), pytest.raises(Stop):
             cli.cmd_run(["--config", str(tmp_path / "x.yaml")])
     finally:
         mp.undo()
-    assert calls == ["server"]
+    assert calls == ["freeze", "server"]  # the daemon freezes its start-up heap first (serving/heap.py)
     warned = [r.getMessage() for r in caplog.records if r.name == "spooky.config"]
     line = line_of(text, "route_allowlist")
     assert warned == [f"config warning: resilience.hedging.route_allowlist: line {line} col 13: no pool is named 'ghost', so this entry never applies"]

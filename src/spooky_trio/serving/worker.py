@@ -18,6 +18,7 @@ import trio
 from spooky_trio.config import Config
 from spooky_trio.config.schema_runtime import ControlApiConfig
 from spooky_trio.serving.exits import EXIT_FORCED, EXIT_RESTART, StartupError
+from spooky_trio.serving.heap import freeze_startup_heap
 from spooky_trio.serving.server import Server
 from spooky_trio.serving.steering_sockets import inherited_udp_sockets
 
@@ -77,7 +78,9 @@ def run_worker(config: Config, config_path: str, index: int, report_fd: int, lif
     def adapt(cfg: Config) -> Config:
         return worker_config(cfg if override is None else override(cfg), token)
 
-    server = Server(adapt(config), config_path=config_path, worker_index=index, adapt_config=adapt,
+    first = adapt(config)
+    freeze_startup_heap()  # full collections stop walking what never dies (serving/heap.py)
+    server = Server(first, config_path=config_path, worker_index=index, adapt_config=adapt,
                     udp_sockets=inherited_udp_sockets())
 
     async def main() -> None:
