@@ -5,7 +5,8 @@ built from fuzzed header and payload JSON texts, signed with the test secret (so
 claim rules run) or left with a fuzzed signature.
 
 Invariants: ``bearer_token`` and ``ApiKeyCheck.refusal`` never raise; a token is ASCII,
-non-empty and trimmed. ``JwtVerifier.parse`` / ``verify`` raise nothing but
+non-empty and trimmed. A token checked again (its signature then remembered) gets the same
+verdict as the first time and as a verifier that remembers nothing. ``JwtVerifier.parse`` / ``verify`` raise nothing but
 ``TokenRefused``. A token is accepted only when its ``alg`` is allowed, its signature is the
 HMAC of ``header.payload`` with the secret (HS256) or verifies with the JWKS key (ES256),
 its payload is a JSON object whose ``exp`` is an integer >= 0 with ``now <= exp + skew``,
@@ -65,12 +66,26 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _accepted(token: str) -> dict | None:  # type: ignore[type-arg]
+#: the same settings without the memory of verified signatures: every check in full
+FRESH = JwtVerifier(JwtAuthConfig(secret=Secret(SECRET), jwks_uri="https://idp/jwks", algorithms=["HS256", "ES256"],
+                                  clock_skew_secs=SKEW, issuer="iss", audience="aud"), _CACHE, clock=lambda: NOW)
+FRESH.verified.capacity = 0
+
+
+def _verdict(verifier: JwtVerifier, token: str) -> dict | str:  # type: ignore[type-arg]
     try:
-        parsed = VERIFIER.parse(token)
-        return dict(VERIFIER.verify(parsed, VERIFIER.keys_for(parsed)))
-    except TokenRefused:
-        return None
+        parsed = verifier.parse(token)
+        return dict(verifier.verify(parsed, verifier.keys_for(parsed)))
+    except TokenRefused as exc:
+        return exc.reason
+
+
+def _accepted(token: str) -> dict | None:  # type: ignore[type-arg]
+    """VERIFIER's verdict, checked twice (the second may come from its memory of verified
+    signatures) and against FRESH's: a remembered token answers as a full check does."""
+    first = _verdict(VERIFIER, token)
+    assert _verdict(VERIFIER, token) == first == _verdict(FRESH, token), token
+    return first if isinstance(first, dict) else None
 
 
 def _check_acceptance(token: str, claims: dict) -> None:  # type: ignore[type-arg]
