@@ -21,8 +21,8 @@ covers those.
 
 :func:`install_fast_header_checks` replaces aioquic's two HTTP/3 field checks
 (``aioquic.h3.connection.validate_header_name`` / ``validate_header_value``, which walk each
-byte in Python: ~45 us for a request carrying a 450-byte bearer token, 4% of that request's
-CPU) with compiled regular expressions that accept exactly the same bytes; a refused field
+byte in Python: 9.5 us for a 450-byte bearer token, 1.0 us with a regex) with compiled
+regular expressions that accept exactly the same bytes; a refused field
 still goes through aioquic's own function, so the error is aioquic's. It is the patch we
 would offer upstream; ``tests/unit/test_aioquic_compat.py`` holds the two to the same
 answers.

@@ -18,9 +18,9 @@ A signature once verified is remembered (:class:`VerifiedSignatures`): the same 
 bytes checked again with the same key object skip the public-key operation, which was most
 of the cost of a JWT request (an RS256 verify is ~40 us; issue 22), and the reading of their
 header. Only those are skipped: the payload is decoded and its claims (``exp``, ``nbf``,
-issuer, audience) are checked on every request. A remembered entry names the key that verified it, so a JWKS
-refresh (new key objects) or a removed key means a full check again; a new generation
-starts with an empty memory.
+issuer, audience) are checked on every request. A remembered entry names the key that
+verified it, so a JWKS refresh (new key objects) or a removed key means a full check again;
+a new generation starts with an empty memory.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ class _Loud:
         self.conn._reply_due = True
         return self.handler(context, frame_type, buf)
 
+
 #: connection states in which the connection is ending (see SpookyQuicConnection.is_closing);
 #: a tuple, not a set: membership then compares identities, while a set would call the
 #: Enum's Python-level __hash__ on every flush

@@ -4,7 +4,7 @@ serving stays alive, so it is taken out of the collector's sight.
 CPython's full (oldest-generation) collection walks every tracked object. In a serving
 process almost all of them are the ones made by importing its modules (~68 k objects:
 aioquic, h2, h11, cryptography, prometheus-client, trio, our own), which never become
-garbage; walking them took ~20 ms per full collection, a few times a minute under load,
+garbage; walking them took ~20 ms per full collection (three in a 10-second bench run),
 the longest pauses of the event loop: they set the maximum latency and, at half
 saturation, had the load generator skip requests because every stream slot was busy
 (docs/performance.md, round two). :func:`freeze_startup_heap` collects once and moves
